@@ -1,0 +1,769 @@
+//! Package metadata: the upstream root, v1 listings and per-package files, fetched once,
+//! verified against the upstream's sha256 chain, rewritten for the proxy and kept.
+//!
+//! The upstream root is the only thing that needs revalidating (once per TTL, with a
+//! conditional request, in the background while the previous copy is served). v1 listings and
+//! per-package files are content-addressed: a hash names exactly one document, so once fetched
+//! and verified they are kept on disk for good and reprocessed from there after a restart.
+//! The rewritten Composer 1 chain (listings naming the rewritten per-package hashes) needs every
+//! package's rewritten hash, so it is built in the background after each new listing; until it
+//! is complete `packages.json` offers only the Composer 2 protocol.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::CacheDir;
+use crate::composer::{
+    self, Document, ProcessedPackage, ProviderInclude, ProxyRoot, Rewriter, UpstreamRoot,
+};
+use crate::error::{ProxyError, Resource};
+use crate::upstream::{MetadataResponse, UpstreamClient, Validators};
+
+/// After an upstream failure, the root is not asked for again for this long, so a down
+/// upstream is not hammered by every client request.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
+
+/// How a metadata answer was produced; feeds the `X-Cache` header and the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    /// Served from cache while a refresh runs, or because upstream failed.
+    Stale,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Stale => "STALE",
+        }
+    }
+}
+
+/// One listing of a v1 upstream and the packages it names.
+#[derive(Debug)]
+struct Listing {
+    include: ProviderInclude,
+    packages: BTreeMap<String, String>,
+}
+
+/// The rewritten Composer 1 chain for one set of listings.
+#[derive(Debug)]
+struct V1Chain {
+    /// Served path (e.g. `p/provider-ce$<hash>.json`) → rewritten listing.
+    listings: HashMap<String, Document>,
+    /// Package name → sha256 of its rewritten per-package file.
+    package_hashes: HashMap<String, String>,
+    /// Listing template → rewritten listing hash, for `packages.json`.
+    includes: Vec<(String, String)>,
+}
+
+/// Everything derived from one upstream `packages.json`.
+#[derive(Debug)]
+pub struct View {
+    /// When upstream last confirmed this root; `None` when loaded from disk at start-up.
+    validated_at: Option<Instant>,
+    validators: Validators,
+    upstream_sha256: String,
+    upstream: UpstreamRoot,
+    listings: Arc<Vec<Listing>>,
+    /// v1: name → upstream sha256 of its per-package file; empty for p2 upstreams.
+    packages: Arc<BTreeMap<String, String>>,
+    /// Every package name the upstream offers, when it says (always for v1).
+    names: Option<Arc<Vec<String>>>,
+    v1_chain: Option<Arc<V1Chain>>,
+    pub root: Document,
+}
+
+impl View {
+    /// Whether upstream has `name`: `None` when it does not say (p2 without a name list).
+    pub fn knows(&self, name: &str) -> Option<bool> {
+        match &self.upstream {
+            UpstreamRoot::V1 { .. } => Some(self.packages.contains_key(name)),
+            UpstreamRoot::P2 {
+                available_package_patterns: Some(_),
+                ..
+            } => None,
+            UpstreamRoot::P2 { .. } => self
+                .names
+                .as_ref()
+                .map(|n| n.binary_search_by(|x| x.as_str().cmp(name)).is_ok()),
+        }
+    }
+
+    pub fn names(&self) -> &[String] {
+        self.names.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    fn with_validation(&self, validators: Validators) -> View {
+        View {
+            validated_at: Some(Instant::now()),
+            validators,
+            upstream_sha256: self.upstream_sha256.clone(),
+            upstream: self.upstream.clone(),
+            listings: self.listings.clone(),
+            packages: self.packages.clone(),
+            names: self.names.clone(),
+            v1_chain: self.v1_chain.clone(),
+            root: self.root.clone(),
+        }
+    }
+}
+
+/// What is persisted of the upstream root, so a restart with upstream down still has a view.
+#[derive(Serialize, Deserialize)]
+struct PersistedRoot {
+    body: String,
+    last_modified: Option<String>,
+    etag: Option<String>,
+}
+
+/// A p2 file from a p2-native upstream.
+#[derive(Debug)]
+pub struct P2Entry {
+    pub doc: Document,
+    dists: HashMap<String, composer::DistSource>,
+    validated_at: Instant,
+    validators: Validators,
+}
+
+pub struct MetadataCache {
+    upstream: Arc<UpstreamClient>,
+    disk: Arc<CacheDir>,
+    rewriter: Rewriter,
+    ttl: Duration,
+    prefetch_concurrency: usize,
+    view: RwLock<Option<Arc<View>>>,
+    /// Serializes root refreshes: concurrent misses make one upstream request.
+    refresh_lock: tokio::sync::Mutex<Option<Instant>>,
+    refreshing: AtomicBool,
+    building_chain: tokio::sync::Mutex<()>,
+    /// v1 per-package files by upstream sha256 (content-addressed, so never stale).
+    packages: moka::future::Cache<String, Arc<ProcessedPackage>>,
+    /// p2 files of p2-native upstreams by file name (`vendor/name` or `vendor/name~dev`).
+    p2_files: moka::future::Cache<String, Arc<P2Entry>>,
+}
+
+impl MetadataCache {
+    pub fn new(
+        upstream: Arc<UpstreamClient>,
+        disk: Arc<CacheDir>,
+        public_url: String,
+        ttl: Duration,
+        max_bytes: u64,
+        prefetch_concurrency: usize,
+    ) -> Arc<Self> {
+        let weigh = |_: &String, p: &Arc<ProcessedPackage>| p.weight();
+        let rewriter = Rewriter {
+            public_url,
+            upstream: upstream.base().clone(),
+        };
+        Arc::new(Self {
+            rewriter,
+            upstream,
+            disk,
+            ttl,
+            prefetch_concurrency,
+            view: RwLock::new(None),
+            refresh_lock: tokio::sync::Mutex::new(None),
+            refreshing: AtomicBool::new(false),
+            building_chain: tokio::sync::Mutex::new(()),
+            packages: moka::future::Cache::builder()
+                .max_capacity(max_bytes / 2)
+                .weigher(weigh)
+                .build(),
+            p2_files: moka::future::Cache::builder()
+                .max_capacity(max_bytes / 2)
+                .weigher(|_: &String, e: &Arc<P2Entry>| {
+                    u32::try_from(e.doc.weight() + e.dists.len() * 256).unwrap_or(u32::MAX)
+                })
+                .build(),
+        })
+    }
+
+    pub fn rewriter(&self) -> &Rewriter {
+        &self.rewriter
+    }
+
+    fn current(&self) -> Option<Arc<View>> {
+        self.view.read().ok().and_then(|v| v.clone())
+    }
+
+    fn install(&self, view: Arc<View>) {
+        if let Ok(mut slot) = self.view.write() {
+            *slot = Some(view);
+        }
+    }
+
+    fn is_fresh(&self, view: &View) -> bool {
+        view.validated_at.is_some_and(|t| t.elapsed() < self.ttl)
+    }
+
+    /// Loads the last upstream root from disk, so the proxy can serve after a restart even if
+    /// upstream is down. A missing or unusable copy just means starting cold.
+    pub async fn restore(self: &Arc<Self>) {
+        let path = self.disk.state_path("root.json");
+        let Ok(text) = tokio::fs::read(&path).await else {
+            return;
+        };
+        let Ok(saved) = serde_json::from_slice::<PersistedRoot>(&text) else {
+            tracing::warn!(path = %path.display(), "ignoring unreadable saved upstream root");
+            return;
+        };
+        let validators = Validators {
+            last_modified: saved.last_modified,
+            etag: saved.etag,
+        };
+        match self
+            .build_view(Bytes::from(saved.body), validators, None, false)
+            .await
+        {
+            Ok(view) => {
+                tracing::info!(
+                    packages = view.names().len(),
+                    "restored upstream metadata from cache"
+                );
+                self.install(Arc::new(view));
+                self.clone().spawn_chain_build();
+            }
+            Err(e) => tracing::warn!(error = %e, "saved upstream root could not be used"),
+        }
+    }
+
+    /// The current view, refreshing it as the TTL demands. Only a cold start waits for
+    /// upstream; otherwise the cached view is served and refreshed in the background.
+    pub async fn view(self: &Arc<Self>) -> Result<(Arc<View>, CacheStatus), ProxyError> {
+        match self.current() {
+            Some(view) if self.is_fresh(&view) => Ok((view, CacheStatus::Hit)),
+            Some(view) => {
+                self.clone().spawn_refresh();
+                Ok((view, CacheStatus::Stale))
+            }
+            None => {
+                let view = self.refresh().await?;
+                Ok((view, CacheStatus::Miss))
+            }
+        }
+    }
+
+    fn spawn_refresh(self: Arc<Self>) {
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::spawn(async move {
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "upstream packages.json refresh failed; serving cached metadata");
+            }
+            self.refreshing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Revalidates the upstream root (single flight) and installs the resulting view.
+    async fn refresh(self: &Arc<Self>) -> Result<Arc<View>, ProxyError> {
+        let mut last_failure = self.refresh_lock.lock().await;
+        let current = self.current();
+        if let Some(view) = &current {
+            if self.is_fresh(view) {
+                return Ok(view.clone());
+            }
+        }
+        if let (Some(failed), Some(view)) = (*last_failure, &current) {
+            if failed.elapsed() < RETRY_AFTER_FAILURE {
+                return Ok(view.clone());
+            }
+        }
+        let result = self.fetch_root(current.as_deref()).await;
+        match result {
+            Ok(view) => {
+                *last_failure = None;
+                let view = Arc::new(view);
+                self.install(view.clone());
+                self.clone().spawn_chain_build();
+                Ok(view)
+            }
+            Err(e) => {
+                *last_failure = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch_root(&self, current: Option<&View>) -> Result<View, ProxyError> {
+        let url = composer::root_url(self.upstream.base());
+        let response = self
+            .upstream
+            .get_metadata(&url, current.map(|v| &v.validators))
+            .await?;
+        match response {
+            MetadataResponse::NotModified => match current {
+                Some(view) => {
+                    tracing::debug!("upstream packages.json not modified");
+                    Ok(view.with_validation(view.validators.clone()))
+                }
+                None => Err(ProxyError::UpstreamStatus(304)),
+            },
+            MetadataResponse::Fresh { body, validators } => {
+                if let Some(view) = current {
+                    if view.upstream_sha256 == composer::sha256_hex(&body) {
+                        return Ok(view.with_validation(validators));
+                    }
+                }
+                let view = self
+                    .build_view(body.clone(), validators.clone(), current, true)
+                    .await?;
+                let saved = PersistedRoot {
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                    last_modified: validators.last_modified,
+                    etag: validators.etag,
+                };
+                let bytes = serde_json::to_vec(&saved).unwrap_or_default();
+                self.disk
+                    .write_atomic(&self.disk.state_path("root.json"), &bytes)
+                    .await?;
+                tracing::info!(
+                    packages = view.names().len(),
+                    "upstream packages.json changed"
+                );
+                Ok(view)
+            }
+            MetadataResponse::Status(status) => Err(ProxyError::from_upstream_status(
+                status,
+                Resource::Metadata,
+                self.upstream.has_credentials(),
+                "packages.json",
+            )),
+        }
+    }
+
+    /// Builds a view from an upstream root, fetching (or loading) its listings.
+    async fn build_view(
+        &self,
+        body: Bytes,
+        validators: Validators,
+        previous: Option<&View>,
+        validated: bool,
+    ) -> Result<View, ProxyError> {
+        let upstream = composer::parse_root(&body, self.upstream.base())?;
+        let now = SystemTime::now();
+        let (listings, packages, names) = match &upstream {
+            UpstreamRoot::V1 { includes, .. } => {
+                let base = composer::repository_base(self.upstream.base());
+                let mut listings = Vec::new();
+                let mut all = BTreeMap::new();
+                for include in includes {
+                    let path = include.path_for(&include.sha256);
+                    let bytes = self
+                        .content_addressed(&format!("{base}/{path}"), &include.sha256, &path)
+                        .await?;
+                    let packages = composer::parse_listing(&bytes)?;
+                    all.extend(packages.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    listings.push(Listing {
+                        include: include.clone(),
+                        packages,
+                    });
+                }
+                let names: Vec<String> = all.keys().cloned().collect();
+                (listings, all, Some(Arc::new(names)))
+            }
+            UpstreamRoot::P2 {
+                available_packages, ..
+            } => {
+                let names = available_packages.clone().map(|mut n| {
+                    n.sort();
+                    n.dedup();
+                    Arc::new(n)
+                });
+                (Vec::new(), BTreeMap::new(), names)
+            }
+        };
+        // The chain only depends on the listings, so an unchanged set keeps it.
+        let v1_chain = previous.and_then(|p| {
+            (*p.packages == packages && !packages.is_empty())
+                .then(|| p.v1_chain.clone())
+                .flatten()
+        });
+        let mut view = View {
+            validated_at: validated.then(Instant::now),
+            validators,
+            upstream_sha256: composer::sha256_hex(&body),
+            upstream,
+            listings: Arc::new(listings),
+            packages: Arc::new(packages),
+            names,
+            v1_chain,
+            root: Document::new(Bytes::new(), now),
+        };
+        view.root = self.root_document(&view, now);
+        Ok(view)
+    }
+
+    fn root_document(&self, view: &View, now: SystemTime) -> Document {
+        let patterns = match &view.upstream {
+            UpstreamRoot::P2 {
+                available_package_patterns,
+                ..
+            } => available_package_patterns.as_deref(),
+            UpstreamRoot::V1 { .. } => None,
+        };
+        self.rewriter.root_document(
+            &ProxyRoot {
+                available_packages: view.names.as_deref().map(Vec::as_slice),
+                available_package_patterns: patterns,
+                search: view.names.is_some(),
+                v1_includes: view.v1_chain.as_ref().map(|c| c.includes.as_slice()),
+            },
+            now,
+        )
+    }
+
+    /// A content-addressed upstream document: from disk when known, else fetched, verified and
+    /// stored. Returns the decoded bytes.
+    async fn content_addressed(
+        &self,
+        url: &str,
+        sha256: &str,
+        what: &str,
+    ) -> Result<Bytes, ProxyError> {
+        let path = self.disk.metadata_path(sha256).ok_or_else(|| {
+            ProxyError::Protocol(composer::ProtocolError::Shape(format!(
+                "{what}: {sha256:?} is not a sha256"
+            )))
+        })?;
+        if let Ok(bytes) = tokio::fs::read(&path).await {
+            // Re-verify: the file could have been damaged on disk.
+            if composer::verify_sha256(&bytes, sha256, what).is_ok() {
+                return Ok(Bytes::from(bytes));
+            }
+            tracing::warn!(path = %path.display(), "cached metadata failed its hash; refetching");
+        }
+        match self.upstream.get_metadata(url, None).await? {
+            MetadataResponse::Fresh { body, .. } => {
+                composer::verify_sha256(&body, sha256, what)?;
+                self.disk.write_atomic(&path, &body).await?;
+                Ok(body)
+            }
+            MetadataResponse::NotModified => Err(ProxyError::UpstreamStatus(304)),
+            MetadataResponse::Status(status) => Err(ProxyError::from_upstream_status(
+                status,
+                Resource::Metadata,
+                self.upstream.has_credentials(),
+                what,
+            )),
+        }
+    }
+
+    /// A v1 package, processed; single flight per upstream hash.
+    pub async fn v1_package(
+        &self,
+        view: &View,
+        name: &str,
+    ) -> Result<Arc<ProcessedPackage>, ProxyError> {
+        let UpstreamRoot::V1 { providers_url, .. } = &view.upstream else {
+            return Err(ProxyError::NotFound(format!("package {name}")));
+        };
+        let hash = view.packages.get(name).ok_or_else(|| {
+            ProxyError::NotFound(format!("package {name} is not in the upstream repository"))
+        })?;
+        let url = providers_url
+            .as_str()
+            .replace("%package%", name)
+            .replace("%hash%", hash);
+        self.packages
+            .try_get_with(hash.clone(), async {
+                let what = format!("package file of {name}");
+                let bytes = self.content_addressed(&url, hash, &what).await?;
+                // The first fetch time is the file's mtime: stable across restarts.
+                let modified = self
+                    .disk
+                    .metadata_path(hash)
+                    .and_then(|p| std::fs::metadata(p).ok())
+                    .and_then(|m| m.modified().ok())
+                    .unwrap_or_else(SystemTime::now);
+                let processed = self.rewriter.process_v1_package(name, &bytes, modified)?;
+                Ok::<_, ProxyError>(Arc::new(processed))
+            })
+            .await
+            .map_err(ProxyError::Shared)
+    }
+
+    /// A p2 file (`vendor/name` or `vendor/name~dev`) for Composer 2 clients.
+    pub async fn p2_file(
+        self: &Arc<Self>,
+        file: &str,
+    ) -> Result<(Document, CacheStatus), ProxyError> {
+        let (view, _) = self.view().await?;
+        let name = file.strip_suffix("~dev").unwrap_or(file);
+        if view.knows(name) == Some(false) {
+            return Err(ProxyError::NotFound(format!(
+                "package {name} is not in the upstream repository"
+            )));
+        }
+        match &view.upstream {
+            UpstreamRoot::V1 { .. } => {
+                let cached = self.packages.contains_key(&view.packages[name]);
+                let package = self.v1_package(&view, name).await?;
+                let doc = if file.ends_with("~dev") {
+                    &package.p2_dev
+                } else {
+                    &package.p2
+                };
+                Ok((
+                    doc.clone(),
+                    if cached {
+                        CacheStatus::Hit
+                    } else {
+                        CacheStatus::Miss
+                    },
+                ))
+            }
+            UpstreamRoot::P2 { metadata_url, .. } => {
+                let entry = self.p2_native(metadata_url.as_str(), file).await?;
+                Ok((entry.0.doc.clone(), entry.1))
+            }
+        }
+    }
+
+    async fn p2_native(
+        &self,
+        template: &str,
+        file: &str,
+    ) -> Result<(Arc<P2Entry>, CacheStatus), ProxyError> {
+        let existing = self.p2_files.get(file).await;
+        if let Some(entry) = &existing {
+            if entry.validated_at.elapsed() < self.ttl {
+                return Ok((entry.clone(), CacheStatus::Hit));
+            }
+        }
+        let url = template.replace("%package%", file);
+        let response = self
+            .upstream
+            .get_metadata(&url, existing.as_ref().map(|e| &e.validators))
+            .await;
+        let entry = match (response, existing) {
+            (Ok(MetadataResponse::NotModified), Some(old)) => Arc::new(P2Entry {
+                doc: old.doc.clone(),
+                dists: old.dists.clone(),
+                validated_at: Instant::now(),
+                validators: old.validators.clone(),
+            }),
+            (Ok(MetadataResponse::Fresh { body, validators }), _) => {
+                let modified = validators
+                    .last_modified
+                    .as_deref()
+                    .and_then(|s| httpdate::parse_http_date(s).ok())
+                    .unwrap_or_else(SystemTime::now);
+                let name = file.strip_suffix("~dev").unwrap_or(file);
+                let (doc, dists) = self.rewriter.process_p2_file(name, &body, modified)?;
+                Arc::new(P2Entry {
+                    doc,
+                    dists,
+                    validated_at: Instant::now(),
+                    validators,
+                })
+            }
+            (Ok(MetadataResponse::Status(status)), _) => {
+                return Err(ProxyError::from_upstream_status(
+                    status,
+                    Resource::Metadata,
+                    self.upstream.has_credentials(),
+                    file,
+                ))
+            }
+            (Ok(MetadataResponse::NotModified), None) => {
+                return Err(ProxyError::UpstreamStatus(304))
+            }
+            (Err(e), Some(old)) => {
+                tracing::warn!(error = %e, file, "upstream failed; serving cached p2 file");
+                return Ok((old, CacheStatus::Stale));
+            }
+            (Err(e), None) => return Err(e.into()),
+        };
+        self.p2_files.insert(file.to_string(), entry.clone()).await;
+        Ok((entry, CacheStatus::Miss))
+    }
+
+    /// A rewritten v1 listing, by the path the proxy's `packages.json` named.
+    pub async fn v1_listing(self: &Arc<Self>, path: &str) -> Result<Document, ProxyError> {
+        let (view, _) = self.view().await?;
+        view.v1_chain
+            .as_ref()
+            .and_then(|c| c.listings.get(path).cloned())
+            .ok_or_else(|| ProxyError::NotFound(format!("listing {path}")))
+    }
+
+    /// A rewritten v1 per-package file, by name and rewritten hash.
+    pub async fn v1_package_file(
+        self: &Arc<Self>,
+        name: &str,
+        hash: &str,
+    ) -> Result<Document, ProxyError> {
+        let (view, _) = self.view().await?;
+        if view.knows(name) == Some(false) {
+            return Err(ProxyError::NotFound(format!(
+                "package {name} is not in the upstream repository"
+            )));
+        }
+        let package = self.v1_package(&view, name).await?;
+        match &package.v1 {
+            Some(doc) if doc.sha256 == hash => Ok(doc.clone()),
+            _ => Err(ProxyError::NotFound(format!("package file {name}${hash}"))),
+        }
+    }
+
+    /// Where an archive the proxy advertised really lives.
+    pub async fn dist_source(
+        self: &Arc<Self>,
+        package: &str,
+        key: &str,
+    ) -> Result<composer::DistSource, ProxyError> {
+        let (view, _) = self.view().await?;
+        let unknown =
+            || ProxyError::NotFound(format!("archive {key} of {package} is not in the metadata"));
+        if view.knows(package) == Some(false) {
+            return Err(unknown());
+        }
+        let found = match &view.upstream {
+            UpstreamRoot::V1 { .. } => self
+                .v1_package(&view, package)
+                .await?
+                .dists
+                .get(key)
+                .cloned(),
+            UpstreamRoot::P2 { metadata_url, .. } => {
+                let mut found = None;
+                for file in [package.to_string(), format!("{package}~dev")] {
+                    if let Ok((entry, _)) = self.p2_native(metadata_url.as_str(), &file).await {
+                        if let Some(d) = entry.dists.get(key) {
+                            found = Some(d.clone());
+                            break;
+                        }
+                    }
+                }
+                found
+            }
+        };
+        found.filter(|d| d.package == package).ok_or_else(unknown)
+    }
+
+    /// Builds the rewritten v1 chain for the current view, if it lacks one.
+    fn spawn_chain_build(self: Arc<Self>) {
+        tokio::spawn(async move {
+            let _guard = self.building_chain.lock().await;
+            let Some(view) = self.current() else { return };
+            if view.v1_chain.is_some() || view.listings.is_empty() {
+                return;
+            }
+            let started = Instant::now();
+            let chain = self.build_chain(&view).await;
+            let Some(current) = self.current() else {
+                return;
+            };
+            if current.upstream_sha256 != view.upstream_sha256 {
+                return; // superseded while building; the newer view gets its own build
+            }
+            let now = SystemTime::now();
+            let mut next = current.with_validation(current.validators.clone());
+            next.validated_at = current.validated_at;
+            next.v1_chain = Some(Arc::new(chain));
+            next.root = self.root_document(&next, now);
+            tracing::info!(
+                packages = next.packages.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "composer 1 provider chain ready"
+            );
+            self.install(Arc::new(next));
+        });
+    }
+
+    async fn build_chain(&self, view: &View) -> V1Chain {
+        let names: Vec<String> = view.packages.keys().cloned().collect();
+        let results: Vec<(String, Result<String, ProxyError>)> = futures_util::stream::iter(names)
+            .map(|name| async move {
+                let hash = self.v1_package(view, &name).await.and_then(|p| {
+                    p.v1.as_ref()
+                        .map(|d| d.sha256.clone())
+                        .ok_or_else(|| ProxyError::NotFound(name.clone()))
+                });
+                (name, hash)
+            })
+            .buffer_unordered(self.prefetch_concurrency)
+            .collect()
+            .await;
+        let mut package_hashes = HashMap::new();
+        for (name, result) in results {
+            match result {
+                Ok(hash) => {
+                    package_hashes.insert(name, hash);
+                }
+                // A package upstream cannot serve is left out of the v1 listing, not the chain.
+                Err(e) => {
+                    tracing::warn!(package = %name, error = %e, "package left out of the composer 1 listing")
+                }
+            }
+        }
+        let now = SystemTime::now();
+        let mut listings = HashMap::new();
+        let mut includes = Vec::new();
+        for listing in view.listings.iter() {
+            let entries: BTreeMap<String, String> = listing
+                .packages
+                .keys()
+                .filter_map(|n| package_hashes.get(n).map(|h| (n.clone(), h.clone())))
+                .collect();
+            let doc = composer::listing_document(&entries, now);
+            includes.push((listing.include.template.clone(), doc.sha256.clone()));
+            listings.insert(listing.include.path_for(&doc.sha256), doc);
+        }
+        V1Chain {
+            listings,
+            package_hashes,
+            includes,
+        }
+    }
+
+    /// Whether the Composer 1 chain is complete for the current view (tests and readiness).
+    pub fn v1_ready(&self) -> bool {
+        self.current().is_some_and(|v| v.v1_chain.is_some())
+    }
+
+    /// The rewritten hash of a package's v1 file in the current chain.
+    pub fn v1_hash(&self, name: &str) -> Option<String> {
+        self.current()?
+            .v1_chain
+            .as_ref()?
+            .package_hashes
+            .get(name)
+            .cloned()
+    }
+
+    /// Package names matching any of the whitespace-separated terms, as Composer's own
+    /// name search does.
+    pub async fn search(self: &Arc<Self>, query: &str) -> Result<Vec<String>, ProxyError> {
+        let (view, _) = self.view().await?;
+        let terms: Vec<String> = query
+            .split_whitespace()
+            .map(str::to_ascii_lowercase)
+            .collect();
+        Ok(view
+            .names()
+            .iter()
+            .filter(|n| terms.is_empty() || terms.iter().any(|t| n.contains(t.as_str())))
+            .take(1000)
+            .cloned()
+            .collect())
+    }
+
+    /// Where the upstream wants install notifications.
+    pub async fn notify_url(self: &Arc<Self>) -> Option<String> {
+        let (view, _) = self.view().await.ok()?;
+        view.upstream.notify_batch().map(|u| u.to_string())
+    }
+}

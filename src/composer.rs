@@ -1,0 +1,791 @@
+//! The Composer repository protocol: parsing upstream metadata, rewriting it to point at the
+//! proxy, recomputing the v1 hash chain and translating v1 provider files into p2 files.
+//!
+//! Everything here is pure (bytes in, bytes out) so it runs once per fetched document, never
+//! per request, and is tested without sockets. Rewritten URLs come from the configured public
+//! URL only, never from a request, so no client can poison what others are served.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use url::Url;
+
+/// Largest decompressed metadata document accepted from upstream; a gzip bomb or a runaway
+/// response must not exhaust memory.
+pub const MAX_METADATA_BYTES: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("{what} is not valid JSON: {source}")]
+    Json {
+        what: String,
+        source: serde_json::Error,
+    },
+    #[error("{0}")]
+    Shape(String),
+    #[error("{what} does not match its sha256 (expected {expected}, got {actual})")]
+    HashMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("gzip body could not be decoded: {0}")]
+    Gzip(std::io::Error),
+    #[error("decoded body exceeds {MAX_METADATA_BYTES} bytes")]
+    TooLarge,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Decodes a metadata body. repo.magento.com gzips per-package files whether or not it was
+/// asked to, sometimes without saying so, hence the magic-byte check.
+pub fn decode_body(raw: Bytes, content_encoding: Option<&str>) -> Result<Bytes, ProtocolError> {
+    let declared = content_encoding.is_some_and(|e| e.trim().eq_ignore_ascii_case("gzip"));
+    if declared || raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::with_capacity(raw.len() * 4);
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .take(MAX_METADATA_BYTES as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(ProtocolError::Gzip)?;
+        if out.len() > MAX_METADATA_BYTES {
+            return Err(ProtocolError::TooLarge);
+        }
+        Ok(Bytes::from(out))
+    } else {
+        Ok(raw)
+    }
+}
+
+fn gzip(bytes: &[u8]) -> Bytes {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 4),
+        flate2::Compression::default(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(bytes);
+    Bytes::from(encoder.finish().unwrap_or_default())
+}
+
+/// A JSON document as the proxy serves it: the bytes, their gzip form and their sha256, all
+/// computed once when the document is built.
+#[derive(Clone, Debug)]
+pub struct Document {
+    pub identity: Bytes,
+    pub gzip: Bytes,
+    pub sha256: String,
+    pub last_modified: SystemTime,
+}
+
+impl Document {
+    pub fn new(identity: Bytes, last_modified: SystemTime) -> Self {
+        Self {
+            gzip: gzip(&identity),
+            sha256: sha256_hex(&identity),
+            identity,
+            last_modified,
+        }
+    }
+
+    pub fn from_json(value: &Value, last_modified: SystemTime) -> Self {
+        // Serializing a Value cannot fail: its keys are strings.
+        Self::new(
+            Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+            last_modified,
+        )
+    }
+
+    /// Bytes held in memory, for cache weighing.
+    pub fn weight(&self) -> usize {
+        self.identity.len() + self.gzip.len() + 64
+    }
+}
+
+fn parse_json(bytes: &[u8], what: &str) -> Result<Value, ProtocolError> {
+    serde_json::from_slice(bytes).map_err(|source| ProtocolError::Json {
+        what: what.to_string(),
+        source,
+    })
+}
+
+/// Checks a document against the sha256 its parent names.
+pub fn verify_sha256(bytes: &[u8], expected: &str, what: &str) -> Result<(), ProtocolError> {
+    let actual = sha256_hex(bytes);
+    if actual.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(ProtocolError::HashMismatch {
+            what: what.to_string(),
+            expected: expected.to_string(),
+            actual,
+        })
+    }
+}
+
+/// One `provider-includes` entry of a v1 root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderInclude {
+    /// As written upstream, e.g. `p/provider-ce$%hash%.json`; relative to the repository URL.
+    pub template: String,
+    pub sha256: String,
+}
+
+impl ProviderInclude {
+    pub fn path_for(&self, hash: &str) -> String {
+        self.template.replace("%hash%", hash)
+    }
+}
+
+/// What the upstream `packages.json` says, reduced to what the proxy needs.
+#[derive(Clone, Debug)]
+pub enum UpstreamRoot {
+    /// Composer 1 providers, as repo.magento.com serves.
+    V1 {
+        providers_url: Url,
+        includes: Vec<ProviderInclude>,
+        notify_batch: Option<Url>,
+    },
+    /// Composer 2 `metadata-url` (packagist-style private repositories).
+    P2 {
+        metadata_url: Url,
+        available_packages: Option<Vec<String>>,
+        available_package_patterns: Option<Vec<String>>,
+        notify_batch: Option<Url>,
+    },
+}
+
+impl UpstreamRoot {
+    pub fn notify_batch(&self) -> Option<&Url> {
+        match self {
+            UpstreamRoot::V1 { notify_batch, .. } | UpstreamRoot::P2 { notify_batch, .. } => {
+                notify_batch.as_ref()
+            }
+        }
+    }
+}
+
+/// Resolves a URL the way Composer does: a leading `/` joins the origin of the repository URL
+/// (dropping its path), anything else must already be absolute.
+pub fn canonicalize_url(repository: &Url, value: &str) -> Option<Url> {
+    if value.starts_with('/') {
+        let mut url = repository.clone();
+        url.set_query(None);
+        url.set_fragment(None);
+        // `%` in templates (`%package%`) must survive; set_path would escape nothing relevant.
+        url.set_path("");
+        Url::parse(&format!("{}{}", url.as_str().trim_end_matches('/'), value)).ok()
+    } else {
+        Url::parse(value).ok()
+    }
+}
+
+/// The repository's base URL as Composer computes it: the URL without a trailing `/x.json`.
+pub fn repository_base(repository: &Url) -> String {
+    let s = repository.as_str().trim_end_matches('/');
+    match s.rsplit_once('/') {
+        Some((head, tail)) if tail.ends_with(".json") && head.contains("://") && head.len() > 8 => {
+            head.to_string()
+        }
+        _ => s.to_string(),
+    }
+}
+
+/// The upstream root document's URL.
+pub fn root_url(repository: &Url) -> String {
+    if repository.path().contains(".json") {
+        repository.to_string()
+    } else {
+        format!("{}/packages.json", repository_base(repository))
+    }
+}
+
+fn string_list(value: Option<&Value>) -> Option<Vec<String>> {
+    let list = value?.as_array()?;
+    Some(
+        list.iter()
+            .filter_map(|v| v.as_str().map(str::to_ascii_lowercase))
+            .collect(),
+    )
+}
+
+pub fn parse_root(bytes: &[u8], repository: &Url) -> Result<UpstreamRoot, ProtocolError> {
+    let json = parse_json(bytes, "upstream packages.json")?;
+    let obj = json
+        .as_object()
+        .ok_or_else(|| ProtocolError::Shape("upstream packages.json is not an object".into()))?;
+    let url_field = |key: &str| {
+        obj.get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .and_then(|s| canonicalize_url(repository, s))
+    };
+    let notify_batch = url_field("notify-batch");
+    if let Some(metadata_url) = url_field("metadata-url") {
+        return Ok(UpstreamRoot::P2 {
+            metadata_url,
+            available_packages: string_list(obj.get("available-packages")),
+            available_package_patterns: string_list(obj.get("available-package-patterns")),
+            notify_batch,
+        });
+    }
+    let providers_url = url_field("providers-url").ok_or_else(|| {
+        ProtocolError::Shape(
+            "upstream packages.json has neither metadata-url nor providers-url".into(),
+        )
+    })?;
+    let mut includes = Vec::new();
+    if let Some(map) = obj.get("provider-includes").and_then(Value::as_object) {
+        for (template, meta) in map {
+            let sha256 = meta.get("sha256").and_then(Value::as_str).ok_or_else(|| {
+                ProtocolError::Shape(format!("provider-includes[{template}] has no sha256"))
+            })?;
+            if !is_safe_relative_template(template) {
+                return Err(ProtocolError::Shape(format!(
+                    "provider-includes key {template:?} is not a plain relative path"
+                )));
+            }
+            includes.push(ProviderInclude {
+                template: template.clone(),
+                sha256: sha256.to_ascii_lowercase(),
+            });
+        }
+    }
+    Ok(UpstreamRoot::V1 {
+        providers_url,
+        includes,
+        notify_batch,
+    })
+}
+
+/// Listing templates become paths the proxy serves, so they must not climb out of the root.
+fn is_safe_relative_template(t: &str) -> bool {
+    !t.is_empty()
+        && !t.starts_with('/')
+        && !t.contains("://")
+        && !t.contains('\\')
+        && !t.contains('?')
+        && t.contains("%hash%")
+        && t.split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+}
+
+/// Reads a v1 listing: package name → sha256 of its per-package file.
+pub fn parse_listing(bytes: &[u8]) -> Result<BTreeMap<String, String>, ProtocolError> {
+    let json = parse_json(bytes, "provider listing")?;
+    let providers = json
+        .get("providers")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ProtocolError::Shape("provider listing has no providers object".into()))?;
+    let mut out = BTreeMap::new();
+    for (name, meta) in providers {
+        if let Some(hash) = meta.get("sha256").and_then(Value::as_str) {
+            if is_package_name(&name.to_ascii_lowercase()) {
+                out.insert(name.to_ascii_lowercase(), hash.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Composer's package name rule (`vendor/name`, lower case), which also keeps names safe to
+/// use in paths and URL templates.
+pub fn is_package_name(name: &str) -> bool {
+    let Some((vendor, project)) = name.split_once('/') else {
+        return false;
+    };
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 100
+            && p.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            })
+            && p.as_bytes()[0].is_ascii_alphanumeric()
+            && p.as_bytes()[p.len() - 1].is_ascii_alphanumeric()
+    };
+    part_ok(vendor) && part_ok(project) && !name.contains("..")
+}
+
+/// Composer's dev versions: branches (`dev-*`, `*-dev`) go to `~dev.json`.
+pub fn is_dev_version(version: &Value) -> bool {
+    let v = version
+        .get("version_normalized")
+        .or_else(|| version.get("version"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    v.starts_with("dev-") || v.ends_with("-dev")
+}
+
+/// Where an archive the proxy serves really comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DistSource {
+    pub package: String,
+    pub url: String,
+    /// sha1 the metadata promises, when it promises one.
+    pub shasum: Option<String>,
+}
+
+/// The proxy's key for an upstream archive URL: stable for a given URL, so URLs in lock files
+/// made through the proxy stay valid, and opaque, so a client cannot name an arbitrary path.
+pub fn dist_key(upstream_url: &str) -> String {
+    sha256_hex(upstream_url.as_bytes())[..32].to_string()
+}
+
+/// File extension served for a dist type; only shapes the router accepts.
+fn dist_extension(dist_type: &str) -> &str {
+    if !dist_type.is_empty()
+        && dist_type.len() <= 8
+        && dist_type
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        dist_type
+    } else {
+        "bin"
+    }
+}
+
+/// Rewrites metadata for one proxy instance.
+#[derive(Clone, Debug)]
+pub struct Rewriter {
+    /// Without trailing slash.
+    pub public_url: String,
+    pub upstream: Url,
+}
+
+/// A package's metadata in every form the proxy serves, built once per upstream document.
+#[derive(Debug)]
+pub struct ProcessedPackage {
+    pub name: String,
+    /// Rewritten v1 per-package file (None for p2-native upstreams).
+    pub v1: Option<Document>,
+    /// p2 `name.json` (stable versions) and `name~dev.json`.
+    pub p2: Document,
+    pub p2_dev: Document,
+    pub dists: HashMap<String, DistSource>,
+}
+
+impl ProcessedPackage {
+    pub fn weight(&self) -> u32 {
+        let docs =
+            self.v1.as_ref().map_or(0, Document::weight) + self.p2.weight() + self.p2_dev.weight();
+        let dists = self.dists.len() * 256;
+        u32::try_from(docs + dists).unwrap_or(u32::MAX)
+    }
+}
+
+impl Rewriter {
+    fn same_origin(&self, url: &Url) -> bool {
+        url.scheme() == self.upstream.scheme()
+            && url.host() == self.upstream.host()
+            && url.port_or_known_default() == self.upstream.port_or_known_default()
+    }
+
+    /// Points one version's dist (and notification URL) at the proxy and records where the
+    /// archive really lives. Dists on other hosts are left alone: the proxy only fetches from
+    /// its upstream.
+    fn rewrite_version(
+        &self,
+        package: &str,
+        version: &mut Value,
+        dists: &mut HashMap<String, DistSource>,
+    ) {
+        let Some(obj) = version.as_object_mut() else {
+            return;
+        };
+        if obj.contains_key("notification-url") {
+            obj.insert(
+                "notification-url".into(),
+                Value::String(self.notify_batch_url()),
+            );
+        }
+        let Some(dist) = obj.get_mut("dist").and_then(Value::as_object_mut) else {
+            return;
+        };
+        let Some(url) = dist.get("url").and_then(Value::as_str) else {
+            return;
+        };
+        let Some(parsed) = canonicalize_url(&self.upstream, url) else {
+            return;
+        };
+        if !self.same_origin(&parsed) {
+            return;
+        }
+        let key = dist_key(parsed.as_str());
+        let ext = dist_extension(dist.get("type").and_then(Value::as_str).unwrap_or("zip"));
+        let shasum = dist
+            .get("shasum")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_ascii_lowercase);
+        dists.insert(
+            key.clone(),
+            DistSource {
+                package: package.to_string(),
+                url: parsed.to_string(),
+                shasum,
+            },
+        );
+        dist.insert(
+            "url".into(),
+            Value::String(format!("{}/dists/{package}/{key}.{ext}", self.public_url)),
+        );
+        // Mirrors would send clients around the proxy.
+        dist.remove("mirrors");
+    }
+
+    pub fn notify_batch_url(&self) -> String {
+        format!("{}/downloads/", self.public_url)
+    }
+
+    /// Processes a verified v1 per-package file for `name`.
+    pub fn process_v1_package(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        last_modified: SystemTime,
+    ) -> Result<ProcessedPackage, ProtocolError> {
+        let mut json = parse_json(bytes, &format!("package file of {name}"))?;
+        let packages = json
+            .get_mut("packages")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| {
+                ProtocolError::Shape(format!("package file of {name} has no packages object"))
+            })?;
+        let mut dists = HashMap::new();
+        let mut stable = Vec::new();
+        let mut dev = Vec::new();
+        for (pkg_name, versions) in packages.iter_mut() {
+            let pkg_lower = pkg_name.to_ascii_lowercase();
+            // PHP encodes an empty map as [], so accept both shapes.
+            let entries: Vec<&mut Value> = match versions {
+                Value::Object(map) => map.values_mut().collect(),
+                Value::Array(list) => list.iter_mut().collect(),
+                _ => Vec::new(),
+            };
+            for version in entries {
+                self.rewrite_version(&pkg_lower, version, &mut dists);
+                if pkg_lower == name {
+                    if is_dev_version(version) {
+                        dev.push(version.clone());
+                    } else {
+                        stable.push(version.clone());
+                    }
+                }
+            }
+        }
+        Ok(ProcessedPackage {
+            name: name.to_string(),
+            v1: Some(Document::from_json(&json, last_modified)),
+            p2: Document::from_json(&p2_document(name, stable), last_modified),
+            p2_dev: Document::from_json(&p2_document(name, dev), last_modified),
+            dists,
+        })
+    }
+
+    /// Processes a p2 file from a p2-native upstream (minified or not). Returns the rewritten
+    /// document and the dists it names.
+    pub fn process_p2_file(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        last_modified: SystemTime,
+    ) -> Result<(Document, HashMap<String, DistSource>), ProtocolError> {
+        let mut json = parse_json(bytes, &format!("p2 file of {name}"))?;
+        let mut dists = HashMap::new();
+        if let Some(packages) = json.get_mut("packages").and_then(Value::as_object_mut) {
+            for (pkg_name, versions) in packages.iter_mut() {
+                let pkg_lower = pkg_name.to_ascii_lowercase();
+                if let Some(list) = versions.as_array_mut() {
+                    // In minified files a version without `dist` inherits the previous one,
+                    // which has already been rewritten, so rewriting in place is enough.
+                    for version in list {
+                        self.rewrite_version(&pkg_lower, version, &mut dists);
+                    }
+                }
+            }
+        } else {
+            return Err(ProtocolError::Shape(format!(
+                "p2 file of {name} has no packages object"
+            )));
+        }
+        Ok((Document::from_json(&json, last_modified), dists))
+    }
+
+    /// The proxy's own `packages.json`.
+    pub fn root_document(&self, root: &ProxyRoot<'_>, last_modified: SystemTime) -> Document {
+        let p = &self.public_url;
+        let mut out = Map::new();
+        out.insert("packages".into(), Value::Array(Vec::new()));
+        out.insert(
+            "metadata-url".into(),
+            Value::String(format!("{p}/p2/%package%.json")),
+        );
+        if let Some(names) = root.available_packages {
+            out.insert(
+                "available-packages".into(),
+                Value::Array(names.iter().map(|n| Value::String(n.clone())).collect()),
+            );
+        }
+        if let Some(patterns) = root.available_package_patterns {
+            out.insert(
+                "available-package-patterns".into(),
+                Value::Array(patterns.iter().map(|n| Value::String(n.clone())).collect()),
+            );
+        }
+        out.insert(
+            "notify-batch".into(),
+            Value::String(self.notify_batch_url()),
+        );
+        if root.search {
+            out.insert(
+                "search".into(),
+                Value::String(format!("{p}/search.json?q=%query%&type=%type%")),
+            );
+        }
+        if let Some(includes) = root.v1_includes {
+            out.insert(
+                "providers-url".into(),
+                Value::String(format!("{p}/p/%package%$%hash%.json")),
+            );
+            let mut map = Map::new();
+            for (template, hash) in includes {
+                let mut meta = Map::new();
+                meta.insert("sha256".into(), Value::String(hash.clone()));
+                map.insert(template.clone(), Value::Object(meta));
+            }
+            out.insert("provider-includes".into(), Value::Object(map));
+        }
+        Document::from_json(&Value::Object(out), last_modified)
+    }
+}
+
+/// What goes into the proxy's `packages.json`.
+pub struct ProxyRoot<'a> {
+    pub available_packages: Option<&'a [String]>,
+    pub available_package_patterns: Option<&'a [String]>,
+    /// Whether `search` is answered (from the known names).
+    pub search: bool,
+    /// Listing template → rewritten listing sha256, once the v1 chain is complete.
+    pub v1_includes: Option<&'a [(String, String)]>,
+}
+
+fn p2_document(name: &str, versions: Vec<Value>) -> Value {
+    let mut packages = Map::new();
+    packages.insert(name.to_string(), Value::Array(versions));
+    let mut out = Map::new();
+    out.insert("packages".into(), Value::Object(packages));
+    Value::Object(out)
+}
+
+/// A rewritten v1 listing naming the rewritten per-package hashes.
+pub fn listing_document(entries: &BTreeMap<String, String>, last_modified: SystemTime) -> Document {
+    let mut providers = Map::new();
+    for (name, hash) in entries {
+        let mut meta = Map::new();
+        meta.insert("sha256".into(), Value::String(hash.clone()));
+        providers.insert(name.clone(), Value::Object(meta));
+    }
+    let mut out = Map::new();
+    out.insert("providers".into(), Value::Object(providers));
+    Document::from_json(&Value::Object(out), last_modified)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn rewriter() -> Rewriter {
+        Rewriter {
+            public_url: "https://proxy.example/magento".into(),
+            upstream: Url::parse("https://repo.magento.com").expect("url"),
+        }
+    }
+
+    const PACKAGE_FILE: &str = r#"{"packages":{"magento\/framework":{
+        "103.0.7":{"name":"magento\/framework","version":"103.0.7","version_normalized":"103.0.7.0","uid":7,
+            "dist":{"type":"zip","url":"https:\/\/repo.magento.com\/archives\/magento\/framework\/magento-framework-103.0.7.0.zip","reference":null,"shasum":"ABCDEF"}},
+        "dev-2.4-develop":{"name":"magento\/framework","version":"dev-2.4-develop","version_normalized":"dev-2.4-develop","uid":8,
+            "dist":{"type":"zip","url":"https:\/\/elsewhere.example\/x.zip","reference":"abc","shasum":""}},
+        "103.0.8-dev":{"name":"magento\/framework","version":"103.0.8-dev","uid":9,"notification-url":"https:\/\/repo.magento.com\/downloads\/"}
+    }}}"#;
+
+    #[test]
+    fn v1_package_is_split_into_stable_and_dev_p2_files_with_uid_kept() {
+        let p = rewriter()
+            .process_v1_package("magento/framework", PACKAGE_FILE.as_bytes(), UNIX_EPOCH)
+            .expect("processes");
+        let stable: Value = serde_json::from_slice(&p.p2.identity).expect("json");
+        let dev: Value = serde_json::from_slice(&p.p2_dev.identity).expect("json");
+        let stable = stable["packages"]["magento/framework"]
+            .as_array()
+            .expect("list");
+        let dev = dev["packages"]["magento/framework"]
+            .as_array()
+            .expect("list");
+        assert_eq!(stable.len(), 1);
+        assert_eq!(stable[0]["version"], "103.0.7");
+        assert_eq!(stable[0]["uid"], 7);
+        let dev_versions: Vec<_> = dev.iter().map(|v| v["version"].clone()).collect();
+        assert_eq!(dev_versions, ["dev-2.4-develop", "103.0.8-dev"]);
+    }
+
+    #[test]
+    fn upstream_dists_point_at_the_proxy_and_foreign_ones_are_untouched() {
+        let p = rewriter()
+            .process_v1_package("magento/framework", PACKAGE_FILE.as_bytes(), UNIX_EPOCH)
+            .expect("processes");
+        let v1: Value = serde_json::from_slice(&p.v1.expect("v1").identity).expect("json");
+        let versions = &v1["packages"]["magento/framework"];
+        let url = versions["103.0.7"]["dist"]["url"].as_str().expect("url");
+        let key = dist_key(
+            "https://repo.magento.com/archives/magento/framework/magento-framework-103.0.7.0.zip",
+        );
+        assert_eq!(
+            url,
+            format!("https://proxy.example/magento/dists/magento/framework/{key}.zip")
+        );
+        assert_eq!(
+            versions["dev-2.4-develop"]["dist"]["url"],
+            "https://elsewhere.example/x.zip"
+        );
+        assert_eq!(
+            versions["103.0.8-dev"]["notification-url"],
+            "https://proxy.example/magento/downloads/"
+        );
+        let source = &p.dists[&key];
+        assert_eq!(source.shasum.as_deref(), Some("abcdef"));
+        assert_eq!(p.dists.len(), 1);
+    }
+
+    #[test]
+    fn rewritten_documents_hash_matches_body_and_are_deterministic() {
+        let a = rewriter()
+            .process_v1_package("magento/framework", PACKAGE_FILE.as_bytes(), UNIX_EPOCH)
+            .expect("processes");
+        let b = rewriter()
+            .process_v1_package("magento/framework", PACKAGE_FILE.as_bytes(), UNIX_EPOCH)
+            .expect("processes");
+        let (a, b) = (a.v1.expect("v1"), b.v1.expect("v1"));
+        assert_eq!(a.sha256, sha256_hex(&a.identity));
+        assert_eq!(a.sha256, b.sha256);
+        let decoded = decode_body(a.gzip.clone(), Some("gzip")).expect("gunzip");
+        assert_eq!(decoded, a.identity);
+    }
+
+    #[test]
+    fn gzip_is_detected_by_header_or_magic_bytes() {
+        let doc = Document::new(Bytes::from_static(b"{\"a\":1}"), UNIX_EPOCH);
+        assert_eq!(
+            decode_body(doc.gzip.clone(), None).expect("magic"),
+            doc.identity
+        );
+        assert_eq!(
+            decode_body(doc.identity.clone(), None).expect("plain"),
+            doc.identity
+        );
+        assert!(decode_body(Bytes::from_static(b"nope"), Some("gzip")).is_err());
+    }
+
+    #[test]
+    fn v1_root_and_listing_parse_like_composer() {
+        let upstream = Url::parse("https://repo.magento.com").expect("url");
+        let root = br#"{"packages":[],"notify-batch":"\/downloads\/","providers-url":"\/p\/%package%$%hash%.json",
+            "provider-includes":{"p\/provider-ce$%hash%.json":{"sha256":"AA"}}}"#;
+        match parse_root(root, &upstream).expect("parses") {
+            UpstreamRoot::V1 {
+                providers_url,
+                includes,
+                notify_batch,
+            } => {
+                assert_eq!(
+                    providers_url.as_str(),
+                    "https://repo.magento.com/p/%package%$%hash%.json"
+                );
+                assert_eq!(includes[0].template, "p/provider-ce$%hash%.json");
+                assert_eq!(includes[0].sha256, "aa");
+                assert_eq!(includes[0].path_for("bb"), "p/provider-ce$bb.json");
+                assert_eq!(
+                    notify_batch.expect("notify").as_str(),
+                    "https://repo.magento.com/downloads/"
+                );
+            }
+            other => panic!("expected v1, got {other:?}"),
+        }
+        let listing = parse_listing(
+            br#"{"providers":{"Magento\/Framework":{"sha256":"CC"},"bad name":{"sha256":"dd"}}}"#,
+        )
+        .expect("parses");
+        assert_eq!(listing.len(), 1);
+        assert_eq!(listing["magento/framework"], "cc");
+    }
+
+    #[test]
+    fn hostile_listing_templates_are_refused() {
+        let upstream = Url::parse("https://repo.magento.com").expect("url");
+        for t in [
+            "../x$%hash%.json",
+            "/abs$%hash%.json",
+            "p/..\\x$%hash%.json",
+            "p/x.json",
+        ] {
+            let root = serde_json::json!({"providers-url": "/p/%package%$%hash%.json",
+                "provider-includes": {t: {"sha256": "aa"}}});
+            let bytes = serde_json::to_vec(&root).expect("json");
+            assert!(parse_root(&bytes, &upstream).is_err(), "{t}");
+        }
+    }
+
+    #[test]
+    fn url_resolution_drops_the_repository_path_for_absolute_paths() {
+        let repo = Url::parse("https://repo.example/org/acme").expect("url");
+        assert_eq!(
+            canonicalize_url(&repo, "/p2/%package%.json")
+                .expect("url")
+                .as_str(),
+            "https://repo.example/p2/%package%.json"
+        );
+        assert_eq!(
+            root_url(&repo),
+            "https://repo.example/org/acme/packages.json"
+        );
+        assert_eq!(
+            repository_base(&Url::parse("https://r.example/x/packages.json").expect("url")),
+            "https://r.example/x"
+        );
+    }
+
+    #[test]
+    fn package_names_follow_composer_rules() {
+        for ok in ["magento/framework", "a/b", "vendor-x/name.y_z"] {
+            assert!(is_package_name(ok), "{ok}");
+        }
+        for bad in [
+            "magento", "../x", "a/../b", "A/b", "a/b/c", "a/-b", "a/b-", "/b", "a/",
+        ] {
+            assert!(!is_package_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn p2_native_files_are_rewritten_in_place() {
+        let body = br#"{"minified":"composer/2.0","packages":{"acme/lib":[
+            {"name":"acme/lib","version":"1.0.0","dist":{"type":"zip","url":"https://repo.magento.com/dl/1.zip","shasum":""}},
+            {"version":"1.0.1","dist":{"type":"zip","url":"https://repo.magento.com/dl/2.zip","shasum":""}}]}}"#;
+        let (doc, dists) = rewriter()
+            .process_p2_file("acme/lib", body, UNIX_EPOCH)
+            .expect("processes");
+        let json: Value = serde_json::from_slice(&doc.identity).expect("json");
+        assert_eq!(json["minified"], "composer/2.0");
+        assert_eq!(dists.len(), 2);
+        assert!(json["packages"]["acme/lib"][1]["dist"]["url"]
+            .as_str()
+            .expect("url")
+            .starts_with("https://proxy.example/magento/dists/acme/lib/"));
+    }
+}

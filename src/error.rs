@@ -1,0 +1,244 @@
+//! Errors on the request path and the one place they become responses.
+//!
+//! Clients are Composer processes that hold no credentials, so no error ever becomes a 401
+//! (Composer would prompt for a password or fail with "You must be using the interactive
+//! console"). Bodies are `{"warning": "…"}` because Composer prints that field as
+//! "Warning from <host>: …"; the detail goes to the log once, where the error is mapped.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::composer::ProtocolError;
+use crate::upstream::UpstreamError;
+
+/// What the upstream said no to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resource {
+    Metadata,
+    Archive,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    // Client problems.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("client address {0} is not in the allowlist")]
+    Forbidden(std::net::IpAddr),
+
+    // Upstream problems.
+    #[error("upstream rejected the key pair with HTTP {status}")]
+    KeysRejected { status: u16, keys_configured: bool },
+    #[error("upstream refused access to {what:?} with HTTP 403")]
+    UpstreamForbidden { what: Resource },
+    #[error("upstream has no {what:?} at {detail}")]
+    UpstreamNotFound { what: Resource, detail: String },
+    #[error("upstream answered HTTP {0}")]
+    UpstreamStatus(u16),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("upstream metadata is unusable: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("archive failed verification: {0}")]
+    ArchiveMismatch(String),
+
+    /// One failure shared by every request that waited on the same single-flight fetch.
+    #[error(transparent)]
+    Shared(std::sync::Arc<ProxyError>),
+
+    // Our own problems.
+    #[error("cache error: {0}")]
+    Cache(#[from] std::io::Error),
+}
+
+impl ProxyError {
+    /// Maps an unexpected upstream status for a resource to the error clients understand.
+    pub fn from_upstream_status(
+        status: StatusCode,
+        what: Resource,
+        keys_configured: bool,
+        detail: &str,
+    ) -> Self {
+        match status.as_u16() {
+            401 => ProxyError::KeysRejected {
+                status: 401,
+                keys_configured,
+            },
+            403 => ProxyError::UpstreamForbidden { what },
+            404 | 410 => ProxyError::UpstreamNotFound {
+                what,
+                detail: detail.to_string(),
+            },
+            other => ProxyError::UpstreamStatus(other),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status_and_warning().0
+    }
+
+    /// Status and client-facing message. Exhaustive on purpose: a new variant must decide here
+    /// what Composer is told.
+    fn status_and_warning(&self) -> (StatusCode, String) {
+        match self {
+            ProxyError::Shared(inner) => inner.status_and_warning(),
+            ProxyError::BadRequest(why) => (StatusCode::BAD_REQUEST, format!("Bad request: {why}")),
+            ProxyError::NotFound(what) => (StatusCode::NOT_FOUND, format!("Not found: {what}")),
+            ProxyError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed: this proxy accepts GET and HEAD, and POST for install notifications".into(),
+            ),
+            ProxyError::Forbidden(ip) => (
+                StatusCode::FORBIDDEN,
+                format!("composer-proxy does not serve {ip}: the address is not in its allowlist (setting `allow`)"),
+            ),
+            ProxyError::KeysRejected { status, keys_configured: true } => (
+                StatusCode::BAD_GATEWAY,
+                format!("The upstream repository rejected the organisation's key pair (HTTP {status}). Check in the Commerce Marketplace account (My Profile > Access Keys) that the key pair configured in composer-proxy still exists and is enabled, and that the account is in good standing; then update the proxy's keys."),
+            ),
+            ProxyError::KeysRejected { status, keys_configured: false } => (
+                StatusCode::BAD_GATEWAY,
+                format!("The upstream repository requires credentials (HTTP {status}) but composer-proxy has no key pair configured. Set COMPOSER_PROXY_PUBLIC_KEY and COMPOSER_PROXY_PRIVATE_KEY (or a key file or auth.json) on the proxy."),
+            ),
+            ProxyError::UpstreamForbidden { what: Resource::Archive } => (
+                StatusCode::FORBIDDEN,
+                "The upstream repository refused this archive (HTTP 403): the organisation's Marketplace account may lack the entitlement for it, or its access has lapsed.".into(),
+            ),
+            ProxyError::UpstreamForbidden { what: Resource::Metadata } => (
+                StatusCode::FORBIDDEN,
+                "The upstream repository refused access to this metadata (HTTP 403) for the organisation's key pair.".into(),
+            ),
+            ProxyError::UpstreamNotFound { what: Resource::Archive, .. } => (
+                StatusCode::NOT_FOUND,
+                "The upstream repository has no archive for this package version for the organisation's key pair (HTTP 404): the Marketplace account may lack the entitlement, or its access (licence, subscription, invoice) has lapsed.".into(),
+            ),
+            ProxyError::UpstreamNotFound { what: Resource::Metadata, detail } => {
+                (StatusCode::NOT_FOUND, format!("Not found upstream: {detail}"))
+            }
+            ProxyError::UpstreamStatus(status) => (
+                StatusCode::BAD_GATEWAY,
+                format!("The upstream repository answered HTTP {status}; composer-proxy has no cached copy to serve instead."),
+            ),
+            ProxyError::Upstream(UpstreamError::Timeout(during)) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("The upstream repository timed out ({during}); composer-proxy has no cached copy to serve instead."),
+            ),
+            ProxyError::Upstream(UpstreamError::Unreachable(_)) => (
+                StatusCode::BAD_GATEWAY,
+                "The upstream repository is unreachable; composer-proxy has no cached copy to serve instead.".into(),
+            ),
+            ProxyError::Upstream(UpstreamError::TooManyRedirects(n)) => (
+                StatusCode::BAD_GATEWAY,
+                format!("The upstream repository redirected more than {n} times."),
+            ),
+            ProxyError::Upstream(UpstreamError::Invalid(_)) | ProxyError::Protocol(_) => (
+                StatusCode::BAD_GATEWAY,
+                "The upstream repository sent metadata composer-proxy could not use (see the proxy's log).".into(),
+            ),
+            ProxyError::ArchiveMismatch(_) => (
+                StatusCode::BAD_GATEWAY,
+                "The upstream repository sent an archive that does not match its published checksum; nothing was cached. Try again later.".into(),
+            ),
+            ProxyError::Cache(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "composer-proxy could not use its cache directory (see the proxy's log).".into(),
+            ),
+        }
+    }
+
+    /// The JSON response Composer shows to its user.
+    pub fn to_response(&self) -> Response<bytes::Bytes> {
+        let (status, warning) = self.status_and_warning();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, %status, "request failed");
+        } else {
+            tracing::debug!(error = %self, %status, "request refused");
+        }
+        json_response(status, &serde_json::json!({ "warning": warning }))
+    }
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<bytes::Bytes> {
+    let bytes = bytes::Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+    let mut response = Response::new(bytes);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(e: &ProxyError) -> (u16, String) {
+        let r = e.to_response();
+        let json: serde_json::Value = serde_json::from_slice(r.body()).expect("json");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        (
+            r.status().as_u16(),
+            json["warning"].as_str().expect("warning").to_string(),
+        )
+    }
+
+    #[test]
+    fn upstream_401_becomes_502_never_401() {
+        let (status, warning) = body(&ProxyError::from_upstream_status(
+            StatusCode::UNAUTHORIZED,
+            Resource::Metadata,
+            true,
+            "",
+        ));
+        assert_eq!(status, 502);
+        assert!(
+            warning.contains("rejected the organisation's key pair"),
+            "{warning}"
+        );
+        assert!(warning.contains("Marketplace"), "{warning}");
+        let (status, warning) = body(&ProxyError::KeysRejected {
+            status: 401,
+            keys_configured: false,
+        });
+        assert_eq!(status, 502);
+        assert!(warning.contains("no key pair configured"), "{warning}");
+    }
+
+    #[test]
+    fn archive_404_names_the_entitlement() {
+        let (status, warning) = body(&ProxyError::from_upstream_status(
+            StatusCode::NOT_FOUND,
+            Resource::Archive,
+            true,
+            "x",
+        ));
+        assert_eq!(status, 404);
+        assert!(warning.contains("entitlement"), "{warning}");
+    }
+
+    #[test]
+    fn timeouts_are_504_and_unreachable_502() {
+        assert_eq!(
+            body(&ProxyError::Upstream(UpstreamError::Timeout("x"))).0,
+            504
+        );
+        assert_eq!(
+            body(&ProxyError::Upstream(UpstreamError::Unreachable(
+                "x".into()
+            )))
+            .0,
+            502
+        );
+        assert_eq!(body(&ProxyError::UpstreamStatus(503)).0, 502);
+    }
+}

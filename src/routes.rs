@@ -1,0 +1,673 @@
+//! What is asked: request paths are normalised and parsed into a [`Route`] (a pure function,
+//! tested and fuzzed on its own), then each route kind is answered from the caches.
+//!
+//! Parsing is strict on purpose. Composer only ever percent-encodes `$` (as `%24`), so any
+//! other escape, dot segment, backslash or control byte is refused with 400 before anything
+//! else happens: such a path can never reach the cache directory or the upstream.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::json;
+
+use crate::cache::archives::{Archive, ArchiveStore};
+use crate::cache::metadata::CacheStatus;
+use crate::composer::{self, Document};
+use crate::error::{json_response, ProxyError};
+use crate::AppState;
+
+pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
+
+/// Largest install-notification body accepted; Composer sends a few hundred bytes per package.
+const MAX_NOTIFY_BYTES: usize = 1024 * 1024;
+
+/// One request kind per route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    Root,
+    /// `vendor/name` or `vendor/name~dev`.
+    P2 {
+        file: String,
+    },
+    /// A rewritten v1 listing, by its path below the root (`p/provider-ce$<hash>.json`).
+    V1Listing {
+        path: String,
+    },
+    V1Package {
+        name: String,
+        hash: String,
+    },
+    Dist {
+        package: String,
+        key: String,
+    },
+    Notify,
+    Search,
+    Health,
+    Ready,
+    Metrics,
+}
+
+impl Route {
+    /// Fixed label for logs and metrics: never the path itself.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::Root => "root",
+            Route::P2 { .. } => "p2",
+            Route::V1Listing { .. } => "v1_listing",
+            Route::V1Package { .. } => "v1_package",
+            Route::Dist { .. } => "archive",
+            Route::Notify => "notify",
+            Route::Search => "search",
+            Route::Health => "healthz",
+            Route::Ready => "readyz",
+            Route::Metrics => "metrics",
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteError {
+    BadPath(&'static str),
+    NotFound,
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Decodes the only escapes Composer produces (`%24` for `$`, and `%7E` for `~` from some
+/// HTTP stacks) and refuses everything that could smuggle a separator or a second decoding.
+pub fn normalize_path(raw: &str) -> Result<String, RouteError> {
+    if !raw.starts_with('/') {
+        return Err(RouteError::BadPath("path must start with /"));
+    }
+    if raw.len() > 1024 {
+        return Err(RouteError::BadPath("path too long"));
+    }
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let escape = raw.get(i + 1..i + 3).unwrap_or_default();
+                match escape.to_ascii_lowercase().as_str() {
+                    "24" => out.push('$'),
+                    "7e" => out.push('~'),
+                    _ => return Err(RouteError::BadPath("unexpected percent-encoding in path")),
+                }
+                i += 3;
+                continue;
+            }
+            b'\\' => return Err(RouteError::BadPath("backslash in path")),
+            0x21..=0x7e => out.push(b as char),
+            _ => {
+                return Err(RouteError::BadPath(
+                    "control, space or non-ASCII byte in path",
+                ))
+            }
+        }
+        i += 1;
+    }
+    for segment in out.split('/').skip(1) {
+        if segment == "." || segment == ".." {
+            return Err(RouteError::BadPath("dot segment in path"));
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a request path (with the public URL's path prefix, if any) into a route.
+pub fn parse_route(raw: &str, prefix: &str) -> Result<Route, RouteError> {
+    let path = normalize_path(raw)?;
+    let path = match path.strip_prefix(prefix) {
+        Some(rest) if !prefix.is_empty() && rest.starts_with('/') => rest.to_string(),
+        _ => path,
+    };
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    if segments.iter().rev().skip(1).any(|s| s.is_empty()) {
+        return Err(RouteError::BadPath("empty segment in path"));
+    }
+    let route = match segments.as_slice() {
+        ["packages.json"] => Route::Root,
+        ["healthz"] => Route::Health,
+        ["readyz"] => Route::Ready,
+        ["metrics"] => Route::Metrics,
+        ["search.json"] => Route::Search,
+        ["downloads"] | ["downloads", ""] => Route::Notify,
+        ["p2", vendor, file] => {
+            let stem = file.strip_suffix(".json").ok_or(RouteError::NotFound)?;
+            let (project, dev) = match stem.strip_suffix("~dev") {
+                Some(p) => (p, true),
+                None => (stem, false),
+            };
+            let name = format!("{vendor}/{project}");
+            if !composer::is_package_name(&name) {
+                return Err(RouteError::NotFound);
+            }
+            Route::P2 {
+                file: if dev { format!("{name}~dev") } else { name },
+            }
+        }
+        ["p", vendor, file] if file.contains('$') => {
+            let stem = file.strip_suffix(".json").ok_or(RouteError::NotFound)?;
+            let (project, hash) = stem.rsplit_once('$').ok_or(RouteError::NotFound)?;
+            let name = format!("{vendor}/{project}");
+            if composer::is_package_name(&name) && is_hex(hash, 64) {
+                Route::V1Package {
+                    name,
+                    hash: hash.to_string(),
+                }
+            } else {
+                return Err(RouteError::NotFound);
+            }
+        }
+        ["p", ..] if path.ends_with(".json") => Route::V1Listing {
+            path: path[1..].to_string(),
+        },
+        ["dists", vendor, project, file] => {
+            let (key, ext) = file.split_once('.').ok_or(RouteError::NotFound)?;
+            let name = format!("{vendor}/{project}");
+            let ext_ok = !ext.is_empty()
+                && ext.len() <= 8
+                && ext
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            if !composer::is_package_name(&name) || !is_hex(key, 32) || !ext_ok {
+                return Err(RouteError::NotFound);
+            }
+            Route::Dist {
+                package: name,
+                key: key.to_string(),
+            }
+        }
+        _ => return Err(RouteError::NotFound),
+    };
+    Ok(route)
+}
+
+/// Outcome details the access log and metrics record.
+pub struct Outcome {
+    pub route: &'static str,
+    pub cache: Option<CacheStatus>,
+}
+
+fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed_unsync()
+}
+
+fn empty() -> ResponseBody {
+    full(Bytes::new())
+}
+
+fn error_response(e: &ProxyError) -> Response<ResponseBody> {
+    e.to_response().map(full)
+}
+
+/// Answers one request. Never fails: errors become JSON responses here.
+pub async fn handle(
+    state: Arc<AppState>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> (Response<ResponseBody>, Outcome) {
+    let mut outcome = Outcome {
+        route: "unknown",
+        cache: None,
+    };
+    if !state.access.allows(peer.ip()) {
+        return (error_response(&ProxyError::Forbidden(peer.ip())), outcome);
+    }
+    let route = match parse_route(request.uri().path(), &state.path_prefix) {
+        Ok(route) => route,
+        Err(RouteError::BadPath(why)) => {
+            return (error_response(&ProxyError::BadRequest(why.into())), outcome)
+        }
+        Err(RouteError::NotFound) => {
+            return (
+                error_response(&ProxyError::NotFound("no such route".into())),
+                outcome,
+            )
+        }
+    };
+    outcome.route = route.kind();
+    let method = request.method().clone();
+    let allowed = match route {
+        Route::Notify => method == Method::POST,
+        _ => method == Method::GET || method == Method::HEAD,
+    };
+    if !allowed {
+        return (error_response(&ProxyError::MethodNotAllowed), outcome);
+    }
+    let head = method == Method::HEAD;
+    let result =
+        match route {
+            Route::Root => state.metadata.view().await.map(|(view, cache)| {
+                (
+                    document(request.headers(), &view.root, cache, head),
+                    Some(cache),
+                )
+            }),
+            Route::P2 { file } => {
+                state.metadata.p2_file(&file).await.map(|(doc, cache)| {
+                    (document(request.headers(), &doc, cache, head), Some(cache))
+                })
+            }
+            Route::V1Listing { path } => state.metadata.v1_listing(&path).await.map(|doc| {
+                (
+                    document(request.headers(), &doc, CacheStatus::Hit, head),
+                    Some(CacheStatus::Hit),
+                )
+            }),
+            Route::V1Package { name, hash } => state
+                .metadata
+                .v1_package_file(&name, &hash)
+                .await
+                .map(|doc| {
+                    (
+                        document(request.headers(), &doc, CacheStatus::Hit, head),
+                        Some(CacheStatus::Hit),
+                    )
+                }),
+            Route::Dist { package, key } => {
+                archive(&state, request.headers(), &package, &key, head).await
+            }
+            Route::Notify => Ok((notify(&state, request.into_body()).await, None)),
+            Route::Search => search(&state, request.uri().query().unwrap_or_default()).await,
+            Route::Health => Ok((
+                json_response(StatusCode::OK, &json!({"status": "ok"})).map(full),
+                None,
+            )),
+            Route::Ready => Ok((ready(&state).await, None)),
+            Route::Metrics => Ok((metrics(&state), None)),
+        };
+    match result {
+        Ok((response, cache)) => {
+            outcome.cache = cache;
+            (response, outcome)
+        }
+        Err(e) => (error_response(&e), outcome),
+    }
+}
+
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or_default().trim();
+            let refused = parts.any(|p| {
+                let p = p.trim().replace(' ', "");
+                p == "q=0" || p == "q=0.0" || p == "q=0.00" || p == "q=0.000"
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+        })
+}
+
+fn not_modified_since(headers: &HeaderMap, modified: SystemTime) -> bool {
+    let Some(since) = headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    else {
+        return false;
+    };
+    // HTTP dates have whole seconds; compare at that precision.
+    let secs = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default()
+    };
+    secs(modified) <= secs(since)
+}
+
+fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.trim();
+            t == "*" || t.trim_start_matches("W/") == etag
+        })
+}
+
+fn set(headers: &mut HeaderMap, name: header::HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+/// A metadata document with validators, 304 and precomputed gzip.
+fn document(
+    headers: &HeaderMap,
+    doc: &Document,
+    cache: CacheStatus,
+    head: bool,
+) -> Response<ResponseBody> {
+    let etag = format!("\"{}\"", &doc.sha256[..32.min(doc.sha256.len())]);
+    let last_modified = httpdate::fmt_http_date(doc.last_modified);
+    let not_modified = if headers.contains_key(header::IF_NONE_MATCH) {
+        etag_matches(headers, &etag)
+    } else {
+        not_modified_since(headers, doc.last_modified)
+    };
+    let gzip = accepts_gzip(headers);
+    let mut response = Response::new(empty());
+    let h = response.headers_mut();
+    set(h, header::CONTENT_TYPE, "application/json");
+    set(h, header::LAST_MODIFIED, &last_modified);
+    set(h, header::ETAG, &etag);
+    set(h, header::VARY, "Accept-Encoding");
+    set(
+        h,
+        header::HeaderName::from_static("x-cache"),
+        cache.as_str(),
+    );
+    if cache == CacheStatus::Stale {
+        set(
+            h,
+            header::WARNING,
+            "110 composer-proxy \"Response is Stale\"",
+        );
+    }
+    if not_modified {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        return response;
+    }
+    let body = if gzip {
+        set(h, header::CONTENT_ENCODING, "gzip");
+        doc.gzip.clone()
+    } else {
+        doc.identity.clone()
+    };
+    set(h, header::CONTENT_LENGTH, &body.len().to_string());
+    if !head {
+        *response.body_mut() = full(body);
+    }
+    response
+}
+
+async fn archive(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    package: &str,
+    key: &str,
+    head: bool,
+) -> Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError> {
+    let source = state.metadata.dist_source(package, key).await?;
+    let etag = format!("\"{}\"", &ArchiveStore::store_key(&source)[..32]);
+    let mut response = Response::new(empty());
+    let h = response.headers_mut();
+    set(h, header::ETAG, &etag);
+    if etag_matches(headers, &etag) {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        return Ok((response, Some(CacheStatus::Hit)));
+    }
+    let (archive, cache) = state.archives.open(&source).await?;
+    let h = response.headers_mut();
+    let content_type = if source.url.ends_with(".zip") {
+        "application/zip"
+    } else {
+        "application/octet-stream"
+    };
+    set(h, header::CONTENT_TYPE, content_type);
+    set(
+        h,
+        header::HeaderName::from_static("x-cache"),
+        cache.as_str(),
+    );
+    let (len, body) = match archive {
+        Archive::File { file, len } => {
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024)
+                .map(|chunk| chunk.map(Frame::data));
+            (Some(len), StreamBody::new(stream).boxed_unsync())
+        }
+        Archive::Streaming { chunks, len } => {
+            let stream = futures_util::stream::unfold(chunks, |mut rx| async move {
+                rx.recv().await.map(|item| (item.map(Frame::data), rx))
+            });
+            (len, StreamBody::new(stream).boxed_unsync())
+        }
+    };
+    if let Some(len) = len {
+        set(h, header::CONTENT_LENGTH, &len.to_string());
+    }
+    if !head {
+        *response.body_mut() = body;
+    }
+    Ok((response, Some(cache)))
+}
+
+/// Accepts Composer's install notification and forwards it upstream in the background: a
+/// statistics ping must never fail or slow down an install.
+async fn notify(state: &Arc<AppState>, body: Incoming) -> Response<ResponseBody> {
+    match Limited::new(body, MAX_NOTIFY_BYTES).collect().await {
+        Ok(collected) => {
+            let payload = collected.to_bytes();
+            let state = state.clone();
+            tokio::spawn(async move {
+                let Some(url) = state.metadata.notify_url().await else {
+                    return;
+                };
+                let mut headers = HeaderMap::new();
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                match state
+                    .upstream
+                    .send(Method::POST, &url, headers, payload)
+                    .await
+                {
+                    Ok(r) if r.status.is_success() => {
+                        tracing::debug!("install notification forwarded")
+                    }
+                    Ok(r) => {
+                        tracing::warn!(status = %r.status, "upstream refused the install notification")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "install notification not forwarded"),
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "install notification body unreadable or too large; dropped")
+        }
+    }
+    json_response(StatusCode::OK, &json!({"status": "success"})).map(full)
+}
+
+async fn search(
+    state: &Arc<AppState>,
+    query: &str,
+) -> Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError> {
+    let q = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "q")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let names = state.metadata.search(&q).await?;
+    let results: Vec<_> = names
+        .iter()
+        .map(|n| json!({"name": n, "description": ""}))
+        .collect();
+    let body = json!({"results": results, "total": names.len()});
+    Ok((
+        json_response(StatusCode::OK, &body).map(full),
+        Some(CacheStatus::Hit),
+    ))
+}
+
+async fn ready(state: &Arc<AppState>) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let result = state.metadata.view().await;
+    let body = match &result {
+        Ok((view, _)) => {
+            json!({"status": "ready", "packages": view.names().len(), "composer1": state.metadata.v1_ready()})
+        }
+        Err(e) => json!({"status": "not ready", "reason": e.to_string()}),
+    };
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "readiness checked"
+    );
+    let status = if result.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, &body).map(full)
+}
+
+fn metrics(state: &Arc<AppState>) -> Response<ResponseBody> {
+    let mut response = Response::new(full(state.metrics.render()));
+    set(
+        response.headers_mut(),
+        header::CONTENT_TYPE,
+        "text/plain; version=0.0.4; charset=utf-8",
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn composer_paths_route() {
+        assert_eq!(parse_route("/packages.json", ""), Ok(Route::Root));
+        assert_eq!(
+            parse_route("/p2/magento/framework.json", ""),
+            Ok(Route::P2 {
+                file: "magento/framework".into()
+            })
+        );
+        assert_eq!(
+            parse_route("/p2/magento/framework~dev.json", ""),
+            Ok(Route::P2 {
+                file: "magento/framework~dev".into()
+            })
+        );
+        let hash = "a".repeat(64);
+        for sep in ["$", "%24"] {
+            assert_eq!(
+                parse_route(&format!("/p/magento/framework{sep}{hash}.json"), ""),
+                Ok(Route::V1Package {
+                    name: "magento/framework".into(),
+                    hash: hash.clone()
+                })
+            );
+        }
+        assert_eq!(
+            parse_route(&format!("/p/provider-ce%24{hash}.json"), ""),
+            Ok(Route::V1Listing {
+                path: format!("p/provider-ce${hash}.json")
+            })
+        );
+        let key = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            parse_route(&format!("/dists/magento/framework/{key}.zip"), ""),
+            Ok(Route::Dist {
+                package: "magento/framework".into(),
+                key: key.into()
+            })
+        );
+        assert_eq!(parse_route("/downloads/", ""), Ok(Route::Notify));
+    }
+
+    #[test]
+    fn path_prefix_of_the_public_url_is_accepted() {
+        assert_eq!(
+            parse_route("/magento/packages.json", "/magento"),
+            Ok(Route::Root)
+        );
+        assert_eq!(parse_route("/packages.json", "/magento"), Ok(Route::Root));
+    }
+
+    #[test]
+    fn traversal_and_odd_encodings_are_bad_requests() {
+        for path in [
+            "/p2/../etc/passwd.json",
+            "/p2/%2e%2e/x.json",
+            "/p2/a%2fb.json",
+            "/p2/a%252fb.json",
+            "/p2/a\\b.json",
+            "/p2/a%00.json",
+            "/p2/a%5cb.json",
+            "/./packages.json",
+            "/p2/a/b%2E%2E.json",
+            "/p2/a/\u{e9}.json",
+            "/p2/a b.json",
+            "/p2/a/b.json%",
+        ] {
+            assert!(
+                matches!(parse_route(path, ""), Err(RouteError::BadPath(_))),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_shapes_are_not_found() {
+        for path in [
+            "/",
+            "/p2/Magento/Framework.json",
+            "/p2/magento.json",
+            "/dists/magento/framework/../x.zip",
+            "/dists/magento/framework/nothex.zip",
+            "/p/magento/framework$abc.json",
+            "/archives/magento/x.zip",
+        ] {
+            assert!(parse_route(path, "").is_err(), "{path}");
+        }
+    }
+
+    #[test]
+    fn gzip_negotiation_respects_q_zero() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("deflate, gzip"),
+        );
+        assert!(accepts_gzip(&h));
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip;q=0, br"),
+        );
+        assert!(!accepts_gzip(&h));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn if_modified_since_compares_whole_seconds() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_500);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::IF_MODIFIED_SINCE,
+            HeaderValue::from_str(&httpdate::fmt_http_date(t)).expect("header"),
+        );
+        assert!(not_modified_since(&h, t));
+        assert!(!not_modified_since(
+            &h,
+            t + std::time::Duration::from_secs(2)
+        ));
+    }
+}

@@ -1,0 +1,217 @@
+//! The listener: accepts TCP (and TLS) connections, serves HTTP/1.1 and HTTP/2 on them with
+//! hyper, writes one access-log line per request, and drains in-flight responses on shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{header, Request};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+
+use crate::{routes, AppState};
+
+/// Slow or stalled clients (slowloris) lose their connection after this long without
+/// completing the request headers, and TLS handshakes are bounded the same way.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
+/// Request headers larger than this are refused (hyper answers 431).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    grace: Duration,
+}
+
+impl Server {
+    pub fn new(
+        listener: TcpListener,
+        state: Arc<AppState>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        grace: Duration,
+    ) -> Self {
+        Self {
+            listener,
+            state,
+            tls,
+            grace,
+        }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then waits up to the grace period for in-flight
+    /// requests.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let graceful = GracefulShutdown::new();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEADER_BYTES);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .max_concurrent_streams(256);
+        let builder = Arc::new(builder);
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let service = service(self.state.clone(), peer);
+            let builder = builder.clone();
+            match &self.tls {
+                None => {
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    let watcher = graceful.watcher();
+                    tokio::spawn(async move {
+                        let tls = match tokio::time::timeout(
+                            HEADER_READ_TIMEOUT,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(client = %peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let conn = builder
+                            .serve_connection(TokioIo::new(tls), service)
+                            .into_owned();
+                        if let Err(e) = watcher.watch(conn).await {
+                            tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+            }
+        }
+        drop(self.listener);
+        tracing::info!(
+            grace_secs = self.grace.as_secs(),
+            "shutting down: draining in-flight requests"
+        );
+        if tokio::time::timeout(self.grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over; closing remaining connections");
+        }
+    }
+}
+
+type ResponseFuture = std::pin::Pin<
+    Box<dyn Future<Output = Result<http::Response<routes::ResponseBody>, Infallible>> + Send>,
+>;
+
+/// The router as a tower service, bound to one connection's peer address.
+#[derive(Clone)]
+struct ProxyService {
+    state: Arc<AppState>,
+    peer: SocketAddr,
+}
+
+impl tower::Service<Request<Incoming>> for ProxyService {
+    type Response = http::Response<routes::ResponseBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> ResponseFuture {
+        let (state, peer) = (self.state.clone(), self.peer);
+        Box::pin(async move {
+            let started = Instant::now();
+            let method = request.method().clone();
+            let path = request.uri().path().to_string();
+            let version = request.version();
+            let (response, outcome) = routes::handle(state.clone(), request, peer).await;
+            let status = response.status().as_u16();
+            let bytes = response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let cache = outcome.cache.map_or("NONE", |c| c.as_str());
+            state
+                .metrics
+                .record_request(outcome.route, status, cache, bytes);
+            tracing::info!(
+                target: "composer_proxy::access",
+                client = %peer.ip(),
+                %method,
+                path = %path,
+                version = ?version,
+                status,
+                bytes,
+                duration_ms = started.elapsed().as_millis() as u64,
+                cache,
+                route = outcome.route,
+                "request"
+            );
+            Ok(response)
+        })
+    }
+}
+
+/// The per-connection service. Layers, outermost first: mark credentials sensitive so no
+/// layer or debug output can print them; then the router, which logs the access line.
+fn service(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+) -> TowerToHyperService<tower_http::sensitive_headers::SetSensitiveRequestHeaders<ProxyService>> {
+    let svc = ServiceBuilder::new()
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::PROXY_AUTHORIZATION,
+            header::COOKIE,
+        ]))
+        .service(ProxyService { state, peer });
+    TowerToHyperService::new(svc)
+}

@@ -1,0 +1,354 @@
+//! The one pooled HTTP client that talks to the upstream repository.
+//!
+//! It adds the key pair to requests for the upstream's own origin and to nothing else, follows
+//! redirects itself (so it can drop the key pair when a redirect leaves that origin), enforces
+//! connect, read and total timeouts, and decodes gzip metadata. Callers only ever pass URLs the
+//! proxy built from upstream metadata, never one a client supplied.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use url::Url;
+
+use crate::composer::{self, MAX_METADATA_BYTES};
+use crate::config::UpstreamConfig;
+
+/// Why an upstream exchange failed; the variants map one-to-one onto what clients are told.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    #[error("upstream timed out {0}")]
+    Timeout(&'static str),
+    #[error("upstream followed more than {0} redirects")]
+    TooManyRedirects(u8),
+    #[error("upstream sent an unusable response: {0}")]
+    Invalid(String),
+}
+
+/// Conditional-request validators from a previous response.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub last_modified: Option<String>,
+    pub etag: Option<String>,
+}
+
+impl Validators {
+    fn from_headers(headers: &HeaderMap) -> Self {
+        let get = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Self {
+            last_modified: get(header::LAST_MODIFIED),
+            etag: get(header::ETAG),
+        }
+    }
+}
+
+/// A metadata fetch's result, with the status classes callers act on.
+#[derive(Debug)]
+pub enum MetadataResponse {
+    /// 2xx with the decoded body.
+    Fresh { body: Bytes, validators: Validators },
+    /// 304 to a conditional request.
+    NotModified,
+    /// Any other final status (401, 403, 404, 5xx …).
+    Status(StatusCode),
+}
+
+/// A response whose body the caller streams (archives).
+pub struct StreamingResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Incoming,
+}
+
+pub struct UpstreamClient {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    base: Url,
+    authorization: Option<HeaderValue>,
+    user_agent: HeaderValue,
+    max_redirects: u8,
+    pub read_timeout: Duration,
+    pub metadata_timeout: Duration,
+    pub archive_timeout: Duration,
+}
+
+impl UpstreamClient {
+    pub fn new(cfg: &UpstreamConfig) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = &cfg.ca_file {
+            use rustls::pki_types::{pem::PemObject, CertificateDer};
+            let mut added = 0;
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "invalid setting `upstream_ca_file`: cannot read {}: {e}",
+                    path.display()
+                )
+            })? {
+                let cert = cert.map_err(|e| {
+                    anyhow::anyhow!(
+                        "invalid setting `upstream_ca_file`: bad PEM in {}: {e}",
+                        path.display()
+                    )
+                })?;
+                roots
+                    .add(cert)
+                    .map_err(|e| anyhow::anyhow!("invalid setting `upstream_ca_file`: {e}"))?;
+                added += 1;
+            }
+            if added == 0 {
+                anyhow::bail!(
+                    "invalid setting `upstream_ca_file`: no certificate in {}",
+                    path.display()
+                );
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(32)
+            .build(https);
+
+        let authorization = cfg.credentials.as_ref().map(|c| {
+            let token = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                c.public_key.expose(),
+                c.private_key.expose()
+            ));
+            // Validated at start-up to contain no control characters, so this cannot fail.
+            let mut value = HeaderValue::from_str(&format!("Basic {token}"))
+                .unwrap_or(HeaderValue::from_static(""));
+            value.set_sensitive(true);
+            value
+        });
+
+        Ok(Self {
+            client,
+            base: cfg.url.clone(),
+            authorization,
+            user_agent: HeaderValue::from_static(concat!(
+                "Composer/2 (composer-proxy/",
+                env!("CARGO_PKG_VERSION"),
+                ")"
+            )),
+            max_redirects: cfg.max_redirects,
+            read_timeout: cfg.read_timeout,
+            metadata_timeout: cfg.metadata_timeout,
+            archive_timeout: cfg.archive_timeout,
+        })
+    }
+
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    pub fn has_credentials(&self) -> bool {
+        self.authorization.is_some()
+    }
+
+    /// Only the configured upstream's origin ever sees the key pair.
+    fn is_upstream_origin(&self, url: &Url) -> bool {
+        url.scheme() == self.base.scheme()
+            && url.host() == self.base.host()
+            && url.port_or_known_default() == self.base.port_or_known_default()
+    }
+
+    /// Sends one request and follows redirects; returns the final response's head and body.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        extra: HeaderMap,
+        body: Bytes,
+    ) -> Result<StreamingResponse, UpstreamError> {
+        let mut url =
+            Url::parse(url).map_err(|e| UpstreamError::Invalid(format!("bad URL: {e}")))?;
+        let mut method = method;
+        let mut body = body;
+        for _ in 0..=self.max_redirects {
+            let mut builder = Request::builder().method(method.clone()).uri(url.as_str());
+            let headers = builder.headers_mut().ok_or_else(|| {
+                UpstreamError::Invalid(format!("cannot build a request for {url}"))
+            })?;
+            headers.extend(extra.clone());
+            headers.insert(header::USER_AGENT, self.user_agent.clone());
+            if let Some(auth) = &self.authorization {
+                if self.is_upstream_origin(&url) {
+                    headers.insert(header::AUTHORIZATION, auth.clone());
+                }
+            }
+            let request = builder
+                .body(Full::new(body.clone()))
+                .map_err(|e| UpstreamError::Invalid(format!("cannot build a request: {e}")))?;
+            let response = tokio::time::timeout(self.read_timeout, self.client.request(request))
+                .await
+                .map_err(|_| UpstreamError::Timeout("waiting for response headers"))?
+                .map_err(|e| UpstreamError::Unreachable(describe_client_error(&e)))?;
+            let status = response.status();
+            if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+                let Some(location) = response
+                    .headers()
+                    .get(header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                else {
+                    return Err(UpstreamError::Invalid(format!(
+                        "{status} without a Location header"
+                    )));
+                };
+                let next = url.join(location).map_err(|e| {
+                    UpstreamError::Invalid(format!("redirect to a bad URL {location:?}: {e}"))
+                })?;
+                if !matches!(next.scheme(), "http" | "https") {
+                    return Err(UpstreamError::Invalid(format!(
+                        "redirect to a non-HTTP URL {}",
+                        next.scheme()
+                    )));
+                }
+                tracing::debug!(from = %url, to = %next, %status, "upstream redirect");
+                if status == StatusCode::SEE_OTHER
+                    || (method == Method::POST
+                        && matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND))
+                {
+                    method = Method::GET;
+                    body = Bytes::new();
+                }
+                url = next;
+                continue;
+            }
+            let (parts, body) = response.into_parts();
+            return Ok(StreamingResponse {
+                status,
+                headers: parts.headers,
+                body,
+            });
+        }
+        Err(UpstreamError::TooManyRedirects(self.max_redirects))
+    }
+
+    /// GETs a metadata document, conditionally when validators are given, and returns it
+    /// decoded; the whole exchange is bounded by the metadata timeout.
+    pub async fn get_metadata(
+        &self,
+        url: &str,
+        validators: Option<&Validators>,
+    ) -> Result<MetadataResponse, UpstreamError> {
+        let started = Instant::now();
+        let work = async {
+            let mut extra = HeaderMap::new();
+            extra.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+            if let Some(v) = validators {
+                if let Some(lm) = v
+                    .last_modified
+                    .as_deref()
+                    .and_then(|s| HeaderValue::from_str(s).ok())
+                {
+                    extra.insert(header::IF_MODIFIED_SINCE, lm);
+                }
+                if let Some(etag) = v
+                    .etag
+                    .as_deref()
+                    .and_then(|s| HeaderValue::from_str(s).ok())
+                {
+                    extra.insert(header::IF_NONE_MATCH, etag);
+                }
+            }
+            let response = self.send(Method::GET, url, extra, Bytes::new()).await?;
+            if response.status == StatusCode::NOT_MODIFIED {
+                return Ok(MetadataResponse::NotModified);
+            }
+            if !response.status.is_success() {
+                return Ok(MetadataResponse::Status(response.status));
+            }
+            let validators = Validators::from_headers(&response.headers);
+            let encoding = response
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let raw = self.read_body(response.body, MAX_METADATA_BYTES).await?;
+            let body = composer::decode_body(raw, encoding.as_deref())
+                .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+            Ok(MetadataResponse::Fresh { body, validators })
+        };
+        let result = tokio::time::timeout(self.metadata_timeout, work)
+            .await
+            .map_err(|_| UpstreamError::Timeout("fetching metadata"))?;
+        tracing::debug!(
+            url,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "upstream metadata"
+        );
+        result
+    }
+
+    /// Reads a whole body, with the read timeout applied to every chunk.
+    pub async fn read_body(&self, mut body: Incoming, max: usize) -> Result<Bytes, UpstreamError> {
+        let mut buf = BytesMut::new();
+        loop {
+            let frame = tokio::time::timeout(self.read_timeout, body.frame())
+                .await
+                .map_err(|_| UpstreamError::Timeout("reading the response body"))?;
+            match frame {
+                None => return Ok(buf.freeze()),
+                Some(Err(e)) => {
+                    return Err(UpstreamError::Unreachable(format!(
+                        "response body broke off: {e}"
+                    )))
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if buf.len() + data.len() > max {
+                            return Err(UpstreamError::Invalid(format!(
+                                "response larger than {max} bytes"
+                            )));
+                        }
+                        buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// hyper's client errors hide the interesting part (refused, DNS, TLS) in their sources.
+fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
