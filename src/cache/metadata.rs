@@ -60,8 +60,6 @@ struct Listing {
 struct V1Chain {
     /// Served path (e.g. `p/provider-ce$<hash>.json`) → rewritten listing.
     listings: HashMap<String, Document>,
-    /// Package name → sha256 of its rewritten per-package file.
-    package_hashes: HashMap<String, String>,
     /// Listing template → rewritten listing hash, for `packages.json`.
     includes: Vec<(String, String)>,
 }
@@ -150,6 +148,8 @@ pub struct MetadataCache {
     packages: moka::future::Cache<String, Arc<ProcessedPackage>>,
     /// p2 files of p2-native upstreams by file name (`vendor/name` or `vendor/name~dev`).
     p2_files: moka::future::Cache<String, Arc<P2Entry>>,
+    /// Counts completed Composer 1 chains, so callers can wait for one instead of polling.
+    chains_built: tokio::sync::watch::Sender<u64>,
 }
 
 impl MetadataCache {
@@ -186,6 +186,7 @@ impl MetadataCache {
                     u32::try_from(e.doc.weight() + e.dists.len() * 256).unwrap_or(u32::MAX)
                 })
                 .build(),
+            chains_built: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -680,6 +681,7 @@ impl MetadataCache {
                 "composer 1 provider chain ready"
             );
             self.install(Arc::new(next));
+            self.chains_built.send_modify(|n| *n += 1);
         });
     }
 
@@ -722,11 +724,7 @@ impl MetadataCache {
             includes.push((listing.include.template.clone(), doc.sha256.clone()));
             listings.insert(listing.include.path_for(&doc.sha256), doc);
         }
-        V1Chain {
-            listings,
-            package_hashes,
-            includes,
-        }
+        V1Chain { listings, includes }
     }
 
     /// Whether the Composer 1 chain is complete for the current view (tests and readiness).
@@ -734,14 +732,14 @@ impl MetadataCache {
         self.current().is_some_and(|v| v.v1_chain.is_some())
     }
 
-    /// The rewritten hash of a package's v1 file in the current chain.
-    pub fn v1_hash(&self, name: &str) -> Option<String> {
-        self.current()?
-            .v1_chain
-            .as_ref()?
-            .package_hashes
-            .get(name)
-            .cloned()
+    /// Resolves once the current view has its Composer 1 chain.
+    pub async fn wait_for_v1_chain(&self) {
+        let mut built = self.chains_built.subscribe();
+        while !self.v1_ready() {
+            if built.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Package names matching any of the whitespace-separated terms, as Composer's own

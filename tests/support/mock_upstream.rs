@@ -1,0 +1,1053 @@
+//! In-process mock of repo.magento.com (and of a packagist-style private repository).
+//!
+//! The proxy's integration tests need an upstream they control completely: one that
+//! checks the Marketplace key pair on every request, serves the v1 "providers"
+//! protocol with its sha256 chain (per-package files gzip-compressed whether or not the
+//! client asked), or Composer 2 `metadata-url` files, and that can be told to
+//! misbehave: reject the keys, fail, stall, cut archives short or corrupt them,
+//! redirect archives to a second origin that must never see the keys, or stop
+//! entirely. It records every request so tests can count upstream traffic (the
+//! proxy's whole point is to keep it low) and check that credentials were sent, and
+//! only where they belong.
+//!
+//! All JSON is serialised the way PHP's `json_encode` does by default (slashes escaped
+//! as `\/`) and every hash is over the exact bytes sent before any gzip, because that
+//! is what Composer verifies. See DESIGN.md §1.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::catalogue::{Catalogue, FixtureVersion};
+
+/// Which repository protocol the mock speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Composer 1 "providers" protocol, as repo.magento.com serves it.
+    V1,
+    /// Composer 2 `metadata-url` protocol with `available-packages`.
+    P2,
+}
+
+pub struct MockOptions {
+    pub protocol: Protocol,
+    pub catalogue: Arc<Catalogue>,
+    pub public_key: String,
+    pub private_key: String,
+    /// Answer archive requests on the main host with a 302 to a second origin.
+    pub redirect_archives: bool,
+    /// P2 only: serve metadata in Composer's MetadataMinifier format.
+    pub minify_p2: bool,
+}
+
+impl MockOptions {
+    /// Typical options: the given protocol, fixed 32-character keys, no redirect, no
+    /// minification.
+    pub fn new(protocol: Protocol, catalogue: Arc<Catalogue>) -> MockOptions {
+        MockOptions {
+            protocol,
+            catalogue,
+            public_key: TEST_PUBLIC_KEY.to_string(),
+            private_key: TEST_PRIVATE_KEY.to_string(),
+            redirect_archives: false,
+            minify_p2: false,
+        }
+    }
+}
+
+/// Marketplace keys are 32 characters each; these look the part.
+pub const TEST_PUBLIC_KEY: &str = "0123456789abcdef0123456789abcdef";
+pub const TEST_PRIVATE_KEY: &str = "fedcba9876543210fedcba9876543210";
+
+/// One request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// Percent-decoded path, without the query.
+    pub path: String,
+    pub raw_path_and_query: String,
+    pub authorization: Option<String>,
+    /// The Authorization header carried the key pair the mock currently accepts.
+    pub credentials_ok: bool,
+    pub if_modified_since: Option<String>,
+    pub accept_encoding: Option<String>,
+    pub user_agent: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub struct MockUpstream {
+    state: Arc<State>,
+    addr: SocketAddr,
+    archive_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    servers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl MockUpstream {
+    /// Binds 127.0.0.1:0 (and a second port for the archive host when
+    /// `redirect_archives`) and starts serving.
+    pub async fn start(opts: MockOptions) -> MockUpstream {
+        let main_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the mock upstream to 127.0.0.1:0");
+        let addr = main_listener
+            .local_addr()
+            .expect("local address of the mock upstream");
+        let archive_listener = if opts.redirect_archives {
+            Some(
+                TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("binding the mock archive host to 127.0.0.1:0"),
+            )
+        } else {
+            None
+        };
+        let archive_addr = archive_listener.as_ref().map(|l| {
+            l.local_addr()
+                .expect("local address of the mock archive host")
+        });
+
+        let base_url = format!("http://{addr}");
+        let archive_base_url = archive_addr.map(|a| format!("http://{a}"));
+        let files = Files::build(&opts, &base_url);
+        // Whole seconds, because HTTP dates have no finer resolution and the
+        // If-Modified-Since comparison must be exact.
+        let last_modified = httpdate::parse_http_date(&httpdate::fmt_http_date(SystemTime::now()))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+
+        let state = Arc::new(State {
+            protocol: opts.protocol,
+            base_url,
+            archive_base_url,
+            files,
+            last_modified,
+            keys: Mutex::new((opts.public_key, opts.private_key)),
+            reject_keys: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            delay: Mutex::new(Duration::ZERO),
+            truncate_archives: AtomicBool::new(false),
+            corrupt_archives: AtomicBool::new(false),
+            records: Mutex::new(Vec::new()),
+            archive_records: Mutex::new(Vec::new()),
+            recorded: tokio::sync::Notify::new(),
+        });
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut servers = vec![tokio::spawn(serve(
+            main_listener,
+            state.clone(),
+            Host::Main,
+            shutdown_rx.clone(),
+        ))];
+        if let Some(listener) = archive_listener {
+            servers.push(tokio::spawn(serve(
+                listener,
+                state.clone(),
+                Host::Archives,
+                shutdown_rx,
+            )));
+        }
+
+        MockUpstream {
+            state,
+            addr,
+            archive_addr,
+            shutdown,
+            servers: Mutex::new(servers),
+        }
+    }
+
+    /// "http://127.0.0.1:PORT", no trailing slash.
+    pub fn url(&self) -> String {
+        self.state.base_url.clone()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The second origin that serves archives when `redirect_archives` is on.
+    pub fn archive_host_url(&self) -> Option<String> {
+        self.state.archive_base_url.clone()
+    }
+
+    pub fn archive_host_addr(&self) -> Option<SocketAddr> {
+        self.archive_addr
+    }
+
+    /// The key pair the mock accepts right now.
+    pub fn keys(&self) -> (String, String) {
+        lock(&self.state.keys).clone()
+    }
+
+    /// Everything the main host received, in arrival order (rejected requests too).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.state.records).clone()
+    }
+
+    /// Everything the archive host received, in arrival order.
+    pub fn archive_host_requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.state.archive_records).clone()
+    }
+
+    /// Main-host requests for exactly this percent-decoded path (query ignored).
+    pub fn count(&self, path: &str) -> usize {
+        lock(&self.state.records)
+            .iter()
+            .filter(|r| r.path == path)
+            .count()
+    }
+
+    /// Main-host requests whose percent-decoded path starts with `prefix`.
+    pub fn count_prefix(&self, prefix: &str) -> usize {
+        lock(&self.state.records)
+            .iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .count()
+    }
+
+    /// Main-host requests whose Authorization was missing or not the accepted pair.
+    pub fn count_without_credentials(&self) -> usize {
+        lock(&self.state.records)
+            .iter()
+            .filter(|r| !r.credentials_ok)
+            .count()
+    }
+
+    /// Forgets the requests recorded so far, on both hosts.
+    /// Waits until the main host has received a request matching `pred` and returns it.
+    /// Callers bound the wait with a timeout.
+    pub async fn wait_for_request(
+        &self,
+        pred: impl Fn(&RecordedRequest) -> bool,
+    ) -> RecordedRequest {
+        loop {
+            let notified = self.state.recorded.notified();
+            tokio::pin!(notified);
+            // Register before looking, so a request recorded in between is not missed.
+            notified.as_mut().enable();
+            if let Some(r) = self.requests().into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn reset_counts(&self) {
+        lock(&self.state.records).clear();
+        lock(&self.state.archive_records).clear();
+    }
+
+    /// Answer every main-host request with 401, as if the key pair had been disabled.
+    pub fn set_reject_keys(&self, on: bool) {
+        self.state.reject_keys.store(on, Ordering::SeqCst);
+    }
+
+    /// Answer every request (both hosts) with this status and a JSON warning.
+    pub fn set_failure(&self, status: Option<u16>) {
+        *lock(&self.state.failure) = status;
+    }
+
+    /// Wait this long before each response (both hosts).
+    pub fn set_delay(&self, delay: Duration) {
+        *lock(&self.state.delay) = delay;
+    }
+
+    /// Archives: send the full Content-Length, then about half the bytes, then close.
+    pub fn set_truncate_archives(&self, on: bool) {
+        self.state.truncate_archives.store(on, Ordering::SeqCst);
+    }
+
+    /// Archives: full length, altered bytes (the sha1 no longer matches).
+    pub fn set_corrupt_archives(&self, on: bool) {
+        self.state.corrupt_archives.store(on, Ordering::SeqCst);
+    }
+
+    /// Accept this key pair from now on (and only this one).
+    pub fn set_accepted_keys(&self, public: &str, private: &str) {
+        *lock(&self.state.keys) = (public.to_string(), private.to_string());
+    }
+
+    /// Exact bytes the mock serves for `path` (percent-decoded), before any gzip.
+    /// For building expectations: `/packages.json`, `/p/…$hash.json`, `/p2/….json`.
+    pub fn file_bytes(&self, path: &str) -> Option<Bytes> {
+        self.state.files.get(path).map(|f| f.plain.clone())
+    }
+
+    /// The Last-Modified the mock sends for packages.json and p2 files.
+    pub fn last_modified(&self) -> SystemTime {
+        self.state.last_modified
+    }
+
+    /// Stops accepting on both hosts without waiting; existing connections are
+    /// closed by the server tasks as soon as they run.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Stops accepting on both hosts, closes every open connection, and returns once
+    /// the listening sockets are closed (connecting is then refused).
+    pub async fn stop(&self) {
+        self.shutdown();
+        let servers = std::mem::take(&mut *lock(&self.servers));
+        for server in servers {
+            // A server task only ends by returning; a JoinError would mean it
+            // panicked, which the test should hear about.
+            server.await.expect("mock upstream server task");
+        }
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Host {
+    Main,
+    Archives,
+}
+
+struct State {
+    protocol: Protocol,
+    base_url: String,
+    archive_base_url: Option<String>,
+    files: Files,
+    last_modified: SystemTime,
+    keys: Mutex<(String, String)>,
+    reject_keys: AtomicBool,
+    failure: Mutex<Option<u16>>,
+    delay: Mutex<Duration>,
+    truncate_archives: AtomicBool,
+    corrupt_archives: AtomicBool,
+    records: Mutex<Vec<RecordedRequest>>,
+    archive_records: Mutex<Vec<RecordedRequest>>,
+    /// Woken on every recorded request, so tests can wait for one instead of polling.
+    recorded: tokio::sync::Notify,
+}
+
+/// A poisoned lock only means another test thread panicked; the data is still
+/// usable and the mock must not add a second panic.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------
+// Pre-built responses
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    /// packages.json and p2 files: revalidated with If-Modified-Since.
+    Revalidated,
+    /// v1 provider listings: content-addressed.
+    Listing,
+    /// v1 per-package files: content-addressed and always gzip-compressed.
+    AlwaysGzip,
+}
+
+struct File {
+    plain: Bytes,
+    gzip: Bytes,
+    kind: FileKind,
+}
+
+struct ArchiveEntry {
+    bytes: Bytes,
+    entitled: bool,
+}
+
+/// Every response body the mock can serve, built once at start: the metadata embeds
+/// the mock's own URL, and hashes must be stable for the whole run.
+struct Files {
+    by_path: HashMap<String, File>,
+    archives: HashMap<String, ArchiveEntry>,
+}
+
+impl Files {
+    fn build(opts: &MockOptions, base_url: &str) -> Files {
+        let catalogue = &opts.catalogue;
+        let mut by_path = HashMap::new();
+        let mut archives = HashMap::new();
+
+        let version_metadata = |name: &str, v: &FixtureVersion| {
+            let url = format!(
+                "{base_url}{}",
+                Catalogue::archive_path(name, &v.version_normalized)
+            );
+            v.metadata(name, &url)
+        };
+
+        for package in &catalogue.packages {
+            for v in &package.versions {
+                if let Some(archive) = &v.archive {
+                    archives.insert(
+                        Catalogue::archive_path(&package.name, &v.version_normalized),
+                        ArchiveEntry {
+                            bytes: archive.bytes.clone(),
+                            entitled: package.name != Catalogue::not_entitled_name(),
+                        },
+                    );
+                }
+            }
+        }
+
+        let mut add = |path: String, plain: Vec<u8>, kind: FileKind| {
+            let gzip = gzip(&plain);
+            by_path.insert(
+                path,
+                File {
+                    plain: Bytes::from(plain),
+                    gzip: Bytes::from(gzip),
+                    kind,
+                },
+            );
+        };
+
+        match opts.protocol {
+            Protocol::V1 => {
+                let mut includes = Map::new();
+                for listing in ["ce", "ext"] {
+                    let mut providers = Map::new();
+                    for package in catalogue.packages.iter().filter(|p| p.listing == listing) {
+                        let mut versions = Map::new();
+                        for v in &package.versions {
+                            versions.insert(v.version.clone(), version_metadata(&package.name, v));
+                        }
+                        let mut packages = Map::new();
+                        packages.insert(package.name.clone(), Value::Object(versions));
+                        let bytes = php_json(&json!({ "packages": packages }));
+                        let hash = sha256_hex(&bytes);
+                        providers.insert(package.name.clone(), json!({ "sha256": hash }));
+                        add(
+                            format!("/p/{}${hash}.json", package.name),
+                            bytes,
+                            FileKind::AlwaysGzip,
+                        );
+                    }
+                    let bytes = php_json(&json!({ "providers": providers }));
+                    let hash = sha256_hex(&bytes);
+                    add(
+                        format!("/p/provider-{listing}${hash}.json"),
+                        bytes,
+                        FileKind::Listing,
+                    );
+                    includes.insert(
+                        format!("p/provider-{listing}$%hash%.json"),
+                        json!({ "sha256": hash }),
+                    );
+                }
+                let root = json!({
+                    "packages": [],
+                    "notify-batch": "/downloads/",
+                    "providers-url": "/p/%package%$%hash%.json",
+                    "search": "/search.json?q=%query%&type=%type%",
+                    "provider-includes": includes,
+                });
+                add(
+                    "/packages.json".to_string(),
+                    php_json(&root),
+                    FileKind::Revalidated,
+                );
+            }
+            Protocol::P2 => {
+                for package in &catalogue.packages {
+                    for dev in [false, true] {
+                        let versions: Vec<Value> = package
+                            .versions
+                            .iter()
+                            .filter(|v| v.is_dev() == dev)
+                            .map(|v| version_metadata(&package.name, v))
+                            .collect();
+                        let mut packages = Map::new();
+                        let body = if opts.minify_p2 {
+                            packages.insert(package.name.clone(), Value::Array(minify(&versions)));
+                            json!({ "packages": packages, "minified": "composer/2.0" })
+                        } else {
+                            packages.insert(package.name.clone(), Value::Array(versions));
+                            json!({ "packages": packages })
+                        };
+                        let suffix = if dev { "~dev" } else { "" };
+                        add(
+                            format!("/p2/{}{suffix}.json", package.name),
+                            php_json(&body),
+                            FileKind::Revalidated,
+                        );
+                    }
+                }
+                let names: Vec<&str> = catalogue.packages.iter().map(|p| p.name.as_str()).collect();
+                let root = json!({
+                    "packages": [],
+                    "metadata-url": "/p2/%package%.json",
+                    "available-packages": names,
+                    "notify-batch": "/downloads/",
+                    "search": "/search.json?q=%query%&type=%type%",
+                });
+                add(
+                    "/packages.json".to_string(),
+                    php_json(&root),
+                    FileKind::Revalidated,
+                );
+            }
+        }
+
+        Files { by_path, archives }
+    }
+
+    fn get(&self, path: &str) -> Option<&File> {
+        self.by_path.get(path)
+    }
+}
+
+/// `json_encode` with PHP's default flags: compact, `/` escaped as `\/`. A `/` can
+/// only occur inside JSON strings, so escaping it after serialising is exact.
+pub fn php_json(value: &Value) -> Vec<u8> {
+    let compact = serde_json::to_string(value).expect("serialising a serde_json::Value");
+    compact.replace('/', "\\/").into_bytes()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder
+        .write_all(bytes)
+        .expect("gzip into memory cannot fail");
+    encoder.finish().expect("gzip into memory cannot fail")
+}
+
+/// Decodes a body by the gzip magic bytes (upstream bodies may be gzip-compressed
+/// without being asked); anything else is returned as it is.
+pub fn gunzip_if_needed(bytes: &[u8]) -> Vec<u8> {
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        if GzDecoder::new(bytes).read_to_end(&mut out).is_ok() {
+            return out;
+        }
+    }
+    bytes.to_vec()
+}
+
+/// PHP truthiness of `isset($array[$key])`: false for a missing key and for null.
+fn isset(map: &Map<String, Value>, key: &str) -> bool {
+    map.get(key).is_some_and(|v| !v.is_null())
+}
+
+/// Composer\MetadataMinifier\MetadataMinifier::minify, PHP quirks included.
+pub fn minify(versions: &[Value]) -> Vec<Value> {
+    let mut minified = Vec::with_capacity(versions.len());
+    let mut last: Option<Map<String, Value>> = None;
+    for version in versions {
+        let current = version.as_object().cloned().unwrap_or_default();
+        // `if (!$lastKnownVersionData)`: an empty array counts as "none yet".
+        let Some(last_known) = last.as_mut().filter(|m| !m.is_empty()) else {
+            minified.push(version.clone());
+            last = Some(current);
+            continue;
+        };
+        let mut diff = Map::new();
+        for (key, value) in &current {
+            if !isset(last_known, key) || last_known.get(key) != Some(value) {
+                diff.insert(key.clone(), value.clone());
+                last_known.insert(key.clone(), value.clone());
+            }
+        }
+        let removed: Vec<String> = last_known
+            .keys()
+            .filter(|key| !isset(&current, key))
+            .cloned()
+            .collect();
+        for key in removed {
+            diff.insert(key.clone(), Value::String("__unset".into()));
+            last_known.shift_remove(&key);
+        }
+        minified.push(Value::Object(diff));
+    }
+    minified
+}
+
+/// Composer\MetadataMinifier\MetadataMinifier::expand.
+pub fn expand(versions: &[Value]) -> Vec<Value> {
+    let mut expanded = Vec::with_capacity(versions.len());
+    let mut current: Option<Map<String, Value>> = None;
+    for version in versions {
+        let data = version.as_object().cloned().unwrap_or_default();
+        match current.as_mut().filter(|m| !m.is_empty()) {
+            None => {
+                expanded.push(version.clone());
+                current = Some(data);
+            }
+            Some(state) => {
+                for (key, value) in data {
+                    if value.as_str() == Some("__unset") {
+                        state.shift_remove(&key);
+                    } else {
+                        state.insert(key, value);
+                    }
+                }
+                expanded.push(Value::Object(state.clone()));
+            }
+        }
+    }
+    expanded
+}
+
+// ---------------------------------------------------------------------------
+// Serving
+// ---------------------------------------------------------------------------
+
+type Body = BoxBody<Bytes, io::Error>;
+
+async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    host: Host,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        if *shutdown.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => {
+                // Accept errors (e.g. out of file descriptors) are transient; the
+                // client that caused it sees a reset, the mock carries on.
+                if let Ok((stream, _)) = accepted {
+                    connections.spawn(serve_connection(stream, state.clone(), host));
+                }
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    // Closing the listener first makes new connections be refused; aborting the
+    // connection tasks drops their sockets, closing every open connection.
+    drop(listener);
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_connection(stream: TcpStream, state: Arc<State>, host: Host) {
+    let flushes = Arc::new(FlushSignal::default());
+    let io = TokioIo::new(FlushTap {
+        inner: stream,
+        signal: flushes.clone(),
+    });
+    let service = hyper::service::service_fn(move |request| {
+        let state = state.clone();
+        let flushes = flushes.clone();
+        async move { Ok::<_, Infallible>(handle(&state, host, &flushes, request).await) }
+    });
+    // Errors here are the client going away or a deliberately truncated body.
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(io, service)
+        .await;
+}
+
+async fn handle(
+    state: &State,
+    host: Host,
+    flushes: &Arc<FlushSignal>,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    // Bounded: notify-batch bodies are small; anything bigger is recorded as empty.
+    let body = match Limited::new(body, 1 << 20).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let raw_path = parts.uri.path().to_string();
+    let path = percent_encoding::percent_decode_str(&raw_path)
+        .decode_utf8_lossy()
+        .into_owned();
+    let header_string = |name: header::HeaderName| {
+        parts
+            .headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let authorization = header_string(header::AUTHORIZATION);
+    let credentials_ok = authorization
+        .as_deref()
+        .is_some_and(|a| credentials_match(a, &lock(&state.keys)));
+    let record = RecordedRequest {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        raw_path_and_query: parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str().to_string())
+            .unwrap_or_else(|| raw_path.clone()),
+        authorization,
+        credentials_ok,
+        if_modified_since: header_string(header::IF_MODIFIED_SINCE),
+        accept_encoding: header_string(header::ACCEPT_ENCODING),
+        user_agent: header_string(header::USER_AGENT),
+        headers: parts.headers.clone(),
+        body,
+    };
+    let records = match host {
+        Host::Main => &state.records,
+        Host::Archives => &state.archive_records,
+    };
+    lock(records).push(record.clone());
+    state.recorded.notify_waiters();
+
+    let delay = *lock(&state.delay);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+
+    let failure = *lock(&state.failure);
+    if let Some(status) = failure {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return json_error(
+            status,
+            &format!(
+                "The repository is temporarily unavailable (HTTP {}), please try again later",
+                status.as_u16()
+            ),
+        );
+    }
+
+    match host {
+        Host::Main => handle_main(state, flushes, &record).await,
+        Host::Archives => handle_archive_host(state, flushes, &record),
+    }
+}
+
+async fn handle_main(
+    state: &State,
+    flushes: &Arc<FlushSignal>,
+    record: &RecordedRequest,
+) -> Response<Body> {
+    if state.reject_keys.load(Ordering::SeqCst) {
+        return unauthorized("The access keys you provided have been disabled or revoked");
+    }
+    if !record.credentials_ok {
+        return unauthorized("Invalid credentials");
+    }
+
+    let path = record.path.as_str();
+    let is_read = record.method == "GET" || record.method == "HEAD";
+    if path.starts_with("/archives/") && is_read {
+        let Some(entry) = state.files.archives.get(path) else {
+            return json_error(StatusCode::NOT_FOUND, "Archive not found");
+        };
+        if !entry.entitled {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "The requested package is not available for your access keys",
+            );
+        }
+        if let Some(archive_host) = &state.archive_base_url {
+            let location = format!("{archive_host}{}", record.raw_path_and_query);
+            return respond(
+                Response::builder()
+                    .status(StatusCode::FOUND)
+                    .header(header::LOCATION, location)
+                    .header(header::CONTENT_TYPE, "text/html; charset=UTF-8"),
+                full(Bytes::new()),
+            );
+        }
+        return archive_response(state, flushes, &entry.bytes);
+    }
+
+    match (record.method.as_str(), path) {
+        ("POST", "/downloads/") => json_response(StatusCode::OK, br#"{"status":"success"}"#),
+        ("GET" | "HEAD", "/search.json") => {
+            json_response(StatusCode::OK, br#"{"results":[],"total":0}"#)
+        }
+        ("GET" | "HEAD", _) => match state.files.get(path) {
+            Some(file) => file_response(state, file, record),
+            None => json_error(StatusCode::NOT_FOUND, "Not found"),
+        },
+        _ => json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
+    }
+}
+
+fn handle_archive_host(
+    state: &State,
+    flushes: &Arc<FlushSignal>,
+    record: &RecordedRequest,
+) -> Response<Body> {
+    let is_read = record.method == "GET" || record.method == "HEAD";
+    match state.files.archives.get(&record.path) {
+        Some(entry) if is_read && entry.entitled => archive_response(state, flushes, &entry.bytes),
+        _ => json_error(StatusCode::NOT_FOUND, "Not found"),
+    }
+}
+
+fn file_response(state: &State, file: &File, record: &RecordedRequest) -> Response<Body> {
+    let last_modified = httpdate::fmt_http_date(state.last_modified);
+    let mut builder = Response::builder().header(header::CONTENT_TYPE, "application/json");
+    if file.kind == FileKind::Revalidated {
+        builder = builder.header(header::LAST_MODIFIED, &last_modified);
+        let fresh = record
+            .if_modified_since
+            .as_deref()
+            .and_then(|since| httpdate::parse_http_date(since).ok())
+            .is_some_and(|since| since >= state.last_modified);
+        if fresh {
+            return respond(builder.status(StatusCode::NOT_MODIFIED), full(Bytes::new()));
+        }
+    }
+    let gzipped = file.kind == FileKind::AlwaysGzip
+        || accepts_gzip(record.accept_encoding.as_deref().unwrap_or(""));
+    let body = if gzipped {
+        builder = builder.header(header::CONTENT_ENCODING, "gzip");
+        file.gzip.clone()
+    } else {
+        file.plain.clone()
+    };
+    respond(
+        builder
+            .status(StatusCode::OK)
+            .header(header::VARY, "Accept-Encoding")
+            .header(header::CONTENT_LENGTH, body.len()),
+        full(body),
+    )
+}
+
+fn archive_response(state: &State, flushes: &Arc<FlushSignal>, bytes: &Bytes) -> Response<Body> {
+    let builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/zip")
+        .header(header::CONTENT_LENGTH, bytes.len());
+    if state.truncate_archives.load(Ordering::SeqCst) {
+        let half = bytes.slice(..bytes.len() / 2);
+        return respond(
+            builder,
+            BoxBody::new(TruncatedBody {
+                first: Some(half),
+                flushes: flushes.clone(),
+                mark: None,
+            }),
+        );
+    }
+    if state.corrupt_archives.load(Ordering::SeqCst) {
+        return respond(builder, full(corrupt(bytes)));
+    }
+    respond(builder, full(bytes.clone()))
+}
+
+/// Same length, different bytes: every 997th byte inverted (plus the middle one, so
+/// even tiny files change).
+fn corrupt(bytes: &[u8]) -> Bytes {
+    let mut altered = bytes.to_vec();
+    let middle = altered.len() / 2;
+    for (i, b) in altered.iter_mut().enumerate() {
+        if i % 997 == 500 || i == middle {
+            *b = !*b;
+        }
+    }
+    Bytes::from(altered)
+}
+
+fn accepts_gzip(accept_encoding: &str) -> bool {
+    accept_encoding.split(',').any(|item| {
+        let mut parts = item.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or("");
+        let refused = parts.any(|p| {
+            p.strip_prefix("q=")
+                .and_then(|q| q.parse::<f32>().ok())
+                .is_some_and(|q| q == 0.0)
+        });
+        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+    })
+}
+
+fn credentials_match(authorization: &str, keys: &(String, String)) -> bool {
+    let Some((scheme, encoded)) = authorization.trim().split_once(' ') else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return false;
+    }
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    decoded == format!("{}:{}", keys.0, keys.1).as_bytes()
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+fn respond(builder: http::response::Builder, body: Body) -> Response<Body> {
+    builder.body(body).unwrap_or_else(|_| {
+        let mut response = Response::new(full(Bytes::from_static(b"mock: bad response")));
+        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        response
+    })
+}
+
+fn json_response(status: StatusCode, body: &'static [u8]) -> Response<Body> {
+    respond(
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, body.len()),
+        full(Bytes::from_static(body)),
+    )
+}
+
+fn json_error(status: StatusCode, warning: &str) -> Response<Body> {
+    let body = Bytes::from(php_json(&json!({ "warning": warning })));
+    respond(
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, body.len()),
+        full(body),
+    )
+}
+
+fn unauthorized(warning: &str) -> Response<Body> {
+    let mut response = json_error(StatusCode::UNAUTHORIZED, warning);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"Magento Repository\""),
+    );
+    response
+}
+
+// ---------------------------------------------------------------------------
+// Truncation
+// ---------------------------------------------------------------------------
+
+/// Counts flushes of one connection's socket. hyper flushes its write buffer
+/// completely before it flushes the socket, so a flush seen after the truncated
+/// body's data was handed over proves that data reached the kernel.
+#[derive(Default)]
+struct FlushSignal {
+    count: AtomicU64,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl FlushSignal {
+    fn flushed(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        if let Some(waker) = lock(&self.waker).take() {
+            waker.wake();
+        }
+    }
+}
+
+struct FlushTap {
+    inner: TcpStream,
+    signal: Arc<FlushSignal>,
+}
+
+impl AsyncRead for FlushTap {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for FlushTap {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        if result.is_ready() {
+            self.signal.flushed();
+        }
+        result
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Yields the first half of an archive, waits until it has been flushed to the
+/// socket, then fails: hyper then drops the connection with fewer bytes sent than the
+/// Content-Length announced, which is exactly what a cut-short upstream looks like.
+struct TruncatedBody {
+    first: Option<Bytes>,
+    flushes: Arc<FlushSignal>,
+    mark: Option<u64>,
+}
+
+impl http_body::Body for TruncatedBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        // hyper has buffered the data by the time it polls again; any flush counted
+        // from now on happened after that data was written out.
+        let count = self.flushes.count.load(Ordering::SeqCst);
+        let mark = *self.mark.get_or_insert(count);
+        *lock(&self.flushes.waker) = Some(cx.waker().clone());
+        if self.flushes.count.load(Ordering::SeqCst) > mark {
+            return Poll::Ready(Some(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "mock upstream: archive deliberately truncated",
+            ))));
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,10 @@
+//! Test support shared by the integration tests: a fixture catalogue shaped like
+//! repo.magento.com's, an in-process mock of that upstream, and a harness that runs the
+//! real Composer client. Each test file includes this with `mod support;` and uses only
+//! part of it, hence the one crate-wide `dead_code` allowance.
+#![allow(dead_code)]
+
+pub mod catalogue;
+pub mod composer;
+pub mod mock_upstream;
+pub mod proxy;

@@ -1,0 +1,149 @@
+//! Starts the real proxy in-process on `127.0.0.1:0`, configured exactly as the binary would
+//! be (through `Config::load` with `COMPOSER_PROXY_*` variables), plus a small HTTP client for
+//! asserting on raw responses.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use composer_proxy::config::{Config, Sources};
+use composer_proxy::{AppState, Proxy};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::mock_upstream::{TEST_PRIVATE_KEY, TEST_PUBLIC_KEY};
+
+pub struct TestProxy {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub cache_dir: PathBuf,
+    /// Keeps the cache directory alive when the proxy owns it.
+    _cache: Option<TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Settings every test proxy gets: loopback, an ephemeral port, the mock's key pair.
+pub fn base_env(upstream_url: &str) -> Vec<(String, String)> {
+    vec![
+        ("COMPOSER_PROXY_LISTEN".into(), "127.0.0.1:0".into()),
+        ("COMPOSER_PROXY_UPSTREAM_URL".into(), upstream_url.into()),
+        ("COMPOSER_PROXY_PUBLIC_KEY".into(), TEST_PUBLIC_KEY.into()),
+        ("COMPOSER_PROXY_PRIVATE_KEY".into(), TEST_PRIVATE_KEY.into()),
+    ]
+}
+
+impl TestProxy {
+    /// A proxy with its own fresh cache directory in front of `upstream_url`.
+    pub async fn start(upstream_url: &str) -> TestProxy {
+        Self::start_with(base_env(upstream_url), None).await
+    }
+
+    /// A proxy with the given settings; `cache_dir` lets a test restart on the same cache.
+    pub async fn start_with(mut env: Vec<(String, String)>, cache_dir: Option<&Path>) -> TestProxy {
+        let (owned, dir) = match cache_dir {
+            Some(dir) => (None, dir.to_path_buf()),
+            None => {
+                let tmp = tempfile::tempdir().expect("cache tempdir");
+                let dir = tmp.path().to_path_buf();
+                (Some(tmp), dir)
+            }
+        };
+        env.push((
+            "COMPOSER_PROXY_CACHE_DIR".into(),
+            dir.to_str().expect("utf-8 temp path").into(),
+        ));
+        let sources = Sources {
+            file: None,
+            env: env.into_iter().collect::<BTreeMap<_, _>>(),
+        };
+        let config = Config::load(&sources).expect("test configuration is valid");
+        let proxy = Proxy::bind(&config).await.expect("proxy binds");
+        let addr = proxy.local_addr();
+        let url = proxy.public_url().to_string();
+        let state = proxy.state.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(proxy.run(async {
+            let _ = stopped.await;
+        }));
+        TestProxy {
+            url,
+            addr,
+            state,
+            cache_dir: dir,
+            _cache: owned,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Shuts the proxy down and waits for it to finish draining.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn warning(&self) -> String {
+        self.json()["warning"]
+            .as_str()
+            .expect("a warning field")
+            .to_string()
+    }
+}
+
+/// One request; the body is returned as received (no decompression).
+pub async fn request(method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Reply {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut builder = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let response = client
+        .request(builder.body(Full::new(body)).expect("request"))
+        .await
+        .expect("proxy answers");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("whole body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str) -> Reply {
+    request(Method::GET, url, &[], Bytes::new()).await
+}
+
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
+    request(Method::GET, url, headers, Bytes::new()).await
+}
