@@ -43,10 +43,6 @@ impl CacheDir {
         Ok(dir)
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     async fn sweep_temp(&self) {
         let Ok(mut entries) = tokio::fs::read_dir(self.root.join("tmp")).await else {
             return;

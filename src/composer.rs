@@ -48,7 +48,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub fn decode_body(raw: Bytes, content_encoding: Option<&str>) -> Result<Bytes, ProtocolError> {
     let declared = content_encoding.is_some_and(|e| e.trim().eq_ignore_ascii_case("gzip"));
     if declared || raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(raw.len() * 4);
+        // Bounded guess: metadata compresses about 10:1, but a hostile ratio must not reserve.
+        let mut out = Vec::with_capacity((raw.len() * 8).min(16 * 1024 * 1024));
         flate2::read::MultiGzDecoder::new(&raw[..])
             .take(MAX_METADATA_BYTES as u64 + 1)
             .read_to_end(&mut out)
@@ -360,7 +361,6 @@ pub struct Rewriter {
 /// A package's metadata in every form the proxy serves, built once per upstream document.
 #[derive(Debug)]
 pub struct ProcessedPackage {
-    pub name: String,
     /// Rewritten v1 per-package file (None for p2-native upstreams).
     pub v1: Option<Document>,
     /// p2 `name.json` (stable versions) and `name~dev.json`.
@@ -397,6 +397,10 @@ impl Rewriter {
         let Some(obj) = version.as_object_mut() else {
             return;
         };
+        // The name becomes part of a URL path the router must accept.
+        if !is_package_name(package) {
+            return;
+        }
         if obj.contains_key("notification-url") {
             obj.insert(
                 "notification-url".into(),
@@ -479,7 +483,6 @@ impl Rewriter {
             }
         }
         Ok(ProcessedPackage {
-            name: name.to_string(),
             v1: Some(Document::from_json(&json, last_modified)),
             p2: Document::from_json(&p2_document(name, stable), last_modified),
             p2_dev: Document::from_json(&p2_document(name, dev), last_modified),

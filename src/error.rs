@@ -164,7 +164,11 @@ impl ProxyError {
 /// A JSON response with the given status.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<bytes::Bytes> {
     let bytes = bytes::Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+    let len = bytes.len();
     let mut response = Response::new(bytes);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -137,11 +137,15 @@ pub struct MetadataCache {
     upstream: Arc<UpstreamClient>,
     disk: Arc<CacheDir>,
     rewriter: Rewriter,
+    /// When this process's rewrite configuration took effect: rewritten documents are never
+    /// older than this, so clients revalidating with If-Modified-Since see a new public URL.
+    rewriter_since: SystemTime,
     ttl: Duration,
     prefetch_concurrency: usize,
     view: RwLock<Option<Arc<View>>>,
-    /// Serializes root refreshes: concurrent misses make one upstream request.
-    refresh_lock: tokio::sync::Mutex<Option<Instant>>,
+    /// Serializes root refreshes (concurrent misses make one upstream request) and remembers
+    /// the last failure, so requests queued behind a failing refresh get its answer at once.
+    refresh_lock: tokio::sync::Mutex<Option<(Instant, Arc<ProxyError>)>>,
     refreshing: AtomicBool,
     building_chain: tokio::sync::Mutex<()>,
     /// v1 per-package files by upstream sha256 (content-addressed, so never stale).
@@ -168,6 +172,7 @@ impl MetadataCache {
         };
         Arc::new(Self {
             rewriter,
+            rewriter_since: SystemTime::now(),
             upstream,
             disk,
             ttl,
@@ -190,17 +195,21 @@ impl MetadataCache {
         })
     }
 
-    pub fn rewriter(&self) -> &Rewriter {
-        &self.rewriter
-    }
-
     fn current(&self) -> Option<Arc<View>> {
         self.view.read().ok().and_then(|v| v.clone())
     }
 
     fn install(&self, view: Arc<View>) {
+        self.update(|_| Some(view));
+    }
+
+    /// Replaces the view with what `next` derives from the latest one, atomically, so a
+    /// refresh and a background chain build cannot overwrite each other's result.
+    fn update(&self, next: impl FnOnce(Option<&Arc<View>>) -> Option<Arc<View>>) {
         if let Ok(mut slot) = self.view.write() {
-            *slot = Some(view);
+            if let Some(view) = next(slot.as_ref()) {
+                *slot = Some(view);
+            }
         }
     }
 
@@ -276,23 +285,42 @@ impl MetadataCache {
                 return Ok(view.clone());
             }
         }
-        if let (Some(failed), Some(view)) = (*last_failure, &current) {
+        if let Some((failed, error)) = &*last_failure {
             if failed.elapsed() < RETRY_AFTER_FAILURE {
-                return Ok(view.clone());
+                return match &current {
+                    Some(view) => Ok(view.clone()),
+                    None => Err(ProxyError::Shared(error.clone())),
+                };
             }
         }
-        let result = self.fetch_root(current.as_deref()).await;
-        match result {
-            Ok(view) => {
+        match self.fetch_root(current.as_deref()).await {
+            Ok(mut view) => {
                 *last_failure = None;
-                let view = Arc::new(view);
-                self.install(view.clone());
+                let mut installed = None;
+                self.update(|latest| {
+                    // A chain the background build installed while this fetch ran still fits
+                    // when the listings are unchanged.
+                    if let Some(latest) = latest {
+                        if view.v1_chain.is_none() && latest.packages == view.packages {
+                            view.v1_chain = latest.v1_chain.clone();
+                            if view.v1_chain.is_some() {
+                                view.root = self.root_document(&view, SystemTime::now());
+                            }
+                        }
+                    }
+                    let view = Arc::new(view);
+                    installed = Some(view.clone());
+                    Some(view)
+                });
                 self.clone().spawn_chain_build();
-                Ok(view)
+                installed.ok_or_else(|| {
+                    ProxyError::Cache(std::io::Error::other("metadata state lock poisoned"))
+                })
             }
             Err(e) => {
-                *last_failure = Some(Instant::now());
-                Err(e)
+                let e = Arc::new(e);
+                *last_failure = Some((Instant::now(), e.clone()));
+                Err(ProxyError::Shared(e))
             }
         }
     }
@@ -326,9 +354,13 @@ impl MetadataCache {
                     etag: validators.etag,
                 };
                 let bytes = serde_json::to_vec(&saved).unwrap_or_default();
-                self.disk
+                if let Err(e) = self
+                    .disk
                     .write_atomic(&self.disk.state_path("root.json"), &bytes)
-                    .await?;
+                    .await
+                {
+                    tracing::error!(error = %e, "cannot save upstream packages.json to the cache directory");
+                }
                 tracing::info!(
                     packages = view.names().len(),
                     "upstream packages.json changed"
@@ -448,7 +480,10 @@ impl MetadataCache {
         match self.upstream.get_metadata(url, None).await? {
             MetadataResponse::Fresh { body, .. } => {
                 composer::verify_sha256(&body, sha256, what)?;
-                self.disk.write_atomic(&path, &body).await?;
+                // A full or read-only disk must not stop serving what was just fetched.
+                if let Err(e) = self.disk.write_atomic(&path, &body).await {
+                    tracing::error!(error = %e, path = %path.display(), "cannot save metadata to the cache directory");
+                }
                 Ok(body)
             }
             MetadataResponse::NotModified => Err(ProxyError::UpstreamStatus(304)),
@@ -482,12 +517,13 @@ impl MetadataCache {
                 let what = format!("package file of {name}");
                 let bytes = self.content_addressed(&url, hash, &what).await?;
                 // The first fetch time is the file's mtime: stable across restarts.
-                let modified = self
-                    .disk
-                    .metadata_path(hash)
-                    .and_then(|p| std::fs::metadata(p).ok())
-                    .and_then(|m| m.modified().ok())
-                    .unwrap_or_else(SystemTime::now);
+                let modified = self.disk.metadata_path(hash).map(tokio::fs::metadata);
+                let modified = match modified {
+                    Some(m) => m.await.and_then(|m| m.modified()).ok(),
+                    None => None,
+                }
+                // Rewritten output also changes when the proxy's configuration does.
+                .map_or_else(SystemTime::now, |m| m.max(self.rewriter_since));
                 let processed = self.rewriter.process_v1_package(name, &bytes, modified)?;
                 Ok::<_, ProxyError>(Arc::new(processed))
             })
@@ -509,7 +545,10 @@ impl MetadataCache {
         }
         match &view.upstream {
             UpstreamRoot::V1 { .. } => {
-                let cached = self.packages.contains_key(&view.packages[name]);
+                let cached = view
+                    .packages
+                    .get(name)
+                    .is_some_and(|hash| self.packages.contains_key(hash));
                 let package = self.v1_package(&view, name).await?;
                 let doc = if file.ends_with("~dev") {
                     &package.p2_dev
@@ -664,24 +703,28 @@ impl MetadataCache {
             }
             let started = Instant::now();
             let chain = self.build_chain(&view).await;
-            let Some(current) = self.current() else {
-                return;
-            };
-            if current.upstream_sha256 != view.upstream_sha256 {
-                return; // superseded while building; the newer view gets its own build
+            let chain = Arc::new(chain);
+            let mut done = false;
+            self.update(|latest| {
+                // Superseded while building: the newer view gets its own build.
+                let latest = latest.filter(|l| {
+                    l.upstream_sha256 == view.upstream_sha256 && l.v1_chain.is_none()
+                })?;
+                let mut next = latest.with_validation(latest.validators.clone());
+                next.validated_at = latest.validated_at;
+                next.v1_chain = Some(chain.clone());
+                next.root = self.root_document(&next, SystemTime::now());
+                done = true;
+                Some(Arc::new(next))
+            });
+            if done {
+                tracing::info!(
+                    packages = view.packages.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "composer 1 provider chain ready"
+                );
+                self.chains_built.send_modify(|n| *n += 1);
             }
-            let now = SystemTime::now();
-            let mut next = current.with_validation(current.validators.clone());
-            next.validated_at = current.validated_at;
-            next.v1_chain = Some(Arc::new(chain));
-            next.root = self.root_document(&next, now);
-            tracing::info!(
-                packages = next.packages.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "composer 1 provider chain ready"
-            );
-            self.install(Arc::new(next));
-            self.chains_built.send_modify(|n| *n += 1);
         });
     }
 
