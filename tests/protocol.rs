@@ -544,3 +544,18 @@ async fn p2_native_upstream_is_rewritten_and_served() {
     assert_eq!(again.status, StatusCode::NOT_MODIFIED);
     assert_eq!(mock.count_without_credentials(), 0);
 }
+
+#[tokio::test]
+async fn a_failing_upstream_is_not_asked_again_by_every_waiting_request() {
+    let (_catalogue, mock, proxy) = v1_setup(2).await;
+    mock.set_failure(Some(503));
+    for _ in 0..5 {
+        let reply = get(&format!("{}/packages.json", proxy.url)).await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(
+        mock.count("/packages.json"),
+        1,
+        "one upstream attempt serves every request in the back-off window"
+    );
+}
