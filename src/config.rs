@@ -477,57 +477,32 @@ fn resolve_credentials(
         }))
     };
 
-    match (raw.public_key.is_empty(), raw.private_key.is_empty()) {
-        (false, false) => {
-            return pair(
-                raw.public_key.clone(),
-                raw.private_key.clone(),
-                KeySource::Settings,
-                "public_key",
-            )
-        }
-        (false, true) => {
-            return Err(err(
-                "private_key",
-                "public_key is set but private_key is not".into(),
-            ))
-        }
-        (true, false) => {
-            return Err(err(
-                "public_key",
-                "private_key is set but public_key is not".into(),
-            ))
-        }
-        (true, true) => {}
+    if let Some((public, private)) = both_or_neither(
+        ("public_key", &raw.public_key),
+        ("private_key", &raw.private_key),
+        err,
+    )? {
+        return pair(
+            public.to_string(),
+            private.to_string(),
+            KeySource::Settings,
+            "public_key",
+        );
     }
 
-    match (
-        raw.public_key_file.is_empty(),
-        raw.private_key_file.is_empty(),
-    ) {
-        (false, false) => {
-            let read = |setting: &str, path: &str| {
-                std::fs::read_to_string(path)
-                    .map(|s| s.trim().to_string())
-                    .map_err(|e| err(setting, format!("cannot read {path}: {e}")))
-            };
-            let public = read("public_key_file", &raw.public_key_file)?;
-            let private = read("private_key_file", &raw.private_key_file)?;
-            return pair(public, private, KeySource::KeyFiles, "public_key_file");
-        }
-        (false, true) => {
-            return Err(err(
-                "private_key_file",
-                "public_key_file is set but private_key_file is not".into(),
-            ))
-        }
-        (true, false) => {
-            return Err(err(
-                "public_key_file",
-                "private_key_file is set but public_key_file is not".into(),
-            ))
-        }
-        (true, true) => {}
+    if let Some((public_path, private_path)) = both_or_neither(
+        ("public_key_file", &raw.public_key_file),
+        ("private_key_file", &raw.private_key_file),
+        err,
+    )? {
+        let read = |setting: &str, path: &str| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| err(setting, format!("cannot read {path}: {e}")))
+        };
+        let public = read("public_key_file", public_path)?;
+        let private = read("private_key_file", private_path)?;
+        return pair(public, private, KeySource::KeyFiles, "public_key_file");
     }
 
     if !raw.auth_json.is_empty() {
@@ -544,6 +519,21 @@ fn resolve_credentials(
         }
     }
     Ok(None)
+}
+
+/// Settings that only make sense together: both set, or neither. The error names the one
+/// that is missing.
+fn both_or_neither<'a>(
+    (a_name, a): (&str, &'a str),
+    (b_name, b): (&str, &'a str),
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<(&'a str, &'a str)>, ConfigError> {
+    match (a.is_empty(), b.is_empty()) {
+        (false, false) => Ok(Some((a, b))),
+        (true, true) => Ok(None),
+        (false, true) => Err(err(b_name, format!("{a_name} is set but {b_name} is not"))),
+        (true, false) => Err(err(a_name, format!("{b_name} is set but {a_name} is not"))),
+    }
 }
 
 fn check_key(key: &str) -> Result<(), String> {

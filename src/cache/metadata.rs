@@ -101,10 +101,20 @@ impl View {
         self.names.as_deref().map_or(&[], Vec::as_slice)
     }
 
+    /// A copy marked as confirmed by upstream just now, with the validators it answered with.
     fn with_validation(&self, validators: Validators) -> View {
         View {
             validated_at: Some(Instant::now()),
             validators,
+            ..self.shallow_clone()
+        }
+    }
+
+    /// The same view; every large part is shared behind an `Arc`.
+    fn shallow_clone(&self) -> View {
+        View {
+            validated_at: self.validated_at,
+            validators: self.validators.clone(),
             upstream_sha256: self.upstream_sha256.clone(),
             upstream: self.upstream.clone(),
             listings: self.listings.clone(),
@@ -710,8 +720,7 @@ impl MetadataCache {
                 let latest = latest.filter(|l| {
                     l.upstream_sha256 == view.upstream_sha256 && l.v1_chain.is_none()
                 })?;
-                let mut next = latest.with_validation(latest.validators.clone());
-                next.validated_at = latest.validated_at;
+                let mut next = latest.shallow_clone();
                 next.v1_chain = Some(chain.clone());
                 next.root = self.root_document(&next, SystemTime::now());
                 done = true;
