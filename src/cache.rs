@@ -32,7 +32,7 @@ fn is_hex(s: &str) -> bool {
 impl CacheDir {
     /// Creates the layout (if needed) and sweeps stale temporary files.
     pub async fn open(root: &Path) -> io::Result<Self> {
-        for sub in ["metadata", "archives", "tmp"] {
+        for sub in ["metadata", "archives", "locks", "tmp"] {
             tokio::fs::create_dir_all(root.join(sub)).await?;
         }
         let dir = Self {
@@ -83,6 +83,21 @@ impl CacheDir {
                 .join("archives")
                 .join(&key[..2])
                 .join(format!("{key}.bin"))
+        })
+    }
+
+    /// The directory holding the archive shards.
+    pub fn archives_root(&self) -> PathBuf {
+        self.root.join("archives")
+    }
+
+    /// The lock file a process holds while it fetches an archive, from the archive's key.
+    pub fn archive_lock_path(&self, key: &str) -> Option<PathBuf> {
+        (is_hex(key) && key.len() >= 32).then(|| {
+            self.root
+                .join("locks")
+                .join(&key[..2])
+                .join(format!("{key}.lock"))
         })
     }
 

@@ -115,6 +115,12 @@ pub struct Config {
     pub metadata_ttl: Duration,
     pub metadata_cache_max_bytes: u64,
     pub v1_prefetch_concurrency: usize,
+    /// How long an upstream 404 for a package's metadata is remembered.
+    pub negative_ttl: Duration,
+    /// Serve cached metadata when upstream rejects the key pair (401/403) instead of failing.
+    pub stale_on_key_rejection: bool,
+    pub archive_cache_max_bytes: u64,
+    pub archive_memory_cache_max_bytes: u64,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -155,6 +161,10 @@ struct RawConfig {
     metadata_ttl_secs: u64,
     metadata_cache_max_bytes: u64,
     v1_prefetch_concurrency: usize,
+    negative_ttl_secs: u64,
+    stale_on_key_rejection: bool,
+    archive_cache_max_bytes: u64,
+    archive_memory_cache_max_bytes: u64,
     log_format: String,
     log_level: String,
 }
@@ -421,6 +431,13 @@ fn validate(
         ));
     }
 
+    if raw.archive_cache_max_bytes < 1024 * 1024 {
+        return Err(err(
+            "archive_cache_max_bytes",
+            "must be at least 1048576 (1 MiB)".into(),
+        ));
+    }
+
     let optional_path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
 
     Ok(Config {
@@ -452,6 +469,10 @@ fn validate(
         metadata_ttl: positive("metadata_ttl_secs", raw.metadata_ttl_secs)?,
         metadata_cache_max_bytes: raw.metadata_cache_max_bytes,
         v1_prefetch_concurrency: raw.v1_prefetch_concurrency,
+        negative_ttl: positive("negative_ttl_secs", raw.negative_ttl_secs)?,
+        stale_on_key_rejection: raw.stale_on_key_rejection,
+        archive_cache_max_bytes: raw.archive_cache_max_bytes,
+        archive_memory_cache_max_bytes: raw.archive_memory_cache_max_bytes,
         log_format,
         log_level: raw.log_level,
     })

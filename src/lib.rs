@@ -75,8 +75,16 @@ impl Proxy {
             config.v1_prefetch_concurrency,
         );
         metadata.restore().await;
+        let archives = ArchiveStore::open(
+            disk,
+            upstream.clone(),
+            config.archive_cache_max_bytes,
+            config.archive_memory_cache_max_bytes,
+        )
+        .await
+        .context("cannot read the archive store in `cache_dir`")?;
         let state = Arc::new(AppState {
-            archives: ArchiveStore::new(disk, upstream.clone()),
+            archives,
             upstream,
             metadata,
             access: Access::new(config.allow.clone()),

@@ -423,7 +423,7 @@ async fn archive(
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok((response, Some(CacheStatus::Hit)));
     }
-    let (archive, cache) = state.archives.open(&source).await?;
+    let (archive, cache) = state.archives.get(&source).await?;
     let h = response.headers_mut();
     let content_type = if source.url.ends_with(".zip") {
         "application/zip"
@@ -437,14 +437,19 @@ async fn archive(
         cache.as_str(),
     );
     let (len, body) = match archive {
+        Archive::Memory(bytes) => (Some(bytes.len() as u64), full(bytes)),
         Archive::File { file, len } => {
-            let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024)
+            // Large reads: each one is a trip through the blocking pool.
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
                 .map(|chunk| chunk.map(Frame::data));
             (Some(len), StreamBody::new(stream).boxed_unsync())
         }
-        Archive::Streaming { chunks, len } => {
-            let stream = futures_util::stream::unfold(chunks, |mut rx| async move {
-                rx.recv().await.map(|item| (item.map(Frame::data), rx))
+        Archive::Streaming { reader, len } => {
+            let stream = futures_util::stream::unfold(reader, |mut reader| async move {
+                reader
+                    .next_chunk()
+                    .await
+                    .map(|item| (item.map(Frame::data), reader))
             });
             (len, StreamBody::new(stream).boxed_unsync())
         }
