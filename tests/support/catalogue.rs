@@ -390,7 +390,7 @@ impl Builder {
             require: spec.require,
             uid: 7_000_000 + index,
             archive,
-            reference_null: index % 2 == 0,
+            reference_null: index.is_multiple_of(2),
             publish_shasum: index % 3 != 2,
             description,
             license,
