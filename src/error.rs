@@ -76,6 +76,27 @@ impl ProxyError {
         }
     }
 
+    /// Upstream refused the key pair itself (not one package): what the stale policy is about.
+    pub fn is_key_rejection(&self) -> bool {
+        match self {
+            ProxyError::KeysRejected { .. } => true,
+            ProxyError::UpstreamForbidden {
+                what: Resource::Metadata,
+            } => true,
+            ProxyError::Shared(inner) => inner.is_key_rejection(),
+            _ => false,
+        }
+    }
+
+    /// Upstream said the thing does not exist (so the answer may be remembered briefly).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            ProxyError::UpstreamNotFound { .. } => true,
+            ProxyError::Shared(inner) => inner.is_not_found(),
+            _ => false,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status_and_warning().0
     }

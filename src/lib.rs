@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 
 use crate::access::Access;
 use crate::cache::archives::ArchiveStore;
-use crate::cache::metadata::MetadataCache;
+use crate::cache::metadata::{MetadataCache, MetadataSettings};
 use crate::cache::CacheDir;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -70,9 +70,13 @@ impl Proxy {
             upstream.clone(),
             disk.clone(),
             public_url.clone(),
-            config.metadata_ttl,
-            config.metadata_cache_max_bytes,
-            config.v1_prefetch_concurrency,
+            &MetadataSettings {
+                ttl: config.metadata_ttl,
+                max_bytes: config.metadata_cache_max_bytes,
+                prefetch_concurrency: config.v1_prefetch_concurrency,
+                negative_ttl: config.negative_ttl,
+                stale_on_key_rejection: config.stale_on_key_rejection,
+            },
         );
         metadata.restore().await;
         let archives = ArchiveStore::open(

@@ -5,6 +5,7 @@
 //! connect, read and total timeouts, and decodes gzip metadata. Callers only ever pass URLs the
 //! proxy built from upstream metadata, never one a client supplied.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,7 +77,18 @@ pub struct StreamingResponse {
     pub body: Incoming,
 }
 
+/// What upstream last said about the key pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyVerdict {
+    /// No answer from the upstream origin yet.
+    Unknown,
+    Accepted,
+    Rejected,
+}
+
 pub struct UpstreamClient {
+    /// `KeyVerdict` as a number, updated by every answer from the upstream origin.
+    key_verdict: AtomicU8,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: Url,
     authorization: Option<HeaderValue>,
@@ -153,6 +165,7 @@ impl UpstreamClient {
         });
 
         Ok(Self {
+            key_verdict: AtomicU8::new(KeyVerdict::Unknown as u8),
             client,
             base: cfg.url.clone(),
             authorization,
@@ -174,6 +187,36 @@ impl UpstreamClient {
 
     pub fn has_credentials(&self) -> bool {
         self.authorization.is_some()
+    }
+
+    pub fn key_verdict(&self) -> KeyVerdict {
+        match self.key_verdict.load(Ordering::Acquire) {
+            x if x == KeyVerdict::Accepted as u8 => KeyVerdict::Accepted,
+            x if x == KeyVerdict::Rejected as u8 => KeyVerdict::Rejected,
+            _ => KeyVerdict::Unknown,
+        }
+    }
+
+    /// Records what upstream said about the keys; a change is an event ops want in the log.
+    pub fn note_key_verdict(&self, verdict: KeyVerdict) {
+        let previous = self.key_verdict.swap(verdict as u8, Ordering::AcqRel);
+        if previous == verdict as u8 {
+            return;
+        }
+        match verdict {
+            KeyVerdict::Rejected => tracing::error!(
+                event = "key_rejected",
+                upstream = %self.base,
+                "upstream rejected the key pair: check that it is enabled in the Commerce \
+                 Marketplace account (My Profile > Access Keys)"
+            ),
+            KeyVerdict::Accepted if previous == KeyVerdict::Rejected as u8 => tracing::info!(
+                event = "key_accepted",
+                upstream = %self.base,
+                "upstream accepts the key pair again"
+            ),
+            _ => {}
+        }
     }
 
     /// Only the configured upstream's origin ever sees the key pair.
@@ -244,6 +287,13 @@ impl UpstreamClient {
                 }
                 url = next;
                 continue;
+            }
+            if self.is_upstream_origin(&url) {
+                if status == StatusCode::UNAUTHORIZED {
+                    self.note_key_verdict(KeyVerdict::Rejected);
+                } else if status.is_success() || status == StatusCode::NOT_MODIFIED {
+                    self.note_key_verdict(KeyVerdict::Accepted);
+                }
             }
             let (parts, body) = response.into_parts();
             return Ok(StreamingResponse {

@@ -23,7 +23,7 @@ use crate::composer::{
     self, Document, ProcessedPackage, ProviderInclude, ProxyRoot, Rewriter, UpstreamRoot,
 };
 use crate::error::{ProxyError, Resource};
-use crate::upstream::{MetadataResponse, UpstreamClient, Validators};
+use crate::upstream::{KeyVerdict, MetadataResponse, UpstreamClient, Validators};
 
 /// After an upstream failure, the root is not asked for again for this long, so a down
 /// upstream is not hammered by every client request.
@@ -36,6 +36,8 @@ pub enum CacheStatus {
     Miss,
     /// Served from cache while a refresh runs, or because upstream failed.
     Stale,
+    /// Checked with upstream before answering.
+    Revalidated,
 }
 
 impl CacheStatus {
@@ -44,6 +46,7 @@ impl CacheStatus {
             CacheStatus::Hit => "HIT",
             CacheStatus::Miss => "MISS",
             CacheStatus::Stale => "STALE",
+            CacheStatus::Revalidated => "REVALIDATED",
         }
     }
 }
@@ -143,6 +146,16 @@ pub struct P2Entry {
     validators: Validators,
 }
 
+/// The metadata cache's settings, from [`crate::config::Config`].
+#[derive(Clone, Copy, Debug)]
+pub struct MetadataSettings {
+    pub ttl: Duration,
+    pub max_bytes: u64,
+    pub prefetch_concurrency: usize,
+    pub negative_ttl: Duration,
+    pub stale_on_key_rejection: bool,
+}
+
 pub struct MetadataCache {
     upstream: Arc<UpstreamClient>,
     disk: Arc<CacheDir>,
@@ -152,6 +165,7 @@ pub struct MetadataCache {
     rewriter_since: SystemTime,
     ttl: Duration,
     prefetch_concurrency: usize,
+    stale_on_key_rejection: bool,
     view: RwLock<Option<Arc<View>>>,
     /// Serializes root refreshes (concurrent misses make one upstream request) and remembers
     /// the last failure, so requests queued behind a failing refresh get its answer at once.
@@ -162,6 +176,10 @@ pub struct MetadataCache {
     packages: moka::future::Cache<String, Arc<ProcessedPackage>>,
     /// p2 files of p2-native upstreams by file name (`vendor/name` or `vendor/name~dev`).
     p2_files: moka::future::Cache<String, Arc<P2Entry>>,
+    /// p2 files being revalidated in the background, so each is asked for once at a time.
+    p2_revalidating: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Upstream URLs that answered 404, remembered for `negative_ttl`.
+    not_found: moka::future::Cache<String, ()>,
     /// Counts completed Composer 1 chains, so callers can wait for one instead of polling.
     chains_built: tokio::sync::watch::Sender<u64>,
 }
@@ -171,10 +189,15 @@ impl MetadataCache {
         upstream: Arc<UpstreamClient>,
         disk: Arc<CacheDir>,
         public_url: String,
-        ttl: Duration,
-        max_bytes: u64,
-        prefetch_concurrency: usize,
+        settings: &MetadataSettings,
     ) -> Arc<Self> {
+        let MetadataSettings {
+            ttl,
+            max_bytes,
+            prefetch_concurrency,
+            negative_ttl,
+            stale_on_key_rejection,
+        } = *settings;
         let weigh = |_: &String, p: &Arc<ProcessedPackage>| p.weight();
         let rewriter = Rewriter {
             public_url,
@@ -187,6 +210,7 @@ impl MetadataCache {
             disk,
             ttl,
             prefetch_concurrency,
+            stale_on_key_rejection,
             view: RwLock::new(None),
             refresh_lock: tokio::sync::Mutex::new(None),
             refreshing: AtomicBool::new(false),
@@ -200,6 +224,11 @@ impl MetadataCache {
                 .weigher(|_: &String, e: &Arc<P2Entry>| {
                     u32::try_from(e.doc.weight() + e.dists.len() * 256).unwrap_or(u32::MAX)
                 })
+                .build(),
+            p2_revalidating: std::sync::Mutex::new(std::collections::HashSet::new()),
+            not_found: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(negative_ttl)
                 .build(),
             chains_built: tokio::sync::watch::channel(0).0,
         })
@@ -261,6 +290,12 @@ impl MetadataCache {
     /// The current view, refreshing it as the TTL demands. Only a cold start waits for
     /// upstream; otherwise the cached view is served and refreshed in the background.
     pub async fn view(self: &Arc<Self>) -> Result<(Arc<View>, CacheStatus), ProxyError> {
+        if !self.stale_on_key_rejection && self.upstream.key_verdict() == KeyVerdict::Rejected {
+            // A revoked or unpaid licence must show at once, not after the cache expires: ask
+            // again (at most once per back-off window) and serve nothing until it is accepted.
+            let view = self.refresh_after_rejection().await?;
+            return Ok((view, CacheStatus::Revalidated));
+        }
         match self.current() {
             Some(view) if self.is_fresh(&view) => Ok((view, CacheStatus::Hit)),
             Some(view) => {
@@ -288,18 +323,28 @@ impl MetadataCache {
 
     /// Revalidates the upstream root (single flight) and installs the resulting view.
     async fn refresh(self: &Arc<Self>) -> Result<Arc<View>, ProxyError> {
+        self.refresh_inner(false).await
+    }
+
+    /// Asks upstream again after it rejected the keys, even if the cached view is fresh.
+    async fn refresh_after_rejection(self: &Arc<Self>) -> Result<Arc<View>, ProxyError> {
+        self.refresh_inner(true).await
+    }
+
+    async fn refresh_inner(self: &Arc<Self>, keys_rejected: bool) -> Result<Arc<View>, ProxyError> {
         let mut last_failure = self.refresh_lock.lock().await;
         let current = self.current();
+        let rejected_now = keys_rejected && self.upstream.key_verdict() == KeyVerdict::Rejected;
         if let Some(view) = &current {
-            if self.is_fresh(view) {
+            if self.is_fresh(view) && !rejected_now {
                 return Ok(view.clone());
             }
         }
         if let Some((failed, error)) = &*last_failure {
             if failed.elapsed() < RETRY_AFTER_FAILURE {
                 return match &current {
-                    Some(view) => Ok(view.clone()),
-                    None => Err(ProxyError::Shared(error.clone())),
+                    Some(view) if !rejected_now => Ok(view.clone()),
+                    _ => Err(ProxyError::Shared(error.clone())),
                 };
             }
         }
@@ -377,12 +422,18 @@ impl MetadataCache {
                 );
                 Ok(view)
             }
-            MetadataResponse::Status(status) => Err(ProxyError::from_upstream_status(
-                status,
-                Resource::Metadata,
-                self.upstream.has_credentials(),
-                "packages.json",
-            )),
+            MetadataResponse::Status(status) => {
+                if status == http::StatusCode::FORBIDDEN {
+                    // For the repository root, 403 means the account, not one package.
+                    self.upstream.note_key_verdict(KeyVerdict::Rejected);
+                }
+                Err(ProxyError::from_upstream_status(
+                    status,
+                    Resource::Metadata,
+                    self.upstream.has_credentials(),
+                    "packages.json",
+                ))
+            }
         }
     }
 
@@ -522,7 +573,13 @@ impl MetadataCache {
             .as_str()
             .replace("%package%", name)
             .replace("%hash%", hash);
-        self.packages
+        if self.not_found.contains_key(&url) {
+            return Err(ProxyError::NotFound(format!(
+                "package file of {name} (upstream said so recently)"
+            )));
+        }
+        let result = self
+            .packages
             .try_get_with(hash.clone(), async {
                 let what = format!("package file of {name}");
                 let bytes = self.content_addressed(&url, hash, &what).await?;
@@ -537,8 +594,13 @@ impl MetadataCache {
                 let processed = self.rewriter.process_v1_package(name, &bytes, modified)?;
                 Ok::<_, ProxyError>(Arc::new(processed))
             })
-            .await
-            .map_err(ProxyError::Shared)
+            .await;
+        if let Err(e) = &result {
+            if e.is_not_found() {
+                self.not_found.insert(url, ()).await;
+            }
+        }
+        result.map_err(ProxyError::Shared)
     }
 
     /// A p2 file (`vendor/name` or `vendor/name~dev`) for Composer 2 clients.
@@ -581,30 +643,54 @@ impl MetadataCache {
         }
     }
 
+    /// A p2 file of a p2-native upstream: fresh from cache; stale from cache while it is
+    /// revalidated in the background; or fetched once however many clients ask at once.
     async fn p2_native(
-        &self,
+        self: &Arc<Self>,
         template: &str,
         file: &str,
     ) -> Result<(Arc<P2Entry>, CacheStatus), ProxyError> {
-        let existing = self.p2_files.get(file).await;
-        if let Some(entry) = &existing {
-            if entry.validated_at.elapsed() < self.ttl {
-                return Ok((entry.clone(), CacheStatus::Hit));
-            }
-        }
         let url = template.replace("%package%", file);
+        if let Some(entry) = self.p2_files.get(file).await {
+            if entry.validated_at.elapsed() < self.ttl {
+                return Ok((entry, CacheStatus::Hit));
+            }
+            self.clone()
+                .spawn_p2_revalidation(url, file.to_string(), entry.clone());
+            return Ok((entry, CacheStatus::Stale));
+        }
+        if self.not_found.contains_key(&url) {
+            return Err(ProxyError::NotFound(format!(
+                "package {file} (upstream said so recently)"
+            )));
+        }
+        let entry = self
+            .p2_files
+            .try_get_with(file.to_string(), self.fetch_p2(&url, file, None))
+            .await
+            .map_err(ProxyError::Shared)?;
+        Ok((entry, CacheStatus::Miss))
+    }
+
+    /// One conditional request for a p2 file; a 404 is remembered for the negative TTL.
+    async fn fetch_p2(
+        &self,
+        url: &str,
+        file: &str,
+        existing: Option<&P2Entry>,
+    ) -> Result<Arc<P2Entry>, ProxyError> {
         let response = self
             .upstream
-            .get_metadata(&url, existing.as_ref().map(|e| &e.validators))
-            .await;
-        let entry = match (response, existing) {
-            (Ok(MetadataResponse::NotModified), Some(old)) => Arc::new(P2Entry {
+            .get_metadata(url, existing.map(|e| &e.validators))
+            .await?;
+        match (response, existing) {
+            (MetadataResponse::NotModified, Some(old)) => Ok(Arc::new(P2Entry {
                 doc: old.doc.clone(),
                 dists: old.dists.clone(),
                 validated_at: Instant::now(),
                 validators: old.validators.clone(),
-            }),
-            (Ok(MetadataResponse::Fresh { body, validators }), _) => {
+            })),
+            (MetadataResponse::Fresh { body, validators }, _) => {
                 let modified = validators
                     .last_modified
                     .as_deref()
@@ -612,32 +698,55 @@ impl MetadataCache {
                     .unwrap_or_else(SystemTime::now);
                 let name = file.strip_suffix("~dev").unwrap_or(file);
                 let (doc, dists) = self.rewriter.process_p2_file(name, &body, modified)?;
-                Arc::new(P2Entry {
+                Ok(Arc::new(P2Entry {
                     doc,
                     dists,
                     validated_at: Instant::now(),
                     validators,
-                })
+                }))
             }
-            (Ok(MetadataResponse::Status(status)), _) => {
-                return Err(ProxyError::from_upstream_status(
+            (MetadataResponse::Status(status), _) => {
+                let e = ProxyError::from_upstream_status(
                     status,
                     Resource::Metadata,
                     self.upstream.has_credentials(),
                     file,
-                ))
+                );
+                if e.is_not_found() {
+                    self.not_found.insert(url.to_string(), ()).await;
+                }
+                Err(e)
             }
-            (Ok(MetadataResponse::NotModified), None) => {
-                return Err(ProxyError::UpstreamStatus(304))
+            (MetadataResponse::NotModified, None) => Err(ProxyError::UpstreamStatus(304)),
+        }
+    }
+
+    fn spawn_p2_revalidation(self: Arc<Self>, url: String, file: String, old: Arc<P2Entry>) {
+        {
+            let mut running = self
+                .p2_revalidating
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !running.insert(file.clone()) {
+                return;
             }
-            (Err(e), Some(old)) => {
-                tracing::warn!(error = %e, file, "upstream failed; serving cached p2 file");
-                return Ok((old, CacheStatus::Stale));
+        }
+        tokio::spawn(async move {
+            match self.fetch_p2(&url, &file, Some(&old)).await {
+                Ok(entry) => self.p2_files.insert(file.clone(), entry).await,
+                Err(e) if e.is_not_found() => {
+                    tracing::info!(file = %file, "p2 file removed upstream; forgetting it");
+                    self.p2_files.invalidate(&file).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, file = %file, "upstream failed; serving cached p2 file");
+                }
             }
-            (Err(e), None) => return Err(e.into()),
-        };
-        self.p2_files.insert(file.to_string(), entry.clone()).await;
-        Ok((entry, CacheStatus::Miss))
+            self.p2_revalidating
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(&file);
+        });
     }
 
     /// A rewritten v1 listing, by the path the proxy's `packages.json` named.

@@ -19,7 +19,7 @@ use std::convert::Infallible;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
@@ -150,7 +150,8 @@ impl MockUpstream {
             reject_keys: AtomicBool::new(false),
             failure: Mutex::new(None),
             delay: Mutex::new(Duration::ZERO),
-            truncate_archives: AtomicBool::new(false),
+            truncate_archives: AtomicI64::new(0),
+            stall_archives: AtomicBool::new(false),
             corrupt_archives: AtomicBool::new(false),
             records: Mutex::new(Vec::new()),
             archive_records: Mutex::new(Vec::new()),
@@ -280,7 +281,19 @@ impl MockUpstream {
 
     /// Archives: send the full Content-Length, then about half the bytes, then close.
     pub fn set_truncate_archives(&self, on: bool) {
-        self.state.truncate_archives.store(on, Ordering::SeqCst);
+        self.state
+            .truncate_archives
+            .store(if on { -1 } else { 0 }, Ordering::SeqCst);
+    }
+
+    /// Cuts only the next `n` archive responses short, then serves them whole again.
+    pub fn truncate_next_archives(&self, n: i64) {
+        self.state.truncate_archives.store(n, Ordering::SeqCst);
+    }
+
+    /// Sends the first half of each archive, then nothing more (the connection stays open).
+    pub fn set_stall_archives(&self, on: bool) {
+        self.state.stall_archives.store(on, Ordering::SeqCst);
     }
 
     /// Archives: full length, altered bytes (the sha1 no longer matches).
@@ -345,7 +358,9 @@ struct State {
     reject_keys: AtomicBool,
     failure: Mutex<Option<u16>>,
     delay: Mutex<Duration>,
-    truncate_archives: AtomicBool,
+    /// Archive responses still to cut short; negative: all of them.
+    truncate_archives: AtomicI64,
+    stall_archives: AtomicBool,
     corrupt_archives: AtomicBool,
     records: Mutex<Vec<RecordedRequest>>,
     archive_records: Mutex<Vec<RecordedRequest>>,
@@ -784,7 +799,7 @@ async fn handle_main(
                 full(Bytes::new()),
             );
         }
-        return archive_response(state, flushes, &entry.bytes);
+        return archive_response(state, flushes, record, &entry.bytes);
     }
 
     match (record.method.as_str(), path) {
@@ -807,7 +822,9 @@ fn handle_archive_host(
 ) -> Response<Body> {
     let is_read = record.method == "GET" || record.method == "HEAD";
     match state.files.archives.get(&record.path) {
-        Some(entry) if is_read && entry.entitled => archive_response(state, flushes, &entry.bytes),
+        Some(entry) if is_read && entry.entitled => {
+            archive_response(state, flushes, record, &entry.bytes)
+        }
         _ => json_error(StatusCode::NOT_FOUND, "Not found"),
     }
 }
@@ -843,12 +860,49 @@ fn file_response(state: &State, file: &File, record: &RecordedRequest) -> Respon
     )
 }
 
-fn archive_response(state: &State, flushes: &Arc<FlushSignal>, bytes: &Bytes) -> Response<Body> {
-    let builder = Response::builder()
-        .status(StatusCode::OK)
+fn archive_response(
+    state: &State,
+    flushes: &Arc<FlushSignal>,
+    record: &RecordedRequest,
+    bytes: &Bytes,
+) -> Response<Body> {
+    // `Range: bytes=N-`, the only form a resuming client needs, as S3 and CDNs answer it.
+    let start = record
+        .headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.strip_suffix('-'))
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n < bytes.len());
+    let (builder, bytes) = match start {
+        Some(n) => (
+            Response::builder()
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(
+                    header::CONTENT_RANGE,
+                    format!("bytes {n}-{}/{}", bytes.len() - 1, bytes.len()),
+                ),
+            bytes.slice(n..),
+        ),
+        None => (Response::builder().status(StatusCode::OK), bytes.clone()),
+    };
+    let builder = builder
         .header(header::CONTENT_TYPE, "application/zip")
+        .header(header::ACCEPT_RANGES, "bytes")
         .header(header::CONTENT_LENGTH, bytes.len());
-    if state.truncate_archives.load(Ordering::SeqCst) {
+    if state.stall_archives.load(Ordering::SeqCst) {
+        let half = bytes.slice(..bytes.len() / 2);
+        return respond(builder, BoxBody::new(StalledBody { first: Some(half) }));
+    }
+    let truncate = state
+        .truncate_archives
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n > 0).then(|| n - 1)
+        })
+        .map(|_| true)
+        .unwrap_or_else(|n| n < 0);
+    if truncate {
         let half = bytes.slice(..bytes.len() / 2);
         return respond(
             builder,
@@ -860,9 +914,9 @@ fn archive_response(state: &State, flushes: &Arc<FlushSignal>, bytes: &Bytes) ->
         );
     }
     if state.corrupt_archives.load(Ordering::SeqCst) {
-        return respond(builder, full(corrupt(bytes)));
+        return respond(builder, full(corrupt(&bytes)));
     }
-    respond(builder, full(bytes.clone()))
+    respond(builder, full(bytes))
 }
 
 /// Same length, different bytes: every 997th byte inverted (plus the middle one, so
@@ -1024,6 +1078,27 @@ struct TruncatedBody {
     first: Option<Bytes>,
     flushes: Arc<FlushSignal>,
     mark: Option<u64>,
+}
+
+/// Half an archive, then silence: a transfer that hangs (for killing the proxy mid-download).
+struct StalledBody {
+    first: Option<Bytes>,
+}
+
+impl http_body::Body for StalledBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match self.first.take() {
+            Some(first) => Poll::Ready(Some(Ok(Frame::data(first)))),
+            // Never woken: the connection ends only when the mock shuts down.
+            None => Poll::Pending,
+        }
+    }
 }
 
 impl http_body::Body for TruncatedBody {
