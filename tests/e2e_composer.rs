@@ -13,7 +13,7 @@ use std::time::Instant;
 use support::catalogue::Catalogue;
 use support::composer::{assert_installed_matches, ComposerProject};
 use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
-use support::proxy::TestProxy;
+use support::proxy::{base_env, TestProxy};
 
 /// Modules in the metapackage; with the framework, the extension and the metapackage itself
 /// the install has well over 100 packages.
@@ -102,6 +102,18 @@ async fn install_update_and_reinstall(protocol: Protocol, redirect_archives: boo
     );
 
     let all = mock.requests();
+    let metadata: Vec<_> = all
+        .iter()
+        .filter(|r| r.method != "POST" && r.path != "/downloads/")
+        .collect();
+    assert!(
+        metadata.len() <= 1
+            && metadata
+                .iter()
+                .all(|r| r.path == "/packages.json" && r.if_modified_since.is_some()),
+        "a warm install costs at most one conditional packages.json: {:?}",
+        metadata.iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
     assert_eq!(
         mock.count_without_credentials(),
         0,
@@ -131,4 +143,34 @@ async fn composer_installs_through_a_p2_native_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archives_redirected_to_another_host_never_receive_the_keys() {
     install_update_and_reinstall(Protocol::V1, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn composer_installs_from_cache_with_upstream_down_before_and_after_a_restart() {
+    let catalogue = Arc::new(Catalogue::magento(MODULES));
+    let mock = MockUpstream::start(MockOptions::new(Protocol::V1, catalogue.clone())).await;
+    let cache = tempfile::tempdir().expect("cache dir");
+    let env = || {
+        let mut env = base_env(&mock.url());
+        // Expire metadata quickly, so the installs below really meet an unreachable upstream
+        // when revalidating rather than a still-fresh cache.
+        env.push(("COMPOSER_PROXY_METADATA_TTL_SECS".into(), "1".into()));
+        env
+    };
+    let proxy = TestProxy::start_with(env(), Some(cache.path())).await;
+    let warm_up = ComposerProject::new(&proxy.url, &[(PRODUCT, "2.4.6")]);
+    composer(&warm_up, &["install", "--no-progress"]);
+    mock.stop().await;
+
+    // Resolving from scratch (no lock, empty Composer cache) needs every kind of document.
+    let offline = ComposerProject::new(&proxy.url, &[(PRODUCT, "2.4.6")]);
+    composer(&offline, &["update", "--no-progress"]);
+    assert_release_installed(&offline, &catalogue, "2.4.6");
+    proxy.stop().await;
+
+    let restarted = TestProxy::start_with(env(), Some(cache.path())).await;
+    let after_restart = ComposerProject::new(&restarted.url, &[(PRODUCT, "2.4.6")]);
+    composer(&after_restart, &["update", "--no-progress"]);
+    assert_release_installed(&after_restart, &catalogue, "2.4.6");
+    restarted.stop().await;
 }

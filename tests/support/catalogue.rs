@@ -80,6 +80,12 @@ impl Catalogue {
     /// Builds the Magento-like catalogue with `modules` modules named
     /// `magento/module-m001`, `magento/module-m002`, ….
     pub fn magento(modules: usize) -> Catalogue {
+        Self::magento_with_module_payload(modules, 0)
+    }
+
+    /// Like [`Catalogue::magento`], with `payload` bytes of incompressible data in every
+    /// module archive (for tests that need the archive store to fill up).
+    pub fn magento_with_module_payload(modules: usize, payload: usize) -> Catalogue {
         let mut builder = Builder::default();
         let module_names: Vec<String> = (1..=modules).map(module_name).collect();
 
@@ -173,7 +179,7 @@ impl Catalogue {
                         require,
                         autoload: Some(autoload.clone()),
                         extra: None,
-                        blob_len: 0,
+                        blob_len: payload,
                     },
                 ));
             }

@@ -7,4 +7,5 @@
 pub mod catalogue;
 pub mod composer;
 pub mod mock_upstream;
+pub mod process;
 pub mod proxy;

@@ -147,3 +147,26 @@ pub async fn get(url: &str) -> Reply {
 pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
     request(Method::GET, url, headers, Bytes::new()).await
 }
+
+/// One GET whose body may break off: the status and headers, and the body or why it failed.
+pub async fn try_get(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Result<Bytes, String>) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut builder = Request::builder().method(Method::GET).uri(url);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let response = client
+        .request(builder.body(Full::new(Bytes::new())).expect("request"))
+        .await
+        .expect("proxy answers");
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| e.to_string());
+    (parts.status, parts.headers, body)
+}

@@ -1,0 +1,500 @@
+//! The caches, at the HTTP level against the mock repo.magento.com: one upstream fetch per
+//! object however many clients ask, nothing partial ever stored or served as complete, the
+//! size bound, restarts with upstream down, replicas sharing a directory, and the stale
+//! policy when upstream rejects the keys.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use http::StatusCode;
+use serde_json::Value;
+use support::catalogue::Catalogue;
+use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
+use support::process::ProxyProcess;
+use support::proxy::{base_env, get, get_with, request, try_get, TestProxy};
+
+const FRAMEWORK: &str = "magento/framework";
+
+/// The proxy's dist URL for `name` at `version`, from the p2 file it serves.
+async fn dist_url(proxy_url: &str, name: &str, version: &str) -> String {
+    let p2 = get(&format!("{proxy_url}/p2/{name}.json")).await;
+    assert_eq!(p2.status, StatusCode::OK, "p2 file of {name}");
+    let json = p2.json();
+    let versions = json["packages"][name].as_array().expect("versions");
+    let found = versions
+        .iter()
+        .find(|v| v["version"] == version)
+        .unwrap_or_else(|| panic!("{name} {version} in the p2 file"));
+    found["dist"]["url"].as_str().expect("dist url").to_string()
+}
+
+/// A framework version whose metadata publishes the archive's sha1, and its archive bytes.
+fn verified_framework(catalogue: &Catalogue) -> (String, String, Bytes) {
+    let version = catalogue
+        .package(FRAMEWORK)
+        .expect("framework")
+        .versions
+        .iter()
+        .find(|v| v.publish_shasum && v.archive.is_some() && !v.is_dev())
+        .expect("a framework version with a published shasum");
+    let archive = version.archive.as_ref().expect("archive");
+    (
+        version.version.clone(),
+        Catalogue::archive_path(FRAMEWORK, &version.version_normalized),
+        archive.bytes.clone(),
+    )
+}
+
+/// Every file below `dir`, recursively.
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_below(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn stored_archives(cache_dir: &Path) -> Vec<PathBuf> {
+    files_below(&cache_dir.join("archives"))
+}
+
+fn stored_bytes(cache_dir: &Path) -> u64 {
+    stored_archives(cache_dir)
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+async fn v1_mock(catalogue: &Arc<Catalogue>) -> MockUpstream {
+    MockUpstream::start(MockOptions::new(Protocol::V1, catalogue.clone())).await
+}
+
+#[tokio::test]
+async fn fifty_concurrent_cold_requests_for_one_archive_make_one_upstream_request() {
+    let catalogue = Arc::new(Catalogue::magento(4));
+    let mock = v1_mock(&catalogue).await;
+    let proxy = TestProxy::start(&mock.url()).await;
+    let (version, upstream_path, expected) = verified_framework(&catalogue);
+    let url = dist_url(&proxy.url, FRAMEWORK, &version).await;
+    // A slow upstream keeps the download in progress while all fifty requests arrive.
+    mock.set_delay(Duration::from_millis(300));
+
+    let replies = join_all((0..50).map(|_| get(&url))).await;
+    assert_eq!(mock.count(&upstream_path), 1, "one upstream fetch");
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(
+            reply.body, expected,
+            "every client gets the archive's bytes"
+        );
+    }
+    assert!(
+        replies
+            .iter()
+            .any(|r| r.headers.get("x-cache").is_some_and(|v| v == "MISS")),
+        "the first clients were streamed to while the archive was fetched"
+    );
+    assert_eq!(stored_archives(&proxy.cache_dir).len(), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn fifty_concurrent_cold_requests_for_one_p2_file_make_one_upstream_request() {
+    for protocol in [Protocol::V1, Protocol::P2] {
+        let catalogue = Arc::new(Catalogue::magento(4));
+        let mock = MockUpstream::start(MockOptions::new(protocol, catalogue.clone())).await;
+        let proxy = TestProxy::start(&mock.url()).await;
+        mock.set_delay(Duration::from_millis(300));
+
+        // Fully cold: the fifty requests also race the root fetch and, for a v1 upstream, the
+        // background build of the Composer 1 chain, which reads every package file too.
+        let url = format!("{}/p2/{FRAMEWORK}.json", proxy.url);
+        let replies = join_all((0..50).map(|_| get(&url))).await;
+        let first = &replies[0];
+        assert_eq!(first.status, StatusCode::OK, "{protocol:?}");
+        assert!(first.json()["packages"][FRAMEWORK].is_array());
+        for reply in &replies {
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(reply.body, first.body, "{protocol:?}: identical bytes");
+        }
+        if protocol == Protocol::V1 {
+            proxy.state.metadata.wait_for_v1_chain().await;
+        }
+        let upstream = match protocol {
+            Protocol::V1 => mock.count_prefix(&format!("/p/{FRAMEWORK}$")),
+            Protocol::P2 => mock.count(&format!("/p2/{FRAMEWORK}.json")),
+        };
+        assert_eq!(upstream, 1, "{protocol:?}: one upstream fetch");
+        assert_eq!(
+            mock.count("/packages.json"),
+            1,
+            "{protocol:?}: one root fetch"
+        );
+        proxy.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_transfer_cut_short_is_resumed_and_the_client_gets_the_whole_archive() {
+    let catalogue = Arc::new(Catalogue::magento(4));
+    let mock = v1_mock(&catalogue).await;
+    let proxy = TestProxy::start(&mock.url()).await;
+    let (version, upstream_path, expected) = verified_framework(&catalogue);
+    let url = dist_url(&proxy.url, FRAMEWORK, &version).await;
+
+    mock.truncate_next_archives(1);
+    let reply = get(&url).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, expected);
+    let asked: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == upstream_path)
+        .collect();
+    assert_eq!(
+        asked.len(),
+        2,
+        "the first transfer broke off, the second resumed it"
+    );
+    let range = asked[1]
+        .headers
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .expect("the retry asks for the rest only");
+    let from: usize = range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .expect("bytes=N-");
+    assert!(from > 0 && from < expected.len(), "{range}");
+    assert_eq!(stored_archives(&proxy.cache_dir).len(), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn truncated_or_corrupt_archives_leave_nothing_and_are_fetched_again() {
+    let catalogue = Arc::new(Catalogue::magento(4));
+    let mock = v1_mock(&catalogue).await;
+    let proxy = TestProxy::start(&mock.url()).await;
+    let framework = catalogue.package(FRAMEWORK).expect("framework");
+    // Corruption is caught by the published sha1; truncation by the announced length, so any
+    // other release does for that case.
+    let (verified, verified_path, verified_bytes) = verified_framework(&catalogue);
+    let other = framework
+        .versions
+        .iter()
+        .find(|v| v.archive.is_some() && !v.is_dev() && v.version != verified)
+        .expect("a second framework release");
+    let cases = [
+        (
+            "truncated",
+            other.version.clone(),
+            Catalogue::archive_path(FRAMEWORK, &other.version_normalized),
+            other.archive.as_ref().expect("archive").bytes.clone(),
+        ),
+        ("corrupt", verified, verified_path, verified_bytes),
+    ];
+    for (what, version, upstream_path, expected) in cases {
+        let url = dist_url(&proxy.url, FRAMEWORK, &version).await;
+        match what {
+            "truncated" => mock.set_truncate_archives(true),
+            _ => mock.set_corrupt_archives(true),
+        }
+        let (status, _, body) = try_get(&url, &[]).await;
+        match body {
+            // Headers went out before the transfer failed, so the body must break off.
+            Ok(bytes) => assert_ne!(
+                status,
+                StatusCode::OK,
+                "{what}: a complete 200 with {} bytes",
+                bytes.len()
+            ),
+            Err(_) => assert_eq!(status, StatusCode::OK),
+        }
+        let attempts = mock.count(&upstream_path);
+        assert!(attempts >= 1, "{what}: upstream was asked");
+        assert!(
+            stored_archives(&proxy.cache_dir).is_empty(),
+            "{what}: nothing stored"
+        );
+        assert!(
+            files_below(&proxy.cache_dir.join("tmp")).is_empty(),
+            "{what}: no temporary file left"
+        );
+
+        mock.set_truncate_archives(false);
+        mock.set_corrupt_archives(false);
+        let reply = get(&url).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(
+            reply.body, expected,
+            "{what}: the next request fetches again"
+        );
+        assert_eq!(mock.count(&upstream_path), attempts + 1);
+        assert_eq!(stored_archives(&proxy.cache_dir).len(), 1);
+        for file in stored_archives(&proxy.cache_dir) {
+            std::fs::remove_file(file).expect("remove");
+        }
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn the_archive_store_stays_within_its_size_bound() {
+    // 40 modules with 64 KiB each, two releases: about 5 MiB of archives against a 1 MiB bound.
+    let catalogue = Arc::new(Catalogue::magento_with_module_payload(40, 64 * 1024));
+    let mock = v1_mock(&catalogue).await;
+    let bound: u64 = 1024 * 1024;
+    let mut env = base_env(&mock.url());
+    env.push((
+        "COMPOSER_PROXY_ARCHIVE_CACHE_MAX_BYTES".into(),
+        bound.to_string(),
+    ));
+    let proxy = TestProxy::start_with(env, None).await;
+
+    let mut fetched = 0u64;
+    let mut last = None;
+    for package in catalogue
+        .packages
+        .iter()
+        .filter(|p| p.name.starts_with("magento/module-m"))
+    {
+        for version in package.versions.iter().filter(|v| !v.is_dev()) {
+            let url = dist_url(&proxy.url, &package.name, &version.version).await;
+            let reply = get(&url).await;
+            assert_eq!(reply.status, StatusCode::OK);
+            fetched += reply.body.len() as u64;
+            let stored = stored_bytes(&proxy.cache_dir);
+            assert!(
+                stored <= bound,
+                "{stored} bytes stored after {fetched} fetched; bound {bound}"
+            );
+            last = Some((url, reply.body));
+        }
+    }
+    assert!(fetched > 4 * bound, "the test wrote well past the bound");
+    let stats = proxy.state.archives.stats();
+    assert!(stats.evictions > 0);
+    assert!(stats.bytes <= bound);
+
+    // The most recent archive survived eviction and is served without asking upstream.
+    let (url, body) = last.expect("something fetched");
+    mock.reset_counts();
+    let again = get(&url).await;
+    assert_eq!(again.body, body);
+    assert_eq!(again.headers.get("x-cache").expect("x-cache"), "HIT");
+    assert_eq!(mock.count_prefix("/archives/"), 0);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn with_upstream_down_a_restarted_proxy_serves_everything_it_fetched() {
+    let catalogue = Arc::new(Catalogue::magento(4));
+    let mock = v1_mock(&catalogue).await;
+    let cache = tempfile::tempdir().expect("cache dir");
+    let proxy = TestProxy::start_with(base_env(&mock.url()), Some(cache.path())).await;
+    let (version, _, expected) = verified_framework(&catalogue);
+    let url = dist_url(&proxy.url, FRAMEWORK, &version).await;
+    assert_eq!(get(&url).await.body, expected);
+    let p2 = get(&format!("{}/p2/{FRAMEWORK}.json", proxy.url)).await;
+    proxy.stop().await;
+    mock.stop().await;
+
+    let proxy = TestProxy::start_with(base_env(&mock.url()), Some(cache.path())).await;
+    let root = get(&format!("{}/packages.json", proxy.url)).await;
+    assert_eq!(root.status, StatusCode::OK);
+    assert_eq!(root.headers.get("x-cache").expect("x-cache"), "STALE");
+    assert!(root
+        .headers
+        .get("warning")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|w| w.starts_with("110 ")));
+    let p2_again = get(&format!("{}/p2/{FRAMEWORK}.json", proxy.url)).await;
+    assert_eq!(p2_again.status, StatusCode::OK);
+    // The public URL differs (a new port), the packages do not.
+    let versions = |v: &Value| v["packages"][FRAMEWORK].as_array().map(Vec::len);
+    assert_eq!(versions(&p2_again.json()), versions(&p2.json()));
+    let url = dist_url(&proxy.url, FRAMEWORK, &version).await;
+    let archive = get(&url).await;
+    assert_eq!(archive.status, StatusCode::OK);
+    assert_eq!(archive.body, expected);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn archives_answer_head_and_if_none_match() {
+    let catalogue = Arc::new(Catalogue::magento(4));
+    let mock = v1_mock(&catalogue).await;
+    let proxy = TestProxy::start(&mock.url()).await;
+    let (version, upstream_path, expected) = verified_framework(&catalogue);
+    let url = dist_url(&proxy.url, FRAMEWORK, &version).await;
+    let first = get(&url).await;
+    let etag = first
+        .headers
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .expect("etag")
+        .to_string();
+
+    let head = request(http::Method::HEAD, &url, &[], Bytes::new()).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.headers.get("content-length").expect("length"),
+        &expected.len().to_string()
+    );
+    let revalidated = get_with(&url, &[("if-none-match", &etag)]).await;
+    assert_eq!(revalidated.status, StatusCode::NOT_MODIFIED);
+    assert!(revalidated.body.is_empty());
+    assert_eq!(mock.count(&upstream_path), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn replicas_sharing_a_cache_directory_fetch_each_archive_once() {
+    let catalogue = Arc::new(Catalogue::magento(4));
+    let mock = v1_mock(&catalogue).await;
+    let cache = tempfile::tempdir().expect("cache dir");
+    let a = TestProxy::start_with(base_env(&mock.url()), Some(cache.path())).await;
+    let b = TestProxy::start_with(base_env(&mock.url()), Some(cache.path())).await;
+    let (version, upstream_path, expected) = verified_framework(&catalogue);
+    let url_a = dist_url(&a.url, FRAMEWORK, &version).await;
+    let url_b = dist_url(&b.url, FRAMEWORK, &version).await;
+    mock.set_delay(Duration::from_millis(300));
+
+    // Both replicas miss at once: one fetches, the other waits for its lock and serves the file.
+    let (ra, rb) = tokio::join!(get(&url_a), get(&url_b));
+    assert_eq!(ra.body, expected);
+    assert_eq!(rb.body, expected);
+    assert_eq!(mock.count(&upstream_path), 1, "one fetch for both replicas");
+
+    // A third replica started later finds it on disk.
+    let c = TestProxy::start_with(base_env(&mock.url()), Some(cache.path())).await;
+    let url_c = dist_url(&c.url, FRAMEWORK, &version).await;
+    let rc = get(&url_c).await;
+    assert_eq!(rc.body, expected);
+    assert_eq!(rc.headers.get("x-cache").expect("x-cache"), "HIT");
+    assert_eq!(mock.count(&upstream_path), 1);
+    for proxy in [a, b, c] {
+        proxy.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn rejected_keys_stop_cached_metadata_unless_the_stale_policy_allows_it() {
+    for stale_on_rejection in [false, true] {
+        let catalogue = Arc::new(Catalogue::magento(4));
+        let mock = v1_mock(&catalogue).await;
+        let mut env = base_env(&mock.url());
+        env.push((
+            "COMPOSER_PROXY_STALE_ON_KEY_REJECTION".into(),
+            stale_on_rejection.to_string(),
+        ));
+        let proxy = TestProxy::start_with(env, None).await;
+        let cached = format!("{}/p2/{FRAMEWORK}.json", proxy.url);
+        let (version, _, _) = verified_framework(&catalogue);
+        let archive = dist_url(&proxy.url, FRAMEWORK, &version).await;
+
+        // The key is disabled in the Marketplace account; the next upstream request says so.
+        mock.set_reject_keys(true);
+        let uncached = get(&archive).await;
+        assert_eq!(uncached.status, StatusCode::BAD_GATEWAY);
+        assert!(uncached.warning().contains("key"), "{}", uncached.warning());
+
+        let reply = get(&cached).await;
+        if stale_on_rejection {
+            assert_eq!(
+                reply.status,
+                StatusCode::OK,
+                "the policy keeps serving the cache"
+            );
+        } else {
+            assert_eq!(
+                reply.status,
+                StatusCode::BAD_GATEWAY,
+                "a revoked key shows at once, cache or not"
+            );
+            assert!(reply.warning().contains("key"), "{}", reply.warning());
+        }
+        proxy.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_during_a_download_no_partial_archive_is_served() {
+    use http_body_util::BodyExt;
+
+    let catalogue = Arc::new(Catalogue::magento(4));
+    let mock = v1_mock(&catalogue).await;
+    let cache = tempfile::tempdir().expect("cache dir");
+    let mut env = base_env(&mock.url());
+    env.retain(|(k, _)| k != "COMPOSER_PROXY_LISTEN");
+    env.push((
+        "COMPOSER_PROXY_CACHE_DIR".into(),
+        cache.path().to_str().expect("utf-8").into(),
+    ));
+    let mut process = tokio::task::block_in_place(|| ProxyProcess::start(&env));
+    let (version, upstream_path, expected) = verified_framework(&catalogue);
+    let url = dist_url(&process.url, FRAMEWORK, &version).await;
+
+    // Upstream sends half the archive and then hangs; the client receives what the proxy
+    // passed on, so the partial download is certainly on disk when the process is killed.
+    mock.set_stall_archives(true);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<Bytes>>();
+    let response = client
+        .get(url.parse().expect("uri"))
+        .await
+        .expect("headers arrive");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = body
+        .frame()
+        .await
+        .expect("a first chunk")
+        .expect("no error yet");
+    assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+    tokio::task::block_in_place(|| process.kill_9());
+    assert!(
+        body.collect().await.is_err(),
+        "the client sees a broken transfer"
+    );
+    assert!(
+        stored_archives(cache.path()).is_empty(),
+        "nothing partial under an archive name"
+    );
+    let partial = files_below(&cache.path().join("tmp"))
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .any(|len| len > 0 && len < expected.len() as u64);
+    assert!(
+        partial,
+        "the killed download left its partial file in tmp/ only"
+    );
+
+    // Restarted (upstream healthy again): the archive is fetched afresh, whole.
+    mock.set_stall_archives(false);
+    let proxy = TestProxy::start_with(base_env(&mock.url()), Some(cache.path())).await;
+    let url = dist_url(&proxy.url, FRAMEWORK, &version).await;
+    let reply = get(&url).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers.get("x-cache").expect("x-cache"), "MISS");
+    assert_eq!(reply.body, expected);
+    assert_eq!(mock.count(&upstream_path), 2);
+    proxy.stop().await;
+}

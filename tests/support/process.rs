@@ -1,0 +1,139 @@
+//! The real `composer-proxy` binary as a child process, for what an in-process proxy cannot
+//! show: `kill -9`, signals, exit statuses, and several processes sharing one cache directory.
+//! Its JSON log (stderr) is collected line by line; tests wait on log lines, never on time.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a test waits for the proxy to say something before failing.
+const LOG_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+pub struct ProxyProcess {
+    child: Child,
+    log: Arc<Log>,
+    pub url: String,
+    pub pid: u32,
+}
+
+impl ProxyProcess {
+    /// Starts the binary with exactly these settings (plus a loopback ephemeral port and JSON
+    /// logs) and waits until it is listening.
+    pub fn start(env: &[(String, String)]) -> ProxyProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_composer-proxy"));
+        cmd.env_clear()
+            .env("COMPOSER_PROXY_LISTEN", "127.0.0.1:0")
+            .env("COMPOSER_PROXY_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("the proxy binary starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Log::default());
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut lines = sink.lines.lock().unwrap_or_else(|e| e.into_inner());
+                lines.push(line);
+                sink.grew.notify_all();
+            }
+        });
+        let pid = child.id();
+        let mut process = ProxyProcess {
+            child,
+            log,
+            url: String::new(),
+            pid,
+        };
+        let line = process
+            .wait_for_log(|v| v["message"] == "composer-proxy listening")
+            .unwrap_or_else(|| panic!("the proxy did not start: {}", process.log_text()));
+        process.url = line["public_url"]
+            .as_str()
+            .expect("public_url in the start-up line")
+            .to_string();
+        process
+    }
+
+    /// Waits (bounded) for a JSON log line matching `pred`, searching from the start.
+    pub fn wait_for_log(&self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + LOG_WAIT;
+        let mut lines = self.log.lines.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let found = lines
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| pred(v));
+            if found.is_some() {
+                return found;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            lines = self
+                .log
+                .grew
+                .wait_timeout(lines, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn log_text(&self) -> String {
+        self.log
+            .lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, …) with kill(1), so no unsafe FFI is needed.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.pid.to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -s {name} {}", self.pid);
+    }
+
+    /// SIGKILL: no clean-up of any kind can run.
+    pub fn kill_9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + LOG_WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the proxy did not exit");
+            // Exit is an event with no notification in std; poll it, bounded by the deadline.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
