@@ -86,6 +86,12 @@ impl CacheDir {
         })
     }
 
+    /// The description stored beside an archive (package, upstream URL, promised sha1), so
+    /// offline commands can purge by package and re-verify without the metadata.
+    pub fn archive_meta_path(&self, key: &str) -> Option<PathBuf> {
+        self.archive_path(key).map(|p| p.with_extension("json"))
+    }
+
     /// The directory holding the archive shards.
     pub fn archives_root(&self) -> PathBuf {
         self.root.join("archives")

@@ -67,8 +67,12 @@ fn files_below(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Stored archive bodies (`<key>.bin`; their `<key>.json` descriptions are not counted).
 fn stored_archives(cache_dir: &Path) -> Vec<PathBuf> {
     files_below(&cache_dir.join("archives"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+        .collect()
 }
 
 fn stored_bytes(cache_dir: &Path) -> u64 {

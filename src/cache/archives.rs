@@ -77,6 +77,16 @@ pub enum Archive {
     },
 }
 
+/// What is stored beside each archive (`<key>.json`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct StoredArchive {
+    pub package: String,
+    /// The upstream URL (never carries credentials: those go in a header).
+    pub url: String,
+    pub shasum: Option<String>,
+    pub len: u64,
+}
+
 /// Figures for `/metrics` and `cache stats`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ArchiveStats {
@@ -449,8 +459,14 @@ impl Inner {
                     Err(e) => tracing::warn!(key = %key, error = %e, "cannot evict archive"),
                 }
             }
-            if let Some(lock_path) = self.disk.archive_lock_path(&key) {
-                let _ = std::fs::remove_file(lock_path);
+            for extra in [
+                self.disk.archive_lock_path(&key),
+                self.disk.archive_meta_path(&key),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let _ = std::fs::remove_file(extra);
             }
         }
         self.evicting.store(false, Ordering::Release);
@@ -845,6 +861,18 @@ impl Download {
         tokio::task::spawn_blocking(move || file.sync_all())
             .await
             .map_err(io::Error::other)??;
+        // The description goes first: an archive is never without one, while a description
+        // without its archive (after a crash here) is harmless and swept by eviction.
+        if let Some(meta_path) = self.inner.disk.archive_meta_path(&self.key) {
+            let meta = StoredArchive {
+                package: self.source.package.clone(),
+                url: self.source.url.clone(),
+                shasum: self.source.shasum.clone(),
+                len: received.written,
+            };
+            let bytes = serde_json::to_vec(&meta).map_err(io::Error::other)?;
+            self.inner.disk.write_atomic(&meta_path, &bytes).await?;
+        }
         self.inner.disk.commit(&received.temp, path).await?;
         lock(&self.inner.index).insert(&self.key, received.written, SystemTime::now());
         let inner = self.inner.clone();
