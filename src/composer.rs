@@ -350,6 +350,17 @@ fn dist_extension(dist_type: &str) -> &str {
     }
 }
 
+/// An upstream archive as the proxy serves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxiedDist {
+    /// [`dist_key`] of the upstream URL.
+    pub key: String,
+    /// The upstream URL, resolved.
+    pub upstream_url: String,
+    /// `<public_url>/dists/<vendor>/<name>/<key>.<ext>`.
+    pub url: String,
+}
+
 /// Rewrites metadata for one proxy instance.
 #[derive(Clone, Debug)]
 pub struct Rewriter {
@@ -413,33 +424,49 @@ impl Rewriter {
         let Some(url) = dist.get("url").and_then(Value::as_str) else {
             return;
         };
-        let Some(parsed) = canonicalize_url(&self.upstream, url) else {
+        let dist_type = dist.get("type").and_then(Value::as_str).unwrap_or("zip");
+        let Some(proxied) = self.proxied_dist(package, url, dist_type) else {
             return;
         };
-        if !self.same_origin(&parsed) {
-            return;
-        }
-        let key = dist_key(parsed.as_str());
-        let ext = dist_extension(dist.get("type").and_then(Value::as_str).unwrap_or("zip"));
         let shasum = dist
             .get("shasum")
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .map(str::to_ascii_lowercase);
         dists.insert(
-            key.clone(),
+            proxied.key,
             DistSource {
                 package: package.to_string(),
-                url: parsed.to_string(),
+                url: proxied.upstream_url,
                 shasum,
             },
         );
-        dist.insert(
-            "url".into(),
-            Value::String(format!("{}/dists/{package}/{key}.{ext}", self.public_url)),
-        );
+        dist.insert("url".into(), Value::String(proxied.url));
         // Mirrors would send clients around the proxy.
         dist.remove("mirrors");
+    }
+
+    /// Where the proxy serves the archive of `package` that upstream publishes at `url`:
+    /// `None` for a URL off the upstream's origin (the proxy never fetches those) or a name
+    /// the router would not accept. Metadata rewriting and `lock migrate` both use this, so
+    /// a migrated lock names exactly the URLs the proxy's own metadata would.
+    pub fn proxied_dist(&self, package: &str, url: &str, dist_type: &str) -> Option<ProxiedDist> {
+        if !is_package_name(package) {
+            return None;
+        }
+        let parsed = self.upstream_url(url)?;
+        let key = dist_key(parsed.as_str());
+        let ext = dist_extension(dist_type);
+        Some(ProxiedDist {
+            url: format!("{}/dists/{package}/{key}.{ext}", self.public_url),
+            key,
+            upstream_url: parsed.to_string(),
+        })
+    }
+
+    /// `url` resolved as Composer would, if it is on the upstream's origin.
+    pub fn upstream_url(&self, url: &str) -> Option<Url> {
+        canonicalize_url(&self.upstream, url).filter(|u| self.same_origin(u))
     }
 
     pub fn notify_batch_url(&self) -> String {
@@ -660,6 +687,25 @@ mod tests {
         assert_eq!(
             versions["103.0.8-dev"]["notification-url"],
             "https://proxy.example/magento/downloads/"
+        );
+        let proxied = rewriter()
+            .proxied_dist(
+                "magento/framework",
+                "https://repo.magento.com/archives/magento/framework/magento-framework-103.0.7.0.zip",
+                "zip",
+            )
+            .expect("an upstream URL");
+        assert_eq!(
+            (proxied.key.as_str(), proxied.url.as_str()),
+            (key.as_str(), url)
+        );
+        assert_eq!(
+            rewriter().proxied_dist(
+                "magento/framework",
+                "https://elsewhere.example/x.zip",
+                "zip"
+            ),
+            None
         );
         let source = &p.dists[&key];
         assert_eq!(source.shasum.as_deref(), Some("abcdef"));
