@@ -151,6 +151,10 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY,
                 "The upstream repository is unreachable; composer-proxy has no cached copy to serve instead.".into(),
             ),
+            ProxyError::Upstream(UpstreamError::Tls(_)) => (
+                StatusCode::BAD_GATEWAY,
+                "composer-proxy could not establish a trusted TLS connection to the upstream repository (see the proxy's log).".into(),
+            ),
             ProxyError::Upstream(UpstreamError::TooManyRedirects(n)) => (
                 StatusCode::BAD_GATEWAY,
                 format!("The upstream repository redirected more than {n} times."),

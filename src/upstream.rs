@@ -29,6 +29,10 @@ use crate::config::UpstreamConfig;
 pub enum UpstreamError {
     #[error("upstream unreachable: {0}")]
     Unreachable(String),
+    /// The TLS handshake failed (untrusted or expired certificate, wrong host name, not TLS at
+    /// all): a configuration problem rather than an outage, so it is told apart.
+    #[error("TLS handshake with upstream failed: {0}")]
+    Tls(String),
     #[error("upstream timed out {0}")]
     Timeout(&'static str),
     #[error("upstream followed more than {0} redirects")]
@@ -256,7 +260,7 @@ impl UpstreamClient {
             let response = tokio::time::timeout(self.read_timeout, self.client.request(request))
                 .await
                 .map_err(|_| UpstreamError::Timeout("waiting for response headers"))?
-                .map_err(|e| UpstreamError::Unreachable(describe_client_error(&e)))?;
+                .map_err(|e| client_error(&e))?;
             let status = response.status();
             if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
                 let Some(location) = response
@@ -391,6 +395,33 @@ impl UpstreamClient {
     }
 }
 
+/// A failed exchange as [`UpstreamError::Tls`] when rustls is anywhere in its cause, else
+/// [`UpstreamError::Unreachable`].
+fn client_error(e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    let detail = describe_client_error(e);
+    if is_tls_failure(e) {
+        UpstreamError::Tls(detail)
+    } else {
+        UpstreamError::Unreachable(detail)
+    }
+}
+
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        // tokio-rustls reports a failed handshake as an `io::Error` wrapping the rustls
+        // error, and `io::Error::source` skips the wrapped error itself, so look inside.
+        let wrapped = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+        if c.is::<rustls::Error>() || wrapped.is_some_and(|w| w.is::<rustls::Error>()) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// hyper's client errors hide the interesting part (refused, DNS, TLS) in their sources.
 fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
     let mut text = e.to_string();
@@ -401,4 +432,20 @@ fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rustls_errors_inside_io_errors_are_tls_failures() {
+        let handshake = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert!(is_tls_failure(&handshake));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!is_tls_failure(&refused));
+    }
 }
