@@ -35,12 +35,18 @@ impl CacheDir {
         for sub in ["metadata", "archives", "locks", "tmp"] {
             tokio::fs::create_dir_all(root.join(sub)).await?;
         }
-        let dir = Self {
-            root: root.to_path_buf(),
-            counter: AtomicU64::new(0),
-        };
+        let dir = Self::at(root);
         dir.sweep_temp().await;
         Ok(dir)
+    }
+
+    /// The layout at `root`, as it is: nothing is created or swept. For the `cache` commands,
+    /// which only read and unlink.
+    pub fn at(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            counter: AtomicU64::new(0),
+        }
     }
 
     async fn sweep_temp(&self) {
@@ -95,6 +101,16 @@ impl CacheDir {
     /// The directory holding the archive shards.
     pub fn archives_root(&self) -> PathBuf {
         self.root.join("archives")
+    }
+
+    /// The directory holding upstream metadata (the root and content-addressed documents).
+    pub fn metadata_root(&self) -> PathBuf {
+        self.root.join("metadata")
+    }
+
+    /// The directory of temporary files (writes and downloads in progress).
+    pub fn temp_root(&self) -> PathBuf {
+        self.root.join("tmp")
     }
 
     /// The lock file a process holds while it fetches an archive, from the archive's key.

@@ -287,7 +287,7 @@ impl Index {
 }
 
 /// Lists `archives/<aa>/<key>.bin` with sizes and modification times.
-fn scan(root: &Path) -> io::Result<Vec<(String, u64, SystemTime)>> {
+pub(crate) fn scan(root: &Path) -> io::Result<Vec<(String, u64, SystemTime)>> {
     let mut found = Vec::new();
     for shard in std::fs::read_dir(root)? {
         let Ok(shard) = shard else { continue };

@@ -182,6 +182,9 @@ pub struct MetadataCache {
     not_found: moka::future::Cache<String, ()>,
     /// Counts completed Composer 1 chains, so callers can wait for one instead of polling.
     chains_built: tokio::sync::watch::Sender<u64>,
+    /// Off for commands that only look up single packages (`warm`): the chain fetches every
+    /// package file upstream lists.
+    v1_chain_wanted: AtomicBool,
 }
 
 impl MetadataCache {
@@ -231,7 +234,13 @@ impl MetadataCache {
                 .time_to_live(negative_ttl)
                 .build(),
             chains_built: tokio::sync::watch::channel(0).0,
+            v1_chain_wanted: AtomicBool::new(true),
         })
+    }
+
+    /// Never builds the Composer 1 chain in this process (see `v1_chain_wanted`).
+    pub fn skip_v1_chain(&self) {
+        self.v1_chain_wanted.store(false, Ordering::Release);
     }
 
     fn current(&self) -> Option<Arc<View>> {
@@ -814,6 +823,9 @@ impl MetadataCache {
 
     /// Builds the rewritten v1 chain for the current view, if it lacks one.
     fn spawn_chain_build(self: Arc<Self>) {
+        if !self.v1_chain_wanted.load(Ordering::Acquire) {
+            return;
+        }
         tokio::spawn(async move {
             let _guard = self.building_chain.lock().await;
             let Some(view) = self.current() else { return };
