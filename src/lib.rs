@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod cache;
+pub mod commands;
 pub mod composer;
 pub mod config;
 pub mod error;

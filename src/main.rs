@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use composer_proxy::commands::{self, cache, check, lock, warm, CommandError};
 use composer_proxy::config::{Config, Sources};
 
 /// Exit status for a bad configuration (EX_USAGE in sysexits.h, as DESIGN.md §3 requires).
-const EXIT_CONFIG: u8 = 64;
+const EXIT_CONFIG: u8 = commands::EXIT_CONFIG;
 
 #[derive(Parser)]
 #[command(
@@ -16,9 +17,11 @@ const EXIT_CONFIG: u8 = 64;
     version,
     about = "Caching, authenticating reverse proxy for Composer repositories such as repo.magento.com",
     long_about = "Caching, authenticating reverse proxy for Composer repositories such as \
-repo.magento.com.\n\nWithout --config the embedded defaults (config/default.toml) apply. Every \
-setting can be overridden by an environment variable COMPOSER_PROXY_<SETTING>, e.g. \
-COMPOSER_PROXY_UPSTREAM_URL or COMPOSER_PROXY_PUBLIC_KEY."
+repo.magento.com.\n\nWithout a command it serves. Without --config the embedded defaults \
+(config/default.toml) apply. Every setting can be overridden by an environment variable \
+COMPOSER_PROXY_<SETTING>, e.g. COMPOSER_PROXY_UPSTREAM_URL or COMPOSER_PROXY_PUBLIC_KEY.\n\n\
+The other commands print their own report and log nothing unless COMPOSER_PROXY_LOG_LEVEL is \
+set. Every command exits with 64 when the configuration is invalid."
 )]
 struct Cli {
     /// TOML configuration file; settings it leaves out keep their defaults.
@@ -32,21 +35,164 @@ struct Cli {
 enum Command {
     /// Run the proxy (the default).
     Serve,
+    /// Check the configuration and whether upstream accepts the key pair.
+    #[command(
+        long_about = "Check the configuration and whether upstream accepts the key pair.\n\n\
+Validates the configuration, then asks the upstream for packages.json with the key pair, \
+exactly as the proxy would (and, for a Composer 1 upstream such as repo.magento.com, its \
+provider listings, to count the packages the key may see). Prints one verdict line, then \
+what to check. The keys are never printed.\n\n\
+Exit status:\n  \
+0   OK: upstream accepted the key pair\n  \
+3   KEYS REJECTED: upstream refused the key pair (HTTP 401 or 403)\n  \
+4   UPSTREAM UNREACHABLE: no connection, or no answer in time\n  \
+5   TLS PROBLEM: the upstream's certificate is not trusted, expired or for another host\n  \
+6   NO KEYS CONFIGURED: no key pair in any key source\n  \
+7   UPSTREAM ERROR: an answer, but not a usable Composer repository\n  \
+64  the configuration is invalid"
+    )]
+    Check,
+    /// Fetch every archive a composer.lock names into the cache.
+    #[command(
+        long_about = "Fetch every archive a composer.lock names into the cache.\n\n\
+Reads `packages` and `packages-dev` of the lock file and stores each package's archive in \
+cache_dir exactly as the proxy would (same checks, same layout), several at a time, with a \
+progress bar on a terminal. Locks made directly against the upstream and locks made through \
+the proxy both work. Safe while a proxy runs on the same cache directory. Ends with a summary: \
+fetched, already cached, nothing to fetch (metapackages), skipped (dists on other hosts), and \
+failed with the reason for each. Archives beyond archive_cache_max_bytes evict the least \
+recently used ones as usual.\n\n\
+Exit status: 0 when nothing failed, 1 when any package failed, 64 for an invalid configuration."
+    )]
+    Warm {
+        /// The composer.lock whose packages to fetch.
+        #[arg(long, value_name = "FILE")]
+        lock: PathBuf,
+        /// Archives fetched at the same time.
+        #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+        concurrency: u16,
+    },
+    /// Inspect and maintain the cache directory (safe while a proxy runs).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+    /// Work on composer.lock files.
+    Lock {
+        #[command(subcommand)]
+        command: LockCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Show the archives (count and size against archive_cache_max_bytes), metadata files and
+    /// temporary files in cache_dir.
+    Stats,
+    /// Remove everything cached, or with PACKAGE only that package's archives.
+    #[command(
+        long_about = "Remove everything cached, or with PACKAGE only that package's archives.\n\n\
+Without PACKAGE: every archive and every metadata file. With PACKAGE (vendor/name): the \
+archives of every version of that package, found through the description stored beside each \
+archive. Temporary files are left alone (they may be downloads in progress). Only unlinks, so \
+it is safe while a proxy runs: removed files are fetched again when next asked for."
+    )]
+    Purge {
+        /// A package name such as magento/framework.
+        #[arg(value_parser = cache::parse_package_name)]
+        package: Option<String>,
+    },
+    /// Re-hash every stored archive against its published sha1 and length; report bad ones.
+    #[command(
+        long_about = "Re-hash every stored archive against the sha1 and length recorded \
+beside it when it was stored, and report the bad ones (damaged on disk, or without a \
+description to check against).\n\n\
+Exit status: 0 when no bad archive remains (none found, or all removed with --remove), 1 \
+otherwise, 64 for an invalid configuration."
+    )]
+    Verify {
+        /// Remove the bad archives, so the next request fetches them again.
+        #[arg(long)]
+        remove: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LockCommand {
+    /// Point an existing composer.lock's upstream dist URLs at the proxy.
+    #[command(
+        long_about = "Point an existing composer.lock's upstream dist URLs at the proxy.\n\n\
+`composer install` downloads from the URLs stored in the lock, so a lock made directly \
+against the upstream bypasses the proxy. This rewrites every dist URL on the upstream's origin \
+to the URL the proxy serves that archive at (<public_url>/dists/<vendor>/<name>/<key>.<ext>), \
+and upstream notification-url entries to <public_url>/downloads/. Everything else stays byte \
+for byte; the file is replaced atomically. Prints how many URLs were rewritten."
+    )]
+    Migrate {
+        /// The composer.lock to rewrite in place.
+        #[arg(value_name = "LOCK_FILE")]
+        lock: PathBuf,
+        /// The proxy's URL as clients use it; default: the public_url setting (required when
+        /// that is not set).
+        #[arg(long, value_name = "URL", value_parser = lock::parse_public_url)]
+        public_url: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Sources::from_process(cli.config.as_deref()).and_then(|s| Config::load(&s)) {
-        Ok(config) => config,
+    let loaded = Sources::from_process(cli.config.as_deref())
+        .and_then(|sources| Config::load(&sources).map(|config| (sources, config)));
+    let (sources, config) = match loaded {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("composer-proxy: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    composer_proxy::telemetry::init(config.log_format, &config.log_level);
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config),
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Commands report for themselves; their log would only repeat it, or break the progress bar.
+    let log_level = match command {
+        Command::Serve => config.log_level.as_str(),
+        _ if sources.env.contains_key("COMPOSER_PROXY_LOG_LEVEL") => config.log_level.as_str(),
+        _ => "off",
+    };
+    composer_proxy::telemetry::init(config.log_format, log_level);
+    let result = match command {
+        Command::Serve => return serve(config),
+        Command::Check => block_on(check::run(&config)),
+        Command::Warm { lock, concurrency } => block_on(warm::run(
+            &config,
+            &warm::WarmOptions {
+                lock,
+                concurrency: usize::from(concurrency),
+            },
+        )),
+        Command::Cache { command } => match command {
+            CacheCommand::Stats => cache::stats(&config),
+            CacheCommand::Purge { package } => cache::purge(&config, package.as_deref()),
+            CacheCommand::Verify { remove } => cache::verify(&config, remove),
+        },
+        Command::Lock {
+            command: LockCommand::Migrate { lock, public_url },
+        } => lock::migrate(&config, &lock::MigrateOptions { lock, public_url }),
+    };
+    match result {
+        Ok(status) => ExitCode::from(status),
+        Err(e) => {
+            eprintln!("composer-proxy: {e:#}");
+            ExitCode::from(e.exit_status())
+        }
     }
+}
+
+/// Runs a command that talks to the upstream.
+fn block_on(
+    command: impl std::future::Future<Output = Result<u8, CommandError>>,
+) -> Result<u8, CommandError> {
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(command)
 }
 
 fn serve(config: Config) -> ExitCode {

@@ -1,0 +1,331 @@
+//! `composer-proxy cache stats | purge [PACKAGE] | verify [--remove]`: the cache directory's
+//! chores, without hand-edits.
+//!
+//! They work on the files alone (no upstream, no running proxy needed) and are safe while
+//! proxies use the directory: they read, and they unlink. An unlinked archive that a proxy is
+//! sending stays readable through its open descriptor, and the next request fetches it again.
+//! Temporary files are never touched: they may be downloads in progress.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use indicatif::HumanBytes;
+use sha1::{Digest, Sha1};
+
+use crate::cache::archives::{scan, StoredArchive};
+use crate::cache::CacheDir;
+use crate::commands::{progress_bar, CommandError, EXIT_FAILED, EXIT_OK};
+use crate::composer::is_package_name;
+use crate::config::Config;
+
+/// For clap: a package name as Composer writes it (`vendor/name`).
+pub fn parse_package_name(value: &str) -> Result<String, String> {
+    let name = value.to_ascii_lowercase();
+    if is_package_name(&name) {
+        Ok(name)
+    } else {
+        Err(format!("{value:?} is not a package name (vendor/name)"))
+    }
+}
+
+/// The cache directory, or `None` (after saying so) when there is none yet.
+fn existing(config: &Config) -> Option<CacheDir> {
+    if config.cache_dir.is_dir() {
+        Some(CacheDir::at(&config.cache_dir))
+    } else {
+        println!(
+            "cache directory {} does not exist: nothing is cached",
+            config.cache_dir.display()
+        );
+        None
+    }
+}
+
+/// Files below `dir` (recursively) and their total size; a missing directory is empty.
+fn tally(dir: &Path) -> (u64, u64) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    let (mut files, mut bytes) = (0, 0);
+    for entry in entries.flatten() {
+        // Files come and go while proxies run; one that vanished is simply not counted.
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            let (f, b) = tally(&entry.path());
+            files += f;
+            bytes += b;
+        } else {
+            files += 1;
+            bytes += meta.len();
+        }
+    }
+    (files, bytes)
+}
+
+/// The stored archives as `(key, bytes)`, sorted by key so reports are stable.
+fn archives(disk: &CacheDir) -> Result<Vec<(String, u64)>, CommandError> {
+    let mut found: Vec<(String, u64)> = scan(&disk.archives_root())
+        .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", disk.archives_root().display()))?
+        .into_iter()
+        .map(|(key, len, _)| (key, len))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+fn description(disk: &CacheDir, key: &str) -> Option<StoredArchive> {
+    let bytes = fs::read(disk.archive_meta_path(key)?).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Unlinks an archive with its description and lock file, in the order the store relies on
+/// (never an archive without its description). `false` if it was already gone.
+fn remove_archive(disk: &CacheDir, key: &str) -> io::Result<bool> {
+    let Some(path) = disk.archive_path(key) else {
+        return Ok(false);
+    };
+    let removed = match fs::remove_file(&path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    };
+    for extra in [disk.archive_meta_path(key), disk.archive_lock_path(key)]
+        .into_iter()
+        .flatten()
+    {
+        // Already gone is fine: eviction in a proxy may have raced us.
+        let _ = fs::remove_file(extra);
+    }
+    Ok(removed)
+}
+
+pub fn stats(config: &Config) -> Result<u8, CommandError> {
+    let Some(disk) = existing(config) else {
+        return Ok(EXIT_OK);
+    };
+    let archives = archives(&disk)?;
+    let bytes: u64 = archives.iter().map(|(_, len)| len).sum();
+    let bound = config.archive_cache_max_bytes;
+    let (metadata_files, metadata_bytes) = tally(&disk.metadata_root());
+    let (temp_files, temp_bytes) = tally(&disk.temp_root());
+    println!("cache directory: {}", config.cache_dir.display());
+    println!(
+        "archives: {} files, {} of {} (archive_cache_max_bytes, {:.1}% used)",
+        archives.len(),
+        HumanBytes(bytes),
+        HumanBytes(bound),
+        if bound == 0 {
+            100.0
+        } else {
+            bytes as f64 * 100.0 / bound as f64
+        }
+    );
+    println!(
+        "metadata: {metadata_files} files, {}",
+        HumanBytes(metadata_bytes)
+    );
+    println!(
+        "temporary files: {temp_files}, {} (downloads and writes in progress; leftovers of a \
+         killed process are removed at the next start after an hour)",
+        HumanBytes(temp_bytes)
+    );
+    Ok(EXIT_OK)
+}
+
+pub fn purge(config: &Config, package: Option<&str>) -> Result<u8, CommandError> {
+    let Some(disk) = existing(config) else {
+        return Ok(EXIT_OK);
+    };
+    let (mut removed, mut removed_bytes, mut undescribed) = (0, 0, 0);
+    for (key, len) in archives(&disk)? {
+        if let Some(package) = package {
+            match description(&disk, &key) {
+                Some(d) if d.package == package => {}
+                Some(_) => continue,
+                None => {
+                    undescribed += 1;
+                    continue;
+                }
+            }
+        }
+        if remove_archive(&disk, &key).map_err(|e| anyhow::anyhow!("cannot remove {key}: {e}"))? {
+            removed += 1;
+            removed_bytes += len;
+        }
+    }
+    match package {
+        Some(package) => {
+            println!(
+                "removed {removed} archives of {package} ({})",
+                HumanBytes(removed_bytes)
+            );
+            if undescribed > 0 {
+                println!(
+                    "{undescribed} archives have no description, so their package is unknown; \
+                     `cache purge` without a package removes them"
+                );
+            }
+        }
+        None => {
+            let stray = purge_stray_descriptions(&disk.archives_root());
+            let (files, bytes) = purge_files(&disk.metadata_root());
+            println!(
+                "removed {removed} archives ({}) and {files} metadata files ({})",
+                HumanBytes(removed_bytes),
+                HumanBytes(bytes)
+            );
+            if stray > 0 {
+                println!("removed {stray} descriptions left without their archive");
+            }
+        }
+    }
+    println!(
+        "a running proxy fetches removed files again when clients ask; what it holds in memory \
+         (metadata, small archives) stays until it is restarted or evicted"
+    );
+    Ok(EXIT_OK)
+}
+
+/// Descriptions whose archive is gone (a crash between the two writes, or a race with
+/// eviction); harmless, but purge leaves nothing behind.
+fn purge_stray_descriptions(root: &Path) -> u64 {
+    let mut removed = 0;
+    let shards = fs::read_dir(root).into_iter().flatten().flatten();
+    for file in shards.flat_map(|s| fs::read_dir(s.path()).into_iter().flatten().flatten()) {
+        let path = file.path();
+        let is_stray =
+            path.extension().is_some_and(|e| e == "json") && !path.with_extension("bin").exists();
+        if is_stray && fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Unlinks every file below `dir`, keeping the directories; returns what was removed.
+fn purge_files(dir: &Path) -> (u64, u64) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    let (mut files, mut bytes) = (0, 0);
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            let (f, b) = purge_files(&entry.path());
+            files += f;
+            bytes += b;
+        } else if fs::remove_file(entry.path()).is_ok() {
+            files += 1;
+            bytes += meta.len();
+        }
+    }
+    (files, bytes)
+}
+
+/// Why a stored archive is bad.
+fn check_archive(disk: &CacheDir, key: &str) -> io::Result<Option<(String, String, u64)>> {
+    let Some(path) = disk.archive_path(key) else {
+        return Ok(None);
+    };
+    let Some(stored) = description(disk, key) else {
+        let why = "no readable description, so it cannot be checked".to_string();
+        return Ok(Some(("(unknown package)".into(), why, file_id(&path)?)));
+    };
+    let mut file = fs::File::open(&path)?;
+    let id = file.metadata()?.ino();
+    let mut sha1 = Sha1::new();
+    let mut len = 0u64;
+    let mut buf = vec![0; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sha1.update(&buf[..n]);
+        len += n as u64;
+    }
+    let actual = hex::encode(sha1.finalize());
+    let why = if len != stored.len {
+        format!("{len} bytes, its description says {}", stored.len)
+    } else {
+        match &stored.shasum {
+            Some(expected) if !actual.eq_ignore_ascii_case(expected) => {
+                format!("sha1 {actual}, upstream published {expected}")
+            }
+            _ => return Ok(None),
+        }
+    };
+    Ok(Some((stored.package, why, id)))
+}
+
+fn file_id(path: &Path) -> io::Result<u64> {
+    Ok(fs::metadata(path)?.ino())
+}
+
+pub fn verify(config: &Config, remove: bool) -> Result<u8, CommandError> {
+    let Some(disk) = existing(config) else {
+        return Ok(EXIT_OK);
+    };
+    let archives = archives(&disk)?;
+    let bar = progress_bar(archives.len() as u64, "verifying");
+    let (mut checked, mut checked_bytes, mut bad_left, mut removed) = (0, 0, 0, 0);
+    let mut report = Vec::new();
+    for (key, len) in &archives {
+        bar.inc(1);
+        let bad = match check_archive(&disk, key) {
+            Ok(bad) => bad,
+            // Evicted or purged by a proxy since the listing: nothing left to check.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                bar.finish_and_clear();
+                return Err(anyhow::anyhow!("cannot read archive {key}: {e}").into());
+            }
+        };
+        checked += 1;
+        checked_bytes += len;
+        let Some((package, why, id)) = bad else {
+            continue;
+        };
+        let mut line = format!("BAD {package} (archive {key}): {why}");
+        if remove {
+            // Only the file that was checked: a proxy may have stored a fresh copy since. The
+            // window between this test and the unlink costs at worst one refetch.
+            let same = disk
+                .archive_path(key)
+                .is_some_and(|p| file_id(&p).is_ok_and(|now| now == id));
+            if !same {
+                line += "; a proxy replaced it meanwhile, the new copy was kept";
+            } else if let Err(e) = remove_archive(&disk, key) {
+                line += &format!("; cannot remove it: {e}");
+                bad_left += 1;
+            } else {
+                line += "; removed";
+                removed += 1;
+            }
+        } else {
+            bad_left += 1;
+        }
+        report.push(line);
+    }
+    bar.finish_and_clear();
+    for line in &report {
+        println!("{line}");
+    }
+    println!(
+        "verified {checked} archives ({}): {} good, {} bad{}",
+        HumanBytes(checked_bytes),
+        checked - report.len(),
+        report.len(),
+        if remove {
+            format!(", {removed} removed")
+        } else {
+            String::new()
+        }
+    );
+    if bad_left > 0 && !remove {
+        println!("run `composer-proxy cache verify --remove` to remove them; they are fetched again when next asked for");
+    }
+    Ok(if bad_left == 0 { EXIT_OK } else { EXIT_FAILED })
+}

@@ -1,0 +1,375 @@
+//! `composer-proxy warm --lock composer.lock`: fills the cache with every archive a lock file
+//! names, before the first CI run needs them.
+//!
+//! It opens the cache directory exactly as the proxy does (the same metadata cache and archive
+//! store, with their single flight, verification and atomic commits), so it is safe beside a
+//! running proxy and what it stores is what the proxy would have stored. Each locked package's
+//! dist URL gives the archive's key: an upstream URL through the same function that rewrites
+//! metadata, a proxy URL by its last path segment. The upstream's metadata then says where
+//! that archive lives and which sha1 it must have.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use indicatif::HumanBytes;
+use serde_json::Value;
+
+use crate::cache::archives::{Archive, ArchiveStore};
+use crate::cache::metadata::{MetadataCache, MetadataSettings};
+use crate::cache::CacheDir;
+use crate::commands::{progress_bar, CommandError, EXIT_FAILED, EXIT_OK};
+use crate::composer::Rewriter;
+use crate::config::Config;
+use crate::upstream::UpstreamClient;
+
+pub struct WarmOptions {
+    pub lock: PathBuf,
+    pub concurrency: usize,
+}
+
+/// One package of a lock file, as far as warming needs it.
+#[derive(Debug, PartialEq, Eq)]
+struct Locked {
+    name: String,
+    version: String,
+    package_type: String,
+    /// `dist.url` and `dist.type`, when the package has a dist.
+    dist: Option<(String, String)>,
+}
+
+/// What to do for one locked package.
+#[derive(Debug, PartialEq, Eq)]
+enum Plan {
+    /// Fetch the archive with this key (see [`crate::composer::dist_key`]).
+    Fetch(String),
+    /// A metapackage, or a package without a dist: nothing to download.
+    Nothing,
+    /// The dist is not one this proxy serves (another repository's host).
+    Skip(String),
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Fetched(u64),
+    Cached,
+    Nothing,
+    Skipped(String),
+    Failed(String),
+}
+
+/// Reads `packages` and `packages-dev` of a lock file.
+fn read_lock(bytes: &[u8]) -> Result<Vec<Locked>, String> {
+    let lock: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    if !lock.is_object() || lock.get("packages").is_none() {
+        return Err("not a composer.lock (no `packages`)".into());
+    }
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
+    let mut locked = Vec::new();
+    for section in ["packages", "packages-dev"] {
+        let Some(list) = lock.get(section).and_then(Value::as_array) else {
+            continue;
+        };
+        for package in list {
+            let Some(name) = text(package, "name") else {
+                return Err(format!("a package in `{section}` has no name"));
+            };
+            let dist = package.get("dist").and_then(|d| {
+                let url = text(d, "url").filter(|u| !u.is_empty())?;
+                Some((url, text(d, "type").unwrap_or_else(|| "zip".into())))
+            });
+            locked.push(Locked {
+                name: name.to_ascii_lowercase(),
+                version: text(package, "version").unwrap_or_default(),
+                package_type: text(package, "type").unwrap_or_default(),
+                dist,
+            });
+        }
+    }
+    Ok(locked)
+}
+
+/// Which archive a locked package needs, from its dist URL alone.
+fn plan(rewriter: &Rewriter, package: &Locked) -> Plan {
+    let Some((url, dist_type)) = &package.dist else {
+        return Plan::Nothing;
+    };
+    if package.package_type == "metapackage" {
+        return Plan::Nothing;
+    }
+    if let Some(proxied) = rewriter.proxied_dist(&package.name, url, dist_type) {
+        return Plan::Fetch(proxied.key);
+    }
+    match proxy_dist_key(&package.name, url) {
+        Some(key) => Plan::Fetch(key),
+        None => Plan::Skip(format!("its dist is not on the upstream ({url})")),
+    }
+}
+
+/// The key in a dist URL some proxy wrote (`…/dists/<vendor>/<name>/<key>.<ext>`), whatever
+/// its host and path prefix: a lock made through this proxy under another public URL still
+/// names the same archives, since the key depends only on the upstream URL.
+fn proxy_dist_key(name: &str, url: &str) -> Option<String> {
+    let path = url::Url::parse(url).ok()?.path().to_string();
+    let (dir, file) = path.rsplit_once('/')?;
+    if !dir.ends_with(&format!("/dists/{name}")) {
+        return None;
+    }
+    let (key, _ext) = file.split_once('.')?;
+    let is_key = key.len() == 32 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    is_key.then(|| key.to_string())
+}
+
+/// The metadata cache and archive store on `cache_dir`, opened as the proxy opens them.
+async fn open_caches(config: &Config) -> Result<(Arc<MetadataCache>, ArchiveStore), CommandError> {
+    let disk = Arc::new(CacheDir::open(&config.cache_dir).await.map_err(|e| {
+        CommandError::Usage(format!(
+            "invalid setting `cache_dir`: cannot use {}: {e}",
+            config.cache_dir.display()
+        ))
+    })?);
+    let upstream = Arc::new(
+        UpstreamClient::new(&config.upstream).map_err(|e| CommandError::Usage(format!("{e:#}")))?,
+    );
+    // The public URL only shapes rewritten documents, which warm never serves.
+    let public_url = config.public_url_for(config.listen);
+    let metadata = MetadataCache::new(
+        upstream.clone(),
+        disk.clone(),
+        public_url,
+        &MetadataSettings {
+            ttl: config.metadata_ttl,
+            max_bytes: config.metadata_cache_max_bytes,
+            prefetch_concurrency: config.v1_prefetch_concurrency,
+            negative_ttl: config.negative_ttl,
+            stale_on_key_rejection: config.stale_on_key_rejection,
+        },
+    );
+    metadata.skip_v1_chain();
+    // No memory tier: nothing is served from this process.
+    let archives = ArchiveStore::open(disk, upstream, config.archive_cache_max_bytes, 0)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the archive store in `cache_dir`: {e}"))?;
+    Ok((metadata, archives))
+}
+
+/// Fetches (or finds) one package's archive; a download is read to its verified end.
+async fn warm_one(
+    metadata: &Arc<MetadataCache>,
+    archives: &ArchiveStore,
+    package: &Locked,
+    plan: Plan,
+) -> Outcome {
+    let key = match plan {
+        Plan::Fetch(key) => key,
+        Plan::Nothing => return Outcome::Nothing,
+        Plan::Skip(why) => return Outcome::Skipped(why),
+    };
+    let source = match metadata.dist_source(&package.name, &key).await {
+        Ok(source) => source,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    match archives.get(&source).await {
+        Err(e) => Outcome::Failed(e.to_string()),
+        // Stored already: by an earlier run, a proxy, or another process while this one waited.
+        Ok((Archive::Memory(_) | Archive::File { .. }, _)) => Outcome::Cached,
+        Ok((Archive::Streaming { mut reader, .. }, _)) => {
+            // The store only ends a download's stream once the archive is verified and
+            // stored, so reading to the end is waiting for exactly that.
+            let mut received = 0;
+            while let Some(chunk) = reader.next_chunk().await {
+                match chunk {
+                    Ok(bytes) => received += bytes.len() as u64,
+                    Err(e) => return Outcome::Failed(e.to_string()),
+                }
+            }
+            Outcome::Fetched(received)
+        }
+    }
+}
+
+pub async fn run(config: &Config, options: &WarmOptions) -> Result<u8, CommandError> {
+    let lock_name = options.lock.display().to_string();
+    let bytes = std::fs::read(&options.lock)
+        .map_err(|e| anyhow::anyhow!("cannot read {lock_name}: {e}"))?;
+    let locked = read_lock(&bytes).map_err(|e| anyhow::anyhow!("{lock_name}: {e}"))?;
+    let (metadata, archives) = open_caches(config).await?;
+    // One upstream `packages.json` before fanning out, so a rejected key or a down upstream
+    // is one clear message rather than a failure per package.
+    metadata
+        .view()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the upstream's metadata: {e}"))?;
+    let rewriter = Rewriter {
+        public_url: config.public_url_for(config.listen),
+        upstream: config.upstream.url.clone(),
+    };
+
+    let bar = progress_bar(locked.len() as u64, "warming");
+    let mut outcomes: Vec<(usize, Outcome)> = futures_util::stream::iter(locked.iter().enumerate())
+        .map(|(i, package)| {
+            let plan = plan(&rewriter, package);
+            let (metadata, archives, bar) = (&metadata, &archives, &bar);
+            async move {
+                let outcome = warm_one(metadata, archives, package, plan).await;
+                bar.set_message(package.name.clone());
+                bar.inc(1);
+                (i, outcome)
+            }
+        })
+        .buffer_unordered(options.concurrency.max(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    outcomes.sort_by_key(|(i, _)| *i);
+
+    let report = Report::new(locked.iter().zip(outcomes.iter().map(|(_, o)| o)));
+    print!(
+        "{}",
+        report.render(&lock_name, &config.cache_dir.display().to_string())
+    );
+    Ok(if report.failed.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    })
+}
+
+/// The summary, in lock order.
+#[derive(Default)]
+struct Report {
+    total: usize,
+    fetched: usize,
+    fetched_bytes: u64,
+    cached: usize,
+    nothing: usize,
+    skipped: Vec<String>,
+    failed: Vec<String>,
+}
+
+impl Report {
+    fn new<'a>(results: impl Iterator<Item = (&'a Locked, &'a Outcome)>) -> Report {
+        let mut report = Report::default();
+        for (package, outcome) in results {
+            report.total += 1;
+            let who = format!("{} {}", package.name, package.version);
+            match outcome {
+                Outcome::Fetched(bytes) => {
+                    report.fetched += 1;
+                    report.fetched_bytes += bytes;
+                }
+                Outcome::Cached => report.cached += 1,
+                Outcome::Nothing => report.nothing += 1,
+                Outcome::Skipped(why) => report.skipped.push(format!("{who}: {why}")),
+                Outcome::Failed(why) => report.failed.push(format!("{who}: {why}")),
+            }
+        }
+        report
+    }
+
+    fn render(&self, lock: &str, cache_dir: &str) -> String {
+        let mut out = format!("{lock}: {} packages, cache {cache_dir}\n", self.total);
+        out += &format!(
+            "fetched: {} ({})\n",
+            self.fetched,
+            HumanBytes(self.fetched_bytes)
+        );
+        out += &format!("already cached: {}\n", self.cached);
+        out += &format!("nothing to fetch: {} (metapackages)\n", self.nothing);
+        out += &format!("skipped: {} (not from the upstream)\n", self.skipped.len());
+        for line in &self.skipped {
+            out += &format!("  {line}\n");
+        }
+        out += &format!("failed: {}\n", self.failed.len());
+        for line in &self.failed {
+            out += &format!("  {line}\n");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use url::Url;
+
+    fn rewriter() -> Rewriter {
+        Rewriter {
+            public_url: "http://proxy.internal:8080".into(),
+            upstream: Url::parse("https://repo.magento.com").expect("url"),
+        }
+    }
+
+    #[test]
+    fn both_lock_sections_are_read() {
+        let lock = br#"{"packages":[
+            {"name":"magento/framework","version":"103.0.7","type":"magento2-library",
+             "dist":{"type":"zip","url":"https:\/\/repo.magento.com\/archives\/f.zip","shasum":""}},
+            {"name":"magento/product-community-edition","version":"2.4.7","type":"metapackage"}],
+          "packages-dev":[{"name":"Vendor/Tool","version":"1.0.0","dist":{"url":"https://github.com/x.zip"}}]}"#;
+        let locked = read_lock(lock).expect("reads");
+        assert_eq!(locked.len(), 3);
+        assert_eq!(
+            locked[0].dist,
+            Some((
+                "https://repo.magento.com/archives/f.zip".to_string(),
+                "zip".to_string()
+            ))
+        );
+        assert_eq!(locked[1].dist, None);
+        assert_eq!(locked[2].name, "vendor/tool");
+        assert!(read_lock(b"{\"name\":\"x\"}").is_err());
+        assert!(read_lock(b"not json").is_err());
+    }
+
+    #[test]
+    fn upstream_and_proxy_dist_urls_name_the_same_archive() {
+        let r = rewriter();
+        let upstream_url = "https://repo.magento.com/archives/magento/framework/f-103.0.7.0.zip";
+        let proxied = r
+            .proxied_dist("magento/framework", upstream_url, "zip")
+            .expect("upstream url");
+        let locked = |url: &str| Locked {
+            name: "magento/framework".into(),
+            version: "103.0.7".into(),
+            package_type: "magento2-library".into(),
+            dist: Some((url.into(), "zip".into())),
+        };
+        assert_eq!(
+            plan(&r, &locked(upstream_url)),
+            Plan::Fetch(proxied.key.clone())
+        );
+        // A lock made through the proxy at another public URL.
+        let elsewhere = format!(
+            "https://composer.example/magento/dists/magento/framework/{}.zip",
+            proxied.key
+        );
+        assert_eq!(plan(&r, &locked(&elsewhere)), Plan::Fetch(proxied.key));
+        assert!(matches!(
+            plan(&r, &locked("https://github.com/magento/framework.zip")),
+            Plan::Skip(_)
+        ));
+        // Another package's proxy URL is not this package's archive.
+        assert!(matches!(
+            plan(
+                &r,
+                &locked(&format!(
+                    "https://composer.example/dists/magento/other/{}.zip",
+                    "a".repeat(32)
+                ))
+            ),
+            Plan::Skip(_)
+        ));
+    }
+
+    #[test]
+    fn metapackages_have_nothing_to_fetch() {
+        let meta = Locked {
+            name: "magento/product-community-edition".into(),
+            version: "2.4.7".into(),
+            package_type: "metapackage".into(),
+            dist: None,
+        };
+        assert_eq!(plan(&rewriter(), &meta), Plan::Nothing);
+    }
+}
