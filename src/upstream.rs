@@ -407,19 +407,18 @@ fn client_error(e: &hyper_util::client::legacy::Error) -> UpstreamError {
 }
 
 fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(e);
-    while let Some(c) = cause {
-        // tokio-rustls reports a failed handshake as an `io::Error` wrapping the rustls
-        // error, and `io::Error::source` skips the wrapped error itself, so look inside.
-        let wrapped = c
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref);
-        if c.is::<rustls::Error>() || wrapped.is_some_and(|w| w.is::<rustls::Error>()) {
-            return true;
-        }
-        cause = c.source();
+    if e.is::<rustls::Error>() {
+        return true;
     }
-    false
+    // hyper-rustls and tokio-rustls wrap the rustls error in `io::Error`s (twice, as of
+    // hyper-rustls 0.27), and `io::Error::source` skips the error it wraps: look inside.
+    let wrapped = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref);
+    if wrapped.is_some_and(|w| is_tls_failure(w)) {
+        return true;
+    }
+    e.source().is_some_and(is_tls_failure)
 }
 
 /// hyper's client errors hide the interesting part (refused, DNS, TLS) in their sources.
@@ -445,6 +444,8 @@ mod tests {
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         );
         assert!(is_tls_failure(&handshake));
+        let rewrapped = std::io::Error::other(handshake);
+        assert!(is_tls_failure(&rewrapped));
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert!(!is_tls_failure(&refused));
     }
