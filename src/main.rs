@@ -102,7 +102,7 @@ it is safe while a proxy runs: removed files are fetched again when next asked f
         #[arg(value_parser = cache::parse_package_name)]
         package: Option<String>,
     },
-    /// Re-hash every stored archive against its published sha1 and length; report bad ones.
+    /// Re-hash every stored archive against the sha1 and length recorded when it was stored.
     #[command(
         long_about = "Re-hash every stored archive against the sha1 and length recorded \
 beside it when it was stored, and report the bad ones (damaged on disk, or without a \

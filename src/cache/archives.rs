@@ -85,6 +85,10 @@ pub struct StoredArchive {
     pub url: String,
     pub shasum: Option<String>,
     pub len: u64,
+    /// sha1 of the bytes stored, whether or not upstream promised one, so `cache verify` can
+    /// check every archive. Absent from descriptions written before it was recorded.
+    #[serde(default)]
+    pub sha1: Option<String>,
 }
 
 /// Figures for `/metrics` and `cache stats`.
@@ -869,6 +873,7 @@ impl Download {
                 url: self.source.url.clone(),
                 shasum: self.source.shasum.clone(),
                 len: received.written,
+                sha1: Some(actual),
             };
             let bytes = serde_json::to_vec(&meta).map_err(io::Error::other)?;
             self.inner.disk.write_atomic(&meta_path, &bytes).await?;
