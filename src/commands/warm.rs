@@ -21,6 +21,7 @@ use crate::cache::CacheDir;
 use crate::commands::{progress_bar, CommandError, EXIT_FAILED, EXIT_OK};
 use crate::composer::Rewriter;
 use crate::config::Config;
+use crate::error::ProxyError;
 use crate::upstream::UpstreamClient;
 
 pub struct WarmOptions {
@@ -170,7 +171,7 @@ async fn warm_one(
         Err(e) => return Outcome::Failed(e.to_string()),
     };
     match archives.get(&source).await {
-        Err(e) => Outcome::Failed(e.to_string()),
+        Err(e) => Outcome::Failed(failure_reason(&e)),
         // Stored already: by an earlier run, a proxy, or another process while this one waited.
         Ok((Archive::Memory(_) | Archive::File { .. }, _)) => Outcome::Cached,
         Ok((Archive::Streaming { mut reader, .. }, _)) => {
@@ -185,6 +186,20 @@ async fn warm_one(
             }
             Outcome::Fetched(received)
         }
+    }
+}
+
+/// A failed download in the words ops need: the two upstream answers that are about the
+/// account get its explanation, the rest their technical description.
+fn failure_reason(e: &ProxyError) -> String {
+    if e.is_not_found() {
+        "upstream has no archive for it for this key pair (HTTP 404): the Marketplace account \
+         may lack the entitlement, or its access (licence, subscription, invoice) has lapsed"
+            .into()
+    } else if e.is_key_rejection() {
+        format!("{e}: check the key pair with `composer-proxy check`")
+    } else {
+        e.to_string()
     }
 }
 
