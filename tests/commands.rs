@@ -1,0 +1,630 @@
+//! The administrative commands, run as the real binary against the in-process mock
+//! repo.magento.com: `check` verdicts and exit statuses, `warm` on a lock file made by the real
+//! Composer client, the `cache` chores beside a running proxy, and `lock migrate` followed by a
+//! real `composer install` through the proxy.
+//!
+//! The binary is a child process, so tests run on a multi-threaded runtime: the mock and the
+//! in-process proxy keep serving while a test awaits the child or blocks on Composer.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+
+use sha1::{Digest, Sha1};
+use support::catalogue::Catalogue;
+use support::composer::{assert_installed_matches, ComposerProject};
+use support::mock_upstream::{
+    MockOptions, MockUpstream, Protocol, TEST_PRIVATE_KEY, TEST_PUBLIC_KEY,
+};
+use support::proxy::{base_env, get, TestProxy};
+
+const PRODUCT: &str = "magento/product-community-edition";
+/// Enough modules for a lock of a few dozen packages; the e2e tests cover Magento's size.
+const MODULES: usize = 20;
+
+struct Run {
+    status: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// Panics with the whole output unless the command exited with `status`.
+    fn expect_status(&self, status: i32) -> &Run {
+        assert_eq!(
+            self.status,
+            Some(status),
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// The number after `label: ` at the start of a line of stdout.
+    fn count(&self, label: &str) -> usize {
+        let prefix = format!("{label}: ");
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no `{label}: N` line in\n{}", self.stdout))
+    }
+
+    fn assert_no_keys(&self) {
+        for text in [&self.stdout, &self.stderr] {
+            assert!(
+                !text.contains(TEST_PUBLIC_KEY) && !text.contains(TEST_PRIVATE_KEY),
+                "a key was printed:\n{text}"
+            );
+        }
+    }
+}
+
+/// Runs the binary with exactly these settings (nothing inherited from the test's environment).
+async fn composer_proxy(args: &[&str], env: &[(String, String)]) -> Run {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_composer-proxy"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("the binary runs");
+    Run {
+        status: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The test proxy's settings with `cache` as the cache directory.
+fn env_with_cache(upstream: &str, cache: &Path) -> Vec<(String, String)> {
+    let mut env = base_env(upstream);
+    env.push((
+        "COMPOSER_PROXY_CACHE_DIR".into(),
+        cache.to_str().expect("utf-8 path").into(),
+    ));
+    env
+}
+
+fn composer(project: &ComposerProject, args: &[&str]) -> String {
+    tokio::task::block_in_place(|| project.run_ok(args))
+}
+
+async fn v1_mock(modules: usize) -> (Arc<Catalogue>, MockUpstream) {
+    let catalogue = Arc::new(Catalogue::magento(modules));
+    let mock = MockUpstream::start(MockOptions::new(Protocol::V1, catalogue.clone())).await;
+    (catalogue, mock)
+}
+
+/// Locked packages that have an archive (everything but metapackages).
+fn locked_archives(project: &ComposerProject, catalogue: &Catalogue) -> Vec<(String, String)> {
+    project
+        .locked_versions()
+        .into_iter()
+        .filter(|(name, version)| {
+            catalogue
+                .version(name, version)
+                .unwrap_or_else(|| panic!("{name} {version} is not in the catalogue"))
+                .archive
+                .is_some()
+        })
+        .collect()
+}
+
+/// `archives/<aa>/<key>.bin` files and their descriptions' package names.
+fn stored_archives(cache: &Path) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    for shard in std::fs::read_dir(cache.join("archives")).expect("archives dir") {
+        for file in std::fs::read_dir(shard.expect("shard").path()).expect("shard dir") {
+            let path = file.expect("file").path();
+            if path.extension().is_some_and(|e| e == "bin") {
+                let meta: serde_json::Value = serde_json::from_slice(
+                    &std::fs::read(path.with_extension("json")).expect("description"),
+                )
+                .expect("description is JSON");
+                let package = meta["package"].as_str().expect("package").to_string();
+                found.push((path, package));
+            }
+        }
+    }
+    found
+}
+
+// ---------------------------------------------------------------------------------------------
+// check
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_ok_with_the_packages_the_key_sees() {
+    for protocol in [Protocol::V1, Protocol::P2] {
+        let catalogue = Arc::new(Catalogue::magento(3));
+        let mock = MockUpstream::start(MockOptions::new(protocol, catalogue.clone())).await;
+        let run = composer_proxy(&["check"], &base_env(&mock.url())).await;
+        run.expect_status(0).assert_no_keys();
+        assert_eq!(
+            run.stdout.lines().next(),
+            Some(
+                format!(
+                    "OK: upstream accepted the key pair; {} packages visible",
+                    catalogue.packages.len()
+                )
+                .as_str()
+            ),
+            "{protocol:?}: {}",
+            run.stdout
+        );
+        assert_eq!(mock.count_without_credentials(), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_rejected_keys_and_what_to_check() {
+    let (_, mock) = v1_mock(3).await;
+    mock.set_reject_keys(true);
+    let run = composer_proxy(&["check"], &base_env(&mock.url())).await;
+    run.expect_status(3).assert_no_keys();
+    assert!(run.stdout.starts_with("KEYS REJECTED: "), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("Commerce Marketplace account"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_tells_an_unreachable_upstream() {
+    let (_, mock) = v1_mock(3).await;
+    let url = mock.url();
+    mock.stop().await;
+    let run = composer_proxy(&["check"], &base_env(&url)).await;
+    run.expect_status(4).assert_no_keys();
+    assert!(
+        run.stdout.starts_with("UPSTREAM UNREACHABLE: "),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_without_keys_says_so_and_asks_nobody() {
+    let (_, mock) = v1_mock(3).await;
+    let env: Vec<(String, String)> = base_env(&mock.url())
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("_KEY"))
+        .collect();
+    let run = composer_proxy(&["check"], &env).await;
+    run.expect_status(6);
+    assert!(
+        run.stdout.starts_with("NO KEYS CONFIGURED: "),
+        "{}",
+        run.stdout
+    );
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_tells_an_untrusted_certificate_from_an_outage() {
+    let addr = untrusted_tls_server().await;
+    let run = composer_proxy(&["check"], &base_env(&format!("https://{addr}"))).await;
+    run.expect_status(5).assert_no_keys();
+    assert!(run.stdout.starts_with("TLS PROBLEM: "), "{}", run.stdout);
+    assert!(run.stdout.contains("upstream_ca_file"), "{}", run.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_configuration_is_still_exit_64() {
+    let mut env = base_env("ftp://nowhere");
+    env.push(("COMPOSER_PROXY_CACHE_DIR".into(), "/nonexistent".into()));
+    for args in [
+        &["check"][..],
+        &["warm", "--lock", "composer.lock"],
+        &["cache", "stats"],
+        &["lock", "migrate", "composer.lock"],
+    ] {
+        composer_proxy(args, &env).await.expect_status(64);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_help_lists_every_exit_status() {
+    let run = composer_proxy(&["check", "--help"], &[]).await;
+    run.expect_status(0);
+    for line in [
+        "0   OK",
+        "3   KEYS REJECTED",
+        "4   UPSTREAM UNREACHABLE",
+        "5   TLS PROBLEM",
+        "6   NO KEYS CONFIGURED",
+        "7   UPSTREAM ERROR",
+        "64  the configuration is invalid",
+    ] {
+        assert!(run.stdout.contains(line), "{line}: {}", run.stdout);
+    }
+}
+
+/// A TLS listener whose self-signed certificate no client trusts; it completes no handshake.
+async fn untrusted_tls_server() -> std::net::SocketAddr {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+        .expect("self-signed certificate");
+    let cert: CertificateDer<'static> = certified.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        certified.signing_key.serialize_der(),
+    ));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .expect("server certificate");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            // The client refuses the certificate, so the handshake fails; nothing to serve.
+            tokio::spawn(async move {
+                let _ = acceptor.accept(stream).await;
+            });
+        }
+    });
+    addr
+}
+
+// ---------------------------------------------------------------------------------------------
+// warm
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_fills_a_fresh_cache_from_a_real_lock_and_then_finds_it_all_cached() {
+    let (catalogue, mock) = v1_mock(MODULES).await;
+    // A real lock, made by Composer through a proxy (its dist URLs are that proxy's).
+    let proxy = TestProxy::start(&mock.url()).await;
+    let project = ComposerProject::new(&proxy.url, &[(PRODUCT, "2.4.6")]);
+    composer(&project, &["install", "--no-progress"]);
+    proxy.stop().await;
+    let locked = project.locked_versions().len();
+    let archives = locked_archives(&project, &catalogue).len();
+    assert!(archives > MODULES, "only {archives} archives in the lock");
+
+    // A fresh cache directory, no proxy running.
+    let cache = tempfile::tempdir().expect("cache dir");
+    let env = env_with_cache(&mock.url(), cache.path());
+    let lock = project.path().join("composer.lock");
+    let lock = lock.to_str().expect("utf-8 path");
+    mock.reset_counts();
+    let run = composer_proxy(&["warm", "--lock", lock, "--concurrency", "4"], &env).await;
+    run.expect_status(0).assert_no_keys();
+    assert_eq!(run.count("fetched"), archives);
+    assert_eq!(run.count("already cached"), 0);
+    assert_eq!(run.count("nothing to fetch"), locked - archives);
+    assert_eq!(run.count("skipped"), 0);
+    assert_eq!(run.count("failed"), 0);
+    assert_eq!(mock.count_prefix("/archives/"), archives);
+    assert_eq!(stored_archives(cache.path()).len(), archives);
+    // stderr is not a terminal here: no progress bar drawing, no log lines.
+    assert!(
+        !run.stderr.contains('\r') && !run.stderr.contains('\u{1b}'),
+        "{:?}",
+        run.stderr
+    );
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+
+    mock.reset_counts();
+    let again = composer_proxy(&["warm", "--lock", lock], &env).await;
+    again.expect_status(0);
+    assert_eq!(again.count("fetched"), 0);
+    assert_eq!(again.count("already cached"), archives);
+    assert_eq!(
+        mock.count_prefix("/archives/"),
+        0,
+        "no archive fetched twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_reports_each_failure_with_its_reason_and_fails() {
+    let (catalogue, mock) = v1_mock(3).await;
+    let dist = |name: &str| {
+        let v = &catalogue.package(name).expect("package").versions[0];
+        serde_json::json!({
+            "name": name,
+            "version": v.version,
+            "type": v.package_type,
+            "dist": {
+                "type": "zip",
+                "url": format!("{}{}", mock.url(), Catalogue::archive_path(name, &v.version_normalized)),
+                "shasum": ""
+            }
+        })
+    };
+    let lock = serde_json::json!({
+        "packages": [
+            dist("magento/framework"),
+            dist(Catalogue::not_entitled_name()),
+            {"name": "symfony/console", "version": "v6.0.0", "type": "library",
+             "dist": {"type": "zip", "url": "https://api.github.com/repos/symfony/console/zipball/abc"}},
+            {"name": PRODUCT, "version": "2.4.6", "type": "metapackage"},
+        ],
+        "packages-dev": [dist("magento/module-m001")],
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lock_path = dir.path().join("composer.lock");
+    std::fs::write(&lock_path, serde_json::to_vec_pretty(&lock).expect("json")).expect("write");
+    let env = env_with_cache(&mock.url(), &dir.path().join("cache"));
+    let run = composer_proxy(
+        &["warm", "--lock", lock_path.to_str().expect("utf-8")],
+        &env,
+    )
+    .await;
+    run.expect_status(1);
+    assert_eq!(run.count("fetched"), 2, "{}", run.stdout);
+    assert_eq!(run.count("nothing to fetch"), 1);
+    assert_eq!(run.count("skipped"), 1);
+    assert_eq!(run.count("failed"), 1);
+    let failure = format!("  {} ", Catalogue::not_entitled_name());
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with(&failure) && l.contains("entitlement")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("  symfony/console v6.0.0: "),
+        "{}",
+        run.stdout
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// cache stats | purge | verify
+// ---------------------------------------------------------------------------------------------
+
+/// Every stable archive of `name`, fetched through the proxy as Composer would.
+async fn fetch_archives(proxy: &TestProxy, name: &str) -> Vec<(String, String)> {
+    let p2 = get(&format!("{}/p2/{name}.json", proxy.url)).await.json();
+    let mut fetched = Vec::new();
+    for version in p2["packages"][name].as_array().expect("versions") {
+        let url = version["dist"]["url"]
+            .as_str()
+            .expect("dist url")
+            .to_string();
+        let reply = get(&url).await;
+        assert_eq!(reply.status, 200, "{url}");
+        fetched.push((url, hex::encode(Sha1::digest(&reply.body))));
+    }
+    fetched
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_commands_work_beside_a_running_proxy() {
+    let (_, mock) = v1_mock(3).await;
+    // The cache outlives the proxy, for a last look after it stopped.
+    let cache = tempfile::tempdir().expect("cache dir");
+    let proxy = TestProxy::start_with(base_env(&mock.url()), Some(cache.path())).await;
+    let mut per_package = BTreeMap::new();
+    for name in [
+        "magento/framework",
+        "magento/module-m001",
+        "magento/module-m002",
+    ] {
+        per_package.insert(name, fetch_archives(&proxy, name).await);
+    }
+    // The Composer 1 chain build writes metadata in the background; let it finish first, so
+    // what the commands see is settled.
+    proxy.state.metadata.wait_for_v1_chain().await;
+    let total: usize = per_package.values().map(Vec::len).sum();
+    let env = env_with_cache(&mock.url(), &proxy.cache_dir);
+
+    let stats = composer_proxy(&["cache", "stats"], &env).await;
+    stats.expect_status(0);
+    assert_eq!(stats.count("archives"), total, "{}", stats.stdout);
+    assert!(stats.count("metadata") > 0, "{}", stats.stdout);
+    assert_eq!(stats.count("temporary files"), 0);
+
+    composer_proxy(&["cache", "verify"], &env)
+        .await
+        .expect_status(0);
+
+    // Damage one stored archive of module-m001 (same length, one byte changed).
+    let (damaged, _) = stored_archives(&proxy.cache_dir)
+        .into_iter()
+        .find(|(_, package)| package == "magento/module-m001")
+        .expect("a stored archive of module-m001");
+    let mut bytes = std::fs::read(&damaged).expect("read archive");
+    bytes[10] ^= 0xff;
+    std::fs::write(&damaged, bytes).expect("damage archive");
+
+    let verify = composer_proxy(&["cache", "verify"], &env).await;
+    verify.expect_status(1);
+    let bad: Vec<&str> = verify
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("BAD "))
+        .collect();
+    assert_eq!(bad.len(), 1, "{}", verify.stdout);
+    assert!(bad[0].starts_with("BAD magento/module-m001 "), "{}", bad[0]);
+    assert!(damaged.exists(), "verify without --remove removes nothing");
+
+    let remove = composer_proxy(&["cache", "verify", "--remove"], &env).await;
+    remove.expect_status(0);
+    assert!(remove.stdout.contains("; removed"), "{}", remove.stdout);
+    assert!(!damaged.exists() && !damaged.with_extension("json").exists());
+    composer_proxy(&["cache", "verify"], &env)
+        .await
+        .expect_status(0);
+
+    // Purge one package: only its archives go, and the proxy still serves it afterwards.
+    let before = stored_archives(&proxy.cache_dir);
+    let purge = composer_proxy(&["cache", "purge", "magento/framework"], &env).await;
+    purge.expect_status(0);
+    let after = stored_archives(&proxy.cache_dir);
+    let framework = before
+        .iter()
+        .filter(|(_, p)| p == "magento/framework")
+        .count();
+    assert_eq!(framework, per_package["magento/framework"].len());
+    assert!(after.iter().all(|(_, p)| p != "magento/framework"));
+    assert_eq!(after.len(), before.len() - framework);
+    assert!(
+        purge.stdout.starts_with(&format!(
+            "removed {framework} archives of magento/framework"
+        )),
+        "{}",
+        purge.stdout
+    );
+    for (url, sha1) in &per_package["magento/framework"] {
+        let reply = get(url).await;
+        assert_eq!(reply.status, 200, "{url}");
+        assert_eq!(&hex::encode(Sha1::digest(&reply.body)), sha1);
+    }
+
+    composer_proxy(&["cache", "purge", "not a name"], &env)
+        .await
+        .expect_status(2);
+
+    // Everything.
+    let purge_all = composer_proxy(&["cache", "purge"], &env).await;
+    purge_all.expect_status(0);
+    proxy.stop().await;
+    let empty = composer_proxy(&["cache", "stats"], &env).await;
+    assert_eq!(
+        (empty.count("archives"), empty.count("metadata")),
+        (0, 0),
+        "{}",
+        empty.stdout
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// lock migrate
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrated_lock_installs_through_the_proxy_without_credentials() {
+    let (catalogue, mock) = v1_mock(MODULES).await;
+    // A lock made the old way: Composer straight against the upstream, with the keys.
+    let direct = ComposerProject::new(&mock.url(), &[(PRODUCT, "2.4.6")]).with_http_basic(
+        &mock.addr().to_string(),
+        TEST_PUBLIC_KEY,
+        TEST_PRIVATE_KEY,
+    );
+    composer(&direct, &["install", "--no-progress"]);
+    let original = std::fs::read_to_string(direct.path().join("composer.lock")).expect("read lock");
+    assert!(original.contains(&format!("\"url\": \"{}/archives/", mock.url())));
+
+    // The same project on a machine without credentials, with the lock migrated.
+    let proxy = TestProxy::start(&mock.url()).await;
+    let project = ComposerProject::new(&mock.url(), &[(PRODUCT, "2.4.6")]);
+    let lock = project.path().join("composer.lock");
+    std::fs::write(&lock, &original).expect("copy lock");
+    let run = composer_proxy(
+        &[
+            "lock",
+            "migrate",
+            lock.to_str().expect("utf-8"),
+            "--public-url",
+            &proxy.url,
+        ],
+        &base_env(&mock.url()),
+    )
+    .await;
+    run.expect_status(0).assert_no_keys();
+    let locked = project.locked_versions().len();
+    let archives = locked_archives(&project, &catalogue);
+    assert!(
+        run.stdout.starts_with(&format!(
+            "rewrote {} dist URLs and {locked} notification URLs",
+            archives.len()
+        )),
+        "{}",
+        run.stdout
+    );
+
+    // Only url and notification-url lines changed, each to the proxy.
+    let migrated = std::fs::read_to_string(&lock).expect("read migrated lock");
+    let (old_lines, new_lines): (Vec<&str>, Vec<&str>) =
+        (original.lines().collect(), migrated.lines().collect());
+    assert_eq!(old_lines.len(), new_lines.len());
+    let mut changed = 0;
+    for (old, new) in old_lines.iter().zip(&new_lines) {
+        if old == new {
+            continue;
+        }
+        changed += 1;
+        let key = |line: &str| {
+            line.trim_start()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        };
+        assert_eq!(key(old), key(new));
+        assert!(
+            ["\"url\"", "\"notification-url\""].contains(&key(old).as_str()),
+            "{old} -> {new}"
+        );
+        assert!(new.contains(&format!("\"{}/", proxy.url)), "{new}");
+    }
+    assert_eq!(changed, archives.len() + locked);
+    assert!(original.ends_with('\n') == migrated.ends_with('\n'));
+
+    // Installing from it needs no credentials and fetches every archive through the proxy.
+    mock.reset_counts();
+    composer(&project, &["install", "--no-progress"]);
+    for (name, version) in &archives {
+        assert_installed_matches(&project, &catalogue, name, version);
+    }
+    let requests = mock.requests();
+    let archive_requests = requests
+        .iter()
+        .filter(|r| r.path.starts_with("/archives/"))
+        .count();
+    assert_eq!(archive_requests, archives.len());
+    for r in &requests {
+        assert!(
+            r.credentials_ok
+                && r.user_agent
+                    .as_deref()
+                    .is_some_and(|ua| ua.contains("composer-proxy")),
+            "{} {} did not come through the proxy",
+            r.method,
+            r.path
+        );
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_migrate_needs_a_public_url() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lock = dir.path().join("composer.lock");
+    std::fs::write(&lock, "{\"packages\": []}\n").expect("write");
+    let lock = lock.to_str().expect("utf-8");
+    let env = base_env("https://repo.magento.com");
+    let run = composer_proxy(&["lock", "migrate", lock], &env).await;
+    run.expect_status(64);
+    assert!(run.stderr.contains("--public-url"), "{}", run.stderr);
+    let mut with_setting = env.clone();
+    with_setting.push((
+        "COMPOSER_PROXY_PUBLIC_URL".into(),
+        "http://proxy.internal:8080".into(),
+    ));
+    let run = composer_proxy(&["lock", "migrate", lock], &with_setting).await;
+    run.expect_status(0);
+    assert!(run.stdout.contains("nothing to rewrite"), "{}", run.stdout);
+}
