@@ -45,11 +45,11 @@ fn main() -> ExitCode {
     };
     composer_proxy::telemetry::init(config.log_format, &config.log_level);
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config),
+        Command::Serve => serve(config, cli.config),
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, config_file: Option<std::path::PathBuf>) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -57,7 +57,10 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(composer_proxy::run(config, shutdown_signal())) {
+    // A reload reads the same sources again: the file given at start and the environment.
+    let reload =
+        move || Sources::from_process(config_file.as_deref()).and_then(|s| Config::load(&s));
+    match runtime.block_on(composer_proxy::run(config, reload, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Start-up failures name the setting at fault, so they share the config status.

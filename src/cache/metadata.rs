@@ -27,7 +27,6 @@ use crate::upstream::{KeyVerdict, MetadataResponse, UpstreamClient, Validators};
 
 /// After an upstream failure, the root is not asked for again for this long, so a down
 /// upstream is not hammered by every client request.
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
 
 /// How a metadata answer was produced; feeds the `X-Cache` header and the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +145,14 @@ pub struct P2Entry {
     validators: Validators,
 }
 
+/// Why the root is being refreshed; decides whether freshness and the failure back-off apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refresh {
+    WhenStale,
+    AfterRejection,
+    Now,
+}
+
 /// The metadata cache's settings, from [`crate::config::Config`].
 #[derive(Clone, Copy, Debug)]
 pub struct MetadataSettings {
@@ -154,6 +161,17 @@ pub struct MetadataSettings {
     pub prefetch_concurrency: usize,
     pub negative_ttl: Duration,
     pub stale_on_key_rejection: bool,
+    /// After a failed `packages.json` fetch, requests get that failure (or the cached view)
+    /// for this long before upstream is asked again.
+    pub retry_after_failure: Duration,
+}
+
+/// Figures for `/metrics`: rewritten documents held in memory.
+#[derive(Clone, Copy, Debug)]
+pub struct MetadataStats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub max_bytes: u64,
 }
 
 pub struct MetadataCache {
@@ -164,8 +182,10 @@ pub struct MetadataCache {
     /// older than this, so clients revalidating with If-Modified-Since see a new public URL.
     rewriter_since: SystemTime,
     ttl: Duration,
+    max_bytes: u64,
     prefetch_concurrency: usize,
     stale_on_key_rejection: bool,
+    retry_after_failure: Duration,
     view: RwLock<Option<Arc<View>>>,
     /// Serializes root refreshes (concurrent misses make one upstream request) and remembers
     /// the last failure, so requests queued behind a failing refresh get its answer at once.
@@ -197,6 +217,7 @@ impl MetadataCache {
             prefetch_concurrency,
             negative_ttl,
             stale_on_key_rejection,
+            retry_after_failure,
         } = *settings;
         let weigh = |_: &String, p: &Arc<ProcessedPackage>| p.weight();
         let rewriter = Rewriter {
@@ -209,8 +230,10 @@ impl MetadataCache {
             upstream,
             disk,
             ttl,
+            max_bytes,
             prefetch_concurrency,
             stale_on_key_rejection,
+            retry_after_failure,
             view: RwLock::new(None),
             refresh_lock: tokio::sync::Mutex::new(None),
             refreshing: AtomicBool::new(false),
@@ -232,6 +255,14 @@ impl MetadataCache {
                 .build(),
             chains_built: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    pub fn stats(&self) -> MetadataStats {
+        MetadataStats {
+            entries: self.packages.entry_count() + self.p2_files.entry_count(),
+            bytes: self.packages.weighted_size() + self.p2_files.weighted_size(),
+            max_bytes: self.max_bytes,
+        }
     }
 
     fn current(&self) -> Option<Arc<View>> {
@@ -323,25 +354,35 @@ impl MetadataCache {
 
     /// Revalidates the upstream root (single flight) and installs the resulting view.
     async fn refresh(self: &Arc<Self>) -> Result<Arc<View>, ProxyError> {
-        self.refresh_inner(false).await
+        self.refresh_inner(Refresh::WhenStale).await
     }
 
     /// Asks upstream again after it rejected the keys, even if the cached view is fresh.
     async fn refresh_after_rejection(self: &Arc<Self>) -> Result<Arc<View>, ProxyError> {
-        self.refresh_inner(true).await
+        self.refresh_inner(Refresh::AfterRejection).await
     }
 
-    async fn refresh_inner(self: &Arc<Self>, keys_rejected: bool) -> Result<Arc<View>, ProxyError> {
+    /// Asks upstream now, whatever the TTL and back-off say (after new keys were loaded).
+    pub async fn revalidate_now(self: &Arc<Self>) -> Result<Arc<View>, ProxyError> {
+        self.refresh_inner(Refresh::Now).await
+    }
+
+    pub fn stale_on_key_rejection(&self) -> bool {
+        self.stale_on_key_rejection
+    }
+
+    async fn refresh_inner(self: &Arc<Self>, mode: Refresh) -> Result<Arc<View>, ProxyError> {
         let mut last_failure = self.refresh_lock.lock().await;
         let current = self.current();
-        let rejected_now = keys_rejected && self.upstream.key_verdict() == KeyVerdict::Rejected;
+        let rejected_now =
+            mode == Refresh::AfterRejection && self.upstream.key_verdict() == KeyVerdict::Rejected;
         if let Some(view) = &current {
-            if self.is_fresh(view) && !rejected_now {
+            if self.is_fresh(view) && !rejected_now && mode != Refresh::Now {
                 return Ok(view.clone());
             }
         }
         if let Some((failed, error)) = &*last_failure {
-            if failed.elapsed() < RETRY_AFTER_FAILURE {
+            if failed.elapsed() < self.retry_after_failure && mode != Refresh::Now {
                 return match &current {
                     Some(view) if !rejected_now => Ok(view.clone()),
                     _ => Err(ProxyError::Shared(error.clone())),
