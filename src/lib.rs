@@ -171,9 +171,16 @@ impl Proxy {
         &self.state.public_url
     }
 
-    /// Serves until `shutdown` resolves, then drains.
+    /// Serves until `shutdown` resolves, then drains and removes unfinished downloads.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         self.server.run(shutdown).await;
+        let removed = self.state.archives.remove_own_temp().await;
+        if removed > 0 {
+            tracing::info!(
+                files = removed,
+                "removed temporary files of downloads that did not finish"
+            );
+        }
     }
 }
 

@@ -296,7 +296,7 @@ pub async fn handle(
                 None,
             )),
             Route::Ready => Ok((ready(&state).await, None)),
-            Route::Metrics => Ok((metrics(&state), None)),
+            Route::Metrics => Ok((metrics(&state).await, None)),
         };
     match result {
         Ok((response, cache)) => {
@@ -593,8 +593,8 @@ async fn disk_writable(state: &Arc<AppState>) -> Result<(), String> {
     result
 }
 
-fn metrics(state: &Arc<AppState>) -> Response<ResponseBody> {
-    let metadata = state.metadata.stats();
+async fn metrics(state: &Arc<AppState>) -> Response<ResponseBody> {
+    let metadata = state.metadata.stats().await;
     let archives = state.archives.stats();
     let gauges = Gauges {
         metadata_entries: metadata.entries,

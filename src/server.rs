@@ -187,12 +187,18 @@ impl tower::Service<Request<Incoming>> for ProxyService {
                 route: outcome.route,
                 upstream,
             };
+            let announced = response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
             // The line is written when the body ends, so it has the bytes really sent and the
             // whole duration (an archive download, not just its headers).
             Ok(response.map(|inner| {
                 AccessBody {
                     inner,
                     sent: 0,
+                    announced,
                     record: Some(record),
                 }
                 .boxed_unsync()
@@ -250,6 +256,9 @@ impl AccessRecord {
 struct AccessBody {
     inner: routes::ResponseBody,
     sent: u64,
+    /// Content-Length: hyper stops polling once that much is sent, so the end may never be
+    /// seen as such.
+    announced: Option<u64>,
     record: Option<AccessRecord>,
 }
 
@@ -294,8 +303,9 @@ impl http_body::Body for AccessBody {
 
 impl Drop for AccessBody {
     fn drop(&mut self) {
-        // An empty body may never be polled; then it was sent in full with the headers.
-        let complete = http_body::Body::is_end_stream(&self.inner);
+        // An empty body may never be polled; a sized one is done once all of it went out.
+        let complete =
+            http_body::Body::is_end_stream(&self.inner) || self.announced == Some(self.sent);
         self.finish(complete);
     }
 }

@@ -215,6 +215,10 @@ impl ArchiveStore {
         result
     }
 
+    pub async fn remove_own_temp(&self) -> usize {
+        self.inner.disk.remove_own_temp().await
+    }
+
     pub fn stats(&self) -> ArchiveStats {
         let index = lock(&self.inner.index);
         ArchiveStats {

@@ -25,9 +25,6 @@ use crate::composer::{
 use crate::error::{ProxyError, Resource};
 use crate::upstream::{KeyVerdict, MetadataResponse, UpstreamClient, Validators};
 
-/// After an upstream failure, the root is not asked for again for this long, so a down
-/// upstream is not hammered by every client request.
-
 /// How a metadata answer was produced; feeds the `X-Cache` header and the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheStatus {
@@ -257,7 +254,10 @@ impl MetadataCache {
         })
     }
 
-    pub fn stats(&self) -> MetadataStats {
+    pub async fn stats(&self) -> MetadataStats {
+        // moka counts lazily; settle pending inserts so a scrape sees what is held.
+        self.packages.run_pending_tasks().await;
+        self.p2_files.run_pending_tasks().await;
         MetadataStats {
             entries: self.packages.entry_count() + self.p2_files.entry_count(),
             bytes: self.packages.weighted_size() + self.p2_files.weighted_size(),
