@@ -84,6 +84,19 @@ impl CacheDir {
         self.root.join("metadata").join(name)
     }
 
+    /// Path of a revalidated upstream document (a p2 file of a p2-native upstream), named by
+    /// the sha256 of its URL.
+    pub fn url_state_path(&self, url: &str) -> Option<PathBuf> {
+        let key = crate::composer::sha256_hex(url.as_bytes());
+        Some(
+            self.root
+                .join("metadata")
+                .join("p2")
+                .join(&key[..2])
+                .join(format!("{key}.json")),
+        )
+    }
+
     /// Path of an archive, from its store key (a hex digest).
     pub fn archive_path(&self, key: &str) -> Option<PathBuf> {
         (is_hex(key) && key.len() >= 32).then(|| {

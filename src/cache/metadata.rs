@@ -125,7 +125,8 @@ impl View {
     }
 }
 
-/// What is persisted of the upstream root, so a restart with upstream down still has a view.
+/// What is persisted of the upstream root (and of p2-native files), so a restart with upstream
+/// down still has them.
 #[derive(Serialize, Deserialize)]
 struct PersistedRoot {
     body: String,
@@ -138,7 +139,8 @@ struct PersistedRoot {
 pub struct P2Entry {
     pub doc: Document,
     dists: HashMap<String, composer::DistSource>,
-    validated_at: Instant,
+    /// `None`: loaded from disk, not yet revalidated by this process.
+    validated_at: Option<Instant>,
     validators: Validators,
 }
 
@@ -693,7 +695,7 @@ impl MetadataCache {
     ) -> Result<(Arc<P2Entry>, CacheStatus), ProxyError> {
         let url = template.replace("%package%", file);
         if let Some(entry) = self.p2_files.get(file).await {
-            if entry.validated_at.elapsed() < self.ttl {
+            if entry.validated_at.is_some_and(|t| t.elapsed() < self.ttl) {
                 return Ok((entry, CacheStatus::Hit));
             }
             self.clone()
@@ -707,9 +709,20 @@ impl MetadataCache {
         }
         let entry = self
             .p2_files
-            .try_get_with(file.to_string(), self.fetch_p2(&url, file, None))
+            .try_get_with(file.to_string(), async {
+                match self.load_p2(&url, file).await {
+                    Some(saved) => Ok(saved),
+                    None => self.fetch_p2(&url, file, None).await,
+                }
+            })
             .await
             .map_err(ProxyError::Shared)?;
+        if entry.validated_at.is_none() {
+            // Saved by an earlier run: serve it, and ask upstream whether it changed.
+            self.clone()
+                .spawn_p2_revalidation(url, file.to_string(), entry.clone());
+            return Ok((entry, CacheStatus::Stale));
+        }
         Ok((entry, CacheStatus::Miss))
     }
 
@@ -728,23 +741,12 @@ impl MetadataCache {
             (MetadataResponse::NotModified, Some(old)) => Ok(Arc::new(P2Entry {
                 doc: old.doc.clone(),
                 dists: old.dists.clone(),
-                validated_at: Instant::now(),
+                validated_at: Some(Instant::now()),
                 validators: old.validators.clone(),
             })),
             (MetadataResponse::Fresh { body, validators }, _) => {
-                let modified = validators
-                    .last_modified
-                    .as_deref()
-                    .and_then(|s| httpdate::parse_http_date(s).ok())
-                    .unwrap_or_else(SystemTime::now);
-                let name = file.strip_suffix("~dev").unwrap_or(file);
-                let (doc, dists) = self.rewriter.process_p2_file(name, &body, modified)?;
-                Ok(Arc::new(P2Entry {
-                    doc,
-                    dists,
-                    validated_at: Instant::now(),
-                    validators,
-                }))
+                self.save_p2(url, &body, &validators).await;
+                self.p2_entry(file, &body, validators, Some(Instant::now()))
             }
             (MetadataResponse::Status(status), _) => {
                 let e = ProxyError::from_upstream_status(
@@ -760,6 +762,56 @@ impl MetadataCache {
             }
             (MetadataResponse::NotModified, None) => Err(ProxyError::UpstreamStatus(304)),
         }
+    }
+
+    fn p2_entry(
+        &self,
+        file: &str,
+        body: &[u8],
+        validators: Validators,
+        validated_at: Option<Instant>,
+    ) -> Result<Arc<P2Entry>, ProxyError> {
+        let modified = validators
+            .last_modified
+            .as_deref()
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+            .unwrap_or_else(SystemTime::now);
+        let name = file.strip_suffix("~dev").unwrap_or(file);
+        let (doc, dists) = self.rewriter.process_p2_file(name, body, modified)?;
+        Ok(Arc::new(P2Entry {
+            doc,
+            dists,
+            validated_at,
+            validators,
+        }))
+    }
+
+    /// Keeps a p2 file as upstream sent it, so a restart with upstream down still has it.
+    async fn save_p2(&self, url: &str, body: &Bytes, validators: &Validators) {
+        let Some(path) = self.disk.url_state_path(url) else {
+            return;
+        };
+        let saved = PersistedRoot {
+            body: String::from_utf8_lossy(body).into_owned(),
+            last_modified: validators.last_modified.clone(),
+            etag: validators.etag.clone(),
+        };
+        let bytes = serde_json::to_vec(&saved).unwrap_or_default();
+        if let Err(e) = self.disk.write_atomic(&path, &bytes).await {
+            tracing::error!(error = %e, "cannot save a p2 file to the cache directory");
+        }
+    }
+
+    async fn load_p2(&self, url: &str, file: &str) -> Option<Arc<P2Entry>> {
+        let path = self.disk.url_state_path(url)?;
+        let text = tokio::fs::read(&path).await.ok()?;
+        let saved: PersistedRoot = serde_json::from_slice(&text).ok()?;
+        let validators = Validators {
+            last_modified: saved.last_modified,
+            etag: saved.etag,
+        };
+        self.p2_entry(file, saved.body.as_bytes(), validators, None)
+            .ok()
     }
 
     fn spawn_p2_revalidation(self: Arc<Self>, url: String, file: String, old: Arc<P2Entry>) {
