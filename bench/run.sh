@@ -394,6 +394,15 @@ declare -A paths=(
   [archive-5m]=$(dist_path "bench/blob-$LARGE_ARCHIVE_BYTES")
 )
 
+# The proxy's packages.json gains the Composer 1 provider chain once that is built in the
+# background after the first upstream listing; measure the final form, the one a warm
+# proxy serves.
+curl -fsS -o /dev/null "$warm_url/packages.json"
+composer1_ready() {
+  [[ $(curl -fsS "$warm_url/readyz" | jq -r .composer1) == true ]]
+}
+wait_until composer1_ready || die "the proxy's Composer 1 chain was not ready in time"
+
 # Fetch every object until the proxy answers from its cache (the first archive request
 # streams from upstream and stores; the next one must be a hit), and put the same bytes
 # into nginx's document root under the same paths.
