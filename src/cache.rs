@@ -23,6 +23,9 @@ const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 pub struct CacheDir {
     root: PathBuf,
     counter: AtomicU64,
+    /// Prefix of this instance's temporary files: unique among processes (pid) and among
+    /// proxies in one process (start time), so shutdown removes only its own.
+    instance: String,
 }
 
 fn is_hex(s: &str) -> bool {
@@ -43,9 +46,14 @@ impl CacheDir {
     /// The layout at `root`, as it is: nothing is created or swept. For the `cache` commands,
     /// which only read and unlink.
     pub fn at(root: &Path) -> Self {
+        let started = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
         Self {
             root: root.to_path_buf(),
             counter: AtomicU64::new(0),
+            instance: format!("{}-{started}", std::process::id()),
         }
     }
 
@@ -80,6 +88,19 @@ impl CacheDir {
     /// Path of a named metadata document the proxy keeps (e.g. the upstream root).
     pub fn state_path(&self, name: &'static str) -> PathBuf {
         self.root.join("metadata").join(name)
+    }
+
+    /// Path of a revalidated upstream document (a p2 file of a p2-native upstream), named by
+    /// the sha256 of its URL.
+    pub fn url_state_path(&self, url: &str) -> Option<PathBuf> {
+        let key = crate::composer::sha256_hex(url.as_bytes());
+        Some(
+            self.root
+                .join("metadata")
+                .join("p2")
+                .join(&key[..2])
+                .join(format!("{key}.json")),
+        )
     }
 
     /// Path of an archive, from its store key (a hex digest).
@@ -126,13 +147,29 @@ impl CacheDir {
     /// A fresh temporary file name, unique across processes sharing the directory.
     pub fn temp_path(&self) -> PathBuf {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
         self.root
             .join("tmp")
-            .join(format!("{}-{n}-{nanos}.part", std::process::id()))
+            .join(format!("{}-{n}.part", self.instance))
+    }
+
+    /// Removes this instance's temporary files (at shutdown: downloads that did not finish
+    /// within the grace period). Returns how many were removed.
+    pub async fn remove_own_temp(&self) -> usize {
+        let Ok(mut entries) = tokio::fs::read_dir(self.root.join("tmp")).await else {
+            return 0;
+        };
+        let prefix = format!("{}-", self.instance);
+        let mut removed = 0;
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let mine = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix));
+            if mine && tokio::fs::remove_file(entry.path()).await.is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// Writes `bytes` to `path` atomically.

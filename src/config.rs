@@ -54,6 +54,7 @@ pub enum KeySource {
     KeyFiles,
     AuthJson,
     ComposerAuthEnv,
+    FallbackFile,
 }
 
 impl KeySource {
@@ -63,6 +64,7 @@ impl KeySource {
             KeySource::KeyFiles => "public_key_file/private_key_file",
             KeySource::AuthJson => "auth_json",
             KeySource::ComposerAuthEnv => "COMPOSER_AUTH",
+            KeySource::FallbackFile => "fallback_keys_file",
         }
     }
 }
@@ -92,12 +94,25 @@ pub struct TlsFiles {
 pub struct UpstreamConfig {
     pub url: Url,
     pub credentials: Option<Credentials>,
+    /// Further key pairs, tried in order when upstream rejects the one before.
+    pub fallback: Vec<Credentials>,
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub metadata_timeout: Duration,
     pub archive_timeout: Duration,
     pub max_redirects: u8,
+}
+
+impl UpstreamConfig {
+    /// Every configured key pair, in the order they are tried.
+    pub fn key_pairs(&self) -> Vec<Credentials> {
+        self.credentials
+            .iter()
+            .chain(self.fallback.iter())
+            .cloned()
+            .collect()
+    }
 }
 
 /// The validated configuration the proxy runs with.
@@ -117,6 +132,9 @@ pub struct Config {
     pub v1_prefetch_concurrency: usize,
     /// How long an upstream 404 for a package's metadata is remembered.
     pub negative_ttl: Duration,
+    pub upstream_retry: Duration,
+    /// Files whose change triggers a reload (key files, auth.json, fallback keys, TLS).
+    pub watched_files: Vec<PathBuf>,
     /// Serve cached metadata when upstream rejects the key pair (401/403) instead of failing.
     pub stale_on_key_rejection: bool,
     pub archive_cache_max_bytes: u64,
@@ -151,6 +169,7 @@ struct RawConfig {
     public_key_file: String,
     private_key_file: String,
     auth_json: String,
+    fallback_keys_file: String,
     upstream_ca_file: String,
     upstream_connect_timeout_secs: u64,
     upstream_read_timeout_secs: u64,
@@ -162,6 +181,7 @@ struct RawConfig {
     metadata_cache_max_bytes: u64,
     v1_prefetch_concurrency: usize,
     negative_ttl_secs: u64,
+    upstream_retry_secs: u64,
     stale_on_key_rejection: bool,
     archive_cache_max_bytes: u64,
     archive_memory_cache_max_bytes: u64,
@@ -396,6 +416,14 @@ fn validate(
     }
 
     let credentials = resolve_credentials(&raw, &upstream_url, env, &err)?;
+    let fallback = read_fallback_keys(&raw.fallback_keys_file, &err)?;
+    if credentials.is_none() && !fallback.is_empty() {
+        return Err(err(
+            "fallback_keys_file",
+            "fallback key pairs need a primary key pair (public_key/private_key or another source)"
+                .into(),
+        ));
+    }
 
     let positive = |setting: &str, secs: u64| {
         if secs == 0 {
@@ -449,6 +477,7 @@ fn validate(
         upstream: UpstreamConfig {
             url: upstream_url,
             credentials,
+            fallback,
             ca_file: optional_path(&raw.upstream_ca_file),
             connect_timeout: positive(
                 "upstream_connect_timeout_secs",
@@ -470,6 +499,19 @@ fn validate(
         metadata_cache_max_bytes: raw.metadata_cache_max_bytes,
         v1_prefetch_concurrency: raw.v1_prefetch_concurrency,
         negative_ttl: positive("negative_ttl_secs", raw.negative_ttl_secs)?,
+        upstream_retry: Duration::from_secs(raw.upstream_retry_secs),
+        watched_files: [
+            &raw.public_key_file,
+            &raw.private_key_file,
+            &raw.auth_json,
+            &raw.fallback_keys_file,
+            &raw.tls_cert,
+            &raw.tls_key,
+        ]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect(),
         stale_on_key_rejection: raw.stale_on_key_rejection,
         archive_cache_max_bytes: raw.archive_cache_max_bytes,
         archive_memory_cache_max_bytes: raw.archive_memory_cache_max_bytes,
@@ -540,6 +582,39 @@ fn resolve_credentials(
         }
     }
     Ok(None)
+}
+
+/// Reads `public:private` lines (blank lines and `#` comments ignored). Errors name the line,
+/// never its content.
+fn read_fallback_keys(
+    path: &str,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Vec<Credentials>, ConfigError> {
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let setting = "fallback_keys_file";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(setting, format!("cannot read {path}: {e}")))?;
+    let mut pairs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |m: String| err(setting, format!("line {}: {m}", n + 1));
+        let (public, private) = line
+            .split_once(':')
+            .ok_or_else(|| bad("expected public_key:private_key".into()))?;
+        check_key(public).map_err(|m| bad(format!("public key {m}")))?;
+        check_key(private).map_err(|m| bad(format!("private key {m}")))?;
+        pairs.push(Credentials {
+            public_key: Secret::new(public),
+            private_key: Secret::new(private),
+            source: KeySource::FallbackFile,
+        });
+    }
+    Ok(pairs)
 }
 
 /// Settings that only make sense together: both set, or neither. The error names the one

@@ -16,7 +16,9 @@ pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -34,11 +36,63 @@ pub struct AppState {
     pub upstream: Arc<UpstreamClient>,
     pub metadata: Arc<MetadataCache>,
     pub archives: ArchiveStore,
-    pub access: Access,
-    pub metrics: Metrics,
+    access: RwLock<Arc<Access>>,
+    /// `None` without TLS; replaced when certificates are reloaded.
+    tls: Option<RwLock<tokio_rustls::TlsAcceptor>>,
+    /// Result of the last cache-directory write probe, reused for a few seconds by `/readyz`.
+    pub disk_probe: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+    pub metrics: Arc<Metrics>,
     /// Path of the public URL (e.g. `/magento`), accepted in front of every route.
     pub path_prefix: String,
     pub public_url: String,
+}
+
+impl AppState {
+    pub fn access(&self) -> Arc<Access> {
+        self.access
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn tls_acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.tls
+            .as_ref()
+            .map(|slot| slot.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// Applies a reloaded configuration: key pairs, the allowlist and TLS certificates change
+    /// in place; requests in flight keep what they started with. Settings that need a restart
+    /// are named in the log.
+    pub fn apply(self: &Arc<Self>, config: &Config) {
+        let keys = config.upstream.key_pairs();
+        self.upstream.set_key_pairs(&keys);
+        *self.access.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Access::new(config.allow.clone()));
+        match (&self.tls, &config.tls) {
+            (Some(slot), Some(files)) => match tls::acceptor(files) {
+                Ok(acceptor) => *slot.write().unwrap_or_else(|p| p.into_inner()) = acceptor,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "TLS certificate reload failed; keeping the current one")
+                }
+            },
+            (None, None) => {}
+            _ => tracing::warn!("turning TLS on or off needs a restart"),
+        }
+        tracing::info!(
+            event = "config_reloaded",
+            key_pairs = keys.len(),
+            key_source = keys.first().map_or("none", |k| k.source.as_str()),
+            "configuration reloaded"
+        );
+        // Learn at once whether upstream accepts the new keys.
+        let state = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = state.metadata.revalidate_now().await {
+                tracing::warn!(error = %e, "upstream check after reload failed");
+            }
+        });
+    }
 }
 
 /// A bound, ready proxy; tests bind `127.0.0.1:0` and read the address before running it.
@@ -66,7 +120,8 @@ impl Proxy {
                 config.cache_dir.display()
             )
         })?);
-        let upstream = Arc::new(UpstreamClient::new(&config.upstream)?);
+        let metrics = Arc::new(Metrics::default());
+        let upstream = Arc::new(UpstreamClient::new(&config.upstream, metrics.clone())?);
         let metadata = MetadataCache::new(
             upstream.clone(),
             disk.clone(),
@@ -77,6 +132,7 @@ impl Proxy {
                 prefetch_concurrency: config.v1_prefetch_concurrency,
                 negative_ttl: config.negative_ttl,
                 stale_on_key_rejection: config.stale_on_key_rejection,
+                retry_after_failure: config.upstream_retry,
             },
         );
         metadata.restore().await;
@@ -92,13 +148,15 @@ impl Proxy {
             archives,
             upstream,
             metadata,
-            access: Access::new(config.allow.clone()),
-            metrics: Metrics::default(),
+            access: RwLock::new(Arc::new(Access::new(config.allow.clone()))),
+            tls: tls.map(RwLock::new),
+            disk_probe: tokio::sync::Mutex::new(None),
+            metrics,
             path_prefix,
             public_url,
         });
         Ok(Proxy {
-            server: server::Server::new(listener, state.clone(), tls, config.shutdown_grace),
+            server: server::Server::new(listener, state.clone(), config.shutdown_grace),
             state,
         })
     }
@@ -114,18 +172,99 @@ impl Proxy {
         &self.state.public_url
     }
 
-    /// Serves until `shutdown` resolves, then drains.
+    /// Serves until `shutdown` resolves, then drains and removes unfinished downloads.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         self.server.run(shutdown).await;
+        let removed = self.state.archives.remove_own_temp().await;
+        if removed > 0 {
+            tracing::info!(
+                files = removed,
+                "removed temporary files of downloads that did not finish"
+            );
+        }
     }
 }
 
-/// Binds and serves with the given configuration until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// How often watched files (keys, auth.json, certificates) are checked for changes. Polling
+/// also sees Kubernetes' symlink swaps of mounted secrets, which file events often miss.
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Binds and serves with the given configuration until `shutdown` resolves. `reload` reads the
+/// configuration again; it runs on SIGHUP and when a watched file changes.
+pub async fn run(
+    config: Config,
+    reload: impl Fn() -> Result<Config, config::ConfigError> + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let proxy = Proxy::bind(&config).await?;
     log_start(&config, &proxy);
+    let reloader = tokio::spawn(reload_on_change(
+        proxy.state.clone(),
+        config.watched_files.clone(),
+        reload,
+    ));
     proxy.run(shutdown).await;
+    reloader.abort();
     Ok(())
+}
+
+/// (modified time, length) of each watched file: a change in either means a new secret.
+fn fingerprint(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+async fn reload_on_change(
+    state: Arc<AppState>,
+    mut watched: Vec<PathBuf>,
+    reload: impl Fn() -> Result<Config, config::ConfigError>,
+) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut seen = fingerprint(&watched);
+    let mut ticker = tokio::time::interval(WATCH_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let signalled = async {
+            match hangup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = std::future::pending::<()>();
+        let why = tokio::select! {
+            () = signalled => "SIGHUP",
+            _ = ticker.tick() => {
+                let now = fingerprint(&watched);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "a watched file changed"
+            }
+        };
+        tracing::info!(reason = why, "reloading the configuration");
+        match reload() {
+            Ok(config) => {
+                state.apply(&config);
+                watched = config.watched_files.clone();
+                seen = fingerprint(&watched);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; the running configuration stays in effect")
+            }
+        }
+    }
 }
 
 fn log_start(config: &Config, proxy: &Proxy) {

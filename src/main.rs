@@ -159,7 +159,7 @@ fn main() -> ExitCode {
     };
     composer_proxy::telemetry::init(config.log_format, log_level);
     let result = match command {
-        Command::Serve => return serve(config),
+        Command::Serve => return serve(config, cli.config),
         Command::Check => block_on(check::run(&config)),
         Command::Warm { lock, concurrency } => block_on(warm::run(
             &config,
@@ -195,7 +195,7 @@ fn block_on(
     runtime.block_on(command)
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, config_file: Option<std::path::PathBuf>) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -203,7 +203,10 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(composer_proxy::run(config, shutdown_signal())) {
+    // A reload reads the same sources again: the file given at start and the environment.
+    let reload =
+        move || Sources::from_process(config_file.as_deref()).and_then(|s| Config::load(&s));
+    match runtime.block_on(composer_proxy::run(config, reload, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Start-up failures name the setting at fault, so they share the config status.

@@ -1,17 +1,124 @@
-//! Prometheus counters with fixed label sets: route kind, status class and cache status are
-//! enums, never the path or the Host header, so the series count is bounded.
+//! Prometheus metrics with fixed label sets: route kind, status class, cache status, upstream
+//! request kind and outcome are all small enums, never a path or a Host header, so the number
+//! of series is bounded whatever clients send.
+//!
+//! Counters and histograms are recorded as requests happen; cache sizes and the key status are
+//! read from their owners when `/metrics` is scraped ([`Gauges`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds of the latency histograms, in seconds: from a memory hit to a slow archive.
+const BUCKETS: [f64; 13] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Clone, Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, value: Duration) {
+        let secs = value.as_secs_f64();
+        for (bound, count) in BUCKETS.iter().zip(self.counts.iter_mut()) {
+            if secs <= *bound {
+                *count += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+
+    fn render(&self, out: &mut String, name: &str, label: &str, value: &str) {
+        for (bound, count) in BUCKETS.iter().zip(self.counts.iter()) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{label}=\"{value}\",le=\"{bound}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}",
+            self.count
+        );
+        let _ = writeln!(out, "{name}_sum{{{label}=\"{value}\"}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {}", self.count);
+    }
+}
+
+#[derive(Default)]
+struct Families {
+    requests: BTreeMap<(&'static str, &'static str, &'static str), u64>,
+    served_bytes: BTreeMap<&'static str, u64>,
+    request_duration: BTreeMap<&'static str, Histogram>,
+    stale: BTreeMap<&'static str, u64>,
+    upstream: BTreeMap<(&'static str, &'static str), u64>,
+    upstream_duration: BTreeMap<&'static str, Histogram>,
+    key_rejections: BTreeMap<usize, u64>,
+}
 
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
-    bytes_served: Mutex<BTreeMap<&'static str, u64>>,
+    families: Mutex<Families>,
 }
 
-fn status_class(status: u16) -> &'static str {
+/// Values owned elsewhere, read at scrape time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gauges {
+    pub metadata_entries: u64,
+    pub metadata_bytes: u64,
+    pub metadata_max_bytes: u64,
+    pub archive_entries: u64,
+    pub archive_bytes: u64,
+    pub archive_max_bytes: u64,
+    pub archive_evictions: u64,
+    pub archive_single_flight_waits: u64,
+    /// `None` until upstream has answered with the keys once.
+    pub key_accepted: Option<bool>,
+}
+
+/// How an upstream exchange ended, for `composer_proxy_upstream_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamOutcome {
+    Ok,
+    NotModified,
+    NotFound,
+    Rejected,
+    Error,
+    Unreachable,
+    Timeout,
+}
+
+impl UpstreamOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamOutcome::Ok => "ok",
+            UpstreamOutcome::NotModified => "not_modified",
+            UpstreamOutcome::NotFound => "not_found",
+            UpstreamOutcome::Rejected => "rejected",
+            UpstreamOutcome::Error => "error",
+            UpstreamOutcome::Unreachable => "unreachable",
+            UpstreamOutcome::Timeout => "timeout",
+        }
+    }
+
+    pub fn from_status(status: u16) -> Self {
+        match status {
+            200..=299 => UpstreamOutcome::Ok,
+            304 => UpstreamOutcome::NotModified,
+            401 | 403 => UpstreamOutcome::Rejected,
+            404 | 410 => UpstreamOutcome::NotFound,
+            _ => UpstreamOutcome::Error,
+        }
+    }
+}
+
+pub fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
         200..=299 => "2xx",
@@ -22,44 +129,245 @@ fn status_class(status: u16) -> &'static str {
 }
 
 impl Metrics {
+    fn with(&self, f: impl FnOnce(&mut Families)) {
+        // A poisoned lock only means a panic elsewhere mid-update; the counts stay usable.
+        let mut families = self.families.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut families);
+    }
+
+    /// One answered request; `bytes` is what was sent, `duration` until the body ended.
     pub fn record_request(
         &self,
         route: &'static str,
         status: u16,
         cache: &'static str,
         bytes: u64,
+        duration: Duration,
     ) {
-        if let Ok(mut m) = self.requests.lock() {
-            *m.entry((route, status_class(status), cache)).or_default() += 1;
-        }
-        if let Ok(mut m) = self.bytes_served.lock() {
-            *m.entry(route).or_default() += bytes;
-        }
+        self.with(|f| {
+            *f.requests
+                .entry((route, status_class(status), cache))
+                .or_default() += 1;
+            *f.served_bytes.entry(route).or_default() += bytes;
+            f.request_duration
+                .entry(route)
+                .or_default()
+                .observe(duration);
+            if cache == "STALE" {
+                *f.stale.entry(route).or_default() += 1;
+            }
+        });
+    }
+
+    /// One upstream exchange (until response headers).
+    pub fn record_upstream(&self, kind: &'static str, outcome: UpstreamOutcome, took: Duration) {
+        self.with(|f| {
+            *f.upstream.entry((kind, outcome.as_str())).or_default() += 1;
+            f.upstream_duration.entry(kind).or_default().observe(took);
+        });
+    }
+
+    /// Upstream refused key pair number `index` of the configured list.
+    pub fn record_key_rejection(&self, index: usize) {
+        self.with(|f| *f.key_rejections.entry(index).or_default() += 1);
     }
 
     /// The text exposition format.
-    pub fn render(&self) -> String {
+    pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
-        out.push_str("# HELP composer_proxy_requests_total Requests answered, by route kind, status class and cache status.\n");
-        out.push_str("# TYPE composer_proxy_requests_total counter\n");
-        if let Ok(m) = self.requests.lock() {
-            for ((route, class, cache), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "composer_proxy_requests_total{{route=\"{route}\",status=\"{class}\",cache=\"{cache}\"}} {n}"
-                );
-            }
+        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+        };
+        let families = self.families.lock().unwrap_or_else(|p| p.into_inner());
+
+        family(
+            &mut out,
+            "composer_proxy_build_info",
+            "gauge",
+            "Always 1; the version is a label.",
+        );
+        let _ = writeln!(
+            out,
+            "composer_proxy_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+
+        family(
+            &mut out,
+            "composer_proxy_requests_total",
+            "counter",
+            "Requests answered, by route kind, status class and cache status.",
+        );
+        for ((route, class, cache), n) in &families.requests {
+            let _ = writeln!(
+                out,
+                "composer_proxy_requests_total{{route=\"{route}\",status=\"{class}\",cache=\"{cache}\"}} {n}"
+            );
         }
-        out.push_str("# HELP composer_proxy_served_bytes_total Response body bytes announced to clients, by route kind.\n");
-        out.push_str("# TYPE composer_proxy_served_bytes_total counter\n");
-        if let Ok(m) = self.bytes_served.lock() {
-            for (route, n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "composer_proxy_served_bytes_total{{route=\"{route}\"}} {n}"
-                );
-            }
+        family(
+            &mut out,
+            "composer_proxy_served_bytes_total",
+            "counter",
+            "Response body bytes sent to clients, by route kind.",
+        );
+        for (route, n) in &families.served_bytes {
+            let _ = writeln!(
+                out,
+                "composer_proxy_served_bytes_total{{route=\"{route}\"}} {n}"
+            );
         }
+        family(
+            &mut out,
+            "composer_proxy_request_duration_seconds",
+            "histogram",
+            "Time from request to the end of the response body, by route kind.",
+        );
+        for (route, h) in &families.request_duration {
+            h.render(
+                &mut out,
+                "composer_proxy_request_duration_seconds",
+                "route",
+                route,
+            );
+        }
+        family(
+            &mut out,
+            "composer_proxy_stale_responses_total",
+            "counter",
+            "Responses served from cache marked stale (revalidating, or upstream failing).",
+        );
+        for (route, n) in &families.stale {
+            let _ = writeln!(
+                out,
+                "composer_proxy_stale_responses_total{{route=\"{route}\"}} {n}"
+            );
+        }
+
+        family(
+            &mut out,
+            "composer_proxy_upstream_requests_total",
+            "counter",
+            "Upstream requests by kind (metadata, archive, notify) and outcome.",
+        );
+        for ((kind, outcome), n) in &families.upstream {
+            let _ = writeln!(
+                out,
+                "composer_proxy_upstream_requests_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        family(
+            &mut out,
+            "composer_proxy_upstream_request_duration_seconds",
+            "histogram",
+            "Time until upstream's response headers, by request kind.",
+        );
+        for (kind, h) in &families.upstream_duration {
+            h.render(
+                &mut out,
+                "composer_proxy_upstream_request_duration_seconds",
+                "kind",
+                kind,
+            );
+        }
+        family(
+            &mut out,
+            "composer_proxy_upstream_key_accepted",
+            "gauge",
+            "1 when upstream last accepted the key pair, 0 when it rejected it (absent before the first answer).",
+        );
+        if let Some(accepted) = gauges.key_accepted {
+            let _ = writeln!(
+                out,
+                "composer_proxy_upstream_key_accepted {}",
+                u8::from(accepted)
+            );
+        }
+        family(
+            &mut out,
+            "composer_proxy_upstream_key_rejections_total",
+            "counter",
+            "Rejections of each configured key pair, by its position in the list (0 = primary).",
+        );
+        for (index, n) in &families.key_rejections {
+            let _ = writeln!(
+                out,
+                "composer_proxy_upstream_key_rejections_total{{key=\"{index}\"}} {n}"
+            );
+        }
+
+        let caches = [
+            (
+                "metadata",
+                gauges.metadata_entries,
+                gauges.metadata_bytes,
+                gauges.metadata_max_bytes,
+            ),
+            (
+                "archives",
+                gauges.archive_entries,
+                gauges.archive_bytes,
+                gauges.archive_max_bytes,
+            ),
+        ];
+        family(
+            &mut out,
+            "composer_proxy_cache_entries",
+            "gauge",
+            "Entries held: metadata documents in memory, archives on disk.",
+        );
+        for (cache, entries, _, _) in caches {
+            let _ = writeln!(
+                out,
+                "composer_proxy_cache_entries{{cache=\"{cache}\"}} {entries}"
+            );
+        }
+        family(
+            &mut out,
+            "composer_proxy_cache_bytes",
+            "gauge",
+            "Bytes held: metadata in memory, archives on disk.",
+        );
+        for (cache, _, bytes, _) in caches {
+            let _ = writeln!(
+                out,
+                "composer_proxy_cache_bytes{{cache=\"{cache}\"}} {bytes}"
+            );
+        }
+        family(
+            &mut out,
+            "composer_proxy_cache_max_bytes",
+            "gauge",
+            "Configured bound of each cache.",
+        );
+        for (cache, _, _, max) in caches {
+            let _ = writeln!(
+                out,
+                "composer_proxy_cache_max_bytes{{cache=\"{cache}\"}} {max}"
+            );
+        }
+        family(
+            &mut out,
+            "composer_proxy_cache_evictions_total",
+            "counter",
+            "Entries removed to keep a cache within its bound.",
+        );
+        let _ = writeln!(
+            out,
+            "composer_proxy_cache_evictions_total{{cache=\"archives\"}} {}",
+            gauges.archive_evictions
+        );
+        family(
+            &mut out,
+            "composer_proxy_single_flight_waits_total",
+            "counter",
+            "Requests that joined a fetch already in progress instead of asking upstream again.",
+        );
+        let _ = writeln!(
+            out,
+            "composer_proxy_single_flight_waits_total{{kind=\"archive\"}} {}",
+            gauges.archive_single_flight_waits
+        );
         out
     }
 }
@@ -69,21 +377,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counters_render_with_fixed_labels() {
+    fn families_render_with_fixed_labels() {
         let m = Metrics::default();
-        m.record_request("p2", 200, "HIT", 10);
-        m.record_request("p2", 204, "HIT", 5);
-        m.record_request("archive", 502, "none", 0);
-        let text = m.render();
-        assert!(
-            text.contains(
-                "composer_proxy_requests_total{route=\"p2\",status=\"2xx\",cache=\"HIT\"} 2"
-            ),
-            "{text}"
-        );
-        assert!(text.contains(
-            "composer_proxy_requests_total{route=\"archive\",status=\"5xx\",cache=\"none\"} 1"
-        ));
-        assert!(text.contains("composer_proxy_served_bytes_total{route=\"p2\"} 15"));
+        m.record_request("p2", 200, "HIT", 10, Duration::from_millis(2));
+        m.record_request("p2", 204, "HIT", 5, Duration::from_millis(2));
+        m.record_request("archive", 502, "NONE", 0, Duration::from_millis(20));
+        m.record_request("root", 200, "STALE", 7, Duration::from_millis(1));
+        m.record_upstream("archive", UpstreamOutcome::Timeout, Duration::from_secs(3));
+        m.record_key_rejection(0);
+        let text = m.render(&Gauges {
+            key_accepted: Some(false),
+            archive_bytes: 42,
+            ..Gauges::default()
+        });
+        for expected in [
+            "composer_proxy_requests_total{route=\"p2\",status=\"2xx\",cache=\"HIT\"} 2",
+            "composer_proxy_requests_total{route=\"archive\",status=\"5xx\",cache=\"NONE\"} 1",
+            "composer_proxy_served_bytes_total{route=\"p2\"} 15",
+            "composer_proxy_request_duration_seconds_bucket{route=\"p2\",le=\"0.005\"} 2",
+            "composer_proxy_request_duration_seconds_bucket{route=\"p2\",le=\"0.001\"} 0",
+            "composer_proxy_request_duration_seconds_count{route=\"archive\"} 1",
+            "composer_proxy_stale_responses_total{route=\"root\"} 1",
+            "composer_proxy_upstream_requests_total{kind=\"archive\",outcome=\"timeout\"} 1",
+            "composer_proxy_upstream_request_duration_seconds_bucket{kind=\"archive\",le=\"2.5\"} 0",
+            "composer_proxy_upstream_request_duration_seconds_bucket{kind=\"archive\",le=\"5\"} 1",
+            "composer_proxy_upstream_key_accepted 0",
+            "composer_proxy_upstream_key_rejections_total{key=\"0\"} 1",
+            "composer_proxy_cache_bytes{cache=\"archives\"} 42",
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -24,6 +24,8 @@ use crate::cache::archives::{Archive, ArchiveStore};
 use crate::cache::metadata::CacheStatus;
 use crate::composer::{self, Document};
 use crate::error::{json_response, ProxyError};
+use crate::metrics::Gauges;
+use crate::upstream::{KeyVerdict, RequestKind};
 use crate::AppState;
 
 pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
@@ -69,8 +71,8 @@ impl Route {
             Route::Dist { .. } => "archive",
             Route::Notify => "notify",
             Route::Search => "search",
-            Route::Health => "healthz",
-            Route::Ready => "readyz",
+            Route::Health => "health",
+            Route::Ready => "ready",
             Route::Metrics => "metrics",
         }
     }
@@ -230,7 +232,7 @@ pub async fn handle(
         route: "unknown",
         cache: None,
     };
-    if !state.access.allows(peer.ip()) {
+    if !state.access().allows(peer.ip()) {
         return (error_response(&ProxyError::Forbidden(peer.ip())), outcome);
     }
     let route = match parse_route(request.uri().path(), &state.path_prefix) {
@@ -294,7 +296,7 @@ pub async fn handle(
                 None,
             )),
             Route::Ready => Ok((ready(&state).await, None)),
-            Route::Metrics => Ok((metrics(&state), None)),
+            Route::Metrics => Ok((metrics(&state).await, None)),
         };
     match result {
         Ok((response, cache)) => {
@@ -481,7 +483,7 @@ async fn notify(state: &Arc<AppState>, body: Incoming) -> Response<ResponseBody>
                 );
                 match state
                     .upstream
-                    .send(Method::POST, &url, headers, payload)
+                    .send(RequestKind::Notify, Method::POST, &url, headers, payload)
                     .await
                 {
                     Ok(r) if r.status.is_success() => {
@@ -521,29 +523,95 @@ async fn search(
     ))
 }
 
+/// How long a cache-directory write probe is trusted; probes every few seconds from several
+/// orchestrators must not turn into a stream of disk writes.
+const DISK_PROBE_TTL: Duration = Duration::from_secs(5);
+/// From when an unreachable upstream is reported by `/readyz`.
+const UPSTREAM_DOWN_REPORTED_AFTER: Duration = Duration::from_secs(300);
+
+/// Ready means: the cache directory takes writes, upstream metadata is at hand, and upstream
+/// has not rejected the key pair. An unreachable upstream alone does not make the proxy
+/// unready while it has a cache to serve from (that is its job); it is reported as degraded.
 async fn ready(state: &Arc<AppState>) -> Response<ResponseBody> {
-    let started = Instant::now();
-    let result = state.metadata.view().await;
-    let body = match &result {
-        Ok((view, _)) => {
-            json!({"status": "ready", "packages": view.names().len(), "composer1": state.metadata.v1_ready()})
+    let mut reasons: Vec<String> = Vec::new();
+    let mut degraded: Vec<String> = Vec::new();
+    if let Err(e) = disk_writable(state).await {
+        reasons.push(format!("cache directory is not writable: {e}"));
+    }
+    let view = state.metadata.view().await;
+    let rejected = state.upstream.key_verdict() == KeyVerdict::Rejected;
+    if rejected {
+        if state.metadata.stale_on_key_rejection() {
+            degraded.push("upstream rejected the key pair; serving cached data".into());
+        } else {
+            reasons.push("upstream rejected the key pair".into());
         }
-        Err(e) => json!({"status": "not ready", "reason": e.to_string()}),
-    };
-    tracing::debug!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "readiness checked"
-    );
-    let status = if result.is_ok() {
-        StatusCode::OK
+    }
+    let down = state
+        .upstream
+        .down_for()
+        .filter(|d| *d >= UPSTREAM_DOWN_REPORTED_AFTER)
+        .map(|d| format!("upstream unreachable for {} min", d.as_secs() / 60));
+    match (&view, down) {
+        (Ok(_), Some(down)) => degraded.push(format!("{down}; serving from cache")),
+        (Err(_), Some(down)) => reasons.push(down),
+        (Err(e), None) if !rejected => reasons.push(format!("no upstream metadata: {e}")),
+        _ => {}
+    }
+    let (status, body) = if reasons.is_empty() {
+        let mut body = json!({"status": "ready"});
+        if let Ok((view, _)) = &view {
+            body["packages"] = json!(view.names().len());
+            body["composer1"] = json!(state.metadata.v1_ready());
+        }
+        if !degraded.is_empty() {
+            body["degraded"] = json!(degraded.join("; "));
+        }
+        (StatusCode::OK, body)
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "not ready", "reason": reasons.join("; ")}),
+        )
     };
     json_response(status, &body).map(full)
 }
 
-fn metrics(state: &Arc<AppState>) -> Response<ResponseBody> {
-    let mut response = Response::new(full(state.metrics.render()));
+async fn disk_writable(state: &Arc<AppState>) -> Result<(), String> {
+    let mut last = state.disk_probe.lock().await;
+    if let Some((at, result)) = &*last {
+        if at.elapsed() < DISK_PROBE_TTL {
+            return result.clone();
+        }
+    }
+    let result = state
+        .archives
+        .probe_writable()
+        .await
+        .map_err(|e| e.to_string());
+    *last = Some((Instant::now(), result.clone()));
+    result
+}
+
+async fn metrics(state: &Arc<AppState>) -> Response<ResponseBody> {
+    let metadata = state.metadata.stats().await;
+    let archives = state.archives.stats();
+    let gauges = Gauges {
+        metadata_entries: metadata.entries,
+        metadata_bytes: metadata.bytes,
+        metadata_max_bytes: metadata.max_bytes,
+        archive_entries: archives.entries,
+        archive_bytes: archives.bytes,
+        archive_max_bytes: archives.max_bytes,
+        archive_evictions: archives.evictions,
+        archive_single_flight_waits: archives.single_flight_waits,
+        key_accepted: match state.upstream.key_verdict() {
+            KeyVerdict::Accepted => Some(true),
+            KeyVerdict::Rejected => Some(false),
+            KeyVerdict::Unknown => None,
+        },
+    };
+    let mut response = Response::new(full(state.metrics.render(&gauges)));
     set(
         response.headers_mut(),
         header::CONTENT_TYPE,

@@ -4,10 +4,13 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{header, Request};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -17,6 +20,7 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
+use crate::upstream::{UpstreamNote, EXCHANGE};
 use crate::{routes, AppState};
 
 /// Slow or stalled clients (slowloris) lose their connection after this long without
@@ -28,21 +32,14 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 pub struct Server {
     listener: TcpListener,
     state: Arc<AppState>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
     grace: Duration,
 }
 
 impl Server {
-    pub fn new(
-        listener: TcpListener,
-        state: Arc<AppState>,
-        tls: Option<tokio_rustls::TlsAcceptor>,
-        grace: Duration,
-    ) -> Self {
+    pub fn new(listener: TcpListener, state: Arc<AppState>, grace: Duration) -> Self {
         Self {
             listener,
             state,
-            tls,
             grace,
         }
     }
@@ -84,7 +81,9 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let service = service(self.state.clone(), peer);
             let builder = builder.clone();
-            match &self.tls {
+            // The acceptor is read per connection, so a reloaded certificate serves new
+            // connections while established ones keep theirs.
+            match self.state.tls_acceptor() {
                 None => {
                     let conn = builder
                         .serve_connection(TokioIo::new(stream), service)
@@ -97,7 +96,6 @@ impl Server {
                     });
                 }
                 Some(acceptor) => {
-                    let acceptor = acceptor.clone();
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
                         let tls = match tokio::time::timeout(
@@ -170,33 +168,145 @@ impl tower::Service<Request<Incoming>> for ProxyService {
             let method = request.method().clone();
             let path = request.uri().path().to_string();
             let version = request.version();
-            let (response, outcome) = routes::handle(state.clone(), request, peer).await;
-            let status = response.status().as_u16();
-            let bytes = response
+            let upstream: NoteSlot = Arc::new(Mutex::new(None));
+            let (response, outcome) = EXCHANGE
+                .scope(
+                    upstream.clone(),
+                    routes::handle(state.clone(), request, peer),
+                )
+                .await;
+            let record = AccessRecord {
+                state,
+                started,
+                peer,
+                method,
+                path,
+                version,
+                status: response.status().as_u16(),
+                cache: outcome.cache.map_or("BYPASS", |c| c.as_str()),
+                route: outcome.route,
+                upstream,
+            };
+            let announced = response
                 .headers()
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-            let cache = outcome.cache.map_or("NONE", |c| c.as_str());
-            state
-                .metrics
-                .record_request(outcome.route, status, cache, bytes);
-            tracing::info!(
-                target: "composer_proxy::access",
-                client = %peer.ip(),
-                %method,
-                path = %path,
-                version = ?version,
-                status,
-                bytes,
-                duration_ms = started.elapsed().as_millis() as u64,
-                cache,
-                route = outcome.route,
-                "request"
-            );
-            Ok(response)
+                .and_then(|v| v.parse::<u64>().ok());
+            // The line is written when the body ends, so it has the bytes really sent and the
+            // whole duration (an archive download, not just its headers).
+            Ok(response.map(|inner| {
+                AccessBody {
+                    inner,
+                    sent: 0,
+                    announced,
+                    record: Some(record),
+                }
+                .boxed_unsync()
+            }))
         })
+    }
+}
+
+type NoteSlot = Arc<Mutex<Option<UpstreamNote>>>;
+
+/// What the access-log line says about one request, known once the response is chosen.
+struct AccessRecord {
+    state: Arc<AppState>,
+    started: Instant,
+    peer: SocketAddr,
+    method: http::Method,
+    path: String,
+    version: http::Version,
+    status: u16,
+    cache: &'static str,
+    route: &'static str,
+    upstream: NoteSlot,
+}
+
+impl AccessRecord {
+    fn write(self, sent: u64, complete: bool) {
+        let duration = self.started.elapsed();
+        self.state
+            .metrics
+            .record_request(self.route, self.status, self.cache, sent, duration);
+        let upstream = *self.upstream.lock().unwrap_or_else(|p| p.into_inner());
+        let upstream_status = upstream.and_then(|n| n.status);
+        let upstream_ms = upstream.map(|n| n.took.as_millis() as u64);
+        tracing::info!(
+            target: "composer_proxy::access",
+            client = %self.peer.ip(),
+            method = %self.method,
+            path = %self.path,
+            version = ?self.version,
+            status = self.status,
+            bytes = sent,
+            duration_ms = duration.as_millis() as u64,
+            cache = self.cache,
+            route = self.route,
+            upstream_status,
+            upstream_ms,
+            complete,
+            "request"
+        );
+    }
+}
+
+/// A response body that counts what is sent and writes the access-log line when it ends, fails,
+/// or is dropped (the client went away).
+struct AccessBody {
+    inner: routes::ResponseBody,
+    sent: u64,
+    /// Content-Length: hyper stops polling once that much is sent, so the end may never be
+    /// seen as such.
+    announced: Option<u64>,
+    record: Option<AccessRecord>,
+}
+
+impl AccessBody {
+    fn finish(&mut self, complete: bool) {
+        if let Some(record) = self.record.take() {
+            record.write(self.sent, complete);
+        }
+    }
+}
+
+impl http_body::Body for AccessBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Ready(None) => self.finish(true),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for AccessBody {
+    fn drop(&mut self) {
+        // An empty body may never be polled; a sized one is done once all of it went out.
+        let complete =
+            http_body::Body::is_end_stream(&self.inner) || self.announced == Some(self.sent);
+        self.finish(complete);
     }
 }
 

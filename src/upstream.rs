@@ -5,8 +5,8 @@
 //! connect, read and total timeouts, and decodes gzip metadata. Callers only ever pass URLs the
 //! proxy built from upstream metadata, never one a client supplied.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -22,7 +22,8 @@ use hyper_util::rt::TokioExecutor;
 use url::Url;
 
 use crate::composer::{self, MAX_METADATA_BYTES};
-use crate::config::UpstreamConfig;
+use crate::config::{Credentials, UpstreamConfig};
+use crate::metrics::{Metrics, UpstreamOutcome};
 
 /// Why an upstream exchange failed; the variants map one-to-one onto what clients are told.
 #[derive(Debug, thiserror::Error)]
@@ -90,12 +91,84 @@ pub enum KeyVerdict {
     Rejected,
 }
 
+/// What kind of upstream request, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    Metadata,
+    Archive,
+    Notify,
+}
+
+impl RequestKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Metadata => "metadata",
+            RequestKind::Archive => "archive",
+            RequestKind::Notify => "notify",
+        }
+    }
+}
+
+/// The last upstream exchange made while answering one client request, for its access-log
+/// line: status (none when unreachable) and time to response headers.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamNote {
+    pub status: Option<u16>,
+    pub took: Duration,
+}
+
+tokio::task_local! {
+    /// Set by the server around each request; upstream exchanges made on that task fill it in.
+    pub static EXCHANGE: Arc<Mutex<Option<UpstreamNote>>>;
+}
+
+/// Records an exchange for the current request's access-log line, if there is one.
+pub fn note_exchange(note: UpstreamNote) {
+    let _ = EXCHANGE.try_with(|slot| {
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(note);
+    });
+}
+
+/// The configured key pairs as `Authorization` values, in order of preference, and which one
+/// is in use. A reload swaps the whole ring; requests in flight keep the one they started with.
+struct KeyRing {
+    headers: Vec<HeaderValue>,
+    active: AtomicUsize,
+}
+
+impl KeyRing {
+    fn new(credentials: &[Credentials]) -> Self {
+        let headers = credentials
+            .iter()
+            .map(|c| {
+                let token = base64::engine::general_purpose::STANDARD.encode(format!(
+                    "{}:{}",
+                    c.public_key.expose(),
+                    c.private_key.expose()
+                ));
+                // Validated at start-up to contain no control characters, so this cannot fail.
+                let mut value = HeaderValue::from_str(&format!("Basic {token}"))
+                    .unwrap_or(HeaderValue::from_static(""));
+                value.set_sensitive(true);
+                value
+            })
+            .collect();
+        Self {
+            headers,
+            active: AtomicUsize::new(0),
+        }
+    }
+}
+
 pub struct UpstreamClient {
     /// `KeyVerdict` as a number, updated by every answer from the upstream origin.
     key_verdict: AtomicU8,
+    keys: RwLock<Arc<KeyRing>>,
+    metrics: Arc<Metrics>,
+    /// Since when upstream has been failing (unreachable, timing out or answering 5xx).
+    down_since: Mutex<Option<Instant>>,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: Url,
-    authorization: Option<HeaderValue>,
     user_agent: HeaderValue,
     max_redirects: u8,
     pub read_timeout: Duration,
@@ -104,7 +177,7 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    pub fn new(cfg: &UpstreamConfig) -> anyhow::Result<Self> {
+    pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = &cfg.ca_file {
@@ -155,24 +228,13 @@ impl UpstreamClient {
             .pool_max_idle_per_host(32)
             .build(https);
 
-        let authorization = cfg.credentials.as_ref().map(|c| {
-            let token = base64::engine::general_purpose::STANDARD.encode(format!(
-                "{}:{}",
-                c.public_key.expose(),
-                c.private_key.expose()
-            ));
-            // Validated at start-up to contain no control characters, so this cannot fail.
-            let mut value = HeaderValue::from_str(&format!("Basic {token}"))
-                .unwrap_or(HeaderValue::from_static(""));
-            value.set_sensitive(true);
-            value
-        });
-
         Ok(Self {
             key_verdict: AtomicU8::new(KeyVerdict::Unknown as u8),
+            keys: RwLock::new(Arc::new(KeyRing::new(&cfg.key_pairs()))),
+            metrics,
+            down_since: Mutex::new(None),
             client,
             base: cfg.url.clone(),
-            authorization,
             user_agent: HeaderValue::from_static(concat!(
                 "Composer/2 (composer-proxy/",
                 env!("CARGO_PKG_VERSION"),
@@ -190,7 +252,48 @@ impl UpstreamClient {
     }
 
     pub fn has_credentials(&self) -> bool {
-        self.authorization.is_some()
+        !self.ring().headers.is_empty()
+    }
+
+    fn ring(&self) -> Arc<KeyRing> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the key pairs (a reload); the first one is used from the next request on, and
+    /// upstream's verdict on the old keys no longer counts.
+    pub fn set_key_pairs(&self, credentials: &[Credentials]) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(KeyRing::new(credentials));
+        self.key_verdict
+            .store(KeyVerdict::Unknown as u8, Ordering::Release);
+    }
+
+    /// How long upstream has been failing, if it is.
+    pub fn down_for(&self) -> Option<Duration> {
+        self.down_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|since| since.elapsed())
+    }
+
+    /// Tracks upstream health from each exchange; each change is an event in the log.
+    fn note_health(&self, up: bool, detail: &str) {
+        let mut since = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        match (up, *since) {
+            (false, None) => {
+                *since = Some(Instant::now());
+                tracing::warn!(event = "upstream_down", upstream = %self.base, detail, "upstream is failing; serving from cache where possible");
+            }
+            (true, Some(started)) => {
+                *since = None;
+                tracing::info!(
+                    event = "upstream_up",
+                    upstream = %self.base,
+                    down_secs = started.elapsed().as_secs(),
+                    "upstream answers again"
+                );
+            }
+            _ => {}
+        }
     }
 
     pub fn key_verdict(&self) -> KeyVerdict {
@@ -231,8 +334,11 @@ impl UpstreamClient {
     }
 
     /// Sends one request and follows redirects; returns the final response's head and body.
+    /// When upstream rejects the key pair in use and another is configured, the request is
+    /// repeated with the next one, which stays in use from then on.
     pub async fn send(
         &self,
+        kind: RequestKind,
         method: Method,
         url: &str,
         extra: HeaderMap,
@@ -242,27 +348,63 @@ impl UpstreamClient {
             Url::parse(url).map_err(|e| UpstreamError::Invalid(format!("bad URL: {e}")))?;
         let mut method = method;
         let mut body = body;
-        for _ in 0..=self.max_redirects {
+        let ring = self.ring();
+        let mut key = ring.active.load(Ordering::Acquire);
+        let mut redirects = 0;
+        loop {
+            let origin = self.is_upstream_origin(&url);
             let mut builder = Request::builder().method(method.clone()).uri(url.as_str());
             let headers = builder.headers_mut().ok_or_else(|| {
                 UpstreamError::Invalid(format!("cannot build a request for {url}"))
             })?;
             headers.extend(extra.clone());
             headers.insert(header::USER_AGENT, self.user_agent.clone());
-            if let Some(auth) = &self.authorization {
-                if self.is_upstream_origin(&url) {
+            if origin {
+                if let Some(auth) = ring.headers.get(key) {
                     headers.insert(header::AUTHORIZATION, auth.clone());
                 }
             }
             let request = builder
                 .body(Full::new(body.clone()))
                 .map_err(|e| UpstreamError::Invalid(format!("cannot build a request: {e}")))?;
-            let response = tokio::time::timeout(self.read_timeout, self.client.request(request))
-                .await
-                .map_err(|_| UpstreamError::Timeout("waiting for response headers"))?
-                .map_err(|e| client_error(&e))?;
+            let started = Instant::now();
+            let sent = tokio::time::timeout(self.read_timeout, self.client.request(request)).await;
+            let took = started.elapsed();
+            let response = match sent {
+                Err(_) => {
+                    self.metrics
+                        .record_upstream(kind.as_str(), UpstreamOutcome::Timeout, took);
+                    note_exchange(UpstreamNote { status: None, took });
+                    self.note_health(false, "timed out");
+                    return Err(UpstreamError::Timeout("waiting for response headers"));
+                }
+                Ok(Err(e)) => {
+                    self.metrics
+                        .record_upstream(kind.as_str(), UpstreamOutcome::Unreachable, took);
+                    note_exchange(UpstreamNote { status: None, took });
+                    let detail = describe_client_error(&e);
+                    self.note_health(false, &detail);
+                    return Err(client_error(&e, detail));
+                }
+                Ok(Ok(response)) => response,
+            };
             let status = response.status();
+            let outcome = if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+                UpstreamOutcome::Ok
+            } else {
+                UpstreamOutcome::from_status(status.as_u16())
+            };
+            self.metrics.record_upstream(kind.as_str(), outcome, took);
+            note_exchange(UpstreamNote {
+                status: Some(status.as_u16()),
+                took,
+            });
+            self.note_health(!status.is_server_error(), status.as_str());
             if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+                if redirects == self.max_redirects {
+                    return Err(UpstreamError::TooManyRedirects(self.max_redirects));
+                }
+                redirects += 1;
                 let Some(location) = response
                     .headers()
                     .get(header::LOCATION)
@@ -292,7 +434,23 @@ impl UpstreamClient {
                 url = next;
                 continue;
             }
-            if self.is_upstream_origin(&url) {
+            if origin && status == StatusCode::UNAUTHORIZED && key < ring.headers.len() {
+                self.metrics.record_key_rejection(key);
+                if key + 1 < ring.headers.len() {
+                    tracing::warn!(
+                        event = "key_rejected",
+                        key,
+                        next = key + 1,
+                        "upstream rejected key pair {key}; switching to key pair {}",
+                        key + 1
+                    );
+                    key += 1;
+                    // Later requests start with the key that works; a reload returns to the first.
+                    let _ = ring.active.fetch_max(key, Ordering::AcqRel);
+                    continue;
+                }
+            }
+            if origin {
                 if status == StatusCode::UNAUTHORIZED {
                     self.note_key_verdict(KeyVerdict::Rejected);
                 } else if status.is_success() || status == StatusCode::NOT_MODIFIED {
@@ -306,7 +464,6 @@ impl UpstreamClient {
                 body,
             });
         }
-        Err(UpstreamError::TooManyRedirects(self.max_redirects))
     }
 
     /// GETs a metadata document, conditionally when validators are given, and returns it
@@ -336,7 +493,9 @@ impl UpstreamClient {
                     extra.insert(header::IF_NONE_MATCH, etag);
                 }
             }
-            let response = self.send(Method::GET, url, extra, Bytes::new()).await?;
+            let response = self
+                .send(RequestKind::Metadata, Method::GET, url, extra, Bytes::new())
+                .await?;
             if response.status == StatusCode::NOT_MODIFIED {
                 return Ok(MetadataResponse::NotModified);
             }
@@ -397,8 +556,7 @@ impl UpstreamClient {
 
 /// A failed exchange as [`UpstreamError::Tls`] when rustls is anywhere in its cause, else
 /// [`UpstreamError::Unreachable`].
-fn client_error(e: &hyper_util::client::legacy::Error) -> UpstreamError {
-    let detail = describe_client_error(e);
+fn client_error(e: &hyper_util::client::legacy::Error, detail: String) -> UpstreamError {
     if is_tls_failure(e) {
         UpstreamError::Tls(detail)
     } else {

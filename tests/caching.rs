@@ -307,36 +307,38 @@ async fn the_archive_store_stays_within_its_size_bound() {
 
 #[tokio::test]
 async fn with_upstream_down_a_restarted_proxy_serves_everything_it_fetched() {
-    let catalogue = Arc::new(Catalogue::magento(4));
-    let mock = v1_mock(&catalogue).await;
-    let cache = tempfile::tempdir().expect("cache dir");
-    let proxy = TestProxy::start_with(base_env(&mock.url()), Some(cache.path())).await;
-    let (version, _, expected) = verified_framework(&catalogue);
-    let url = dist_url(&proxy.url, FRAMEWORK, &version).await;
-    assert_eq!(get(&url).await.body, expected);
-    let p2 = get(&format!("{}/p2/{FRAMEWORK}.json", proxy.url)).await;
-    proxy.stop().await;
-    mock.stop().await;
+    for protocol in [Protocol::V1, Protocol::P2] {
+        let catalogue = Arc::new(Catalogue::magento(4));
+        let mock = MockUpstream::start(MockOptions::new(protocol, catalogue.clone())).await;
+        let cache = tempfile::tempdir().expect("cache dir");
+        let proxy = TestProxy::start_with(base_env(&mock.url()), Some(cache.path())).await;
+        let (version, _, expected) = verified_framework(&catalogue);
+        let url = dist_url(&proxy.url, FRAMEWORK, &version).await;
+        assert_eq!(get(&url).await.body, expected);
+        let p2 = get(&format!("{}/p2/{FRAMEWORK}.json", proxy.url)).await;
+        proxy.stop().await;
+        mock.stop().await;
 
-    let proxy = TestProxy::start_with(base_env(&mock.url()), Some(cache.path())).await;
-    let root = get(&format!("{}/packages.json", proxy.url)).await;
-    assert_eq!(root.status, StatusCode::OK);
-    assert_eq!(root.headers.get("x-cache").expect("x-cache"), "STALE");
-    assert!(root
-        .headers
-        .get("warning")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|w| w.starts_with("110 ")));
-    let p2_again = get(&format!("{}/p2/{FRAMEWORK}.json", proxy.url)).await;
-    assert_eq!(p2_again.status, StatusCode::OK);
-    // The public URL differs (a new port), the packages do not.
-    let versions = |v: &Value| v["packages"][FRAMEWORK].as_array().map(Vec::len);
-    assert_eq!(versions(&p2_again.json()), versions(&p2.json()));
-    let url = dist_url(&proxy.url, FRAMEWORK, &version).await;
-    let archive = get(&url).await;
-    assert_eq!(archive.status, StatusCode::OK);
-    assert_eq!(archive.body, expected);
-    proxy.stop().await;
+        let proxy = TestProxy::start_with(base_env(&mock.url()), Some(cache.path())).await;
+        let root = get(&format!("{}/packages.json", proxy.url)).await;
+        assert_eq!(root.status, StatusCode::OK, "{protocol:?}");
+        assert_eq!(root.headers.get("x-cache").expect("x-cache"), "STALE");
+        assert!(root
+            .headers
+            .get("warning")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|w| w.starts_with("110 ")));
+        let p2_again = get(&format!("{}/p2/{FRAMEWORK}.json", proxy.url)).await;
+        assert_eq!(p2_again.status, StatusCode::OK, "{protocol:?}");
+        // The public URL differs (a new port), the packages do not.
+        let versions = |v: &Value| v["packages"][FRAMEWORK].as_array().map(Vec::len);
+        assert_eq!(versions(&p2_again.json()), versions(&p2.json()));
+        let url = dist_url(&proxy.url, FRAMEWORK, &version).await;
+        let archive = get(&url).await;
+        assert_eq!(archive.status, StatusCode::OK, "{protocol:?}");
+        assert_eq!(archive.body, expected);
+        proxy.stop().await;
+    }
 }
 
 #[tokio::test]

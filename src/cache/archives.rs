@@ -42,7 +42,7 @@ use crate::cache::metadata::CacheStatus;
 use crate::cache::CacheDir;
 use crate::composer::{sha256_hex, DistSource};
 use crate::error::{ProxyError, Resource};
-use crate::upstream::{UpstreamClient, UpstreamError};
+use crate::upstream::{RequestKind, UpstreamClient, UpstreamError, UpstreamNote, EXCHANGE};
 
 /// Upstream attempts per download; a transfer cut short is resumed this many times less one.
 const MAX_ATTEMPTS: u32 = 3;
@@ -146,6 +146,12 @@ struct Progress {
     outcome: Option<Result<(), Arc<ProxyError>>>,
 }
 
+type NoteSlot = Arc<Mutex<Option<UpstreamNote>>>;
+
+fn lock_note(slot: &NoteSlot) -> MutexGuard<'_, Option<UpstreamNote>> {
+    slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn lock(mutex: &Mutex<Index>) -> MutexGuard<'_, Index> {
     // A panic while holding the index lock cannot leave it inconsistent in a way that matters
     // more than serving: entries are advisory. Keep going with whatever is there.
@@ -199,6 +205,24 @@ impl ArchiveStore {
         sha256_hex(format!("{}\n{}", source.url, source.shasum.as_deref().unwrap_or("")).as_bytes())
     }
 
+    /// Whether the cache directory takes writes (for `/readyz`): a small file written, synced
+    /// and removed in `tmp/`.
+    pub async fn probe_writable(&self) -> io::Result<()> {
+        let probe = self.inner.disk.temp_path();
+        let result = async {
+            let mut file = tokio::fs::File::create(&probe).await?;
+            tokio::io::AsyncWriteExt::write_all(&mut file, b"ready").await?;
+            file.sync_all().await
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&probe).await;
+        result
+    }
+
+    pub async fn remove_own_temp(&self) -> usize {
+        self.inner.disk.remove_own_temp().await
+    }
+
     pub fn stats(&self) -> ArchiveStats {
         let index = lock(&self.inner.index);
         ArchiveStats {
@@ -218,7 +242,7 @@ impl ArchiveStore {
         if let Some(archive) = self.inner.lookup(&key).await? {
             return Ok((archive, CacheStatus::Hit));
         }
-        let mut progress = self.inner.join_or_start(&key, source);
+        let (mut progress, leader_note) = self.inner.join_or_start(&key, source);
         loop {
             {
                 let p = progress.borrow_and_update();
@@ -228,6 +252,10 @@ impl ArchiveStore {
                 if p.file.is_some() {
                     let len = p.len;
                     drop(p);
+                    // The request that started the download reports its upstream exchange.
+                    if let Some(note) = leader_note.as_ref().and_then(|n| *lock_note(n)) {
+                        crate::upstream::note_exchange(note);
+                    }
                     let reader = FlightReader { progress, pos: 0 };
                     return Ok((Archive::Streaming { reader, len }, CacheStatus::Miss));
                 }
@@ -373,19 +401,20 @@ impl Inner {
         }
     }
 
-    /// The flight for `key`: the one in progress, or a new one.
+    /// The flight for `key`: the one in progress, or a new one (then with the slot its upstream
+    /// exchange is recorded in, for the starting request's access-log line).
     fn join_or_start(
         self: &Arc<Self>,
         key: &str,
         source: &DistSource,
-    ) -> watch::Receiver<Progress> {
+    ) -> (watch::Receiver<Progress>, Option<NoteSlot>) {
         let mut flights = self
             .flights
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(progress) = flights.get(key) {
             self.single_flight_waits.fetch_add(1, Ordering::Relaxed);
-            return progress.clone();
+            return (progress.clone(), None);
         }
         let (tx, rx) = watch::channel(Progress::default());
         flights.insert(key.to_string(), rx.clone());
@@ -395,8 +424,9 @@ impl Inner {
             source: source.clone(),
             tx,
         };
-        tokio::spawn(download.run());
-        rx
+        let note: NoteSlot = Arc::new(Mutex::new(None));
+        tokio::spawn(EXCHANGE.scope(note.clone(), download.run()));
+        (rx, Some(note))
     }
 
     fn forget_flight(&self, key: &str) {
@@ -697,7 +727,13 @@ impl Download {
             }
         }
         let response = upstream
-            .send(Method::GET, &self.source.url, headers, Bytes::new())
+            .send(
+                RequestKind::Archive,
+                Method::GET,
+                &self.source.url,
+                headers,
+                Bytes::new(),
+            )
             .await
             .map_err(|e| Retry(e.into()))?;
         // Bytes of this response that repeat what was already received, re-read (when the

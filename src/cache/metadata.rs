@@ -25,10 +25,6 @@ use crate::composer::{
 use crate::error::{ProxyError, Resource};
 use crate::upstream::{KeyVerdict, MetadataResponse, UpstreamClient, Validators};
 
-/// After an upstream failure, the root is not asked for again for this long, so a down
-/// upstream is not hammered by every client request.
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
-
 /// How a metadata answer was produced; feeds the `X-Cache` header and the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheStatus {
@@ -129,7 +125,8 @@ impl View {
     }
 }
 
-/// What is persisted of the upstream root, so a restart with upstream down still has a view.
+/// What is persisted of the upstream root (and of p2-native files), so a restart with upstream
+/// down still has them.
 #[derive(Serialize, Deserialize)]
 struct PersistedRoot {
     body: String,
@@ -142,8 +139,17 @@ struct PersistedRoot {
 pub struct P2Entry {
     pub doc: Document,
     dists: HashMap<String, composer::DistSource>,
-    validated_at: Instant,
+    /// `None`: loaded from disk, not yet revalidated by this process.
+    validated_at: Option<Instant>,
     validators: Validators,
+}
+
+/// Why the root is being refreshed; decides whether freshness and the failure back-off apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refresh {
+    WhenStale,
+    AfterRejection,
+    Now,
 }
 
 /// The metadata cache's settings, from [`crate::config::Config`].
@@ -154,6 +160,17 @@ pub struct MetadataSettings {
     pub prefetch_concurrency: usize,
     pub negative_ttl: Duration,
     pub stale_on_key_rejection: bool,
+    /// After a failed `packages.json` fetch, requests get that failure (or the cached view)
+    /// for this long before upstream is asked again.
+    pub retry_after_failure: Duration,
+}
+
+/// Figures for `/metrics`: rewritten documents held in memory.
+#[derive(Clone, Copy, Debug)]
+pub struct MetadataStats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub max_bytes: u64,
 }
 
 pub struct MetadataCache {
@@ -164,8 +181,10 @@ pub struct MetadataCache {
     /// older than this, so clients revalidating with If-Modified-Since see a new public URL.
     rewriter_since: SystemTime,
     ttl: Duration,
+    max_bytes: u64,
     prefetch_concurrency: usize,
     stale_on_key_rejection: bool,
+    retry_after_failure: Duration,
     view: RwLock<Option<Arc<View>>>,
     /// Serializes root refreshes (concurrent misses make one upstream request) and remembers
     /// the last failure, so requests queued behind a failing refresh get its answer at once.
@@ -200,6 +219,7 @@ impl MetadataCache {
             prefetch_concurrency,
             negative_ttl,
             stale_on_key_rejection,
+            retry_after_failure,
         } = *settings;
         let weigh = |_: &String, p: &Arc<ProcessedPackage>| p.weight();
         let rewriter = Rewriter {
@@ -212,8 +232,10 @@ impl MetadataCache {
             upstream,
             disk,
             ttl,
+            max_bytes,
             prefetch_concurrency,
             stale_on_key_rejection,
+            retry_after_failure,
             view: RwLock::new(None),
             refresh_lock: tokio::sync::Mutex::new(None),
             refreshing: AtomicBool::new(false),
@@ -241,6 +263,17 @@ impl MetadataCache {
     /// Never builds the Composer 1 chain in this process (see `v1_chain_wanted`).
     pub fn skip_v1_chain(&self) {
         self.v1_chain_wanted.store(false, Ordering::Release);
+    }
+
+    pub async fn stats(&self) -> MetadataStats {
+        // moka counts lazily; settle pending inserts so a scrape sees what is held.
+        self.packages.run_pending_tasks().await;
+        self.p2_files.run_pending_tasks().await;
+        MetadataStats {
+            entries: self.packages.entry_count() + self.p2_files.entry_count(),
+            bytes: self.packages.weighted_size() + self.p2_files.weighted_size(),
+            max_bytes: self.max_bytes,
+        }
     }
 
     fn current(&self) -> Option<Arc<View>> {
@@ -332,25 +365,35 @@ impl MetadataCache {
 
     /// Revalidates the upstream root (single flight) and installs the resulting view.
     async fn refresh(self: &Arc<Self>) -> Result<Arc<View>, ProxyError> {
-        self.refresh_inner(false).await
+        self.refresh_inner(Refresh::WhenStale).await
     }
 
     /// Asks upstream again after it rejected the keys, even if the cached view is fresh.
     async fn refresh_after_rejection(self: &Arc<Self>) -> Result<Arc<View>, ProxyError> {
-        self.refresh_inner(true).await
+        self.refresh_inner(Refresh::AfterRejection).await
     }
 
-    async fn refresh_inner(self: &Arc<Self>, keys_rejected: bool) -> Result<Arc<View>, ProxyError> {
+    /// Asks upstream now, whatever the TTL and back-off say (after new keys were loaded).
+    pub async fn revalidate_now(self: &Arc<Self>) -> Result<Arc<View>, ProxyError> {
+        self.refresh_inner(Refresh::Now).await
+    }
+
+    pub fn stale_on_key_rejection(&self) -> bool {
+        self.stale_on_key_rejection
+    }
+
+    async fn refresh_inner(self: &Arc<Self>, mode: Refresh) -> Result<Arc<View>, ProxyError> {
         let mut last_failure = self.refresh_lock.lock().await;
         let current = self.current();
-        let rejected_now = keys_rejected && self.upstream.key_verdict() == KeyVerdict::Rejected;
+        let rejected_now =
+            mode == Refresh::AfterRejection && self.upstream.key_verdict() == KeyVerdict::Rejected;
         if let Some(view) = &current {
-            if self.is_fresh(view) && !rejected_now {
+            if self.is_fresh(view) && !rejected_now && mode != Refresh::Now {
                 return Ok(view.clone());
             }
         }
         if let Some((failed, error)) = &*last_failure {
-            if failed.elapsed() < RETRY_AFTER_FAILURE {
+            if failed.elapsed() < self.retry_after_failure && mode != Refresh::Now {
                 return match &current {
                     Some(view) if !rejected_now => Ok(view.clone()),
                     _ => Err(ProxyError::Shared(error.clone())),
@@ -661,7 +704,7 @@ impl MetadataCache {
     ) -> Result<(Arc<P2Entry>, CacheStatus), ProxyError> {
         let url = template.replace("%package%", file);
         if let Some(entry) = self.p2_files.get(file).await {
-            if entry.validated_at.elapsed() < self.ttl {
+            if entry.validated_at.is_some_and(|t| t.elapsed() < self.ttl) {
                 return Ok((entry, CacheStatus::Hit));
             }
             self.clone()
@@ -675,9 +718,20 @@ impl MetadataCache {
         }
         let entry = self
             .p2_files
-            .try_get_with(file.to_string(), self.fetch_p2(&url, file, None))
+            .try_get_with(file.to_string(), async {
+                match self.load_p2(&url, file).await {
+                    Some(saved) => Ok(saved),
+                    None => self.fetch_p2(&url, file, None).await,
+                }
+            })
             .await
             .map_err(ProxyError::Shared)?;
+        if entry.validated_at.is_none() {
+            // Saved by an earlier run: serve it, and ask upstream whether it changed.
+            self.clone()
+                .spawn_p2_revalidation(url, file.to_string(), entry.clone());
+            return Ok((entry, CacheStatus::Stale));
+        }
         Ok((entry, CacheStatus::Miss))
     }
 
@@ -696,23 +750,12 @@ impl MetadataCache {
             (MetadataResponse::NotModified, Some(old)) => Ok(Arc::new(P2Entry {
                 doc: old.doc.clone(),
                 dists: old.dists.clone(),
-                validated_at: Instant::now(),
+                validated_at: Some(Instant::now()),
                 validators: old.validators.clone(),
             })),
             (MetadataResponse::Fresh { body, validators }, _) => {
-                let modified = validators
-                    .last_modified
-                    .as_deref()
-                    .and_then(|s| httpdate::parse_http_date(s).ok())
-                    .unwrap_or_else(SystemTime::now);
-                let name = file.strip_suffix("~dev").unwrap_or(file);
-                let (doc, dists) = self.rewriter.process_p2_file(name, &body, modified)?;
-                Ok(Arc::new(P2Entry {
-                    doc,
-                    dists,
-                    validated_at: Instant::now(),
-                    validators,
-                }))
+                self.save_p2(url, &body, &validators).await;
+                self.p2_entry(file, &body, validators, Some(Instant::now()))
             }
             (MetadataResponse::Status(status), _) => {
                 let e = ProxyError::from_upstream_status(
@@ -728,6 +771,56 @@ impl MetadataCache {
             }
             (MetadataResponse::NotModified, None) => Err(ProxyError::UpstreamStatus(304)),
         }
+    }
+
+    fn p2_entry(
+        &self,
+        file: &str,
+        body: &[u8],
+        validators: Validators,
+        validated_at: Option<Instant>,
+    ) -> Result<Arc<P2Entry>, ProxyError> {
+        let modified = validators
+            .last_modified
+            .as_deref()
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+            .unwrap_or_else(SystemTime::now);
+        let name = file.strip_suffix("~dev").unwrap_or(file);
+        let (doc, dists) = self.rewriter.process_p2_file(name, body, modified)?;
+        Ok(Arc::new(P2Entry {
+            doc,
+            dists,
+            validated_at,
+            validators,
+        }))
+    }
+
+    /// Keeps a p2 file as upstream sent it, so a restart with upstream down still has it.
+    async fn save_p2(&self, url: &str, body: &Bytes, validators: &Validators) {
+        let Some(path) = self.disk.url_state_path(url) else {
+            return;
+        };
+        let saved = PersistedRoot {
+            body: String::from_utf8_lossy(body).into_owned(),
+            last_modified: validators.last_modified.clone(),
+            etag: validators.etag.clone(),
+        };
+        let bytes = serde_json::to_vec(&saved).unwrap_or_default();
+        if let Err(e) = self.disk.write_atomic(&path, &bytes).await {
+            tracing::error!(error = %e, "cannot save a p2 file to the cache directory");
+        }
+    }
+
+    async fn load_p2(&self, url: &str, file: &str) -> Option<Arc<P2Entry>> {
+        let path = self.disk.url_state_path(url)?;
+        let text = tokio::fs::read(&path).await.ok()?;
+        let saved: PersistedRoot = serde_json::from_slice(&text).ok()?;
+        let validators = Validators {
+            last_modified: saved.last_modified,
+            etag: saved.etag,
+        };
+        self.p2_entry(file, saved.body.as_bytes(), validators, None)
+            .ok()
     }
 
     fn spawn_p2_revalidation(self: Arc<Self>, url: String, file: String, old: Arc<P2Entry>) {

@@ -7,12 +7,14 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 
 use http::StatusCode;
 
 use crate::commands::{CommandError, EXIT_OK};
 use crate::composer::{self, UpstreamRoot};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::upstream::{MetadataResponse, UpstreamClient, UpstreamError};
 
 /// What `check` concluded; each has its own exit status.
@@ -99,7 +101,7 @@ pub async fn run(config: &Config) -> Result<u8, CommandError> {
         None => Verdict::NoKeysConfigured,
         Some(_) => {
             // The only failure here is an unusable `upstream_ca_file`, named as a setting.
-            let client = UpstreamClient::new(&config.upstream)
+            let client = UpstreamClient::new(&config.upstream, Arc::new(Metrics::default()))
                 .map_err(|e| CommandError::Usage(format!("{e:#}")))?;
             probe(&client).await
         }

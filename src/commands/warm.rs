@@ -22,6 +22,7 @@ use crate::commands::{progress_bar, CommandError, EXIT_FAILED, EXIT_OK};
 use crate::composer::Rewriter;
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 
 pub struct WarmOptions {
@@ -129,8 +130,10 @@ async fn open_caches(config: &Config) -> Result<(Arc<MetadataCache>, ArchiveStor
             config.cache_dir.display()
         ))
     })?);
+    // Metrics are only exported by a serving proxy; this one's go nowhere.
     let upstream = Arc::new(
-        UpstreamClient::new(&config.upstream).map_err(|e| CommandError::Usage(format!("{e:#}")))?,
+        UpstreamClient::new(&config.upstream, Arc::new(Metrics::default()))
+            .map_err(|e| CommandError::Usage(format!("{e:#}")))?,
     );
     // The public URL only shapes rewritten documents, which warm never serves.
     let public_url = config.public_url_for(config.listen);
@@ -144,6 +147,7 @@ async fn open_caches(config: &Config) -> Result<(Arc<MetadataCache>, ArchiveStor
             prefetch_concurrency: config.v1_prefetch_concurrency,
             negative_ttl: config.negative_ttl,
             stale_on_key_rejection: config.stale_on_key_rejection,
+            retry_after_failure: config.upstream_retry,
         },
     );
     metadata.skip_v1_chain();

@@ -516,3 +516,42 @@ fn pseudo_random(seed: &str, len: usize) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+impl Catalogue {
+    /// `magento(modules)` plus one package `bench/blob-<n>` per entry of `blob_lens`, each
+    /// with a single version `1.0.0` whose archive holds `n` incompressible bytes (plus the
+    /// few hundred bytes of zip overhead and small files). Benchmarks need archives of
+    /// chosen sizes; no Magento package requires these, so installs are unaffected.
+    pub fn with_sized_archives(modules: usize, blob_lens: &[usize]) -> Catalogue {
+        let mut catalogue = Catalogue::magento(modules);
+        // Continue the uid sequence after the versions already built, so uids stay unique.
+        let mut builder = Builder {
+            index: catalogue
+                .packages
+                .iter()
+                .map(|p| p.versions.len() as u64)
+                .sum(),
+        };
+        for &blob_len in blob_lens {
+            let name = format!("bench/blob-{blob_len}");
+            let version = builder.version(
+                &name,
+                VersionSpec {
+                    version: "1.0.0",
+                    package_type: "library",
+                    require: vec![("php".to_string(), ">=7.4".to_string())],
+                    autoload: None,
+                    extra: None,
+                    blob_len,
+                },
+            );
+            catalogue.packages.push(FixturePackage {
+                name,
+                listing: "ce",
+                versions: vec![version],
+            });
+        }
+        catalogue.packages.sort_by(|a, b| a.name.cmp(&b.name));
+        catalogue
+    }
+}
