@@ -40,8 +40,9 @@ enum Command {
         long_about = "Check the configuration and whether upstream accepts the key pair.\n\n\
 Validates the configuration, then asks the upstream for packages.json with the key pair, \
 exactly as the proxy would (and, for a Composer 1 upstream such as repo.magento.com, its \
-provider listings, to count the packages the key may see). Prints one verdict line, then \
-what to check. The keys are never printed.\n\n\
+provider listings, to count the packages the key may see). Every configured key pair, \
+fallbacks included, is tried on its own; OK means all were accepted. Prints one verdict line, \
+then what to check. The keys are never printed.\n\n\
 Exit status:\n  \
 0   OK: upstream accepted the key pair\n  \
 3   KEYS REJECTED: upstream refused the key pair (HTTP 401 or 403)\n  \

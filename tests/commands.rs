@@ -180,6 +180,42 @@ async fn check_names_rejected_keys_and_what_to_check() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_tries_every_fallback_key_pair_on_its_own() {
+    let (_, mock) = v1_mock(3).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fallback = dir.path().join("fallback-keys");
+    let spare = (
+        "11111111111111111111111111111111",
+        "22222222222222222222222222222222",
+    );
+    std::fs::write(&fallback, format!("{}:{}\n", spare.0, spare.1)).expect("write");
+    let mut env = base_env(&mock.url());
+    env.push((
+        "COMPOSER_PROXY_FALLBACK_KEYS_FILE".into(),
+        fallback.to_str().expect("utf-8").into(),
+    ));
+    // The primary pair works; the spare would only fail once the proxy needed it.
+    let run = composer_proxy(&["check"], &env).await;
+    run.expect_status(3).assert_no_keys();
+    assert!(run.stdout.starts_with("KEYS REJECTED: "), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("key pair 1 of 2 (public_key/private_key): OK: "),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("key pair 2 of 2 (fallback_keys_file): KEYS REJECTED: "),
+        "{}",
+        run.stdout
+    );
+    for text in [&run.stdout, &run.stderr] {
+        assert!(!text.contains(spare.0) && !text.contains(spare.1), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_tells_an_unreachable_upstream() {
     let (_, mock) = v1_mock(3).await;
     let url = mock.url();

@@ -13,7 +13,7 @@ use http::StatusCode;
 
 use crate::commands::{CommandError, EXIT_OK};
 use crate::composer::{self, UpstreamRoot};
-use crate::config::Config;
+use crate::config::{Config, KeySource, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::upstream::{MetadataResponse, UpstreamClient, UpstreamError};
 
@@ -96,23 +96,53 @@ impl fmt::Display for Verdict {
 }
 
 /// Runs the check and prints the verdict with what to do about it.
+///
+/// Every configured key pair (the primary and each fallback) is tried on its own: a fallback
+/// that upstream refuses would only show when the proxy needs it. The verdict is OK when all
+/// are accepted, else that of the first which is not.
 pub async fn run(config: &Config) -> Result<u8, CommandError> {
-    let verdict = match &config.upstream.credentials {
-        None => Verdict::NoKeysConfigured,
-        Some(_) => {
-            // The only failure here is an unusable `upstream_ca_file`, named as a setting.
-            let client = UpstreamClient::new(&config.upstream, Arc::new(Metrics::default()))
-                .map_err(|e| CommandError::Usage(format!("{e:#}")))?;
-            probe(&client).await
+    let pairs = config.upstream.key_pairs();
+    let mut results: Vec<(KeySource, Verdict)> = Vec::new();
+    for pair in &pairs {
+        let upstream = UpstreamConfig {
+            credentials: Some(pair.clone()),
+            fallback: Vec::new(),
+            ..config.upstream.clone()
+        };
+        // The only failure here is an unusable `upstream_ca_file`, named as a setting.
+        let client = UpstreamClient::new(&upstream, Arc::new(Metrics::default()))
+            .map_err(|e| CommandError::Usage(format!("{e:#}")))?;
+        let verdict = probe(&client).await;
+        // Only a refusal is about one key pair; anything else would repeat for the others.
+        let stop = !matches!(verdict, Verdict::Ok { .. } | Verdict::KeysRejected { .. });
+        results.push((pair.source, verdict));
+        if stop {
+            break;
         }
-    };
-    println!("{verdict}");
-    let upstream = &config.upstream.url;
-    println!("  upstream: {upstream}");
-    if let Some(c) = &config.upstream.credentials {
-        println!("  key pair from: {}", c.source.as_str());
     }
-    for line in advice(&verdict, config) {
+    let verdict = results
+        .iter()
+        .map(|(_, v)| v)
+        .find(|v| !matches!(v, Verdict::Ok { .. }))
+        .or(results.first().map(|(_, v)| v))
+        .unwrap_or(&Verdict::NoKeysConfigured);
+    println!("{verdict}");
+    println!("  upstream: {}", config.upstream.url);
+    match results.as_slice() {
+        [] => {}
+        [(source, _)] => println!("  key pair from: {}", source.as_str()),
+        several => {
+            for (i, (source, v)) in several.iter().enumerate() {
+                println!(
+                    "  key pair {} of {} ({}): {v}",
+                    i + 1,
+                    pairs.len(),
+                    source.as_str()
+                );
+            }
+        }
+    }
+    for line in advice(verdict, config) {
         println!("  {line}");
     }
     Ok(verdict.exit_status())
