@@ -43,7 +43,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    composer_proxy::telemetry::init(config.log_format, &config.log_level);
+    let _log_guard = composer_proxy::telemetry::init(config.log_format, &config.log_level);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config, cli.config),
     }
