@@ -13,8 +13,14 @@
 //! any case after `--max-secs`, so a benchmark that dies without cleaning up cannot leave
 //! it running for ever.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+// Only the mock and its catalogue: the rest of the test support drives Composer and the
+// proxy binary, which an example has no use for. (The mock refers to `super::catalogue`.)
+#[allow(dead_code)]
+#[path = "../tests/support/catalogue.rs"]
+mod catalogue;
+#[allow(dead_code)]
+#[path = "../tests/support/mock_upstream.rs"]
+mod mock_upstream;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,8 +30,8 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
-use support::catalogue::Catalogue;
-use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
+use catalogue::Catalogue;
+use mock_upstream::{MockOptions, MockUpstream, Protocol};
 
 #[derive(Parser)]
 #[command(

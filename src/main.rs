@@ -158,7 +158,7 @@ fn main() -> ExitCode {
         _ if sources.env.contains_key("COMPOSER_PROXY_LOG_LEVEL") => config.log_level.as_str(),
         _ => "off",
     };
-    composer_proxy::telemetry::init(config.log_format, log_level);
+    let _log_guard = composer_proxy::telemetry::init(config.log_format, log_level);
     let result = match command {
         Command::Serve => return serve(config, cli.config),
         Command::Check => block_on(check::run(&config)),

@@ -175,26 +175,21 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-        };
         let families = self.families.lock().unwrap_or_else(|p| p.into_inner());
+        let out = &mut out;
 
-        family(
-            &mut out,
+        let version = [(env!("CARGO_PKG_VERSION"), 1)];
+        single_label(
+            out,
             "composer_proxy_build_info",
             "gauge",
             "Always 1; the version is a label.",
-        );
-        let _ = writeln!(
-            out,
-            "composer_proxy_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
+            "version",
+            version,
         );
 
-        family(
-            &mut out,
+        header(
+            out,
             "composer_proxy_requests_total",
             "counter",
             "Requests answered, by route kind, status class and cache status.",
@@ -205,47 +200,39 @@ impl Metrics {
                 "composer_proxy_requests_total{{route=\"{route}\",status=\"{class}\",cache=\"{cache}\"}} {n}"
             );
         }
-        family(
-            &mut out,
+        single_label(
+            out,
             "composer_proxy_served_bytes_total",
             "counter",
             "Response body bytes sent to clients, by route kind.",
+            "route",
+            &families.served_bytes,
         );
-        for (route, n) in &families.served_bytes {
-            let _ = writeln!(
-                out,
-                "composer_proxy_served_bytes_total{{route=\"{route}\"}} {n}"
-            );
-        }
-        family(
-            &mut out,
+        header(
+            out,
             "composer_proxy_request_duration_seconds",
             "histogram",
             "Time from request to the end of the response body, by route kind.",
         );
         for (route, h) in &families.request_duration {
             h.render(
-                &mut out,
+                out,
                 "composer_proxy_request_duration_seconds",
                 "route",
                 route,
             );
         }
-        family(
-            &mut out,
+        single_label(
+            out,
             "composer_proxy_stale_responses_total",
             "counter",
             "Responses served from cache marked stale (revalidating, or upstream failing).",
+            "route",
+            &families.stale,
         );
-        for (route, n) in &families.stale {
-            let _ = writeln!(
-                out,
-                "composer_proxy_stale_responses_total{{route=\"{route}\"}} {n}"
-            );
-        }
 
-        family(
-            &mut out,
+        header(
+            out,
             "composer_proxy_upstream_requests_total",
             "counter",
             "Upstream requests by kind (metadata, archive, notify) and outcome.",
@@ -256,26 +243,21 @@ impl Metrics {
                 "composer_proxy_upstream_requests_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
             );
         }
-        family(
-            &mut out,
+        header(
+            out,
             "composer_proxy_upstream_request_duration_seconds",
             "histogram",
             "Time until upstream's response headers, by request kind.",
         );
         for (kind, h) in &families.upstream_duration {
             h.render(
-                &mut out,
+                out,
                 "composer_proxy_upstream_request_duration_seconds",
                 "kind",
                 kind,
             );
         }
-        family(
-            &mut out,
-            "composer_proxy_upstream_key_accepted",
-            "gauge",
-            "1 when upstream last accepted the key pair, 0 when it rejected it (absent before the first answer).",
-        );
+        header(out, "composer_proxy_upstream_key_accepted", "gauge", "1 when upstream last accepted the key pair, 0 when it rejected it (absent before the first answer).");
         if let Some(accepted) = gauges.key_accepted {
             let _ = writeln!(
                 out,
@@ -283,92 +265,78 @@ impl Metrics {
                 u8::from(accepted)
             );
         }
-        family(
-            &mut out,
+        single_label(
+            out,
             "composer_proxy_upstream_key_rejections_total",
             "counter",
             "Rejections of each configured key pair, by its position in the list (0 = primary).",
+            "key",
+            &families.key_rejections,
         );
-        for (index, n) in &families.key_rejections {
-            let _ = writeln!(
-                out,
-                "composer_proxy_upstream_key_rejections_total{{key=\"{index}\"}} {n}"
-            );
-        }
 
-        let caches = [
-            (
-                "metadata",
-                gauges.metadata_entries,
-                gauges.metadata_bytes,
-                gauges.metadata_max_bytes,
-            ),
-            (
-                "archives",
-                gauges.archive_entries,
-                gauges.archive_bytes,
-                gauges.archive_max_bytes,
-            ),
-        ];
-        family(
-            &mut out,
+        let by_cache =
+            |metadata: u64, archives: u64| [("metadata", metadata), ("archives", archives)];
+        single_label(
+            out,
             "composer_proxy_cache_entries",
             "gauge",
             "Entries held: metadata documents in memory, archives on disk.",
+            "cache",
+            by_cache(gauges.metadata_entries, gauges.archive_entries),
         );
-        for (cache, entries, _, _) in caches {
-            let _ = writeln!(
-                out,
-                "composer_proxy_cache_entries{{cache=\"{cache}\"}} {entries}"
-            );
-        }
-        family(
-            &mut out,
+        single_label(
+            out,
             "composer_proxy_cache_bytes",
             "gauge",
             "Bytes held: metadata in memory, archives on disk.",
+            "cache",
+            by_cache(gauges.metadata_bytes, gauges.archive_bytes),
         );
-        for (cache, _, bytes, _) in caches {
-            let _ = writeln!(
-                out,
-                "composer_proxy_cache_bytes{{cache=\"{cache}\"}} {bytes}"
-            );
-        }
-        family(
-            &mut out,
+        single_label(
+            out,
             "composer_proxy_cache_max_bytes",
             "gauge",
             "Configured bound of each cache.",
+            "cache",
+            by_cache(gauges.metadata_max_bytes, gauges.archive_max_bytes),
         );
-        for (cache, _, _, max) in caches {
-            let _ = writeln!(
-                out,
-                "composer_proxy_cache_max_bytes{{cache=\"{cache}\"}} {max}"
-            );
-        }
-        family(
-            &mut out,
+        single_label(
+            out,
             "composer_proxy_cache_evictions_total",
             "counter",
             "Entries removed to keep a cache within its bound.",
+            "cache",
+            [("archives", gauges.archive_evictions)],
         );
-        let _ = writeln!(
+        single_label(
             out,
-            "composer_proxy_cache_evictions_total{{cache=\"archives\"}} {}",
-            gauges.archive_evictions
-        );
-        family(
-            &mut out,
             "composer_proxy_single_flight_waits_total",
             "counter",
             "Requests that joined a fetch already in progress instead of asking upstream again.",
+            "kind",
+            [("archive", gauges.archive_single_flight_waits)],
         );
-        let _ = writeln!(
-            out,
-            "composer_proxy_single_flight_waits_total{{kind=\"archive\"}} {}",
-            gauges.archive_single_flight_waits
-        );
-        out
+        std::mem::take(out)
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A family with one label: its header, then one sample per `(label value, value)`.
+fn single_label<L: std::fmt::Display, V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: &str,
+    rows: impl IntoIterator<Item = (L, V)>,
+) {
+    header(out, name, kind, help);
+    for (l, v) in rows {
+        let _ = writeln!(out, "{name}{{{label}=\"{l}\"}} {v}");
     }
 }
 

@@ -59,6 +59,19 @@ fn basic(pair: (&str, &str)) -> String {
     )
 }
 
+/// A client download that upstream is slow to answer: it is in flight once this returns.
+async fn download_in_flight(
+    mock: &MockUpstream,
+    url: &str,
+) -> tokio::task::JoinHandle<support::proxy::Reply> {
+    mock.set_delay(Duration::from_millis(1500));
+    let url = url.to_string();
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    mock.wait_for_request(|r| r.path.starts_with("/archives/"))
+        .await;
+    in_flight
+}
+
 fn env_with_cache(mock: &MockUpstream, cache: &Path) -> Vec<(String, String)> {
     let mut env = base_env(&mock.url());
     env.retain(|(k, _)| k != "COMPOSER_PROXY_LISTEN");
@@ -409,11 +422,7 @@ async fn sighup_with_a_new_key_pair_takes_effect_without_dropping_a_download() {
     let dists = framework_dists(&catalogue, &process.url).await;
 
     // A download in flight: upstream takes its time to answer.
-    mock.set_delay(Duration::from_millis(1500));
-    let url = dists[0].0.clone();
-    let in_flight = tokio::spawn(async move { get(&url).await });
-    mock.wait_for_request(|r| r.path.starts_with("/archives/"))
-        .await;
+    let in_flight = download_in_flight(&mock, &dists[0].0).await;
 
     // The key is rotated: upstream now only takes B, the files hold B, and ops send SIGHUP.
     mock.set_accepted_keys(KEY_B.0, KEY_B.1);
@@ -454,11 +463,7 @@ async fn sigterm_lets_a_download_in_flight_finish_and_leaves_no_temporary_files(
     let env = env_with_cache(&mock, cache.path());
     let mut process = tokio::task::block_in_place(|| ProxyProcess::start(&env));
     let dists = framework_dists(&catalogue, &process.url).await;
-    mock.set_delay(Duration::from_millis(1500));
-    let url = dists[0].0.clone();
-    let in_flight = tokio::spawn(async move { get(&url).await });
-    mock.wait_for_request(|r| r.path.starts_with("/archives/"))
-        .await;
+    let in_flight = download_in_flight(&mock, &dists[0].0).await;
 
     process.signal("TERM");
     let reply = in_flight.await.expect("task");

@@ -504,12 +504,15 @@ impl MetadataCache {
                 let base = composer::repository_base(self.upstream.base());
                 let mut listings = Vec::new();
                 let mut all = BTreeMap::new();
-                for include in includes {
+                // All listings at once: on a cold start each is a full upstream round trip.
+                let fetched = futures_util::future::join_all(includes.iter().map(|include| {
                     let path = include.path_for(&include.sha256);
-                    let bytes = self
-                        .content_addressed(&format!("{base}/{path}"), &include.sha256, &path)
-                        .await?;
-                    let packages = composer::parse_listing(&bytes)?;
+                    let url = format!("{base}/{path}");
+                    async move { self.content_addressed(&url, &include.sha256, &path).await }
+                }))
+                .await;
+                for (include, bytes) in includes.iter().zip(fetched) {
+                    let packages = composer::parse_listing(&bytes?)?;
                     all.extend(packages.iter().map(|(k, v)| (k.clone(), v.clone())));
                     listings.push(Listing {
                         include: include.clone(),

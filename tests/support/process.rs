@@ -22,6 +22,8 @@ pub struct ProxyProcess {
     child: Child,
     log: Arc<Log>,
     pub url: String,
+    /// The address it listens on (differs from `url` behind a balancer).
+    pub listen: String,
     pub pid: u32,
 }
 
@@ -56,6 +58,7 @@ impl ProxyProcess {
             child,
             log,
             url: String::new(),
+            listen: String::new(),
             pid,
         };
         let line = process
@@ -64,6 +67,10 @@ impl ProxyProcess {
         process.url = line["public_url"]
             .as_str()
             .expect("public_url in the start-up line")
+            .to_string();
+        process.listen = line["listen"]
+            .as_str()
+            .expect("listen in the start-up line")
             .to_string();
         process
     }
