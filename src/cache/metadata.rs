@@ -624,6 +624,10 @@ impl MetadataCache {
         let hash = view.packages.get(name).ok_or_else(|| {
             ProxyError::NotFound(format!("package {name} is not in the upstream repository"))
         })?;
+        // The common case, a hit, builds no URL and takes no single-flight slot.
+        if let Some(package) = self.packages.get(hash).await {
+            return Ok(package);
+        }
         let url = providers_url
             .as_str()
             .replace("%package%", name)
