@@ -126,14 +126,7 @@ impl Proxy {
             upstream.clone(),
             disk.clone(),
             public_url.clone(),
-            &MetadataSettings {
-                ttl: config.metadata_ttl,
-                max_bytes: config.metadata_cache_max_bytes,
-                prefetch_concurrency: config.v1_prefetch_concurrency,
-                negative_ttl: config.negative_ttl,
-                stale_on_key_rejection: config.stale_on_key_rejection,
-                retry_after_failure: config.upstream_retry,
-            },
+            &MetadataSettings::from(config),
         );
         metadata.restore().await;
         let archives = ArchiveStore::open(

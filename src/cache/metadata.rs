@@ -173,6 +173,19 @@ pub struct MetadataStats {
     pub max_bytes: u64,
 }
 
+impl From<&crate::config::Config> for MetadataSettings {
+    fn from(config: &crate::config::Config) -> Self {
+        Self {
+            ttl: config.metadata_ttl,
+            max_bytes: config.metadata_cache_max_bytes,
+            prefetch_concurrency: config.v1_prefetch_concurrency,
+            negative_ttl: config.negative_ttl,
+            stale_on_key_rejection: config.stale_on_key_rejection,
+            retry_after_failure: config.upstream_retry,
+        }
+    }
+}
+
 pub struct MetadataCache {
     upstream: Arc<UpstreamClient>,
     disk: Arc<CacheDir>,

@@ -43,25 +43,31 @@ fn existing(config: &Config) -> Option<CacheDir> {
     }
 }
 
-/// Files below `dir` (recursively) and their total size; a missing directory is empty.
-fn tally(dir: &Path) -> (u64, u64) {
+/// Counts the files below `dir` (recursively) that `take` accepts, and their total size; a
+/// missing directory is empty. Files come and go while proxies run: one that vanished, or that
+/// `take` could not handle, is simply not counted.
+fn walk_files(dir: &Path, take: &mut impl FnMut(&Path) -> bool) -> (u64, u64) {
     let Ok(entries) = fs::read_dir(dir) else {
         return (0, 0);
     };
     let (mut files, mut bytes) = (0, 0);
     for entry in entries.flatten() {
-        // Files come and go while proxies run; one that vanished is simply not counted.
         let Ok(meta) = entry.metadata() else { continue };
         if meta.is_dir() {
-            let (f, b) = tally(&entry.path());
+            let (f, b) = walk_files(&entry.path(), take);
             files += f;
             bytes += b;
-        } else {
+        } else if take(&entry.path()) {
             files += 1;
             bytes += meta.len();
         }
     }
     (files, bytes)
+}
+
+/// Files below `dir` and their total size.
+fn tally(dir: &Path) -> (u64, u64) {
+    walk_files(dir, &mut |_| true)
 }
 
 /// The stored archives as `(key, bytes)`, sorted by key so reports are stable.
@@ -206,22 +212,7 @@ fn purge_stray_descriptions(root: &Path) -> u64 {
 
 /// Unlinks every file below `dir`, keeping the directories; returns what was removed.
 fn purge_files(dir: &Path) -> (u64, u64) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return (0, 0);
-    };
-    let (mut files, mut bytes) = (0, 0);
-    for entry in entries.flatten() {
-        let Ok(meta) = entry.metadata() else { continue };
-        if meta.is_dir() {
-            let (f, b) = purge_files(&entry.path());
-            files += f;
-            bytes += b;
-        } else if fs::remove_file(entry.path()).is_ok() {
-            files += 1;
-            bytes += meta.len();
-        }
-    }
-    (files, bytes)
+    walk_files(dir, &mut |path| fs::remove_file(path).is_ok())
 }
 
 /// Why a stored archive is bad.

@@ -141,14 +141,7 @@ async fn open_caches(config: &Config) -> Result<(Arc<MetadataCache>, ArchiveStor
         upstream.clone(),
         disk.clone(),
         public_url,
-        &MetadataSettings {
-            ttl: config.metadata_ttl,
-            max_bytes: config.metadata_cache_max_bytes,
-            prefetch_concurrency: config.v1_prefetch_concurrency,
-            negative_ttl: config.negative_ttl,
-            stale_on_key_rejection: config.stale_on_key_rejection,
-            retry_after_failure: config.upstream_retry,
-        },
+        &MetadataSettings::from(config),
     );
     metadata.skip_v1_chain();
     // No memory tier: nothing is served from this process.
