@@ -625,16 +625,23 @@ pub fn listing_document(entries: &BTreeMap<String, String>, last_modified: Syste
     Document::from_json(&Value::Object(out), last_modified)
 }
 
+/// repo.magento.com behind a proxy at `public_url`, for the unit tests of every module that
+/// rewrites.
+#[cfg(test)]
+pub(crate) fn test_rewriter(public_url: &str) -> Rewriter {
+    Rewriter {
+        public_url: public_url.into(),
+        upstream: Url::parse("https://repo.magento.com").expect("url"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
 
     fn rewriter() -> Rewriter {
-        Rewriter {
-            public_url: "https://proxy.example/magento".into(),
-            upstream: Url::parse("https://repo.magento.com").expect("url"),
-        }
+        test_rewriter("https://proxy.example/magento")
     }
 
     const PACKAGE_FILE: &str = r#"{"packages":{"magento\/framework":{

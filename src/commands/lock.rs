@@ -207,13 +207,9 @@ pub fn migrate(config: &Config, options: &MigrateOptions) -> Result<u8, CommandE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use url::Url;
 
     fn rewriter() -> Rewriter {
-        Rewriter {
-            public_url: "http://proxy.internal:8080".into(),
-            upstream: Url::parse("https://repo.magento.com").expect("url"),
-        }
+        crate::composer::test_rewriter("http://proxy.internal:8080")
     }
 
     const LOCK: &str = r#"{
