@@ -81,13 +81,23 @@ pub struct Document {
     pub gzip: Bytes,
     pub sha256: String,
     pub last_modified: SystemTime,
+    /// The `ETag` and `Last-Modified` values, formatted once rather than on every answer.
+    pub etag: http::HeaderValue,
+    pub last_modified_header: http::HeaderValue,
 }
 
 impl Document {
     pub fn new(identity: Bytes, last_modified: SystemTime) -> Self {
+        let sha256 = sha256_hex(&identity);
+        // Hex and an HTTP date are always valid header values.
+        let header = |text: String| {
+            http::HeaderValue::from_str(&text).unwrap_or(http::HeaderValue::from_static(""))
+        };
         Self {
             gzip: gzip(&identity),
-            sha256: sha256_hex(&identity),
+            etag: header(format!("\"{}\"", &sha256[..32])),
+            last_modified_header: header(httpdate::fmt_http_date(last_modified)),
+            sha256,
             identity,
             last_modified,
         }

@@ -366,10 +366,8 @@ fn document(
     cache: CacheStatus,
     head: bool,
 ) -> Response<ResponseBody> {
-    let etag = format!("\"{}\"", &doc.sha256[..32.min(doc.sha256.len())]);
-    let last_modified = httpdate::fmt_http_date(doc.last_modified);
     let not_modified = if headers.contains_key(header::IF_NONE_MATCH) {
-        etag_matches(headers, &etag)
+        etag_matches(headers, doc.etag.to_str().unwrap_or_default())
     } else {
         not_modified_since(headers, doc.last_modified)
     };
@@ -377,8 +375,8 @@ fn document(
     let mut response = Response::new(empty());
     let h = response.headers_mut();
     set(h, header::CONTENT_TYPE, "application/json");
-    set(h, header::LAST_MODIFIED, &last_modified);
-    set(h, header::ETAG, &etag);
+    h.insert(header::LAST_MODIFIED, doc.last_modified_header.clone());
+    h.insert(header::ETAG, doc.etag.clone());
     set(h, header::VARY, "Accept-Encoding");
     set(
         h,
@@ -417,7 +415,8 @@ async fn archive(
     head: bool,
 ) -> Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError> {
     let source = state.metadata.dist_source(package, key).await?;
-    let etag = format!("\"{}\"", &ArchiveStore::store_key(&source)[..32]);
+    let key = ArchiveStore::store_key(&source);
+    let etag = format!("\"{}\"", &key[..32]);
     let mut response = Response::new(empty());
     let h = response.headers_mut();
     set(h, header::ETAG, &etag);
@@ -425,7 +424,7 @@ async fn archive(
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok((response, Some(CacheStatus::Hit)));
     }
-    let (archive, cache) = state.archives.get(&source).await?;
+    let (archive, cache) = state.archives.get(&source, &key).await?;
     let h = response.headers_mut();
     let content_type = if source.url.ends_with(".zip") {
         "application/zip"

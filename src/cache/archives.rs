@@ -236,13 +236,17 @@ impl ArchiveStore {
         }
     }
 
-    /// Opens a stored archive, joins the download in progress, or starts one.
-    pub async fn get(&self, source: &DistSource) -> Result<(Archive, CacheStatus), ProxyError> {
-        let key = Self::store_key(source);
-        if let Some(archive) = self.inner.lookup(&key).await? {
+    /// Opens a stored archive, joins the download in progress, or starts one. `key` is
+    /// [`ArchiveStore::store_key`] of `source`, which the caller already needed for the ETag.
+    pub async fn get(
+        &self,
+        source: &DistSource,
+        key: &str,
+    ) -> Result<(Archive, CacheStatus), ProxyError> {
+        if let Some(archive) = self.inner.lookup(key).await? {
             return Ok((archive, CacheStatus::Hit));
         }
-        let (mut progress, leader_note) = self.inner.join_or_start(&key, source);
+        let (mut progress, leader_note) = self.inner.join_or_start(key, source);
         loop {
             {
                 let p = progress.borrow_and_update();
@@ -270,7 +274,7 @@ impl ArchiveStore {
             }
         }
         // Another process sharing the cache directory stored it while this one waited.
-        match self.inner.lookup(&key).await? {
+        match self.inner.lookup(key).await? {
             Some(archive) => Ok((archive, CacheStatus::Hit)),
             None => Err(ProxyError::Cache(io::Error::other(
                 "archive stored by another process vanished before it could be read",

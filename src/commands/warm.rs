@@ -167,7 +167,10 @@ async fn warm_one(
         Ok(source) => source,
         Err(e) => return Outcome::Failed(e.to_string()),
     };
-    match archives.get(&source).await {
+    match archives
+        .get(&source, &ArchiveStore::store_key(&source))
+        .await
+    {
         Err(e) => Outcome::Failed(failure_reason(&e)),
         // Stored already: by an earlier run, a proxy, or another process while this one waited.
         Ok((Archive::Memory(_) | Archive::File { .. }, _)) => Outcome::Cached,
