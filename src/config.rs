@@ -123,8 +123,15 @@ pub struct Config {
     /// (see [`Config::public_url_for`]).
     pub public_url: Option<String>,
     pub allow: Vec<IpNet>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    pub require_tokens: bool,
+    pub tokens_file: PathBuf,
     pub tls: Option<TlsFiles>,
     pub shutdown_grace: Duration,
+    pub max_connections: usize,
+    pub client_header_timeout: Duration,
+    pub client_body_timeout: Duration,
     pub upstream: UpstreamConfig,
     pub cache_dir: PathBuf,
     pub metadata_ttl: Duration,
@@ -160,9 +167,15 @@ struct RawConfig {
     listen: String,
     public_url: String,
     allow: Vec<String>,
+    trusted_proxies: Vec<String>,
+    require_tokens: bool,
+    tokens_file: String,
     tls_cert: String,
     tls_key: String,
     shutdown_grace_secs: u64,
+    max_connections: usize,
+    client_header_timeout_secs: u64,
+    client_body_timeout_secs: u64,
     upstream_url: String,
     public_key: String,
     private_key: String,
@@ -386,15 +399,17 @@ fn validate(
         Some(url.as_str().trim_end_matches('/').to_string())
     };
 
-    let allow = raw
-        .allow
-        .iter()
-        .map(|s| {
-            s.parse::<IpNet>()
-                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| err("allow", format!("{s:?} is not a CIDR such as 10.0.0.0/8")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let cidrs = |setting: &str, list: &[String]| {
+        list.iter()
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| err(setting, format!("{s:?} is not a CIDR such as 10.0.0.0/8")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let allow = cidrs("allow", &raw.allow)?;
+    let trusted_proxies = cidrs("trusted_proxies", &raw.trusted_proxies)?;
 
     let upstream_url = Url::parse(&raw.upstream_url).map_err(|e| {
         err(
@@ -466,14 +481,29 @@ fn validate(
         ));
     }
 
+    if raw.max_connections == 0 {
+        return Err(err("max_connections", "must be at least 1".into()));
+    }
+
     let optional_path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+    let cache_dir = PathBuf::from(&raw.cache_dir);
 
     Ok(Config {
         listen,
         public_url,
         allow,
+        trusted_proxies,
+        require_tokens: raw.require_tokens,
+        tokens_file: optional_path(&raw.tokens_file)
+            .unwrap_or_else(|| cache_dir.join("tokens.json")),
         tls,
         shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs),
+        max_connections: raw.max_connections,
+        client_header_timeout: positive(
+            "client_header_timeout_secs",
+            raw.client_header_timeout_secs,
+        )?,
+        client_body_timeout: positive("client_body_timeout_secs", raw.client_body_timeout_secs)?,
         upstream: UpstreamConfig {
             url: upstream_url,
             credentials,
@@ -494,7 +524,7 @@ fn validate(
             )?,
             max_redirects: raw.upstream_max_redirects,
         },
-        cache_dir: PathBuf::from(&raw.cache_dir),
+        cache_dir,
         metadata_ttl: positive("metadata_ttl_secs", raw.metadata_ttl_secs)?,
         metadata_cache_max_bytes: raw.metadata_cache_max_bytes,
         v1_prefetch_concurrency: raw.v1_prefetch_concurrency,
