@@ -1,4 +1,4 @@
-//! The administrative subcommands (`check`, `warm`, `cache …`, `lock migrate`): the chores ops
+//! The administrative subcommands (`check`, `warm`, `cache …`, `lock migrate`, `tokens …`): the chores ops
 //! teams would otherwise do by hand against the upstream or the cache directory.
 //!
 //! They live in the library, beside what they drive, so `main.rs` stays a thin dispatcher.
@@ -11,6 +11,7 @@
 pub mod cache;
 pub mod check;
 pub mod lock;
+pub mod tokens;
 pub mod warm;
 
 use std::time::Duration;

@@ -28,6 +28,16 @@ pub enum ProxyError {
     MethodNotAllowed,
     #[error("client address {0} is not in the allowlist")]
     Forbidden(std::net::IpAddr),
+    #[error("a trusted proxy sent an unusable X-Forwarded-For")]
+    BadForwardedFor,
+    #[error("no client token")]
+    TokenMissing,
+    #[error("unknown client token")]
+    TokenUnknown,
+    #[error("client token {0:?} is disabled")]
+    TokenDisabled(std::sync::Arc<str>),
+    #[error("client token {0:?} was deleted")]
+    TokenDeleted(std::sync::Arc<str>),
 
     // Upstream problems.
     #[error("upstream rejected the key pair with HTTP {status}")]
@@ -116,6 +126,26 @@ impl ProxyError {
                 StatusCode::FORBIDDEN,
                 format!("composer-proxy does not serve {ip}: the address is not in its allowlist (setting `allow`)"),
             ),
+            ProxyError::BadForwardedFor => (
+                StatusCode::BAD_REQUEST,
+                "Bad request: a trusted reverse proxy (setting `trusted_proxies`) sent an X-Forwarded-For header without a usable client address".into(),
+            ),
+            ProxyError::TokenMissing => (
+                StatusCode::UNAUTHORIZED,
+                "composer-proxy requires a client token. Ask the proxy's administrator for one (composer-proxy tokens create --name NAME) and add it to auth.json for this proxy's host, e.g. composer config --global http-basic.HOST NAME TOKEN".into(),
+            ),
+            ProxyError::TokenUnknown => (
+                StatusCode::UNAUTHORIZED,
+                "composer-proxy does not know this client token (mistyped, or from another proxy). Check the http-basic or bearer entry for this proxy's host in auth.json, or ask the proxy's administrator for a new token.".into(),
+            ),
+            ProxyError::TokenDisabled(name) => (
+                StatusCode::FORBIDDEN,
+                format!("The client token \"{name}\" is disabled on composer-proxy. Ask the proxy's administrator to enable it again (composer-proxy tokens enable {name}) or to issue a new one."),
+            ),
+            ProxyError::TokenDeleted(name) => (
+                StatusCode::FORBIDDEN,
+                format!("The client token \"{name}\" was deleted on composer-proxy. Ask the proxy's administrator for a new token and replace it in auth.json."),
+            ),
             ProxyError::KeysRejected { status, keys_configured: true } => (
                 StatusCode::BAD_GATEWAY,
                 format!("The upstream repository rejected the organisation's key pair (HTTP {status}). Check in the Commerce Marketplace account (My Profile > Access Keys) that the key pair configured in composer-proxy still exists and is enabled, and that the account is in good standing; then update the proxy's keys."),
@@ -199,6 +229,13 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<b
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if status == StatusCode::UNAUTHORIZED {
+        // Only the proxy's own client tokens are asked for this way; upstream 401s become 502.
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"composer-proxy\""),
+        );
+    }
     if status == StatusCode::METHOD_NOT_ALLOWED {
         response
             .headers_mut()

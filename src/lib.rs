@@ -12,6 +12,7 @@ pub mod routes;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod tokens;
 pub mod upstream;
 
 use std::future::Future;
@@ -29,6 +30,7 @@ use crate::cache::metadata::{MetadataCache, MetadataSettings};
 use crate::cache::CacheDir;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::tokens::Tokens;
 use crate::upstream::UpstreamClient;
 
 /// Everything a request needs, shared by all connections.
@@ -37,6 +39,7 @@ pub struct AppState {
     pub metadata: Arc<MetadataCache>,
     pub archives: ArchiveStore,
     access: RwLock<Arc<Access>>,
+    pub tokens: Arc<Tokens>,
     /// `None` without TLS; replaced when certificates are reloaded.
     tls: Option<RwLock<tokio_rustls::TlsAcceptor>>,
     /// Result of the last cache-directory write probe, reused for a few seconds by `/readyz`.
@@ -68,7 +71,11 @@ impl AppState {
         let keys = config.upstream.key_pairs();
         self.upstream.set_key_pairs(&keys);
         *self.access.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(Access::new(config.allow.clone()));
+            Arc::new(Access::from_config(config));
+        if config.tokens_file != self.tokens.path() {
+            tracing::warn!("a new tokens_file needs a restart");
+        }
+        warn_if_no_tokens(config, &self.tokens);
         match (&self.tls, &config.tls) {
             (Some(slot), Some(files)) => match tls::acceptor(files) {
                 Ok(acceptor) => *slot.write().unwrap_or_else(|p| p.into_inner()) = acceptor,
@@ -141,7 +148,8 @@ impl Proxy {
             archives,
             upstream,
             metadata,
-            access: RwLock::new(Arc::new(Access::new(config.allow.clone()))),
+            access: RwLock::new(Arc::new(Access::from_config(config))),
+            tokens: Arc::new(Tokens::open(config.tokens_file.clone())),
             tls: tls.map(RwLock::new),
             disk_probe: tokio::sync::Mutex::new(None),
             metrics,
@@ -167,7 +175,19 @@ impl Proxy {
 
     /// Serves until `shutdown` resolves, then drains and removes unfinished downloads.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let tokens = self.state.tokens.clone();
+        let recorder = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(LAST_USE_FLUSH);
+            loop {
+                ticker.tick().await;
+                let tokens = tokens.clone();
+                let _ = tokio::task::spawn_blocking(move || tokens.flush_last_use()).await;
+            }
+        });
         self.server.run(shutdown).await;
+        recorder.abort();
+        let tokens = self.state.tokens.clone();
+        let _ = tokio::task::spawn_blocking(move || tokens.flush_last_use()).await;
         let removed = self.state.archives.remove_own_temp().await;
         if removed > 0 {
             tracing::info!(
@@ -177,6 +197,10 @@ impl Proxy {
         }
     }
 }
+
+/// How often the last use of client tokens is written out (only when a token was used in a
+/// minute not yet recorded).
+const LAST_USE_FLUSH: Duration = Duration::from_secs(1);
 
 /// How often watched files (keys, auth.json, certificates) are checked for changes. Polling
 /// also sees Kubernetes' symlink swaps of mounted secrets, which file events often miss.
@@ -275,12 +299,26 @@ fn log_start(config: &Config, proxy: &Proxy) {
     if config.public_url.is_none() && config.listen.ip().is_unspecified() {
         tracing::warn!("public_url is derived from an unspecified listen address; set public_url to the URL clients use");
     }
+    warn_if_no_tokens(config, &proxy.state.tokens);
     tracing::info!(
         listen = %proxy.local_addr(),
         public_url = proxy.public_url(),
         upstream = %config.upstream.url,
         tls = config.tls.is_some(),
+        require_tokens = config.require_tokens,
+        trusted_proxies = config.trusted_proxies.len(),
         cache_dir = %config.cache_dir.display(),
         "composer-proxy listening"
     );
+}
+
+/// Requiring tokens with none issued refuses every client: almost certainly a step forgotten.
+fn warn_if_no_tokens(config: &Config, tokens: &Tokens) {
+    if config.require_tokens && tokens.active() == 0 {
+        tracing::warn!(
+            tokens_file = %tokens.path().display(),
+            "require_tokens is on but no active token exists: every Composer request is refused \
+             with 401 until one is created with `composer-proxy tokens create --name NAME`"
+        );
+    }
 }

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use composer_proxy::commands::{self, cache, check, lock, warm, CommandError};
+use composer_proxy::commands::{self, cache, check, lock, tokens, warm, CommandError};
 use composer_proxy::config::{Config, Sources};
+use composer_proxy::tokens::TokenState;
 
 /// Exit status for a bad configuration (EX_USAGE in sysexits.h, as DESIGN.md §3 requires).
 const EXIT_CONFIG: u8 = commands::EXIT_CONFIG;
@@ -83,6 +84,40 @@ Exit status: 0 when nothing failed, 1 when any package failed, 64 for an invalid
         #[command(subcommand)]
         command: LockCommand,
     },
+    /// Issue and revoke client tokens (when require_tokens is on, clients need one).
+    #[command(long_about = "Issue and revoke client tokens.\n\n\
+With require_tokens on, every Composer request must carry an active token, sent by Composer \
+from an ordinary auth.json entry for the proxy's host (http-basic with the token as password, \
+or bearer). Tokens are stored as SHA-256 hashes in tokens_file (default: tokens.json in \
+cache_dir); the secret is printed once, by `create`. Running proxies see every change at their \
+next request, without a restart. Health, readiness and metrics need no token.\n\n\
+Exit status: 0 done, 1 no such token (or the name is taken), 64 invalid configuration or name.")]
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Create a token and print its secret (the only time it is shown).
+    Create {
+        /// Who or what receives it (a person, a CI system): shown in logs and `tokens list`.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+    },
+    /// Show every token's name, state, creation and last use (never a secret).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse a token from now on, keeping it so it can be enabled again.
+    Disable { name: String },
+    /// Accept a disabled token again.
+    Enable { name: String },
+    /// Refuse a token for good; clients still sending it are told it was deleted.
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]
@@ -177,6 +212,17 @@ fn main() -> ExitCode {
         Command::Lock {
             command: LockCommand::Migrate { lock, public_url },
         } => lock::migrate(&config, &lock::MigrateOptions { lock, public_url }),
+        Command::Tokens { command } => match command {
+            TokensCommand::Create { name } => tokens::create(&config, &name),
+            TokensCommand::List { json } => tokens::list(&config, json),
+            TokensCommand::Disable { name } => {
+                tokens::set_state(&config, &name, TokenState::Disabled)
+            }
+            TokensCommand::Enable { name } => tokens::set_state(&config, &name, TokenState::Active),
+            TokensCommand::Delete { name } => {
+                tokens::set_state(&config, &name, TokenState::Deleted)
+            }
+        },
     };
     match result {
         Ok(status) => ExitCode::from(status),

@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,11 +20,13 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::json;
 
+use crate::access::{Access, BadForwardedFor};
 use crate::cache::archives::{Archive, ArchiveStore};
 use crate::cache::metadata::CacheStatus;
 use crate::composer::{self, Document};
 use crate::error::{json_response, ProxyError};
 use crate::metrics::Gauges;
+use crate::tokens::Verdict;
 use crate::upstream::{KeyVerdict, RequestKind};
 use crate::AppState;
 
@@ -206,6 +208,18 @@ pub fn parse_route(raw: &str, prefix: &str) -> Result<Route, RouteError> {
 pub struct Outcome {
     pub route: &'static str,
     pub cache: Option<CacheStatus>,
+    /// The client, when a trusted proxy named another than the peer.
+    pub client: Option<IpAddr>,
+    /// The name of the client token presented, valid or not.
+    pub token: Option<Arc<str>>,
+}
+
+impl Route {
+    /// Probes and scrapes come from orchestrators and monitoring, which hold no client token;
+    /// they reveal nothing of the licensed code.
+    fn needs_token(&self) -> bool {
+        !matches!(self, Route::Health | Route::Ready | Route::Metrics)
+    }
 }
 
 fn full(bytes: impl Into<Bytes>) -> ResponseBody {
@@ -231,9 +245,19 @@ pub async fn handle(
     let mut outcome = Outcome {
         route: "unknown",
         cache: None,
+        client: None,
+        token: None,
     };
-    if !state.access().allows(peer.ip()) {
-        return (error_response(&ProxyError::Forbidden(peer.ip())), outcome);
+    let access = state.access();
+    let client = match access.client(peer.ip(), request.headers()) {
+        Ok(client) => client,
+        Err(BadForwardedFor) => {
+            return (error_response(&ProxyError::BadForwardedFor), outcome);
+        }
+    };
+    outcome.client = (client != peer.ip()).then_some(client);
+    if !access.allows(client) {
+        return (error_response(&ProxyError::Forbidden(client)), outcome);
     }
     let route = match parse_route(request.uri().path(), &state.path_prefix) {
         Ok(route) => route,
@@ -248,6 +272,11 @@ pub async fn handle(
         }
     };
     outcome.route = route.kind();
+    if route.needs_token() {
+        if let Err(e) = check_token(&state, &access, request.headers(), client, &mut outcome) {
+            return (error_response(&e), outcome);
+        }
+    }
     let method = request.method().clone();
     let allowed = match route {
         Route::Notify => method == Method::POST,
@@ -305,6 +334,39 @@ pub async fn handle(
         }
         Err(e) => (error_response(&e), outcome),
     }
+}
+
+/// Checks the client token when tokens are required. When they are not, a presented token
+/// still names the client in the access log, and a bad one is logged (so a rollout can be
+/// watched before `require_tokens` is turned on) but not refused.
+fn check_token(
+    state: &AppState,
+    access: &Access,
+    headers: &HeaderMap,
+    client: IpAddr,
+    outcome: &mut Outcome,
+) -> Result<(), ProxyError> {
+    if !access.require_tokens && !headers.contains_key(header::AUTHORIZATION) {
+        return Ok(());
+    }
+    let verdict = state.tokens.check(headers);
+    outcome.token = verdict.name().cloned();
+    let Some(reason) = verdict.refusal() else {
+        return Ok(());
+    };
+    if !access.require_tokens {
+        if reason != "missing" {
+            tracing::warn!(event = "token_refused", reason, token = verdict.name().map(|n| &**n), %client, enforced = false, "client token would be refused (require_tokens is off)");
+        }
+        return Ok(());
+    }
+    tracing::warn!(event = "token_refused", reason, token = verdict.name().map(|n| &**n), %client, "client token refused");
+    Err(match verdict {
+        Verdict::Disabled(name) => ProxyError::TokenDisabled(name),
+        Verdict::Deleted(name) => ProxyError::TokenDeleted(name),
+        Verdict::Unknown => ProxyError::TokenUnknown,
+        Verdict::Absent | Verdict::Valid(_) => ProxyError::TokenMissing,
+    })
 }
 
 fn accepts_gzip(headers: &HeaderMap) -> bool {

@@ -185,6 +185,8 @@ impl tower::Service<Request<Incoming>> for ProxyService {
                 status: response.status().as_u16(),
                 cache: outcome.cache.map_or("BYPASS", |c| c.as_str()),
                 route: outcome.route,
+                client: outcome.client,
+                token: outcome.token,
                 upstream,
             };
             let announced = response
@@ -220,6 +222,9 @@ struct AccessRecord {
     status: u16,
     cache: &'static str,
     route: &'static str,
+    /// Set when a trusted proxy named the client.
+    client: Option<std::net::IpAddr>,
+    token: Option<Arc<str>>,
     upstream: NoteSlot,
 }
 
@@ -234,7 +239,9 @@ impl AccessRecord {
         let upstream_ms = upstream.map(|n| n.took.as_millis() as u64);
         tracing::info!(
             target: "composer_proxy::access",
-            client = %self.peer.ip(),
+            client = %self.client.unwrap_or(self.peer.ip()),
+            peer = self.client.map(|_| tracing::field::display(self.peer.ip())),
+            token = self.token.as_deref(),
             method = %self.method,
             path = %self.path,
             version = ?self.version,

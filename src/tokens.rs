@@ -1,0 +1,659 @@
+//! Client tokens: who among the allowed networks may use the proxy.
+//!
+//! A token is 32 random bytes, shown once when it is created (`cpt_` + base64url, so secret
+//! scanners and people can tell what it is). Only its SHA-256 is stored: the secret carries 256
+//! bits of entropy, so a fast hash is enough (a slow password hash protects guessable
+//! passwords, which these are not).
+//!
+//! The token file belongs to the `composer-proxy tokens …` commands, which change it under an
+//! exclusive lock with an atomic rename. Running proxies only read it, and look at its inode,
+//! size and timestamps before every token check, so a change applies to the very next request.
+//! When each token was last used is kept in a second file written by the proxies, so a proxy
+//! can never overwrite an administrator's change with an older copy.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use http::header::{self, HeaderMap};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::Secret;
+
+/// Marks a string as a composer-proxy token.
+pub const TOKEN_PREFIX: &str = "cpt_";
+/// The file is read again at least this often even when its metadata looks unchanged: file
+/// systems with coarse timestamps plus inode reuse could hide a change from the fingerprint.
+const FULL_READ_INTERVAL: Duration = Duration::from_secs(1);
+/// Current layout of the token file.
+const FILE_VERSION: u32 = 1;
+/// Last use is recorded to the minute: enough to see who still uses a token, and it keeps a
+/// busy proxy from rewriting the file on every request.
+const LAST_USE_GRANULARITY_SECS: u64 = 60;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenState {
+    Active,
+    Disabled,
+    /// Kept as a record so a client still sending it is told it was deleted, not just that
+    /// it is wrong.
+    Deleted,
+}
+
+impl TokenState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenState::Active => "active",
+            TokenState::Disabled => "disabled",
+            TokenState::Deleted => "deleted",
+        }
+    }
+}
+
+/// One token as stored: never the secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub name: String,
+    /// Hex SHA-256 of the secret.
+    pub sha256: String,
+    pub state: TokenState,
+    /// RFC 3339, UTC.
+    pub created: String,
+    /// When the state last changed (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct TokenFile {
+    version: u32,
+    tokens: Vec<TokenRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} is not a composer-proxy token file: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// A fresh token: the secret (shown once) and its stored hash.
+pub fn generate() -> io::Result<(Secret, String)> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
+    let secret = format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let hash = hex::encode(digest(&secret));
+    Ok((Secret::new(secret), hash))
+}
+
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Names are what logs and `tokens list` show: short, printable, no separators that would make
+/// a log line ambiguous.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a usable token name: use 1 to 64 letters, digits, '.', '_', '-' or '@'"
+        ))
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Reads the token file; a missing file means no tokens yet.
+pub fn read(path: &Path) -> Result<Vec<TokenRecord>, TokenFileError> {
+    let text = match fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(TokenFileError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let file: TokenFile = serde_json::from_slice(&text).map_err(|e| TokenFileError::Invalid {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if file.version != FILE_VERSION {
+        return Err(TokenFileError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("unsupported version {}", file.version),
+        });
+    }
+    Ok(file.tokens)
+}
+
+/// Changes the token file under an exclusive lock (so two administrators cannot lose each
+/// other's change) and replaces it atomically (so a proxy never reads half a file).
+pub fn modify<T>(
+    path: &Path,
+    change: impl FnOnce(&mut Vec<TokenRecord>) -> T,
+) -> Result<T, TokenFileError> {
+    let write_err = |source| TokenFileError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(write_err)?;
+    }
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(sibling(path, ".lock"))
+        .map_err(write_err)?;
+    lock.lock().map_err(write_err)?;
+    let mut tokens = read(path)?;
+    let result = change(&mut tokens);
+    let json = serde_json::to_vec_pretty(&TokenFile {
+        version: FILE_VERSION,
+        tokens,
+    })
+    .map_err(|e| write_err(io::Error::other(e)))?;
+    write_atomically(path, &json).map_err(write_err)?;
+    Ok(result)
+}
+
+/// `tokens.json` → `tokens.json<suffix>`, in the same directory (so a rename stays atomic).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Where the proxies record last use, beside the token file.
+pub fn last_use_path(tokens_file: &Path) -> PathBuf {
+    sibling(tokens_file, ".last-used")
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = sibling(path, &format!(".{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Last use per token hash, in seconds since the epoch; empty when nothing was recorded.
+pub fn read_last_use(tokens_file: &Path) -> HashMap<String, u64> {
+    fs::read(last_use_path(tokens_file))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+/// Merges newer last-use times into the file. Replicas sharing the file each merge theirs; the
+/// lock keeps one replica's write from undoing another's.
+fn merge_last_use(tokens_file: &Path, seen: &HashMap<String, u64>) -> io::Result<()> {
+    let path = last_use_path(tokens_file);
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(sibling(&path, ".lock"))?;
+    lock.lock()?;
+    let mut all = read_last_use(tokens_file);
+    for (hash, at) in seen {
+        let entry = all.entry(hash.clone()).or_default();
+        *entry = (*entry).max(*at);
+    }
+    write_atomically(&path, &serde_json::to_vec(&all).map_err(io::Error::other)?)
+}
+
+/// What a request's credentials amount to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// No `Authorization` header (or one of another scheme).
+    Absent,
+    Valid(Arc<str>),
+    /// Not a token this proxy issued (or the token file could not be read).
+    Unknown,
+    Disabled(Arc<str>),
+    Deleted(Arc<str>),
+}
+
+impl Verdict {
+    /// Why a request is refused, for logs; `None` when it is not.
+    pub fn refusal(&self) -> Option<&'static str> {
+        match self {
+            Verdict::Valid(_) => None,
+            Verdict::Absent => Some("missing"),
+            Verdict::Unknown => Some("unknown"),
+            Verdict::Disabled(_) => Some("disabled"),
+            Verdict::Deleted(_) => Some("deleted"),
+        }
+    }
+
+    pub fn name(&self) -> Option<&Arc<str>> {
+        match self {
+            Verdict::Valid(n) | Verdict::Disabled(n) | Verdict::Deleted(n) => Some(n),
+            Verdict::Absent | Verdict::Unknown => None,
+        }
+    }
+}
+
+/// Identity of one version of the token file: a rename gives a new inode, an edit in place a
+/// new size or timestamp.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Fingerprint {
+    fn of(meta: &fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+struct Entry {
+    name: Arc<str>,
+    hash: String,
+    state: TokenState,
+}
+
+#[derive(Default)]
+struct Loaded {
+    /// `None` while the file does not exist.
+    fingerprint: Option<Fingerprint>,
+    /// Whether the file read last could be used; an unreadable file refuses every token
+    /// (fail closed) and is reported once per version.
+    usable: bool,
+    by_digest: HashMap<[u8; 32], Entry>,
+    read_at: Option<Instant>,
+}
+
+/// The running proxy's view of the token file.
+pub struct Tokens {
+    path: PathBuf,
+    loaded: Mutex<Loaded>,
+    /// Last use (minute precision) per token hash, not yet written out.
+    pending_use: Mutex<HashMap<String, u64>>,
+    recorded_use: Mutex<HashMap<String, u64>>,
+}
+
+impl Tokens {
+    pub fn open(path: PathBuf) -> Self {
+        let tokens = Self {
+            path,
+            loaded: Mutex::new(Loaded::default()),
+            pending_use: Mutex::default(),
+            recorded_use: Mutex::default(),
+        };
+        tokens.refresh();
+        tokens
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Active tokens in the file as last read.
+    pub fn active(&self) -> usize {
+        self.refresh();
+        let loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        loaded
+            .by_digest
+            .values()
+            .filter(|e| e.state == TokenState::Active)
+            .count()
+    }
+
+    /// Rereads the file if it changed since it was read last.
+    fn refresh(&self) {
+        let meta = match fs::metadata(&self.path) {
+            Ok(meta) => Some(meta),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot read the token file; refusing every token");
+                let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+                *loaded = Loaded::default();
+                return;
+            }
+        };
+        let fingerprint = meta.as_ref().map(Fingerprint::of);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = loaded
+            .read_at
+            .is_some_and(|at| at.elapsed() < FULL_READ_INTERVAL);
+        if loaded.fingerprint == fingerprint && fresh {
+            return;
+        }
+        loaded.read_at = Some(Instant::now());
+        let records = match fingerprint {
+            None => Ok(Vec::new()),
+            Some(_) => read(&self.path),
+        };
+        let moved = loaded.fingerprint != fingerprint;
+        loaded.fingerprint = fingerprint;
+        match records {
+            Ok(records) => {
+                let by_digest: HashMap<[u8; 32], Entry> = records
+                    .into_iter()
+                    .filter_map(|r| {
+                        let mut digest = [0u8; 32];
+                        hex::decode_to_slice(&r.sha256, &mut digest).ok()?;
+                        Some((
+                            digest,
+                            Entry {
+                                name: r.name.into(),
+                                hash: r.sha256,
+                                state: r.state,
+                            },
+                        ))
+                    })
+                    .collect();
+                let same = loaded.usable
+                    && by_digest.len() == loaded.by_digest.len()
+                    && by_digest.iter().all(|(d, e)| {
+                        loaded
+                            .by_digest
+                            .get(d)
+                            .is_some_and(|old| old.state == e.state && old.name == e.name)
+                    });
+                loaded.by_digest = by_digest;
+                loaded.usable = true;
+                if !same {
+                    let active = loaded
+                        .by_digest
+                        .values()
+                        .filter(|e| e.state == TokenState::Active)
+                        .count();
+                    tracing::info!(event = "tokens_loaded", path = %self.path.display(), active, "token file read");
+                }
+            }
+            Err(e) => {
+                if moved || loaded.usable {
+                    tracing::error!(error = %e, "token file unusable; refusing every token until it is fixed");
+                }
+                loaded.usable = false;
+                loaded.by_digest.clear();
+            }
+        }
+    }
+
+    /// Checks the token a request presents: the password (or, failing that, the user name) of
+    /// HTTP Basic credentials, or a Bearer token, as Composer sends them from auth.json.
+    pub fn check(&self, headers: &HeaderMap) -> Verdict {
+        let candidates = presented(headers);
+        if candidates.is_empty() {
+            return Verdict::Absent;
+        }
+        self.refresh();
+        let loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(entry) = candidates
+            .iter()
+            .find_map(|c| loaded.by_digest.get(&digest(c)))
+        else {
+            return Verdict::Unknown;
+        };
+        match entry.state {
+            TokenState::Active => {
+                self.note_use(&entry.hash);
+                Verdict::Valid(entry.name.clone())
+            }
+            TokenState::Disabled => Verdict::Disabled(entry.name.clone()),
+            TokenState::Deleted => Verdict::Deleted(entry.name.clone()),
+        }
+    }
+
+    fn note_use(&self, hash: &str) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let minute = now - now % LAST_USE_GRANULARITY_SECS;
+        let recorded = self.recorded_use.lock().unwrap_or_else(|p| p.into_inner());
+        if recorded.get(hash).is_some_and(|at| *at >= minute) {
+            return;
+        }
+        drop(recorded);
+        self.pending_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash.to_string(), minute);
+    }
+
+    /// Writes last-use times noted since the last call; a no-op when there are none.
+    pub fn flush_last_use(&self) {
+        let pending =
+            std::mem::take(&mut *self.pending_use.lock().unwrap_or_else(|p| p.into_inner()));
+        if pending.is_empty() {
+            return;
+        }
+        match merge_last_use(&self.path, &pending) {
+            Ok(()) => self
+                .recorded_use
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(pending),
+            Err(e) => {
+                tracing::warn!(path = %last_use_path(&self.path).display(), error = %e, "cannot record when tokens were last used");
+            }
+        }
+    }
+}
+
+/// The secrets a request may carry: Basic's password then user name (Composer's http-basic
+/// needs both, and people put the token in either), or a Bearer token.
+fn presented(headers: &HeaderMap) -> Vec<String> {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Vec::new();
+    };
+    let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value, ""));
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return vec![rest.to_string()];
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Vec::new();
+    }
+    let Some(decoded) = base64::engine::general_purpose::STANDARD
+        .decode(rest)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+    else {
+        // Present but unreadable: a wrong credential, not a missing one.
+        return vec![String::new()];
+    };
+    let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
+    vec![password.to_string(), user.to_string()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn basic(user: &str, password: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let value = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {value}")).expect("header"),
+        );
+        h
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+        );
+        h
+    }
+
+    fn create(path: &Path, name: &str) -> Secret {
+        let (secret, hash) = generate().expect("random");
+        modify(path, |tokens| {
+            tokens.push(TokenRecord {
+                name: name.into(),
+                sha256: hash,
+                state: TokenState::Active,
+                created: now_rfc3339(),
+                changed: None,
+            })
+        })
+        .expect("write");
+        secret
+    }
+
+    fn set_state(path: &Path, name: &str, state: TokenState) {
+        modify(path, |tokens| {
+            for t in tokens.iter_mut().filter(|t| t.name == name) {
+                t.state = state;
+            }
+        })
+        .expect("write");
+    }
+
+    #[test]
+    fn secrets_are_random_prefixed_and_stored_only_as_hashes() {
+        let (a, hash_a) = generate().expect("random");
+        let (b, _) = generate().expect("random");
+        assert_ne!(a, b);
+        assert!(a.expose().starts_with(TOKEN_PREFIX));
+        assert_eq!(a.expose().len(), TOKEN_PREFIX.len() + 43);
+        assert_eq!(hash_a, hex::encode(Sha256::digest(a.expose().as_bytes())));
+        assert!(!format!("{a:?}").contains(a.expose()));
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name("ci-runner_1@team.example").is_ok());
+        for bad in ["", "a b", "x/y", "é", &"n".repeat(65), "a\"b"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_checked_in_basic_and_bearer_and_changes_apply_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokens.json");
+        let tokens = Tokens::open(path.clone());
+        assert_eq!(tokens.check(&HeaderMap::new()), Verdict::Absent);
+        assert_eq!(tokens.check(&bearer("cpt_nope")), Verdict::Unknown);
+
+        let secret = create(&path, "ci");
+        let ci: Arc<str> = "ci".into();
+        assert_eq!(
+            tokens.check(&bearer(secret.expose())),
+            Verdict::Valid(ci.clone())
+        );
+        assert_eq!(
+            tokens.check(&basic("ci", secret.expose())),
+            Verdict::Valid(ci.clone())
+        );
+        assert_eq!(
+            tokens.check(&basic(secret.expose(), "")),
+            Verdict::Valid(ci.clone())
+        );
+        assert_eq!(tokens.check(&basic("ci", "wrong")), Verdict::Unknown);
+
+        set_state(&path, "ci", TokenState::Disabled);
+        assert_eq!(
+            tokens.check(&bearer(secret.expose())),
+            Verdict::Disabled(ci.clone())
+        );
+        set_state(&path, "ci", TokenState::Active);
+        assert_eq!(
+            tokens.check(&bearer(secret.expose())),
+            Verdict::Valid(ci.clone())
+        );
+        set_state(&path, "ci", TokenState::Deleted);
+        assert_eq!(tokens.check(&bearer(secret.expose())), Verdict::Deleted(ci));
+    }
+
+    #[test]
+    fn an_unusable_token_file_refuses_every_token() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokens.json");
+        let secret = create(&path, "ci");
+        let tokens = Tokens::open(path.clone());
+        assert!(matches!(
+            tokens.check(&bearer(secret.expose())),
+            Verdict::Valid(_)
+        ));
+        fs::write(&path, b"{not json").expect("write");
+        assert_eq!(tokens.check(&bearer(secret.expose())), Verdict::Unknown);
+        assert_eq!(tokens.active(), 0);
+    }
+
+    #[test]
+    fn last_use_is_merged_into_its_own_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokens.json");
+        let secret = create(&path, "ci");
+        let hash = read(&path).expect("read")[0].sha256.clone();
+        let tokens = Tokens::open(path.clone());
+        tokens.flush_last_use();
+        assert!(read_last_use(&path).is_empty());
+        assert!(matches!(
+            tokens.check(&bearer(secret.expose())),
+            Verdict::Valid(_)
+        ));
+        tokens.flush_last_use();
+        let used = read_last_use(&path);
+        assert!(used.get(&hash).is_some_and(|at| *at > 0), "{used:?}");
+        // The token file itself is left to the administrator's commands.
+        assert_eq!(read(&path).expect("read").len(), 1);
+        // A second use within the minute writes nothing new.
+        assert!(matches!(
+            tokens.check(&bearer(secret.expose())),
+            Verdict::Valid(_)
+        ));
+        assert!(tokens.pending_use.lock().expect("lock").is_empty());
+    }
+}
