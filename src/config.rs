@@ -344,6 +344,21 @@ fn env_value(default: &toml::Value, text: &str) -> Result<toml::Value, String> {
     })
 }
 
+/// A URL as it may be quoted in an error. Whatever stands before the last `@` may be
+/// credentials (people do paste `https://user:key@host`), and a `/` or `#` in a password
+/// breaks parsing, so the text is cut at the last `@` without trying to parse it; over-redacting
+/// a path with an `@` costs nothing in an error message.
+fn redact_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    match rest.rfind('@') {
+        Some(at) => {
+            let sep = if scheme.is_empty() { "" } else { "://" };
+            format!("{scheme}{sep}<redacted>@{}", &rest[at + 1..])
+        }
+        None => url.to_string(),
+    }
+}
+
 fn validate(
     raw: RawConfig,
     origin_of: &dyn Fn(&str) -> String,
@@ -381,7 +396,7 @@ fn validate(
         let url = Url::parse(&raw.public_url).map_err(|e| {
             err(
                 "public_url",
-                format!("not a URL ({e}): {:?}", raw.public_url),
+                format!("not a URL ({e}): {:?}", redact_userinfo(&raw.public_url)),
             )
         })?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
@@ -414,7 +429,7 @@ fn validate(
     let upstream_url = Url::parse(&raw.upstream_url).map_err(|e| {
         err(
             "upstream_url",
-            format!("not a URL ({e}): {:?}", raw.upstream_url),
+            format!("not a URL ({e}): {:?}", redact_userinfo(&raw.upstream_url)),
         )
     })?;
     if !matches!(upstream_url.scheme(), "http" | "https") || upstream_url.host().is_none() {
@@ -711,6 +726,19 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         })
+    }
+
+    #[test]
+    fn urls_quoted_in_errors_lose_their_credentials() {
+        assert_eq!(
+            redact_userinfo("https://pub:pr/iv@repo.example/x"),
+            "https://<redacted>@repo.example/x"
+        );
+        assert_eq!(redact_userinfo("pub:priv@host"), "<redacted>@host");
+        assert_eq!(
+            redact_userinfo("https://repo.example"),
+            "https://repo.example"
+        );
     }
 
     #[test]

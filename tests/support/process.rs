@@ -18,6 +18,18 @@ struct Log {
     grew: Condvar,
 }
 
+/// Appends each line of `stream` to the log as it arrives.
+fn collect(stream: impl std::io::Read + Send + 'static, sink: Arc<Log>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let mut lines = sink.lines.lock().unwrap_or_else(|e| e.into_inner());
+            lines.push(line);
+            sink.grew.notify_all();
+        }
+    });
+}
+
 pub struct ProxyProcess {
     child: Child,
     log: Arc<Log>,
@@ -36,23 +48,16 @@ impl ProxyProcess {
             .env("COMPOSER_PROXY_LISTEN", "127.0.0.1:0")
             .env("COMPOSER_PROXY_LOG_FORMAT", "json")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("the proxy binary starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
         let log = Arc::new(Log::default());
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut lines = sink.lines.lock().unwrap_or_else(|e| e.into_inner());
-                lines.push(line);
-                sink.grew.notify_all();
-            }
-        });
+        // Logs go to stderr; stdout is collected too, so tests see every byte it prints.
+        collect(child.stderr.take().expect("stderr is piped"), log.clone());
+        collect(child.stdout.take().expect("stdout is piped"), log.clone());
         let pid = child.id();
         let mut process = ProxyProcess {
             child,
