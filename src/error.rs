@@ -24,10 +24,13 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("not found: {0}")]
     NotFound(String),
+    /// `allow` is what the `Allow` header lists: the methods the target does accept.
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed { allow: &'static str },
     #[error("client address {0} is not in the allowlist")]
     Forbidden(std::net::IpAddr),
+    #[error("request path longer than {limit} bytes")]
+    UriTooLong { limit: usize },
 
     // Upstream problems.
     #[error("upstream rejected the key pair with HTTP {status}")]
@@ -108,13 +111,17 @@ impl ProxyError {
             ProxyError::Shared(inner) => inner.status_and_warning(),
             ProxyError::BadRequest(why) => (StatusCode::BAD_REQUEST, format!("Bad request: {why}")),
             ProxyError::NotFound(what) => (StatusCode::NOT_FOUND, format!("Not found: {what}")),
-            ProxyError::MethodNotAllowed => (
+            ProxyError::MethodNotAllowed { .. } => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "Method not allowed: this proxy accepts GET and HEAD, and POST for install notifications".into(),
             ),
             ProxyError::Forbidden(ip) => (
                 StatusCode::FORBIDDEN,
                 format!("composer-proxy does not serve {ip}: the address is not in its allowlist (setting `allow`)"),
+            ),
+            ProxyError::UriTooLong { limit } => (
+                StatusCode::URI_TOO_LONG,
+                format!("URI too long: composer-proxy serves no path longer than {limit} bytes"),
             ),
             ProxyError::KeysRejected { status, keys_configured: true } => (
                 StatusCode::BAD_GATEWAY,
@@ -174,6 +181,15 @@ impl ProxyError {
         }
     }
 
+    /// The methods to name in `Allow` when this is a 405.
+    fn allow(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::MethodNotAllowed { allow } => Some(allow),
+            ProxyError::Shared(inner) => inner.allow(),
+            _ => None,
+        }
+    }
+
     /// The JSON response Composer shows to its user.
     pub fn to_response(&self) -> Response<bytes::Bytes> {
         let (status, warning) = self.status_and_warning();
@@ -182,7 +198,13 @@ impl ProxyError {
         } else {
             tracing::debug!(error = %self, %status, "request refused");
         }
-        json_response(status, &serde_json::json!({ "warning": warning }))
+        let mut response = json_response(status, &serde_json::json!({ "warning": warning }));
+        if let Some(allow) = self.allow() {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        response
     }
 }
 
@@ -199,11 +221,6 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<b
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if status == StatusCode::METHOD_NOT_ALLOWED {
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
-    }
     response
 }
 
@@ -253,6 +270,26 @@ mod tests {
         ));
         assert_eq!(status, 404);
         assert!(warning.contains("entitlement"), "{warning}");
+    }
+
+    #[test]
+    fn method_not_allowed_names_what_the_target_accepts() {
+        let r = ProxyError::MethodNotAllowed { allow: "POST" }.to_response();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "POST");
+        let shared = ProxyError::Shared(std::sync::Arc::new(ProxyError::MethodNotAllowed {
+            allow: "GET, HEAD",
+        }));
+        assert_eq!(shared.to_response().headers()[header::ALLOW], "GET, HEAD");
+        assert!(!ProxyError::NotFound("x".into())
+            .to_response()
+            .headers()
+            .contains_key(header::ALLOW));
+    }
+
+    #[test]
+    fn overlong_paths_get_414() {
+        assert_eq!(body(&ProxyError::UriTooLong { limit: 1024 }).0, 414);
     }
 
     #[test]
