@@ -31,6 +31,10 @@ pub enum ProxyError {
     Forbidden(std::net::IpAddr),
     #[error("request path longer than {limit} bytes")]
     UriTooLong { limit: usize },
+    #[error("request body declared or found larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
 
     // Upstream problems.
     #[error("upstream rejected the key pair with HTTP {status}")]
@@ -122,6 +126,14 @@ impl ProxyError {
             ProxyError::UriTooLong { limit } => (
                 StatusCode::URI_TOO_LONG,
                 format!("URI too long: composer-proxy serves no path longer than {limit} bytes"),
+            ),
+            ProxyError::BodyTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Request body too large: install notifications are limited to {limit} bytes"),
+            ),
+            ProxyError::BodyTimeout(limit) => (
+                StatusCode::REQUEST_TIMEOUT,
+                format!("Request body not received within {} s (setting `client_body_timeout_secs`)", limit.as_secs()),
             ),
             ProxyError::KeysRejected { status, keys_configured: true } => (
                 StatusCode::BAD_GATEWAY,
@@ -288,8 +300,12 @@ mod tests {
     }
 
     #[test]
-    fn overlong_paths_get_414() {
+    fn oversized_and_slow_requests_get_their_own_statuses() {
         assert_eq!(body(&ProxyError::UriTooLong { limit: 1024 }).0, 414);
+        assert_eq!(body(&ProxyError::BodyTooLarge { limit: 1 }).0, 413);
+        let (status, warning) = body(&ProxyError::BodyTimeout(std::time::Duration::from_secs(30)));
+        assert_eq!(status, 408);
+        assert!(warning.contains("client_body_timeout_secs"), "{warning}");
     }
 
     #[test]

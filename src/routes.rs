@@ -17,8 +17,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::json;
 
@@ -350,7 +351,9 @@ pub async fn handle(
             Route::Dist { package, key } => {
                 archive(&state, request.headers(), &package, &key, head).await
             }
-            Route::Notify => Ok((notify(&state, request.into_body()).await, None)),
+            Route::Notify => notify(&state, request.into_body())
+                .await
+                .map(|response| (response, None)),
             Route::Search => search(&state, request.uri().query().unwrap_or_default()).await,
             Route::Health => Ok((
                 json_response(StatusCode::OK, &json!({"status": "ok"})).map(full),
@@ -526,41 +529,59 @@ async fn archive(
 }
 
 /// Accepts Composer's install notification and forwards it upstream in the background: a
-/// statistics ping must never fail or slow down an install.
-async fn notify(state: &Arc<AppState>, body: Incoming) -> Response<ResponseBody> {
-    match Limited::new(body, MAX_NOTIFY_BYTES).collect().await {
-        Ok(collected) => {
-            let payload = collected.to_bytes();
-            let state = state.clone();
-            tokio::spawn(async move {
-                let Some(url) = state.metadata.notify_url().await else {
-                    return;
-                };
-                let mut headers = HeaderMap::new();
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                match state
-                    .upstream
-                    .send(RequestKind::Notify, Method::POST, &url, headers, payload)
-                    .await
-                {
-                    Ok(r) if r.status.is_success() => {
-                        tracing::debug!("install notification forwarded")
-                    }
-                    Ok(r) => {
-                        tracing::warn!(status = %r.status, "upstream refused the install notification")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "install notification not forwarded"),
-                }
-            });
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "install notification body unreadable or too large; dropped")
-        }
+/// statistics ping must never fail or slow down an install. Its body is bounded in size and in
+/// time (`client_body_timeout_secs`); anything else is not a ping from Composer.
+async fn notify(
+    state: &Arc<AppState>,
+    body: Incoming,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let too_large = ProxyError::BodyTooLarge {
+        limit: MAX_NOTIFY_BYTES,
+    };
+    // A declared length is checked before any byte is read (and before hyper would send a
+    // `100 Continue`), so the body is never transferred.
+    if body.size_hint().lower() > MAX_NOTIFY_BYTES as u64 {
+        return Err(too_large);
     }
-    json_response(StatusCode::OK, &json!({"status": "success"})).map(full)
+    let limit = state.client_limits.body_timeout;
+    let collected =
+        tokio::time::timeout(limit, Limited::new(body, MAX_NOTIFY_BYTES).collect()).await;
+    let payload = match collected {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => return Err(too_large),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "install notification body unreadable");
+            return Err(ProxyError::BadRequest(
+                "the request body could not be read".into(),
+            ));
+        }
+        Err(_) => return Err(ProxyError::BodyTimeout(limit)),
+    };
+    let state = state.clone();
+    tokio::spawn(async move {
+        let Some(url) = state.metadata.notify_url().await else {
+            return;
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match state
+            .upstream
+            .send(RequestKind::Notify, Method::POST, &url, headers, payload)
+            .await
+        {
+            Ok(r) if r.status.is_success() => {
+                tracing::debug!("install notification forwarded")
+            }
+            Ok(r) => {
+                tracing::warn!(status = %r.status, "upstream refused the install notification")
+            }
+            Err(e) => tracing::warn!(error = %e, "install notification not forwarded"),
+        }
+    });
+    Ok(json_response(StatusCode::OK, &json!({"status": "success"})).map(full))
 }
 
 async fn search(
