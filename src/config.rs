@@ -499,6 +499,13 @@ fn validate(
     if raw.max_connections == 0 {
         return Err(err("max_connections", "must be at least 1".into()));
     }
+    // The listener counts connections with a semaphore, which holds no more permits than this.
+    if raw.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+        return Err(err(
+            "max_connections",
+            format!("must be at most {}", tokio::sync::Semaphore::MAX_PERMITS),
+        ));
+    }
 
     let optional_path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
     let cache_dir = PathBuf::from(&raw.cache_dir);
@@ -887,5 +894,43 @@ mod tests {
         .expect("valid");
         let printed = format!("{c:?}");
         assert!(!printed.contains("visiblepublic") && !printed.contains("visibleprivate"));
+    }
+
+    #[test]
+    fn client_limits_load_and_out_of_range_values_name_their_setting() {
+        let c = load(
+            None,
+            &[
+                ("COMPOSER_PROXY_MAX_CONNECTIONS", "2"),
+                ("COMPOSER_PROXY_CLIENT_HEADER_TIMEOUT_SECS", "1"),
+                ("COMPOSER_PROXY_CLIENT_BODY_TIMEOUT_SECS", "3"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.max_connections, 2);
+        assert_eq!(c.client_header_timeout, Duration::from_secs(1));
+        assert_eq!(c.client_body_timeout, Duration::from_secs(3));
+        let too_many = (tokio::sync::Semaphore::MAX_PERMITS + 1).to_string();
+        for (var, value, setting) in [
+            ("COMPOSER_PROXY_MAX_CONNECTIONS", "0", "max_connections"),
+            (
+                "COMPOSER_PROXY_MAX_CONNECTIONS",
+                too_many.as_str(),
+                "max_connections",
+            ),
+            (
+                "COMPOSER_PROXY_CLIENT_HEADER_TIMEOUT_SECS",
+                "0",
+                "client_header_timeout_secs",
+            ),
+            (
+                "COMPOSER_PROXY_CLIENT_BODY_TIMEOUT_SECS",
+                "0",
+                "client_body_timeout_secs",
+            ),
+        ] {
+            let e = load(None, &[(var, value)]).unwrap_err();
+            assert_eq!(e.setting, setting, "{var}={value}");
+        }
     }
 }

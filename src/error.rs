@@ -24,8 +24,9 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("not found: {0}")]
     NotFound(String),
+    /// `allow` is what the `Allow` header lists: the methods the target does accept.
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed { allow: &'static str },
     #[error("client address {0} is not in the allowlist")]
     Forbidden(std::net::IpAddr),
     #[error("a trusted proxy sent an unusable X-Forwarded-For")]
@@ -38,6 +39,12 @@ pub enum ProxyError {
     TokenDisabled(std::sync::Arc<str>),
     #[error("client token {0:?} was deleted")]
     TokenDeleted(std::sync::Arc<str>),
+    #[error("request path longer than {limit} bytes")]
+    UriTooLong { limit: usize },
+    #[error("request body declared or found larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
 
     // Upstream problems.
     #[error("upstream rejected the key pair with HTTP {status}")]
@@ -118,7 +125,7 @@ impl ProxyError {
             ProxyError::Shared(inner) => inner.status_and_warning(),
             ProxyError::BadRequest(why) => (StatusCode::BAD_REQUEST, format!("Bad request: {why}")),
             ProxyError::NotFound(what) => (StatusCode::NOT_FOUND, format!("Not found: {what}")),
-            ProxyError::MethodNotAllowed => (
+            ProxyError::MethodNotAllowed { .. } => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "Method not allowed: this proxy accepts GET and HEAD, and POST for install notifications".into(),
             ),
@@ -145,6 +152,18 @@ impl ProxyError {
             ProxyError::TokenDeleted(name) => (
                 StatusCode::FORBIDDEN,
                 format!("The client token \"{name}\" was deleted on composer-proxy. Ask the proxy's administrator for a new token and replace it in auth.json."),
+            ),
+            ProxyError::UriTooLong { limit } => (
+                StatusCode::URI_TOO_LONG,
+                format!("URI too long: composer-proxy serves no path longer than {limit} bytes"),
+            ),
+            ProxyError::BodyTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Request body too large: install notifications are limited to {limit} bytes"),
+            ),
+            ProxyError::BodyTimeout(limit) => (
+                StatusCode::REQUEST_TIMEOUT,
+                format!("Request body not received within {} s (setting `client_body_timeout_secs`)", limit.as_secs()),
             ),
             ProxyError::KeysRejected { status, keys_configured: true } => (
                 StatusCode::BAD_GATEWAY,
@@ -204,6 +223,15 @@ impl ProxyError {
         }
     }
 
+    /// The methods to name in `Allow` when this is a 405.
+    fn allow(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::MethodNotAllowed { allow } => Some(allow),
+            ProxyError::Shared(inner) => inner.allow(),
+            _ => None,
+        }
+    }
+
     /// The JSON response Composer shows to its user.
     pub fn to_response(&self) -> Response<bytes::Bytes> {
         let (status, warning) = self.status_and_warning();
@@ -212,7 +240,13 @@ impl ProxyError {
         } else {
             tracing::debug!(error = %self, %status, "request refused");
         }
-        json_response(status, &serde_json::json!({ "warning": warning }))
+        let mut response = json_response(status, &serde_json::json!({ "warning": warning }));
+        if let Some(allow) = self.allow() {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        response
     }
 }
 
@@ -235,11 +269,6 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<b
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Basic realm=\"composer-proxy\""),
         );
-    }
-    if status == StatusCode::METHOD_NOT_ALLOWED {
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
     }
     response
 }
@@ -290,6 +319,30 @@ mod tests {
         ));
         assert_eq!(status, 404);
         assert!(warning.contains("entitlement"), "{warning}");
+    }
+
+    #[test]
+    fn method_not_allowed_names_what_the_target_accepts() {
+        let r = ProxyError::MethodNotAllowed { allow: "POST" }.to_response();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "POST");
+        let shared = ProxyError::Shared(std::sync::Arc::new(ProxyError::MethodNotAllowed {
+            allow: "GET, HEAD",
+        }));
+        assert_eq!(shared.to_response().headers()[header::ALLOW], "GET, HEAD");
+        assert!(!ProxyError::NotFound("x".into())
+            .to_response()
+            .headers()
+            .contains_key(header::ALLOW));
+    }
+
+    #[test]
+    fn oversized_and_slow_requests_get_their_own_statuses() {
+        assert_eq!(body(&ProxyError::UriTooLong { limit: 1024 }).0, 414);
+        assert_eq!(body(&ProxyError::BodyTooLarge { limit: 1 }).0, 413);
+        let (status, warning) = body(&ProxyError::BodyTimeout(std::time::Duration::from_secs(30)));
+        assert_eq!(status, 408);
+        assert!(warning.contains("client_body_timeout_secs"), "{warning}");
     }
 
     #[test]

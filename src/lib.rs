@@ -48,6 +48,7 @@ pub struct AppState {
     /// Path of the public URL (e.g. `/magento`), accepted in front of every route.
     pub path_prefix: String,
     pub public_url: String,
+    pub client_limits: server::ClientLimits,
 }
 
 impl AppState {
@@ -85,6 +86,9 @@ impl AppState {
             },
             (None, None) => {}
             _ => tracing::warn!("turning TLS on or off needs a restart"),
+        }
+        if server::ClientLimits::from(config) != self.client_limits {
+            tracing::warn!("max_connections and the client timeouts change only on a restart");
         }
         tracing::info!(
             event = "config_reloaded",
@@ -155,6 +159,7 @@ impl Proxy {
             metrics,
             path_prefix,
             public_url,
+            client_limits: server::ClientLimits::from(config),
         });
         Ok(Proxy {
             server: server::Server::new(listener, state.clone(), config.shutdown_grace),

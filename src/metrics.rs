@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -65,6 +66,10 @@ struct Families {
 #[derive(Default)]
 pub struct Metrics {
     families: Mutex<Families>,
+    /// Atomics rather than `families`: they change on every accepted connection, and a
+    /// connection flood must not contend on the lock requests use.
+    connections_open: AtomicU64,
+    connections_refused: AtomicU64,
 }
 
 /// Values owned elsewhere, read at scrape time.
@@ -172,6 +177,20 @@ impl Metrics {
         self.with(|f| *f.key_rejections.entry(index).or_default() += 1);
     }
 
+    /// A client connection is being served; pair with [`Metrics::connection_closed`].
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A client connection turned away because `max_connections` were being served.
+    pub fn record_connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The text exposition format.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
@@ -186,6 +205,29 @@ impl Metrics {
             "Always 1; the version is a label.",
             "version",
             version,
+        );
+
+        header(
+            out,
+            "composer_proxy_connections_open",
+            "gauge",
+            "Client connections being served now (at most max_connections).",
+        );
+        let _ = writeln!(
+            out,
+            "composer_proxy_connections_open {}",
+            self.connections_open.load(Ordering::Relaxed)
+        );
+        header(
+            out,
+            "composer_proxy_connections_refused_total",
+            "counter",
+            "Client connections refused because max_connections were being served.",
+        );
+        let _ = writeln!(
+            out,
+            "composer_proxy_connections_refused_total {}",
+            self.connections_refused.load(Ordering::Relaxed)
         );
 
         header(
@@ -372,6 +414,24 @@ mod tests {
             "composer_proxy_upstream_key_accepted 0",
             "composer_proxy_upstream_key_rejections_total{key=\"0\"} 1",
             "composer_proxy_cache_bytes{cache=\"archives\"} 42",
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn connection_gauge_follows_opens_and_closes_and_refusals_count() {
+        let m = Metrics::default();
+        m.connection_opened();
+        m.connection_opened();
+        m.connection_closed();
+        m.record_connection_refused();
+        let text = m.render(&Gauges::default());
+        for expected in [
+            "# TYPE composer_proxy_connections_open gauge",
+            "composer_proxy_connections_open 1\n",
+            "# TYPE composer_proxy_connections_refused_total counter",
+            "composer_proxy_connections_refused_total 1\n",
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }

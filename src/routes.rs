@@ -3,7 +3,9 @@
 //!
 //! Parsing is strict on purpose. Composer only ever percent-encodes `$` (as `%24`), so any
 //! other escape, dot segment, backslash or control byte is refused with 400 before anything
-//! else happens: such a path can never reach the cache directory or the upstream.
+//! else happens: such a path can never reach the cache directory or the upstream. Before the
+//! path, [`screen`] refuses requests no Composer client sends (other methods, absolute-form
+//! targets, chunked bodies).
 
 use std::convert::Infallible;
 use std::io;
@@ -14,9 +16,10 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::json;
 
@@ -34,6 +37,8 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
 
 /// Largest install-notification body accepted; Composer sends a few hundred bytes per package.
 const MAX_NOTIFY_BYTES: usize = 1024 * 1024;
+/// Longest request path served; Composer's are well under 200 bytes.
+const MAX_PATH_BYTES: usize = 1024;
 
 /// One request kind per route.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +88,7 @@ impl Route {
 #[derive(Debug, PartialEq, Eq)]
 pub enum RouteError {
     BadPath(&'static str),
+    TooLong,
     NotFound,
 }
 
@@ -98,8 +104,8 @@ pub fn normalize_path(raw: &str) -> Result<String, RouteError> {
     if !raw.starts_with('/') {
         return Err(RouteError::BadPath("path must start with /"));
     }
-    if raw.len() > 1024 {
-        return Err(RouteError::BadPath("path too long"));
+    if raw.len() > MAX_PATH_BYTES {
+        return Err(RouteError::TooLong);
     }
     let bytes = raw.as_bytes();
     let mut out = String::with_capacity(raw.len());
@@ -236,6 +242,43 @@ fn error_response(e: &ProxyError) -> Response<ResponseBody> {
     e.to_response().map(full)
 }
 
+/// Refuses, before the path is parsed, what no Composer client sends:
+///
+/// - a method other than GET, HEAD and POST (405), first, so that a CONNECT, whose
+///   authority-form target has no path at all, is told it is the method that is wrong;
+/// - an absolute-form target over HTTP/1 (`GET http://other.example/… HTTP/1.1`): this is not
+///   a forward proxy, and a host a client names is never acted on. Over HTTP/2 hyper fills in
+///   scheme and authority from the pseudo-headers of every request, so there it means nothing;
+/// - `Transfer-Encoding` over HTTP/1. When a request carries both Content-Length and
+///   Transfer-Encoding (the request smuggling trick), hyper frames the body as chunked, drops
+///   Content-Length before the service sees it, and closes the connection after the response,
+///   so a smuggled second request is never parsed; but the outer request would still be
+///   served, and here it cannot be told from a plain chunked body. Composer never sends a
+///   chunked body (curl and PHP's stream wrapper both send Content-Length), so all are refused.
+fn screen<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    let method = request.method();
+    if method != Method::GET && method != Method::HEAD && method != Method::POST {
+        return Err(ProxyError::MethodNotAllowed {
+            allow: "GET, HEAD, POST",
+        });
+    }
+    if request.version() >= Version::HTTP_2 {
+        return Ok(());
+    }
+    let uri = request.uri();
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        return Err(ProxyError::BadRequest(
+            "absolute-form request target: composer-proxy is not a forward proxy; request the path only".into(),
+        ));
+    }
+    if request.headers().contains_key(header::TRANSFER_ENCODING) {
+        return Err(ProxyError::BadRequest(
+            "Transfer-Encoding in a request: send the body with Content-Length".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Answers one request. Never fails: errors become JSON responses here.
 pub async fn handle(
     state: Arc<AppState>,
@@ -259,10 +302,26 @@ pub async fn handle(
     if !access.allows(client) {
         return (error_response(&ProxyError::Forbidden(client)), outcome);
     }
+    if let Err(e) = screen(&request) {
+        let mut response = error_response(&e);
+        // Not a Composer client: nothing more is read from this connection.
+        if request.version() < Version::HTTP_2 {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return (response, outcome);
+    }
     let route = match parse_route(request.uri().path(), &state.path_prefix) {
         Ok(route) => route,
         Err(RouteError::BadPath(why)) => {
             return (error_response(&ProxyError::BadRequest(why.into())), outcome)
+        }
+        Err(RouteError::TooLong) => {
+            let too_long = ProxyError::UriTooLong {
+                limit: MAX_PATH_BYTES,
+            };
+            return (error_response(&too_long), outcome);
         }
         Err(RouteError::NotFound) => {
             return (
@@ -278,12 +337,15 @@ pub async fn handle(
         }
     }
     let method = request.method().clone();
-    let allowed = match route {
-        Route::Notify => method == Method::POST,
-        _ => method == Method::GET || method == Method::HEAD,
+    let (allowed, allow) = match route {
+        Route::Notify => (method == Method::POST, "POST"),
+        _ => (method == Method::GET || method == Method::HEAD, "GET, HEAD"),
     };
     if !allowed {
-        return (error_response(&ProxyError::MethodNotAllowed), outcome);
+        return (
+            error_response(&ProxyError::MethodNotAllowed { allow }),
+            outcome,
+        );
     }
     let head = method == Method::HEAD;
     let result =
@@ -318,7 +380,9 @@ pub async fn handle(
             Route::Dist { package, key } => {
                 archive(&state, request.headers(), &package, &key, head).await
             }
-            Route::Notify => Ok((notify(&state, request.into_body()).await, None)),
+            Route::Notify => notify(&state, request.into_body())
+                .await
+                .map(|response| (response, None)),
             Route::Search => search(&state, request.uri().query().unwrap_or_default()).await,
             Route::Health => Ok((
                 json_response(StatusCode::OK, &json!({"status": "ok"})).map(full),
@@ -527,41 +591,59 @@ async fn archive(
 }
 
 /// Accepts Composer's install notification and forwards it upstream in the background: a
-/// statistics ping must never fail or slow down an install.
-async fn notify(state: &Arc<AppState>, body: Incoming) -> Response<ResponseBody> {
-    match Limited::new(body, MAX_NOTIFY_BYTES).collect().await {
-        Ok(collected) => {
-            let payload = collected.to_bytes();
-            let state = state.clone();
-            tokio::spawn(async move {
-                let Some(url) = state.metadata.notify_url().await else {
-                    return;
-                };
-                let mut headers = HeaderMap::new();
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                match state
-                    .upstream
-                    .send(RequestKind::Notify, Method::POST, &url, headers, payload)
-                    .await
-                {
-                    Ok(r) if r.status.is_success() => {
-                        tracing::debug!("install notification forwarded")
-                    }
-                    Ok(r) => {
-                        tracing::warn!(status = %r.status, "upstream refused the install notification")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "install notification not forwarded"),
-                }
-            });
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "install notification body unreadable or too large; dropped")
-        }
+/// statistics ping must never fail or slow down an install. Its body is bounded in size and in
+/// time (`client_body_timeout_secs`); anything else is not a ping from Composer.
+async fn notify(
+    state: &Arc<AppState>,
+    body: Incoming,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let too_large = ProxyError::BodyTooLarge {
+        limit: MAX_NOTIFY_BYTES,
+    };
+    // A declared length is checked before any byte is read (and before hyper would send a
+    // `100 Continue`), so the body is never transferred.
+    if body.size_hint().lower() > MAX_NOTIFY_BYTES as u64 {
+        return Err(too_large);
     }
-    json_response(StatusCode::OK, &json!({"status": "success"})).map(full)
+    let limit = state.client_limits.body_timeout;
+    let collected =
+        tokio::time::timeout(limit, Limited::new(body, MAX_NOTIFY_BYTES).collect()).await;
+    let payload = match collected {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => return Err(too_large),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "install notification body unreadable");
+            return Err(ProxyError::BadRequest(
+                "the request body could not be read".into(),
+            ));
+        }
+        Err(_) => return Err(ProxyError::BodyTimeout(limit)),
+    };
+    let state = state.clone();
+    tokio::spawn(async move {
+        let Some(url) = state.metadata.notify_url().await else {
+            return;
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match state
+            .upstream
+            .send(RequestKind::Notify, Method::POST, &url, headers, payload)
+            .await
+        {
+            Ok(r) if r.status.is_success() => {
+                tracing::debug!("install notification forwarded")
+            }
+            Ok(r) => {
+                tracing::warn!(status = %r.status, "upstream refused the install notification")
+            }
+            Err(e) => tracing::warn!(error = %e, "install notification not forwarded"),
+        }
+    });
+    Ok(json_response(StatusCode::OK, &json!({"status": "success"})).map(full))
 }
 
 async fn search(
@@ -757,6 +839,82 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    #[test]
+    fn overlong_paths_are_too_long_not_just_bad() {
+        let long = format!("/p2/magento/{}.json", "a".repeat(MAX_PATH_BYTES));
+        assert_eq!(parse_route(&long, ""), Err(RouteError::TooLong));
+        let longest = format!("/{}", "a".repeat(MAX_PATH_BYTES - 1));
+        assert_eq!(parse_route(&longest, ""), Err(RouteError::NotFound));
+    }
+
+    fn request(method: &str, target: &str, version: Version) -> Request<()> {
+        Request::builder()
+            .method(method)
+            .uri(target)
+            .version(version)
+            .body(())
+            .expect("request")
+    }
+
+    #[test]
+    fn methods_other_than_get_head_post_are_refused_before_the_path() {
+        for method in [
+            "CONNECT", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", "BREW",
+        ] {
+            // CONNECT's authority-form target has no path: still a 405, not a 400.
+            let target = if method == "CONNECT" {
+                "evil.example:443"
+            } else {
+                "/packages.json"
+            };
+            let refused = screen(&request(method, target, Version::HTTP_11));
+            assert!(
+                matches!(
+                    refused,
+                    Err(ProxyError::MethodNotAllowed {
+                        allow: "GET, HEAD, POST"
+                    })
+                ),
+                "{method}: {refused:?}"
+            );
+        }
+        for method in ["GET", "HEAD", "POST"] {
+            assert!(screen(&request(method, "/packages.json", Version::HTTP_11)).is_ok());
+        }
+    }
+
+    #[test]
+    fn absolute_form_targets_are_refused_over_http1_only() {
+        for target in [
+            "http://evil.example/packages.json",
+            "https://127.0.0.1:1/packages.json",
+        ] {
+            for version in [Version::HTTP_10, Version::HTTP_11] {
+                assert!(
+                    matches!(
+                        screen(&request("GET", target, version)),
+                        Err(ProxyError::BadRequest(_))
+                    ),
+                    "{target} {version:?}"
+                );
+            }
+            // HTTP/2 requests always carry scheme and authority.
+            assert!(screen(&request("GET", target, Version::HTTP_2)).is_ok());
+        }
+    }
+
+    #[test]
+    fn request_bodies_must_not_be_chunked_over_http1() {
+        let mut chunked = request("POST", "/downloads/", Version::HTTP_11);
+        chunked.headers_mut().insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(matches!(screen(&chunked), Err(ProxyError::BadRequest(_))));
+        *chunked.version_mut() = Version::HTTP_2;
+        assert!(screen(&chunked).is_ok());
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! The listener: accepts TCP (and TLS) connections, serves HTTP/1.1 and HTTP/2 on them with
 //! hyper, writes one access-log line per request, and drains in-flight responses on shutdown.
+//!
+//! Hostile clients are bounded here, before any request exists: at most `max_connections` are
+//! served at once (the rest are turned away at accept), a TLS handshake and every request head
+//! must arrive within `client_header_timeout_secs`, and a connection with no request in flight
+//! is closed after that long too (see [`Activity`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,25 +14,51 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{header, Request};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceBuilder;
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::sensitive_headers::{SetSensitiveRequestHeaders, SetSensitiveRequestHeadersLayer};
 
+use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::upstream::{UpstreamNote, EXCHANGE};
 use crate::{routes, AppState};
 
-/// Slow or stalled clients (slowloris) lose their connection after this long without
-/// completing the request headers, and TLS handshakes are bounded the same way.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
 /// Request headers larger than this are refused (hyper answers 431).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// How long a connection over `max_connections` may take to receive its 503 and go away.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Refused connections are logged at most this often (see [`RefusalLog`]).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a client may take of the listener; changing these needs a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub max_connections: usize,
+    /// For the TLS handshake, each request head, and each idle spell of a connection.
+    pub header_timeout: Duration,
+    /// For a whole request body (only install notifications have one).
+    pub body_timeout: Duration,
+}
+
+impl From<&Config> for ClientLimits {
+    fn from(config: &Config) -> Self {
+        Self {
+            max_connections: config.max_connections,
+            header_timeout: config.client_header_timeout,
+            body_timeout: config.client_body_timeout,
+        }
+    }
+}
 
 pub struct Server {
     listener: TcpListener,
@@ -51,12 +82,13 @@ impl Server {
     /// Serves until `shutdown` resolves, then waits up to the grace period for in-flight
     /// requests.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let limits = self.state.client_limits;
         let graceful = GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(limits.header_timeout)
             .max_buf_size(MAX_HEADER_BYTES);
         builder
             .http2()
@@ -64,6 +96,9 @@ impl Server {
             .max_header_list_size(MAX_HEADER_BYTES as u32)
             .max_concurrent_streams(256);
         let builder = Arc::new(builder);
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let refusal = refusal_response();
+        let mut refusals = RefusalLog::default();
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -78,51 +113,58 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
-            let _ = stream.set_nodelay(true);
-            let service = service(self.state.clone(), peer);
-            let builder = builder.clone();
             // The acceptor is read per connection, so a reloaded certificate serves new
             // connections while established ones keep theirs.
-            match self.state.tls_acceptor() {
-                None => {
-                    let conn = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(client = %peer, error = %e, "connection ended with an error");
-                        }
-                    });
+            let acceptor = self.state.tls_acceptor();
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                self.state.metrics.record_connection_refused();
+                refusals.note(limits.max_connections);
+                // A TLS client cannot read a plain-text answer; closing is all it can be told.
+                if acceptor.is_none() {
+                    tokio::spawn(refuse(stream, refusal.clone()));
                 }
-                Some(acceptor) => {
-                    let watcher = graceful.watcher();
-                    tokio::spawn(async move {
-                        let tls = match tokio::time::timeout(
-                            HEADER_READ_TIMEOUT,
-                            acceptor.accept(stream),
+                continue;
+            };
+            let open = OpenConnection::new(permit, self.state.metrics.clone());
+            let _ = stream.set_nodelay(true);
+            let activity = Activity::new();
+            let service = service(self.state.clone(), peer, activity.clone());
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let _open = open;
+                let Some(acceptor) = acceptor else {
+                    serve(
+                        &builder,
+                        TokioIo::new(stream),
+                        service,
+                        watcher,
+                        activity,
+                        limits.header_timeout,
+                        peer,
+                    )
+                    .await;
+                    return;
+                };
+                match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        serve(
+                            &builder,
+                            TokioIo::new(tls),
+                            service,
+                            watcher,
+                            activity,
+                            limits.header_timeout,
+                            peer,
                         )
                         .await
-                        {
-                            Ok(Ok(tls)) => tls,
-                            Ok(Err(e)) => {
-                                tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(client = %peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                        let conn = builder
-                            .serve_connection(TokioIo::new(tls), service)
-                            .into_owned();
-                        if let Err(e) = watcher.watch(conn).await {
-                            tracing::debug!(client = %peer, error = %e, "connection ended with an error");
-                        }
-                    });
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
                 }
-            }
+            });
         }
         drop(self.listener);
         tracing::info!(
@@ -138,6 +180,171 @@ impl Server {
     }
 }
 
+/// Serves one connection until it ends, or until it has been idle for `idle_timeout`.
+async fn serve<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: Service,
+    watcher: Watcher,
+    activity: Activity,
+    idle_timeout: Duration,
+    peer: SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = watcher.watch(builder.serve_connection(io, service).into_owned());
+    tokio::select! {
+        ended = conn => if let Err(e) = ended {
+            tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+        },
+        // Dropping the connection closes it; nothing is in flight to lose.
+        () = activity.idle_for(idle_timeout) => {
+            tracing::debug!(client = %peer, "closed an idle connection");
+        }
+    }
+}
+
+/// Requests in flight on one connection; a connection with none is idle, and one idle for
+/// `client_header_timeout_secs` is closed.
+///
+/// hyper's `header_read_timeout` alone does not do this. It runs while hyper reads an HTTP/1
+/// request head, which in hyper 1.x includes waiting for the next request on a keep-alive
+/// connection, so idle HTTP/1 keep-alive connections are closed by it. But nothing bounds the
+/// bytes before hyper-util's `auto` builder has told HTTP/1 from HTTP/2 (a client that connects
+/// and sends nothing, or trickles the HTTP/2 preface, waits there forever), nor an HTTP/2
+/// connection with no stream open. Each would hold a `max_connections` permit for good: a
+/// slowloris needs only as many sockets as the limit. A request counts as in flight from its
+/// complete head until its response body ends, so long downloads and slow upstreams are never
+/// cut; hyper's own timeout still bounds a head that trickles in.
+#[derive(Clone)]
+struct Activity(Arc<watch::Sender<usize>>);
+
+impl Activity {
+    fn new() -> Self {
+        Self(Arc::new(watch::Sender::new(0)))
+    }
+
+    /// Marks a request in flight until the returned guard is dropped.
+    fn begin(&self) -> InFlight {
+        self.0.send_modify(|n| *n += 1);
+        InFlight(self.0.clone())
+    }
+
+    /// Resolves once no request has been in flight for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        let mut in_flight = self.0.subscribe();
+        loop {
+            let idle = *in_flight.borrow_and_update() == 0;
+            let changed = in_flight.changed();
+            if idle {
+                if tokio::time::timeout(limit, changed).await.is_err() {
+                    return;
+                }
+            } else if changed.await.is_err() {
+                // Cannot happen while `self` holds the sender; if it did, nothing could
+                // ever mark the connection busy again.
+                return;
+            }
+        }
+    }
+}
+
+/// One request in flight; see [`Activity`].
+struct InFlight(Arc<watch::Sender<usize>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// A connection being served: holds one of the `max_connections` permits and counts in
+/// `composer_proxy_connections_open` while it lives.
+struct OpenConnection {
+    permit: Option<OwnedSemaphorePermit>,
+    metrics: Arc<Metrics>,
+}
+
+impl OpenConnection {
+    fn new(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Self {
+        metrics.connection_opened();
+        Self {
+            permit: Some(permit),
+            metrics,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        // The slot is freed before the gauge goes down, so whoever sees the gauge lower can
+        // rely on a new connection being served.
+        drop(self.permit.take());
+        self.metrics.connection_closed();
+    }
+}
+
+/// Logs refused connections at warn, at most once per [`REFUSAL_LOG_INTERVAL`] with how many
+/// were refused since the last line: under a connection flood a line per connection would
+/// carry the flood on into the log pipeline (and its disk). The exact count is the metric
+/// `composer_proxy_connections_refused_total`.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, max_connections: usize) {
+        self.unlogged += 1;
+        if self
+            .last
+            .is_some_and(|at| at.elapsed() < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(
+            refused = self.unlogged,
+            max_connections,
+            "serving the maximum number of connections; refusing new ones (setting max_connections)"
+        );
+        self.last = Some(Instant::now());
+        self.unlogged = 0;
+    }
+}
+
+/// The whole answer to a plain-HTTP connection over `max_connections`. It is written without
+/// hyper, before the client's request is read: the connection is never served.
+fn refusal_response() -> Bytes {
+    let body = serde_json::json!({
+        "warning": "composer-proxy is serving its maximum number of connections (setting max_connections); try again"
+    })
+    .to_string();
+    Bytes::from(format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+/// Writes the 503 and closes, all within [`REFUSAL_TIMEOUT`] so a client that does not read
+/// cannot keep the socket. These sockets take no permit: however fast connections arrive, each
+/// is gone within the timeout, while a permit would let a flood lock out served clients.
+async fn refuse(mut stream: TcpStream, response: Bytes) {
+    let answered = tokio::time::timeout(REFUSAL_TIMEOUT, async {
+        stream.write_all(&response).await?;
+        stream.shutdown().await?;
+        // Read what the client sent until it closes its side: closing with unread bytes
+        // makes the kernel send a reset, which can destroy the 503 before the client reads it.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if let Ok(Err(e)) = answered {
+        tracing::debug!(error = %e, "refused connection ended with an error");
+    }
+}
+
 type ResponseFuture = std::pin::Pin<
     Box<dyn Future<Output = Result<http::Response<routes::ResponseBody>, Infallible>> + Send>,
 >;
@@ -147,6 +354,7 @@ type ResponseFuture = std::pin::Pin<
 struct ProxyService {
     state: Arc<AppState>,
     peer: SocketAddr,
+    activity: Activity,
 }
 
 impl tower::Service<Request<Incoming>> for ProxyService {
@@ -163,6 +371,7 @@ impl tower::Service<Request<Incoming>> for ProxyService {
 
     fn call(&mut self, request: Request<Incoming>) -> ResponseFuture {
         let (state, peer) = (self.state.clone(), self.peer);
+        let in_flight = self.activity.begin();
         Box::pin(async move {
             let started = Instant::now();
             let method = request.method().clone();
@@ -202,6 +411,7 @@ impl tower::Service<Request<Incoming>> for ProxyService {
                     sent: 0,
                     announced,
                     record: Some(record),
+                    _in_flight: in_flight,
                 }
                 .boxed_unsync()
             }))
@@ -267,6 +477,8 @@ struct AccessBody {
     /// seen as such.
     announced: Option<u64>,
     record: Option<AccessRecord>,
+    /// Dropped with the body: the request is over for [`Activity`].
+    _in_flight: InFlight,
 }
 
 impl AccessBody {
@@ -317,18 +529,21 @@ impl Drop for AccessBody {
     }
 }
 
+type Service = TowerToHyperService<SetSensitiveRequestHeaders<ProxyService>>;
+
 /// The per-connection service. Layers, outermost first: mark credentials sensitive so no
 /// layer or debug output can print them; then the router, which logs the access line.
-fn service(
-    state: Arc<AppState>,
-    peer: SocketAddr,
-) -> TowerToHyperService<tower_http::sensitive_headers::SetSensitiveRequestHeaders<ProxyService>> {
+fn service(state: Arc<AppState>, peer: SocketAddr, activity: Activity) -> Service {
     let svc = ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
             header::PROXY_AUTHORIZATION,
             header::COOKIE,
         ]))
-        .service(ProxyService { state, peer });
+        .service(ProxyService {
+            state,
+            peer,
+            activity,
+        });
     TowerToHyperService::new(svc)
 }
