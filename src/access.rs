@@ -69,6 +69,12 @@ impl Access {
         contains(&self.allow, ip)
     }
 
+    /// Whether a connection from `peer` can lead to a served request at all: the peer is a
+    /// client let in, or a trusted proxy speaking for clients.
+    pub fn admits_peer(&self, peer: IpAddr) -> bool {
+        self.allows(peer) || contains(&self.trusted_proxies, peer)
+    }
+
     /// The client a request is from. Only a trusted peer's `X-Forwarded-For` is read, right to
     /// left: each trusted proxy appends the address it received from, so the first address
     /// that is not itself a trusted proxy is the client. Anything to its left was written by
@@ -127,6 +133,10 @@ mod tests {
         assert!(a.allows(ip("::1")));
         assert!(!a.allows(ip("192.168.1.1")));
         assert!(!Access::new(vec![], vec![], false).allows(ip("127.0.0.1")));
+        let behind = Access::new(nets(&["10.0.0.0/8"]), nets(&["192.0.2.1/32"]), false);
+        assert!(behind.admits_peer(ip("10.9.9.9")));
+        assert!(behind.admits_peer(ip("::ffff:192.0.2.1")));
+        assert!(!behind.admits_peer(ip("192.0.2.2")));
     }
 
     #[test]

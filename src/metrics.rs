@@ -70,6 +70,7 @@ pub struct Metrics {
     /// connection flood must not contend on the lock requests use.
     connections_open: AtomicU64,
     connections_refused: AtomicU64,
+    connections_outside_allowlist: AtomicU64,
 }
 
 /// Values owned elsewhere, read at scrape time.
@@ -191,6 +192,12 @@ impl Metrics {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A connection from a peer neither in `allow` nor in `trusted_proxies`.
+    pub fn record_connection_outside_allowlist(&self) {
+        self.connections_outside_allowlist
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The text exposition format.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
@@ -222,12 +229,17 @@ impl Metrics {
             out,
             "composer_proxy_connections_refused_total",
             "counter",
-            "Client connections refused because max_connections were being served.",
+            "Client connections refused at accept: max_connections were being served, or the peer is outside the allowlist.",
         );
         let _ = writeln!(
             out,
-            "composer_proxy_connections_refused_total {}",
+            "composer_proxy_connections_refused_total{{reason=\"max_connections\"}} {}",
             self.connections_refused.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "composer_proxy_connections_refused_total{{reason=\"allowlist\"}} {}",
+            self.connections_outside_allowlist.load(Ordering::Relaxed)
         );
 
         header(
@@ -426,12 +438,15 @@ mod tests {
         m.connection_opened();
         m.connection_closed();
         m.record_connection_refused();
+        m.record_connection_outside_allowlist();
+        m.record_connection_outside_allowlist();
         let text = m.render(&Gauges::default());
         for expected in [
             "# TYPE composer_proxy_connections_open gauge",
             "composer_proxy_connections_open 1\n",
             "# TYPE composer_proxy_connections_refused_total counter",
-            "composer_proxy_connections_refused_total 1\n",
+            "composer_proxy_connections_refused_total{reason=\"max_connections\"} 1\n",
+            "composer_proxy_connections_refused_total{reason=\"allowlist\"} 2\n",
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }

@@ -116,6 +116,17 @@ impl Server {
             // The acceptor is read per connection, so a reloaded certificate serves new
             // connections while established ones keep theirs.
             let acceptor = self.state.tls_acceptor();
+            // A peer that could never be served is turned away before it costs a permit, a TLS
+            // handshake or hyper's parser: outsiders cannot use up `max_connections`. (A
+            // trusted proxy is let through; its clients are checked per request.)
+            if !self.state.access().admits_peer(peer.ip()) {
+                self.state.metrics.record_connection_outside_allowlist();
+                tracing::debug!(client = %peer.ip(), "connection from outside the allowlist refused");
+                if acceptor.is_none() {
+                    tokio::spawn(refuse(stream, forbidden_response(peer.ip())));
+                }
+                continue;
+            }
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 self.state.metrics.record_connection_refused();
                 refusals.note(limits.max_connections);
@@ -326,11 +337,41 @@ fn refusal_response() -> Bytes {
     ))
 }
 
-/// Writes the 503 and closes, all within [`REFUSAL_TIMEOUT`] so a client that does not read
+/// Most of a refused client's request head read before answering; Composer's are well under.
+const REFUSAL_HEAD_LIMIT: usize = 16 * 1024;
+
+/// The whole answer to a plain-HTTP connection from outside the allowlist, written like the
+/// 503 above: the same words as the per-request 403, so curl shows ops what is wrong.
+fn forbidden_response(ip: std::net::IpAddr) -> Bytes {
+    let body = crate::error::ProxyError::Forbidden(ip).to_response();
+    let (parts, body) = body.into_parts();
+    let mut bytes = format!(
+        "HTTP/1.1 {} Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        parts.status.as_u16(),
+        body.len(),
+    )
+    .into_bytes();
+    bytes.extend_from_slice(&body);
+    Bytes::from(bytes)
+}
+
+/// Reads the request head, writes the canned answer (503 or 403) and closes, all within
+/// [`REFUSAL_TIMEOUT`] so a client that does not read
 /// cannot keep the socket. These sockets take no permit: however fast connections arrive, each
 /// is gone within the timeout, while a permit would let a flood lock out served clients.
 async fn refuse(mut stream: TcpStream, response: Bytes) {
     let answered = tokio::time::timeout(REFUSAL_TIMEOUT, async {
+        // Read the request head first: an HTTP client that gets an answer before it has sent
+        // its request treats it as garbage instead of showing it.
+        let mut head = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        while head.len() < REFUSAL_HEAD_LIMIT && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&chunk[..n]);
+        }
         stream.write_all(&response).await?;
         stream.shutdown().await?;
         // Read what the client sent until it closes its side: closing with unread bytes

@@ -662,7 +662,8 @@ async fn connections_over_max_connections_get_503_until_one_closes() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("composer_proxy_connections_refused_total 1\n"),
+        metrics
+            .contains("composer_proxy_connections_refused_total{reason=\"max_connections\"} 1\n"),
         "{metrics}"
     );
 

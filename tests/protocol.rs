@@ -504,7 +504,25 @@ async fn clients_outside_the_allowlist_get_403() {
     let proxy = TestProxy::start_with(env, None).await;
     let reply = get(&format!("{}/packages.json", proxy.url)).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(
+        reply.warning().contains("not in its allowlist"),
+        "{}",
+        reply.warning()
+    );
     assert!(mock.requests().is_empty());
+    // Turned away at accept, before taking one of the max_connections slots.
+    let metrics = proxy
+        .state
+        .metrics
+        .render(&composer_proxy::metrics::Gauges::default());
+    assert!(
+        metrics.contains("composer_proxy_connections_refused_total{reason=\"allowlist\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("composer_proxy_connections_open 0\n"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
