@@ -411,6 +411,10 @@ fn validate(
                 "must not have a query or fragment".into(),
             ));
         }
+        // Every served URL is built from it: credentials here would go to every client.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(err("public_url", "must not carry credentials".into()));
+        }
         Some(url.as_str().trim_end_matches('/').to_string())
     };
 
@@ -438,7 +442,10 @@ fn validate(
             "must be an absolute http:// or https:// URL".into(),
         ));
     }
-    if upstream_url.query().is_some() || !upstream_url.username().is_empty() {
+    if upstream_url.query().is_some()
+        || !upstream_url.username().is_empty()
+        || upstream_url.password().is_some()
+    {
         return Err(err(
             "upstream_url",
             "must not carry a query or credentials; set public_key/private_key instead".into(),
@@ -746,6 +753,32 @@ mod tests {
             redact_userinfo("https://repo.example"),
             "https://repo.example"
         );
+    }
+
+    #[test]
+    fn credentials_in_url_settings_are_refused_without_quoting_them() {
+        for (var, value) in [
+            (
+                "COMPOSER_PROXY_UPSTREAM_URL",
+                "https://:s3cret@repo.example",
+            ),
+            (
+                "COMPOSER_PROXY_UPSTREAM_URL",
+                "https://pub:s3cret@repo.example",
+            ),
+            (
+                "COMPOSER_PROXY_PUBLIC_URL",
+                "https://pub:s3cret@proxy.example",
+            ),
+        ] {
+            let sources = Sources {
+                file: None,
+                env: [(var.to_string(), value.to_string())].into_iter().collect(),
+            };
+            let e = Config::load(&sources).expect_err(value);
+            assert!(e.message.contains("credentials"), "{e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Errors on the request path and the one place they become responses.
 //!
-//! Clients are Composer processes that hold no credentials, so no error ever becomes a 401
-//! (Composer would prompt for a password or fail with "You must be using the interactive
-//! console"). Bodies are `{"warning": "…"}` because Composer prints that field as
+//! Clients are Composer processes that hold no upstream credentials, so no upstream refusal
+//! ever becomes a 401 (Composer would prompt for a password or fail with "You must be using
+//! the interactive console"). The one 401 is the proxy's own: a missing or unknown client
+//! token when tokens are required, which the client is expected to hold in auth.json. Bodies are `{"warning": "…"}` because Composer prints that field as
 //! "Warning from <host>: …"; the detail goes to the log once, where the error is mapped.
 
 use http::{header, HeaderValue, Response, StatusCode};
@@ -39,6 +40,8 @@ pub enum ProxyError {
     TokenDisabled(std::sync::Arc<str>),
     #[error("client token {0:?} was deleted")]
     TokenDeleted(std::sync::Arc<str>),
+    #[error("the token file cannot be read")]
+    TokenStoreUnavailable,
     #[error("request path longer than {limit} bytes")]
     UriTooLong { limit: usize },
     #[error("request body declared or found larger than {limit} bytes")]
@@ -148,6 +151,10 @@ impl ProxyError {
             ProxyError::TokenDisabled(name) => (
                 StatusCode::FORBIDDEN,
                 format!("The client token \"{name}\" is disabled on composer-proxy. Ask the proxy's administrator to enable it again (composer-proxy tokens enable {name}) or to issue a new one."),
+            ),
+            ProxyError::TokenStoreUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "composer-proxy cannot read its client token file, so it accepts no token until it can (see the proxy's log).".into(),
             ),
             ProxyError::TokenDeleted(name) => (
                 StatusCode::FORBIDDEN,

@@ -180,13 +180,27 @@ impl Proxy {
 
     /// Serves until `shutdown` resolves, then drains and removes unfinished downloads.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        // The token file is looked at off the request path, in a blocking task: requests only
+        // read the snapshot, so a slow disk never holds them up.
         let tokens = self.state.tokens.clone();
         let recorder = tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(LAST_USE_FLUSH);
+            let mut ticker = tokio::time::interval(tokens::REFRESH_INTERVAL);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_flush = std::time::Instant::now();
             loop {
                 ticker.tick().await;
                 let tokens = tokens.clone();
-                let _ = tokio::task::spawn_blocking(move || tokens.flush_last_use()).await;
+                let flush = last_flush.elapsed() >= LAST_USE_FLUSH;
+                if flush {
+                    last_flush = std::time::Instant::now();
+                }
+                let _ = tokio::task::spawn_blocking(move || {
+                    tokens.refresh();
+                    if flush {
+                        tokens.flush_last_use();
+                    }
+                })
+                .await;
             }
         });
         self.server.run(shutdown).await;

@@ -90,7 +90,7 @@ With require_tokens on, every Composer request must carry an active token, sent 
 from an ordinary auth.json entry for the proxy's host (http-basic with the token as password, \
 or bearer). Tokens are stored as SHA-256 hashes in tokens_file (default: tokens.json in \
 cache_dir); the secret is printed once, by `create`. Running proxies see every change at their \
-next request, without a restart. Health, readiness and metrics need no token.\n\n\
+within a second, without a restart. Health, readiness and metrics need no token.\n\n\
 Exit status: 0 done, 1 no such token (or the name is taken), 64 invalid configuration or name.")]
     Tokens {
         #[command(subcommand)]

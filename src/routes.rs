@@ -429,6 +429,7 @@ fn check_token(
         Verdict::Disabled(name) => ProxyError::TokenDisabled(name),
         Verdict::Deleted(name) => ProxyError::TokenDeleted(name),
         Verdict::Unknown => ProxyError::TokenUnknown,
+        Verdict::Unavailable => ProxyError::TokenStoreUnavailable,
         Verdict::Absent | Verdict::Valid(_) => ProxyError::TokenMissing,
     })
 }

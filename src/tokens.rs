@@ -6,8 +6,9 @@
 //! passwords, which these are not).
 //!
 //! The token file belongs to the `composer-proxy tokens …` commands, which change it under an
-//! exclusive lock with an atomic rename. Running proxies only read it, and look at its inode,
-//! size and timestamps before every token check, so a change applies to the very next request.
+//! exclusive lock with an atomic rename. Running proxies only read it: a blocking task looks
+//! at its inode, size and timestamps every 250 ms and rereads it when they change, so a change
+//! applies within a second, and requests check against the snapshot without touching the disk.
 //! When each token was last used is kept in a second file written by the proxies, so a proxy
 //! can never overwrite an administrator's change with an older copy.
 
@@ -16,7 +17,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -28,9 +29,14 @@ use crate::config::Secret;
 
 /// Marks a string as a composer-proxy token.
 pub const TOKEN_PREFIX: &str = "cpt_";
+/// How often the proxy looks at the token file: a revocation applies within this long.
+pub const REFRESH_INTERVAL: Duration = Duration::from_millis(250);
 /// The file is read again at least this often even when its metadata looks unchanged: file
 /// systems with coarse timestamps plus inode reuse could hide a change from the fingerprint.
 const FULL_READ_INTERVAL: Duration = Duration::from_secs(1);
+/// A snapshot older than this means the refresher is stuck (a hung network file system):
+/// tokens are refused rather than checked against a list that may miss a revocation.
+const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(5);
 /// Current layout of the token file.
 const FILE_VERSION: u32 = 1;
 /// Last use is recorded to the minute: enough to see who still uses a token, and it keeps a
@@ -162,13 +168,7 @@ pub fn modify<T>(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(write_err)?;
     }
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(sibling(path, ".lock"))
-        .map_err(write_err)?;
+    let lock = open_lock(&sibling(path, ".lock")).map_err(write_err)?;
     lock.lock().map_err(write_err)?;
     let mut tokens = read(path)?;
     let result = change(&mut tokens);
@@ -194,22 +194,57 @@ pub fn last_use_path(tokens_file: &Path) -> PathBuf {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = sibling(path, &format!(".{}.tmp", std::process::id()));
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| io::Error::other(e.to_string()))?;
+    let tmp = sibling(path, &format!(".{}.tmp", hex::encode(nonce)));
     let result = (|| {
+        // create_new: never write through a file (or symlink) someone else put there.
         let mut file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .write(true)
             .mode(0o600)
             .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
+        take_directory_owner(&tmp);
         fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Opens (creating) a lock file beside the data it guards.
+fn open_lock(path: &Path) -> io::Result<fs::File> {
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    take_directory_owner(path);
+    Ok(lock)
+}
+
+/// An administrator running the commands as root (`kubectl exec`, `sudo`) must not leave
+/// files the proxy's own user cannot read: new files get the owner of their directory. For
+/// anyone but root the change is refused by the kernel, harmlessly, and files stay theirs.
+fn take_directory_owner(path: &Path) {
+    let Some(owner) = path.parent().and_then(|dir| {
+        fs::metadata(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })
+        .ok()
+    }) else {
+        return;
+    };
+    let Ok(meta) = fs::metadata(path) else { return };
+    if (meta.uid(), meta.gid()) != (owner.uid(), owner.gid()) {
+        let _ = std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()));
+    }
 }
 
 /// Last use per token hash, in seconds since the epoch; empty when nothing was recorded.
@@ -224,12 +259,7 @@ pub fn read_last_use(tokens_file: &Path) -> HashMap<String, u64> {
 /// lock keeps one replica's write from undoing another's.
 fn merge_last_use(tokens_file: &Path, seen: &HashMap<String, u64>) -> io::Result<()> {
     let path = last_use_path(tokens_file);
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(sibling(&path, ".lock"))?;
+    let lock = open_lock(&sibling(&path, ".lock"))?;
     lock.lock()?;
     let mut all = read_last_use(tokens_file);
     for (hash, at) in seen {
@@ -245,10 +275,13 @@ pub enum Verdict {
     /// No `Authorization` header (or one of another scheme).
     Absent,
     Valid(Arc<str>),
-    /// Not a token this proxy issued (or the token file could not be read).
+    /// Not a token this proxy issued.
     Unknown,
     Disabled(Arc<str>),
     Deleted(Arc<str>),
+    /// The token file cannot be read (or has not been for too long): every token is refused
+    /// until it can, since a revocation might be in it.
+    Unavailable,
 }
 
 impl Verdict {
@@ -260,13 +293,14 @@ impl Verdict {
             Verdict::Unknown => Some("unknown"),
             Verdict::Disabled(_) => Some("disabled"),
             Verdict::Deleted(_) => Some("deleted"),
+            Verdict::Unavailable => Some("token_file_unavailable"),
         }
     }
 
     pub fn name(&self) -> Option<&Arc<str>> {
         match self {
             Verdict::Valid(n) | Verdict::Disabled(n) | Verdict::Deleted(n) => Some(n),
-            Verdict::Absent | Verdict::Unknown => None,
+            Verdict::Absent | Verdict::Unknown | Verdict::Unavailable => None,
         }
     }
 }
@@ -294,37 +328,51 @@ impl Fingerprint {
     }
 }
 
+#[derive(PartialEq, Eq)]
 struct Entry {
     name: Arc<str>,
     hash: String,
     state: TokenState,
 }
 
-#[derive(Default)]
-struct Loaded {
-    /// `None` while the file does not exist.
-    fingerprint: Option<Fingerprint>,
-    /// Whether the file read last could be used; an unreadable file refuses every token
-    /// (fail closed) and is reported once per version.
-    usable: bool,
-    by_digest: HashMap<[u8; 32], Entry>,
-    read_at: Option<Instant>,
+/// The tokens as last read, which requests check against without touching the disk.
+struct Snapshot {
+    /// `None` while the file cannot be used.
+    by_digest: Option<HashMap<[u8; 32], Entry>>,
 }
 
-/// The running proxy's view of the token file.
+/// What the refresher remembers between looks.
+#[derive(Default)]
+struct Watch {
+    /// `None` while the file does not exist.
+    fingerprint: Option<Fingerprint>,
+    read_at: Option<Instant>,
+    /// Whether the last look failed (reported once per failure, not per look).
+    failing: bool,
+}
+
+/// The running proxy's view of the token file. [`Tokens::refresh`] reads the file (blocking;
+/// the proxy calls it from a blocking task every [`REFRESH_INTERVAL`]); [`Tokens::check`] only
+/// reads the snapshot, so requests never wait on the disk.
 pub struct Tokens {
     path: PathBuf,
-    loaded: Mutex<Loaded>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// When the refresher last looked at the file.
+    checked: Mutex<Instant>,
+    watch: Mutex<Watch>,
     /// Last use (minute precision) per token hash, not yet written out.
     pending_use: Mutex<HashMap<String, u64>>,
     recorded_use: Mutex<HashMap<String, u64>>,
 }
 
 impl Tokens {
+    /// Reads the file once, so the proxy starts with the tokens as they are.
     pub fn open(path: PathBuf) -> Self {
         let tokens = Self {
             path,
-            loaded: Mutex::new(Loaded::default()),
+            snapshot: RwLock::new(Arc::new(Snapshot { by_digest: None })),
+            checked: Mutex::new(Instant::now()),
+            watch: Mutex::default(),
             pending_use: Mutex::default(),
             recorded_use: Mutex::default(),
         };
@@ -336,88 +384,105 @@ impl Tokens {
         &self.path
     }
 
-    /// Active tokens in the file as last read.
-    pub fn active(&self) -> usize {
-        self.refresh();
-        let loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        loaded
-            .by_digest
-            .values()
-            .filter(|e| e.state == TokenState::Active)
-            .count()
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    /// Rereads the file if it changed since it was read last.
-    fn refresh(&self) {
+    /// Active tokens in the file as last read.
+    pub fn active(&self) -> usize {
+        self.snapshot().by_digest.as_ref().map_or(0, |tokens| {
+            tokens
+                .values()
+                .filter(|e| e.state == TokenState::Active)
+                .count()
+        })
+    }
+
+    /// Looks at the file and rereads it if it changed (or was last read over
+    /// [`FULL_READ_INTERVAL`] ago). Blocking.
+    pub fn refresh(&self) {
+        let mut watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshot();
         let meta = match fs::metadata(&self.path) {
-            Ok(meta) => Some(meta),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => {
-                tracing::error!(path = %self.path.display(), error = %e, "cannot read the token file; refusing every token");
-                let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-                *loaded = Loaded::default();
+            Ok(meta) => Ok(Some(meta)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(TokenFileError::Read {
+                path: self.path.clone(),
+                source: e,
+            }),
+        };
+        let loaded = meta.and_then(|meta| {
+            let fingerprint = meta.as_ref().map(Fingerprint::of);
+            let fresh = watch
+                .read_at
+                .is_some_and(|at| at.elapsed() < FULL_READ_INTERVAL);
+            if watch.fingerprint == fingerprint && fresh && current.by_digest.is_some() {
+                return Ok(None);
+            }
+            watch.fingerprint = fingerprint;
+            watch.read_at = Some(Instant::now());
+            let records = match fingerprint {
+                None => Vec::new(),
+                Some(_) => read(&self.path)?,
+            };
+            Ok(Some(self.index(records)))
+        });
+        let by_digest = match loaded {
+            // Unchanged: only the time of the look moves on.
+            Ok(None) => {
+                *self.checked.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                 return;
             }
-        };
-        let fingerprint = meta.as_ref().map(Fingerprint::of);
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = loaded
-            .read_at
-            .is_some_and(|at| at.elapsed() < FULL_READ_INTERVAL);
-        if loaded.fingerprint == fingerprint && fresh {
-            return;
-        }
-        loaded.read_at = Some(Instant::now());
-        let records = match fingerprint {
-            None => Ok(Vec::new()),
-            Some(_) => read(&self.path),
-        };
-        let moved = loaded.fingerprint != fingerprint;
-        loaded.fingerprint = fingerprint;
-        match records {
-            Ok(records) => {
-                let by_digest: HashMap<[u8; 32], Entry> = records
-                    .into_iter()
-                    .filter_map(|r| {
-                        let mut digest = [0u8; 32];
-                        hex::decode_to_slice(&r.sha256, &mut digest).ok()?;
-                        Some((
-                            digest,
-                            Entry {
-                                name: r.name.into(),
-                                hash: r.sha256,
-                                state: r.state,
-                            },
-                        ))
-                    })
-                    .collect();
-                let same = loaded.usable
-                    && by_digest.len() == loaded.by_digest.len()
-                    && by_digest.iter().all(|(d, e)| {
-                        loaded
-                            .by_digest
-                            .get(d)
-                            .is_some_and(|old| old.state == e.state && old.name == e.name)
-                    });
-                loaded.by_digest = by_digest;
-                loaded.usable = true;
-                if !same {
-                    let active = loaded
-                        .by_digest
+            Ok(Some(tokens)) => {
+                if current.by_digest.as_ref() != Some(&tokens) {
+                    let active = tokens
                         .values()
                         .filter(|e| e.state == TokenState::Active)
                         .count();
                     tracing::info!(event = "tokens_loaded", path = %self.path.display(), active, "token file read");
                 }
+                watch.failing = false;
+                Some(tokens)
             }
             Err(e) => {
-                if moved || loaded.usable {
+                if !watch.failing {
                     tracing::error!(error = %e, "token file unusable; refusing every token until it is fixed");
                 }
-                loaded.usable = false;
-                loaded.by_digest.clear();
+                watch.failing = true;
+                watch.read_at = None;
+                None
             }
-        }
+        };
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Snapshot { by_digest });
+        *self.checked.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Records by hash. A record with a name the commands would not have made (a hand edit)
+    /// is left out: its name could forge log lines.
+    fn index(&self, records: Vec<TokenRecord>) -> HashMap<[u8; 32], Entry> {
+        records
+            .into_iter()
+            .filter_map(|r| {
+                if let Err(e) = validate_name(&r.name) {
+                    tracing::error!(path = %self.path.display(), error = %e, "token record ignored");
+                    return None;
+                }
+                let mut digest = [0u8; 32];
+                hex::decode_to_slice(&r.sha256, &mut digest).ok()?;
+                Some((
+                    digest,
+                    Entry {
+                        name: r.name.into(),
+                        hash: r.sha256,
+                        state: r.state,
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// Checks the token a request presents: the password (or, failing that, the user name) of
@@ -427,12 +492,16 @@ impl Tokens {
         if candidates.is_empty() {
             return Verdict::Absent;
         }
-        self.refresh();
-        let loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(entry) = candidates
-            .iter()
-            .find_map(|c| loaded.by_digest.get(&digest(c)))
+        let checked = *self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        let snapshot = self.snapshot();
+        let Some(tokens) = snapshot
+            .by_digest
+            .as_ref()
+            .filter(|_| checked.elapsed() < SNAPSHOT_MAX_AGE)
         else {
+            return Verdict::Unavailable;
+        };
+        let Some(entry) = candidates.iter().find_map(|c| tokens.get(&digest(c))) else {
             return Verdict::Unknown;
         };
         match entry.state {
@@ -462,7 +531,7 @@ impl Tokens {
             .insert(hash.to_string(), minute);
     }
 
-    /// Writes last-use times noted since the last call; a no-op when there are none.
+    /// Writes last-use times noted since the last call; a no-op when there are none. Blocking.
     pub fn flush_last_use(&self) {
         let pending =
             std::mem::take(&mut *self.pending_use.lock().unwrap_or_else(|p| p.into_inner()));
@@ -587,6 +656,7 @@ mod tests {
         assert_eq!(tokens.check(&bearer("cpt_nope")), Verdict::Unknown);
 
         let secret = create(&path, "ci");
+        tokens.refresh();
         let ci: Arc<str> = "ci".into();
         assert_eq!(
             tokens.check(&bearer(secret.expose())),
@@ -603,16 +673,19 @@ mod tests {
         assert_eq!(tokens.check(&basic("ci", "wrong")), Verdict::Unknown);
 
         set_state(&path, "ci", TokenState::Disabled);
+        tokens.refresh();
         assert_eq!(
             tokens.check(&bearer(secret.expose())),
             Verdict::Disabled(ci.clone())
         );
         set_state(&path, "ci", TokenState::Active);
+        tokens.refresh();
         assert_eq!(
             tokens.check(&bearer(secret.expose())),
             Verdict::Valid(ci.clone())
         );
         set_state(&path, "ci", TokenState::Deleted);
+        tokens.refresh();
         assert_eq!(tokens.check(&bearer(secret.expose())), Verdict::Deleted(ci));
     }
 
@@ -627,8 +700,30 @@ mod tests {
             Verdict::Valid(_)
         ));
         fs::write(&path, b"{not json").expect("write");
-        assert_eq!(tokens.check(&bearer(secret.expose())), Verdict::Unknown);
+        tokens.refresh();
+        assert_eq!(tokens.check(&bearer(secret.expose())), Verdict::Unavailable);
         assert_eq!(tokens.active(), 0);
+        // Fixed: accepted again.
+        fs::remove_file(&path).expect("remove");
+        let again = create(&path, "ci");
+        tokens.refresh();
+        assert!(matches!(
+            tokens.check(&bearer(again.expose())),
+            Verdict::Valid(_)
+        ));
+    }
+
+    #[test]
+    fn hand_edited_records_with_unsafe_names_are_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokens.json");
+        let secret = create(&path, "ci");
+        modify(&path, |tokens| {
+            tokens[0].name = "ci\nforged log line".into()
+        })
+        .expect("write");
+        let tokens = Tokens::open(path);
+        assert_eq!(tokens.check(&bearer(secret.expose())), Verdict::Unknown);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `composer-proxy tokens …`: issue, list, disable, enable and delete client tokens, the way
 //! Marketplace access keys are managed. Changes are written to the token file, which running
-//! proxies read before each token check, so they apply to the next request without a restart.
+//! proxies look at every 250 ms, so they apply within a second without a restart.
 
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
@@ -174,16 +174,14 @@ pub fn set_state(config: &Config, name: &str, state: TokenState) -> Result<u8, C
     let effect = match (before == state, state) {
         (true, _) => format!("Token {name:?} was already {}.", state.as_str()),
         (false, TokenState::Disabled) => format!(
-            "Disabled token {name:?}: running proxies refuse it from their next request (HTTP \
+            "Disabled token {name:?}: running proxies refuse it within a second (HTTP \
              403, saying it is disabled). `composer-proxy tokens enable {name}` restores it."
         ),
         (false, TokenState::Active) => {
-            format!(
-                "Enabled token {name:?}: running proxies accept it again from their next request."
-            )
+            format!("Enabled token {name:?}: running proxies accept it again within a second.")
         }
         (false, TokenState::Deleted) => format!(
-            "Deleted token {name:?}: running proxies refuse it from their next request (HTTP \
+            "Deleted token {name:?}: running proxies refuse it within a second (HTTP \
              403, saying it was deleted). This cannot be undone; its name can be used for a new \
              token."
         ),
