@@ -255,9 +255,10 @@ pub fn parse_root(bytes: &[u8], repository: &Url) -> Result<UpstreamRoot, Protoc
             let sha256 = meta.get("sha256").and_then(Value::as_str).ok_or_else(|| {
                 ProtocolError::Shape(format!("provider-includes[{template}] has no sha256"))
             })?;
-            if !is_safe_relative_template(template) {
+            if !is_servable_listing_template(template) {
                 return Err(ProtocolError::Shape(format!(
-                    "provider-includes key {template:?} is not a plain relative path"
+                    "provider-includes key {template:?} is not of the form \
+                     p/<name>$%hash%.json, the only one the proxy can serve listings under"
                 )));
             }
             includes.push(ProviderInclude {
@@ -273,16 +274,21 @@ pub fn parse_root(bytes: &[u8], repository: &Url) -> Result<UpstreamRoot, Protoc
     })
 }
 
-/// Listing templates become paths the proxy serves, so they must not climb out of the root.
-fn is_safe_relative_template(t: &str) -> bool {
-    !t.is_empty()
-        && !t.starts_with('/')
-        && !t.contains("://")
-        && !t.contains('\\')
-        && !t.contains('?')
-        && t.contains("%hash%")
-        && t.split('/')
-            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+/// Listing templates become paths the proxy serves (expanded with the rewritten listing's
+/// hash), so one is accepted only when the router answers its expansion as a listing: one file
+/// under `p/` (as repo.magento.com and Packagist name theirs), ending in `.json`, made of
+/// characters that need no percent-encoding. Anything else could climb out of the root, be cut
+/// at a `#` or `?`, or be taken for a per-package file, and Composer 1 would get a 404.
+fn is_servable_listing_template(t: &str) -> bool {
+    let Some(file) = t.strip_prefix("p/") else {
+        return false;
+    };
+    file.contains("%hash%")
+        && file.ends_with(".json")
+        && file
+            .replace("%hash%", "")
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'$'))
 }
 
 /// Reads a v1 listing: package name → sha256 of its per-package file.
@@ -799,11 +805,43 @@ mod tests {
             "/abs$%hash%.json",
             "p/..\\x$%hash%.json",
             "p/x.json",
+            // Found by fuzzing: accepted, then advertised under paths the router refuses.
+            "p/#provider$%hash%.json",
+            "p/provider-ce$%hash%.~dev",
+            "include/all$%hash%.json",
+            "p/provider ce$%hash%.json",
+            "p/a%20b$%hash%.json",
+            "p/magento/framework$%hash%.json",
         ] {
             let root = serde_json::json!({"providers-url": "/p/%package%$%hash%.json",
                 "provider-includes": {t: {"sha256": "aa"}}});
             let bytes = serde_json::to_vec(&root).expect("json");
             assert!(parse_root(&bytes, &upstream).is_err(), "{t}");
+        }
+    }
+
+    #[test]
+    fn accepted_listing_templates_are_served_as_listings() {
+        use crate::routes::{parse_route, Route};
+        let upstream = Url::parse("https://repo.magento.com").expect("url");
+        let hash = sha256_hex(b"listing");
+        for t in [
+            "p/provider-ce$%hash%.json",
+            "p/provider-2013$%hash%.json",
+            "p/Provider_EE.v2~x-%hash%.json",
+        ] {
+            let root = serde_json::json!({"providers-url": "/p/%package%$%hash%.json",
+                "provider-includes": {t: {"sha256": "aa"}}});
+            let bytes = serde_json::to_vec(&root).expect("json");
+            let UpstreamRoot::V1 { includes, .. } = parse_root(&bytes, &upstream).expect(t) else {
+                panic!("{t}: not a v1 root");
+            };
+            let path = includes[0].path_for(&hash);
+            assert_eq!(
+                parse_route(&format!("/{path}"), ""),
+                Ok(Route::V1Listing { path: path.clone() }),
+                "{t}"
+            );
         }
     }
 
