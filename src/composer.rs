@@ -366,6 +366,11 @@ fn dist_extension(dist_type: &str) -> &str {
     }
 }
 
+/// The archives one document names, by package and [`dist_key`]. The package is part of the
+/// key because one upstream archive can be named by several packages of one document, and each
+/// must find it under its own URL.
+pub type Dists = HashMap<(String, String), DistSource>;
+
 /// An upstream archive as the proxy serves it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxiedDist {
@@ -393,7 +398,7 @@ pub struct ProcessedPackage {
     /// p2 `name.json` (stable versions) and `name~dev.json`.
     pub p2: Document,
     pub p2_dev: Document,
-    pub dists: HashMap<String, DistSource>,
+    pub dists: Dists,
 }
 
 impl ProcessedPackage {
@@ -415,12 +420,7 @@ impl Rewriter {
     /// Points one version's dist (and notification URL) at the proxy and records where the
     /// archive really lives. Dists on other hosts are left alone: the proxy only fetches from
     /// its upstream.
-    fn rewrite_version(
-        &self,
-        package: &str,
-        version: &mut Value,
-        dists: &mut HashMap<String, DistSource>,
-    ) {
+    fn rewrite_version(&self, package: &str, version: &mut Value, dists: &mut Dists) {
         let Some(obj) = version.as_object_mut() else {
             return;
         };
@@ -450,7 +450,7 @@ impl Rewriter {
             .filter(|s| !s.is_empty())
             .map(str::to_ascii_lowercase);
         dists.insert(
-            proxied.key,
+            (package.to_string(), proxied.key),
             DistSource {
                 package: package.to_string(),
                 url: proxied.upstream_url,
@@ -503,7 +503,7 @@ impl Rewriter {
             .ok_or_else(|| {
                 ProtocolError::Shape(format!("package file of {name} has no packages object"))
             })?;
-        let mut dists = HashMap::new();
+        let mut dists = Dists::new();
         let mut stable = Vec::new();
         let mut dev = Vec::new();
         for (pkg_name, versions) in packages.iter_mut() {
@@ -540,9 +540,9 @@ impl Rewriter {
         name: &str,
         bytes: &[u8],
         last_modified: SystemTime,
-    ) -> Result<(Document, HashMap<String, DistSource>), ProtocolError> {
+    ) -> Result<(Document, Dists), ProtocolError> {
         let mut json = parse_json(bytes, &format!("p2 file of {name}"))?;
-        let mut dists = HashMap::new();
+        let mut dists = Dists::new();
         if let Some(packages) = json.get_mut("packages").and_then(Value::as_object_mut) {
             for (pkg_name, versions) in packages.iter_mut() {
                 let pkg_lower = pkg_name.to_ascii_lowercase();
@@ -730,7 +730,7 @@ mod tests {
             ),
             None
         );
-        let source = &p.dists[&key];
+        let source = &p.dists[&("magento/framework".to_string(), key)];
         assert_eq!(source.shasum.as_deref(), Some("abcdef"));
         assert_eq!(p.dists.len(), 1);
     }
@@ -873,6 +873,24 @@ mod tests {
             "magento", "../x", "a/../b", "A/b", "a/b/c", "a/-b", "a/b-", "/b", "a/",
         ] {
             assert!(!is_package_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_archive_named_by_two_packages_is_found_under_each() {
+        // Found by fuzzing: keyed by URL alone, the second package's entry replaced the
+        // first's, and the first package's advertised URL answered 404.
+        let body = br#"{"packages":{
+            "acme/lib":[{"version":"1.0.0","dist":{"type":"zip","url":"/dl/shared.zip"}}],
+            "acme/lib-alias":[{"version":"1.0.0","dist":{"type":"zip","url":"/dl/shared.zip"}}]}}"#;
+        let (_, dists) = rewriter()
+            .process_p2_file("acme/lib", body, UNIX_EPOCH)
+            .expect("processes");
+        let key = dist_key("https://repo.magento.com/dl/shared.zip");
+        for package in ["acme/lib", "acme/lib-alias"] {
+            let source = &dists[&(package.to_string(), key.clone())];
+            assert_eq!(source.package, package);
+            assert_eq!(source.url, "https://repo.magento.com/dl/shared.zip");
         }
     }
 
