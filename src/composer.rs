@@ -895,6 +895,32 @@ mod tests {
     }
 
     #[test]
+    fn numbers_come_through_rewriting_unchanged() {
+        // Found by fuzzing: parsed without serde_json's float_roundtrip, a float (or an
+        // integer too large for 64 bits) came out off in its last digit, and again on every
+        // pass through a rewriter.
+        let body = br#"{"packages":{"acme/lib":[{"version":"1.0.0","extra":{
+            "ratio":1.3333333333333333e+25,"big":13333333333333333333333333,"tenth":0.1}}]}}"#;
+        let (doc, _) = rewriter()
+            .process_p2_file("acme/lib", body, UNIX_EPOCH)
+            .expect("processes");
+        let json: Value = serde_json::from_slice(&doc.identity).expect("json");
+        let extra = &json["packages"]["acme/lib"][0]["extra"];
+        for (field, literal) in [
+            ("ratio", "1.3333333333333333e+25"),
+            ("big", "13333333333333333333333333"),
+            ("tenth", "0.1"),
+        ] {
+            let exact: f64 = literal.parse().expect("a float literal");
+            assert_eq!(extra[field].as_f64(), Some(exact), "{field}");
+        }
+        let (again, _) = rewriter()
+            .process_p2_file("acme/lib", &doc.identity, UNIX_EPOCH)
+            .expect("processes again");
+        assert_eq!(doc.identity, again.identity);
+    }
+
+    #[test]
     fn p2_native_files_are_rewritten_in_place() {
         let body = br#"{"minified":"composer/2.0","packages":{"acme/lib":[
             {"name":"acme/lib","version":"1.0.0","dist":{"type":"zip","url":"https://repo.magento.com/dl/1.zip","shasum":""}},
