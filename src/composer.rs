@@ -255,9 +255,10 @@ pub fn parse_root(bytes: &[u8], repository: &Url) -> Result<UpstreamRoot, Protoc
             let sha256 = meta.get("sha256").and_then(Value::as_str).ok_or_else(|| {
                 ProtocolError::Shape(format!("provider-includes[{template}] has no sha256"))
             })?;
-            if !is_safe_relative_template(template) {
+            if !is_servable_listing_template(template) {
                 return Err(ProtocolError::Shape(format!(
-                    "provider-includes key {template:?} is not a plain relative path"
+                    "provider-includes key {template:?} is not of the form \
+                     p/<name>$%hash%.json, the only one the proxy can serve listings under"
                 )));
             }
             includes.push(ProviderInclude {
@@ -273,16 +274,21 @@ pub fn parse_root(bytes: &[u8], repository: &Url) -> Result<UpstreamRoot, Protoc
     })
 }
 
-/// Listing templates become paths the proxy serves, so they must not climb out of the root.
-fn is_safe_relative_template(t: &str) -> bool {
-    !t.is_empty()
-        && !t.starts_with('/')
-        && !t.contains("://")
-        && !t.contains('\\')
-        && !t.contains('?')
-        && t.contains("%hash%")
-        && t.split('/')
-            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+/// Listing templates become paths the proxy serves (expanded with the rewritten listing's
+/// hash), so one is accepted only when the router answers its expansion as a listing: one file
+/// under `p/` (as repo.magento.com and Packagist name theirs), ending in `.json`, made of
+/// characters that need no percent-encoding. Anything else could climb out of the root, be cut
+/// at a `#` or `?`, or be taken for a per-package file, and Composer 1 would get a 404.
+fn is_servable_listing_template(t: &str) -> bool {
+    let Some(file) = t.strip_prefix("p/") else {
+        return false;
+    };
+    file.contains("%hash%")
+        && file.ends_with(".json")
+        && file
+            .replace("%hash%", "")
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'$'))
 }
 
 /// Reads a v1 listing: package name → sha256 of its per-package file.
@@ -360,6 +366,11 @@ fn dist_extension(dist_type: &str) -> &str {
     }
 }
 
+/// The archives one document names, by package and [`dist_key`]. The package is part of the
+/// key because one upstream archive can be named by several packages of one document, and each
+/// must find it under its own URL.
+pub type Dists = HashMap<(String, String), DistSource>;
+
 /// An upstream archive as the proxy serves it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxiedDist {
@@ -387,7 +398,7 @@ pub struct ProcessedPackage {
     /// p2 `name.json` (stable versions) and `name~dev.json`.
     pub p2: Document,
     pub p2_dev: Document,
-    pub dists: HashMap<String, DistSource>,
+    pub dists: Dists,
 }
 
 impl ProcessedPackage {
@@ -409,12 +420,7 @@ impl Rewriter {
     /// Points one version's dist (and notification URL) at the proxy and records where the
     /// archive really lives. Dists on other hosts are left alone: the proxy only fetches from
     /// its upstream.
-    fn rewrite_version(
-        &self,
-        package: &str,
-        version: &mut Value,
-        dists: &mut HashMap<String, DistSource>,
-    ) {
+    fn rewrite_version(&self, package: &str, version: &mut Value, dists: &mut Dists) {
         let Some(obj) = version.as_object_mut() else {
             return;
         };
@@ -444,7 +450,7 @@ impl Rewriter {
             .filter(|s| !s.is_empty())
             .map(str::to_ascii_lowercase);
         dists.insert(
-            proxied.key,
+            (package.to_string(), proxied.key),
             DistSource {
                 package: package.to_string(),
                 url: proxied.upstream_url,
@@ -497,7 +503,7 @@ impl Rewriter {
             .ok_or_else(|| {
                 ProtocolError::Shape(format!("package file of {name} has no packages object"))
             })?;
-        let mut dists = HashMap::new();
+        let mut dists = Dists::new();
         let mut stable = Vec::new();
         let mut dev = Vec::new();
         for (pkg_name, versions) in packages.iter_mut() {
@@ -534,9 +540,9 @@ impl Rewriter {
         name: &str,
         bytes: &[u8],
         last_modified: SystemTime,
-    ) -> Result<(Document, HashMap<String, DistSource>), ProtocolError> {
+    ) -> Result<(Document, Dists), ProtocolError> {
         let mut json = parse_json(bytes, &format!("p2 file of {name}"))?;
-        let mut dists = HashMap::new();
+        let mut dists = Dists::new();
         if let Some(packages) = json.get_mut("packages").and_then(Value::as_object_mut) {
             for (pkg_name, versions) in packages.iter_mut() {
                 let pkg_lower = pkg_name.to_ascii_lowercase();
@@ -724,7 +730,7 @@ mod tests {
             ),
             None
         );
-        let source = &p.dists[&key];
+        let source = &p.dists[&("magento/framework".to_string(), key)];
         assert_eq!(source.shasum.as_deref(), Some("abcdef"));
         assert_eq!(p.dists.len(), 1);
     }
@@ -799,11 +805,43 @@ mod tests {
             "/abs$%hash%.json",
             "p/..\\x$%hash%.json",
             "p/x.json",
+            // Found by fuzzing: accepted, then advertised under paths the router refuses.
+            "p/#provider$%hash%.json",
+            "p/provider-ce$%hash%.~dev",
+            "include/all$%hash%.json",
+            "p/provider ce$%hash%.json",
+            "p/a%20b$%hash%.json",
+            "p/magento/framework$%hash%.json",
         ] {
             let root = serde_json::json!({"providers-url": "/p/%package%$%hash%.json",
                 "provider-includes": {t: {"sha256": "aa"}}});
             let bytes = serde_json::to_vec(&root).expect("json");
             assert!(parse_root(&bytes, &upstream).is_err(), "{t}");
+        }
+    }
+
+    #[test]
+    fn accepted_listing_templates_are_served_as_listings() {
+        use crate::routes::{parse_route, Route};
+        let upstream = Url::parse("https://repo.magento.com").expect("url");
+        let hash = sha256_hex(b"listing");
+        for t in [
+            "p/provider-ce$%hash%.json",
+            "p/provider-2013$%hash%.json",
+            "p/Provider_EE.v2~x-%hash%.json",
+        ] {
+            let root = serde_json::json!({"providers-url": "/p/%package%$%hash%.json",
+                "provider-includes": {t: {"sha256": "aa"}}});
+            let bytes = serde_json::to_vec(&root).expect("json");
+            let UpstreamRoot::V1 { includes, .. } = parse_root(&bytes, &upstream).expect(t) else {
+                panic!("{t}: not a v1 root");
+            };
+            let path = includes[0].path_for(&hash);
+            assert_eq!(
+                parse_route(&format!("/{path}"), ""),
+                Ok(Route::V1Listing { path: path.clone() }),
+                "{t}"
+            );
         }
     }
 
@@ -836,6 +874,50 @@ mod tests {
         ] {
             assert!(!is_package_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_archive_named_by_two_packages_is_found_under_each() {
+        // Found by fuzzing: keyed by URL alone, the second package's entry replaced the
+        // first's, and the first package's advertised URL answered 404.
+        let body = br#"{"packages":{
+            "acme/lib":[{"version":"1.0.0","dist":{"type":"zip","url":"/dl/shared.zip"}}],
+            "acme/lib-alias":[{"version":"1.0.0","dist":{"type":"zip","url":"/dl/shared.zip"}}]}}"#;
+        let (_, dists) = rewriter()
+            .process_p2_file("acme/lib", body, UNIX_EPOCH)
+            .expect("processes");
+        let key = dist_key("https://repo.magento.com/dl/shared.zip");
+        for package in ["acme/lib", "acme/lib-alias"] {
+            let source = &dists[&(package.to_string(), key.clone())];
+            assert_eq!(source.package, package);
+            assert_eq!(source.url, "https://repo.magento.com/dl/shared.zip");
+        }
+    }
+
+    #[test]
+    fn numbers_come_through_rewriting_unchanged() {
+        // Found by fuzzing: parsed without serde_json's float_roundtrip, a float (or an
+        // integer too large for 64 bits) came out off in its last digit, and again on every
+        // pass through a rewriter.
+        let body = br#"{"packages":{"acme/lib":[{"version":"1.0.0","extra":{
+            "ratio":1.3333333333333333e+25,"big":13333333333333333333333333,"tenth":0.1}}]}}"#;
+        let (doc, _) = rewriter()
+            .process_p2_file("acme/lib", body, UNIX_EPOCH)
+            .expect("processes");
+        let json: Value = serde_json::from_slice(&doc.identity).expect("json");
+        let extra = &json["packages"]["acme/lib"][0]["extra"];
+        for (field, literal) in [
+            ("ratio", "1.3333333333333333e+25"),
+            ("big", "13333333333333333333333333"),
+            ("tenth", "0.1"),
+        ] {
+            let exact: f64 = literal.parse().expect("a float literal");
+            assert_eq!(extra[field].as_f64(), Some(exact), "{field}");
+        }
+        let (again, _) = rewriter()
+            .process_p2_file("acme/lib", &doc.identity, UNIX_EPOCH)
+            .expect("processes again");
+        assert_eq!(doc.identity, again.identity);
     }
 
     #[test]

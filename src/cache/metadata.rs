@@ -138,7 +138,7 @@ struct PersistedRoot {
 #[derive(Debug)]
 pub struct P2Entry {
     pub doc: Document,
-    dists: HashMap<String, composer::DistSource>,
+    dists: composer::Dists,
     /// `None`: loaded from disk, not yet revalidated by this process.
     validated_at: Option<Instant>,
     validators: Validators,
@@ -911,18 +911,19 @@ impl MetadataCache {
         if view.knows(package) == Some(false) {
             return Err(unknown());
         }
+        let id = (package.to_string(), key.to_string());
         let found = match &view.upstream {
             UpstreamRoot::V1 { .. } => self
                 .v1_package(&view, package)
                 .await?
                 .dists
-                .get(key)
+                .get(&id)
                 .cloned(),
             UpstreamRoot::P2 { metadata_url, .. } => {
                 let mut found = None;
                 for file in [package.to_string(), format!("{package}~dev")] {
                     if let Ok((entry, _)) = self.p2_native(metadata_url.as_str(), &file).await {
-                        if let Some(d) = entry.dists.get(key) {
+                        if let Some(d) = entry.dists.get(&id) {
                             found = Some(d.clone());
                             break;
                         }
@@ -931,7 +932,7 @@ impl MetadataCache {
                 found
             }
         };
-        found.filter(|d| d.package == package).ok_or_else(unknown)
+        found.ok_or_else(unknown)
     }
 
     /// Builds the rewritten v1 chain for the current view, if it lacks one.

@@ -82,15 +82,24 @@ impl ProxyProcess {
 
     /// Waits (bounded) for a JSON log line matching `pred`, searching from the start.
     pub fn wait_for_log(&self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.wait_for_logs(1, pred)
+            .and_then(|found| found.into_iter().next())
+    }
+
+    /// Waits (bounded) until at least `count` JSON log lines match `pred`, and returns every
+    /// line that matches by then. Lines reach the log when the proxy's background writer gets
+    /// to them, so a client having finished does not mean its access lines are all there.
+    pub fn wait_for_logs(&self, count: usize, pred: impl Fn(&Value) -> bool) -> Option<Vec<Value>> {
         let deadline = Instant::now() + LOG_WAIT;
         let mut lines = self.log.lines.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            let found = lines
+            let found: Vec<Value> = lines
                 .iter()
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .find(|v| pred(v));
-            if found.is_some() {
-                return found;
+                .filter(|v| pred(v))
+                .collect();
+            if found.len() >= count {
+                return Some(found);
             }
             let now = Instant::now();
             if now >= deadline {
