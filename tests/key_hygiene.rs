@@ -3,7 +3,9 @@
 //! The real binary runs with every crate logging at trace level. A full Composer install goes
 //! through it, then every error path we can provoke: unknown packages and routes, bad paths
 //! and methods, truncated and corrupt archives, upstream errors, timeouts, rejected keys, an
-//! unreachable upstream, the `check` command and configuration errors. Then every byte the
+//! unreachable upstream, the `check` command and configuration errors; then a second replica
+//! with client tokens required, a fallback key pair and a trusted proxy, reloaded by SIGHUP:
+//! token and allowlist refusals, a bad X-Forwarded-For, 405/413/414/431. Then every byte the
 //! proxy printed, every response (status line, headers, body), what Composer printed and
 //! cached, and everything in the cache directory are searched for the keys: raw, as base64 of
 //! `public:private` (what travels in the Authorization header), and URL-encoded. Nothing may
@@ -310,6 +312,200 @@ fn keys_never_leave_the_proxy_except_towards_the_upstream() {
         seen.add(format!("{setting} error stderr"), out.stderr);
     }
 
+    // A second replica on the same cache with client tokens required, behind a trusted proxy
+    // (the test itself), with a fallback key pair, reloaded by SIGHUP: token refusals,
+    // allowlist refusals, bad X-Forwarded-For and the request limits, at trace level too.
+    let tokens_file = dir.path().join("tokens.json");
+    let fallback_ok = dir.path().join("fallback-ok");
+    std::fs::write(&fallback_ok, format!("{PUBLIC}:{PRIVATE}\n")).expect("write");
+    let mut guarded_env = env.clone();
+    guarded_env.extend(
+        [
+            ("COMPOSER_PROXY_REQUIRE_TOKENS", "true".to_string()),
+            (
+                "COMPOSER_PROXY_TOKENS_FILE",
+                tokens_file.display().to_string(),
+            ),
+            ("COMPOSER_PROXY_TRUSTED_PROXIES", "127.0.0.1/32".to_string()),
+            (
+                "COMPOSER_PROXY_FALLBACK_KEYS_FILE",
+                fallback_ok.display().to_string(),
+            ),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    let guarded = ProxyProcess::start(&guarded_env);
+    let created = binary()
+        .args(["tokens", "create", "--name", "ci-runner"])
+        .envs(guarded_env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("tokens create runs");
+    assert!(created.status.success());
+    let token = String::from_utf8_lossy(&created.stdout)
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("cpt_") && !l.contains(' '))
+        .expect("the secret is printed once")
+        .to_string();
+    let bearer = format!("Bearer {token}");
+    let guarded_fetch =
+        |seen: &mut Haystack, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes| {
+            let url = format!("{}{path}", guarded.url);
+            let reply = runtime.block_on(request(method.clone(), &url, headers, body));
+            seen.add_reply(&format!("guarded {method} {path}"), &reply);
+            reply
+        };
+    // The new token reaches the replica within a second (bounded; see access_control.rs).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while guarded_fetch(
+        &mut seen,
+        Method::GET,
+        "/packages.json",
+        &[("authorization", &bearer)],
+        Bytes::new(),
+    )
+    .status
+        != StatusCode::OK
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token was never accepted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let long_path = format!("/p2/magento/{}.json", "a".repeat(2000));
+    let huge_header = "x".repeat(70 * 1024);
+    for (method, path, headers, body, expected) in [
+        (Method::GET, "/packages.json", vec![], Bytes::new(), 401),
+        (
+            Method::GET,
+            "/packages.json",
+            vec![("authorization", "Bearer cpt_wrong")],
+            Bytes::new(),
+            401,
+        ),
+        (
+            Method::GET,
+            "/packages.json",
+            vec![("authorization", "Basic bm90OmF0b2tlbg==")],
+            Bytes::new(),
+            401,
+        ),
+        (
+            Method::GET,
+            &archive,
+            vec![("authorization", bearer.as_str())],
+            Bytes::new(),
+            200,
+        ),
+        (
+            Method::GET,
+            "/packages.json",
+            vec![
+                ("authorization", bearer.as_str()),
+                ("x-forwarded-for", "203.0.113.9"),
+            ],
+            Bytes::new(),
+            403,
+        ),
+        (
+            Method::GET,
+            "/packages.json",
+            vec![
+                ("authorization", bearer.as_str()),
+                ("x-forwarded-for", "10.1.1.1, garbage"),
+            ],
+            Bytes::new(),
+            400,
+        ),
+        (
+            Method::GET,
+            &long_path,
+            vec![("authorization", bearer.as_str())],
+            Bytes::new(),
+            414,
+        ),
+        (
+            Method::GET,
+            "/packages.json",
+            vec![("x-padding", huge_header.as_str())],
+            Bytes::new(),
+            431,
+        ),
+        (
+            Method::POST,
+            "/downloads/",
+            vec![
+                ("authorization", bearer.as_str()),
+                ("content-type", "application/json"),
+            ],
+            Bytes::from(vec![b' '; 2 * 1024 * 1024]),
+            413,
+        ),
+        (Method::PUT, "/packages.json", vec![], Bytes::new(), 405),
+    ] {
+        let reply = guarded_fetch(&mut seen, method.clone(), path, &headers, body);
+        assert_eq!(
+            reply.status.as_u16(),
+            expected,
+            "{method} {}",
+            &path[..path.len().min(60)]
+        );
+    }
+    guarded.signal("HUP");
+    assert!(guarded
+        .wait_for_log(|v| v["event"] == "config_reloaded")
+        .is_some());
+    let disabled = binary()
+        .args(["tokens", "disable", "ci-runner"])
+        .envs(guarded_env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("tokens disable runs");
+    seen.add("tokens disable stdout", disabled.stdout);
+    seen.add("tokens disable stderr", disabled.stderr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while guarded_fetch(
+        &mut seen,
+        Method::GET,
+        "/packages.json",
+        &[("authorization", &bearer)],
+        Bytes::new(),
+    )
+    .status
+        != StatusCode::FORBIDDEN
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token was never refused"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for args in [&["tokens", "list"][..], &["tokens", "list", "--json"][..]] {
+        let out = binary()
+            .args(args)
+            .envs(guarded_env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("tokens list runs");
+        seen.add(format!("{args:?} stdout"), out.stdout);
+    }
+    guarded.signal("TERM");
+    let mut guarded = guarded;
+    assert!(guarded.wait().success());
+    let guarded_log = guarded.log_text();
+    assert!(guarded_log.contains("\"event\":\"token_refused\""));
+    seen.add("guarded proxy output", guarded_log.clone());
+    // The token secret is a secret too: only `tokens create` ever prints it.
+    let token_needles = [
+        token.clone(),
+        base64::engine::general_purpose::STANDARD.encode(format!("ci-runner:{token}")),
+    ];
+    for needle in &token_needles {
+        assert!(
+            !guarded_log.contains(needle.as_str()),
+            "the client token leaked into the log"
+        );
+    }
+
     // Upstream gone: answers from cache, and errors for what is not cached.
     runtime.block_on(mock.stop());
     fetch(&mut seen, Method::GET, "/packages.json", &[]);
@@ -325,15 +521,26 @@ fn keys_never_leave_the_proxy_except_towards_the_upstream() {
     seen.add("proxy output", proxy.log_text());
     seen.add_tree(&cache);
 
-    // The log really is at trace level, and from more than this crate.
+    // The log really is at trace level, for every crate that logs: the filter is plain
+    // `trace`, and the HTTP stacks' own trace lines are there too.
     let log = proxy.log_text();
-    assert!(log.contains("\"level\":\"TRACE\""), "not at trace level");
+    let traced: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "TRACE")
+        .collect();
+    let targets: std::collections::BTreeSet<String> = traced
+        .iter()
+        .filter_map(|v| v["target"].as_str())
+        .map(|t| t.split("::").next().unwrap_or(t).to_string())
+        .collect();
     assert!(
-        log.lines()
-            .filter(|l| l.contains("\"level\":\"TRACE\""))
-            .count()
-            > 100,
-        "too little traced to mean anything"
+        traced.len() > 100,
+        "too little traced to mean anything: {targets:?}"
+    );
+    assert!(
+        targets.iter().any(|t| t != "composer_proxy"),
+        "only this crate traced: {targets:?}"
     );
 
     // Positive control: the upstream received exactly the Basic credentials searched for, and
