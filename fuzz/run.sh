@@ -32,7 +32,9 @@ if ! cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $CARGO_FUZZ_VERSION
   cargo install --locked --version "$CARGO_FUZZ_VERSION" cargo-fuzz
 fi
 
-# fuzz/Cargo.lock is committed: fail here, not half-way, if it no longer matches.
+# fuzz/Cargo.lock is committed: fail here, not half-way, if it no longer matches. It is the
+# proxy's Cargo.lock plus libfuzzer-sys; after changing the proxy's dependencies, refresh it with
+# `cp Cargo.lock fuzz/Cargo.lock && cargo fetch --manifest-path fuzz/Cargo.toml`.
 cargo fetch --locked --manifest-path fuzz/Cargo.toml
 
 targets=("$@")

@@ -3,6 +3,9 @@
 //! certificates replaced on disk while the proxy runs reach new connections, leave open ones
 //! working, and a broken replacement changes nothing but the log.
 //!
+//! Composer speaks HTTP/2 through php-curl when libcurl has it: Debian 12's libcurl4 (7.88) is
+//! built with nghttp2, so the packages `.ci/run` installs are enough.
+//!
 //! The real binary runs (`ProxyProcess`), so certificates are reloaded exactly as in
 //! production, by its file watcher, and every wait is on a line of its JSON log. Composer and
 //! the log waits block, so the runtime is multi-threaded and they run in `block_in_place`,
