@@ -17,7 +17,7 @@ use serde_json::Value;
 use support::catalogue::Catalogue;
 use support::composer::ComposerProject;
 use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
-use support::process::ProxyProcess;
+use support::process::{created_secret, ProxyProcess};
 use support::proxy::{base_env, get, get_with, Reply, TestProxy};
 
 const PRODUCT: &str = "magento/product-community-edition";
@@ -138,16 +138,6 @@ fn tokens_ok(tokens_file: &Path, public_url: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).expect("utf-8")
-}
-
-/// The secret `tokens create` prints, on a line of its own.
-fn created_secret(stdout: &str) -> String {
-    stdout
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("cpt_") && !l.contains(' '))
-        .unwrap_or_else(|| panic!("no secret in: {stdout}"))
-        .to_string()
 }
 
 /// A token change must reach the running proxy within a second: asks until the answer is

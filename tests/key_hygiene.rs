@@ -25,7 +25,7 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use support::catalogue::Catalogue;
 use support::composer::ComposerProject;
 use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
-use support::process::ProxyProcess;
+use support::process::{created_secret, ProxyProcess};
 use support::proxy::{request, Reply};
 
 /// A public key shaped like Marketplace's, and a private key with characters that base64 and
@@ -341,12 +341,7 @@ fn keys_never_leave_the_proxy_except_towards_the_upstream() {
         .output()
         .expect("tokens create runs");
     assert!(created.status.success());
-    let token = String::from_utf8_lossy(&created.stdout)
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("cpt_") && !l.contains(' '))
-        .expect("the secret is printed once")
-        .to_string();
+    let token = created_secret(&String::from_utf8_lossy(&created.stdout));
     let bearer = format!("Bearer {token}");
     let guarded_fetch =
         |seen: &mut Haystack, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes| {

@@ -158,3 +158,13 @@ impl Drop for ProxyProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The secret `composer-proxy tokens create` prints, on a line of its own.
+pub fn created_secret(stdout: &str) -> String {
+    stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("cpt_") && !l.contains(' '))
+        .unwrap_or_else(|| panic!("no secret in: {stdout}"))
+        .to_string()
+}
