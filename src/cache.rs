@@ -1,23 +1,22 @@
-//! The cache directory: its layout, and the one way files get into it (temporary file, fsync,
-//! rename), so a crash or a concurrent replica never leaves a half-written file under a name
-//! that is later served.
+//! The cache directory: its layout, and the one way files get into it (temporary file, flush,
+//! fsync, rename), so a crash, a full disk or a concurrent replica never leaves a half-written
+//! file under a name that is later served.
 //!
 //! Every file name below the cache directory is derived from a hash the proxy computed itself,
 //! never from client input, so no request can address a file outside it.
 
 pub mod archives;
+mod health;
 pub mod metadata;
+mod sweep;
 
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use tokio::io::AsyncWriteExt;
-
-/// Temporary files older than this are left over from a killed process (or a replica that
-/// died) and are removed at start-up; younger ones may belong to a live replica.
-const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
+pub use health::{cache_verdict, CacheHealth, CacheProbe, DiskSpace, WriteKind};
+pub use sweep::SweepReport;
 
 #[derive(Debug)]
 pub struct CacheDir {
@@ -26,9 +25,10 @@ pub struct CacheDir {
     /// Prefix of this instance's temporary files: unique among processes (pid) and among
     /// proxies in one process (start time), so shutdown removes only its own.
     instance: String,
+    health: CacheHealth,
 }
 
-fn is_hex(s: &str) -> bool {
+pub(crate) fn is_hex(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
@@ -39,7 +39,13 @@ impl CacheDir {
             tokio::fs::create_dir_all(root.join(sub)).await?;
         }
         let dir = Self::at(root);
-        dir.sweep_temp().await;
+        // A live replica holds a lock on each of its temporary files; the rest are leftovers.
+        let dir = tokio::task::spawn_blocking(move || {
+            dir.sweep_temp().log();
+            dir
+        })
+        .await
+        .map_err(io::Error::other)?;
         Ok(dir)
     }
 
@@ -54,25 +60,18 @@ impl CacheDir {
             root: root.to_path_buf(),
             counter: AtomicU64::new(0),
             instance: format!("{}-{started}", std::process::id()),
+            health: CacheHealth::default(),
         }
     }
 
-    async fn sweep_temp(&self) {
-        let Ok(mut entries) = tokio::fs::read_dir(self.root.join("tmp")).await else {
-            return;
-        };
-        while let Ok(Some(entry)) = entries.next_entry().await {
-            let old = entry
-                .metadata()
-                .await
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| SystemTime::now().duration_since(t).ok())
-                .is_some_and(|age| age > STALE_TEMP_AGE);
-            if old {
-                let _ = tokio::fs::remove_file(entry.path()).await;
-            }
-        }
+    /// Write failures, free space and temporary files, for `/readyz` and `/metrics`.
+    pub fn health(&self) -> &CacheHealth {
+        &self.health
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Path of a content-addressed metadata document (raw upstream bytes, already verified).
@@ -172,30 +171,133 @@ impl CacheDir {
         removed
     }
 
-    /// Writes `bytes` to `path` atomically.
+    /// Writes `bytes` to `path` atomically: a locked temporary file, written, flushed and
+    /// fsynced, then renamed over `path`. Any error (a full disk shows at write, flush or
+    /// fsync) removes the temporary file and leaves the previous `path` untouched.
     pub async fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let temp = self.temp_path();
-        let result = async {
-            let mut file = tokio::fs::File::create(&temp).await?;
-            file.write_all(bytes).await?;
-            file.sync_all().await?;
-            drop(file);
-            self.commit(&temp, path).await
-        }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&temp).await;
-        }
-        result
+        let bytes = bytes.to_vec();
+        let target = path.to_path_buf();
+        // std, not tokio::fs: tokio's File keeps a failed background write's error for the next
+        // call and `sync_all` does not report it, so a full disk used to commit empty files.
+        tokio::task::spawn_blocking(move || write_then_rename(&temp, &target, &bytes))
+            .await
+            .map_err(io::Error::other)?
     }
 
-    /// Renames a complete, synced temporary file into place.
-    pub async fn commit(&self, temp: &Path, path: &Path) -> io::Result<()> {
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await?;
-        }
-        tokio::fs::rename(temp, path).await
+    /// [`CacheDir::write_atomic`], for code already off the async threads. Blocking.
+    pub fn write_atomic_blocking(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        write_then_rename(&self.temp_path(), path, bytes)
     }
+
+    /// Saves a metadata document; a failure is logged and counted here, once, and never stops
+    /// serving what was just fetched (it only means the next start has to fetch it again).
+    pub async fn save_metadata(&self, path: &Path, bytes: &[u8], what: &str) -> bool {
+        match self.write_atomic(path, bytes).await {
+            Ok(()) => {
+                self.health.write_succeeded(WriteKind::Metadata);
+                true
+            }
+            Err(e) => {
+                self.health.write_failed(WriteKind::Metadata, what, &e);
+                false
+            }
+        }
+    }
+
+    /// Whether the cache directory takes writes: a small file written, flushed, fsynced and
+    /// removed in `tmp/`.
+    pub async fn probe_writable(&self) -> io::Result<()> {
+        let probe = self.temp_path();
+        tokio::task::spawn_blocking(move || {
+            let result = write_synced(&probe, b"ready");
+            let _ = std::fs::remove_file(&probe);
+            result
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// Whether the cache directory can be read at all (else nothing can be served from it).
+    pub async fn probe_readable(&self) -> io::Result<()> {
+        let root = self.metadata_root();
+        tokio::task::spawn_blocking(move || std::fs::read_dir(root).map(drop))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// Reads, writes and measures the cache directory, for `/readyz` and `/metrics`.
+    pub async fn probe(&self) -> CacheProbe {
+        let readable = self.probe_readable().await.map_err(|e| e.to_string());
+        let writable = self.probe_writable().await.map_err(|e| e.to_string());
+        let root = self.root.clone();
+        let space = tokio::task::spawn_blocking(move || DiskSpace::of(&root).ok())
+            .await
+            .ok()
+            .flatten();
+        CacheProbe {
+            readable,
+            writable,
+            space,
+        }
+    }
+
+    /// Free space on the volume holding the cache. Blocking (one statvfs call).
+    pub fn disk_space(&self) -> io::Result<DiskSpace> {
+        DiskSpace::of(&self.root)
+    }
+
+    /// Removes temporary files no process owns any more (killed downloads). Blocking.
+    pub fn sweep_temp(&self) -> SweepReport {
+        let report = sweep::sweep(&self.temp_root(), &format!("{}-", self.instance));
+        self.health.set_temp_bytes(report.remaining_bytes);
+        self.health.add_swept(report.removed_files);
+        report
+    }
+
+    /// Renames a complete, synced temporary file into place. Blocking.
+    pub fn commit(&self, temp: &Path, path: &Path) -> io::Result<()> {
+        rename_into(temp, path)
+    }
+}
+
+fn write_then_rename(temp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let result = write_synced(temp, bytes).and_then(|()| rename_into(temp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(temp);
+    }
+    result
+}
+
+/// Creates `path` (new, locked so sweepers in other processes leave it alone), writes `bytes`,
+/// flushes and fsyncs it. Blocking.
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = create_temp(path)?;
+    file.write_all(bytes)?;
+    file.flush()?;
+    file.sync_all()
+}
+
+/// A new temporary file, read-write, holding the advisory lock that marks it as owned.
+/// Blocking. Where the filesystem cannot lock, the file still works; sweepers then rely on its
+/// age alone.
+pub fn create_temp(path: &Path) -> io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(path)?;
+    if let Err(std::fs::TryLockError::Error(e)) = file.try_lock() {
+        tracing::debug!(error = %e, "temporary files cannot be locked here");
+    }
+    Ok(file)
+}
+
+fn rename_into(temp: &Path, path: &Path) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::rename(temp, path)
 }
 
 #[cfg(test)]

@@ -344,6 +344,8 @@ pub struct DistSource {
     pub url: String,
     /// sha1 the metadata promises, when it promises one.
     pub shasum: Option<String>,
+    /// The dist type is `zip` (Composer's default), so its structure can be checked.
+    pub is_zip: bool,
 }
 
 /// The proxy's key for an upstream archive URL: stable for a given URL, so URLs in lock files
@@ -455,6 +457,7 @@ impl Rewriter {
                 package: package.to_string(),
                 url: proxied.upstream_url,
                 shasum,
+                is_zip: dist_type == "zip",
             },
         );
         dist.insert("url".into(), Value::String(proxied.url));

@@ -146,6 +146,13 @@ pub struct Config {
     pub stale_on_key_rejection: bool,
     pub archive_cache_max_bytes: u64,
     pub archive_memory_cache_max_bytes: u64,
+    /// Free space eviction keeps on the cache volume; below it `/readyz` reports degraded.
+    pub cache_min_free_bytes: u64,
+    /// How often temporary files of dead processes are looked for.
+    pub cache_sweep_interval: Duration,
+    /// How often the scrub starts a pass over the stored archives; `None`: never.
+    pub scrub_interval: Option<Duration>,
+    pub scrub_max_bytes_per_sec: u64,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -198,6 +205,10 @@ struct RawConfig {
     stale_on_key_rejection: bool,
     archive_cache_max_bytes: u64,
     archive_memory_cache_max_bytes: u64,
+    cache_min_free_bytes: u64,
+    cache_sweep_interval_secs: u64,
+    scrub_interval_secs: u64,
+    scrub_max_bytes_per_sec: u64,
     log_format: String,
     log_level: String,
 }
@@ -503,6 +514,14 @@ fn validate(
         ));
     }
 
+    if raw.scrub_max_bytes_per_sec < 1024 * 1024 {
+        return Err(err(
+            "scrub_max_bytes_per_sec",
+            "must be at least 1048576 (1 MiB/s); turn the scrub off with scrub_interval_secs = 0"
+                .into(),
+        ));
+    }
+
     if raw.max_connections == 0 {
         return Err(err("max_connections", "must be at least 1".into()));
     }
@@ -574,6 +593,11 @@ fn validate(
         stale_on_key_rejection: raw.stale_on_key_rejection,
         archive_cache_max_bytes: raw.archive_cache_max_bytes,
         archive_memory_cache_max_bytes: raw.archive_memory_cache_max_bytes,
+        cache_min_free_bytes: raw.cache_min_free_bytes,
+        cache_sweep_interval: positive("cache_sweep_interval_secs", raw.cache_sweep_interval_secs)?,
+        scrub_interval: (raw.scrub_interval_secs > 0)
+            .then(|| Duration::from_secs(raw.scrub_interval_secs)),
+        scrub_max_bytes_per_sec: raw.scrub_max_bytes_per_sec,
         log_format,
         log_level: raw.log_level,
     })

@@ -25,7 +25,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::access::Access;
-use crate::cache::archives::ArchiveStore;
+use crate::cache::archives::{ArchiveStore, ScrubSettings, StoreSettings};
 use crate::cache::metadata::{MetadataCache, MetadataSettings};
 use crate::cache::CacheDir;
 use crate::config::Config;
@@ -42,9 +42,13 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     /// `None` without TLS; replaced when certificates are reloaded.
     tls: Option<RwLock<tokio_rustls::TlsAcceptor>>,
-    /// Result of the last cache-directory write probe, reused for a few seconds by `/readyz`.
-    pub disk_probe: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+    /// The last cache-directory probe, reused for a few seconds by `/readyz` and `/metrics`.
+    pub disk_probe: tokio::sync::Mutex<Option<(std::time::Instant, cache::CacheProbe)>>,
     pub metrics: Arc<Metrics>,
+    /// `/readyz` reports free space below this as degraded.
+    pub cache_min_free_bytes: u64,
+    /// Maintenance of the archive store: sweeping and scrubbing.
+    maintenance: (std::time::Duration, Option<ScrubSettings>),
     /// Path of the public URL (e.g. `/magento`), accepted in front of every route.
     pub path_prefix: String,
     pub public_url: String,
@@ -140,14 +144,9 @@ impl Proxy {
             &MetadataSettings::from(config),
         );
         metadata.restore().await;
-        let archives = ArchiveStore::open(
-            disk,
-            upstream.clone(),
-            config.archive_cache_max_bytes,
-            config.archive_memory_cache_max_bytes,
-        )
-        .await
-        .context("cannot read the archive store in `cache_dir`")?;
+        let archives = ArchiveStore::open(disk, upstream.clone(), StoreSettings::from(config))
+            .await
+            .context("cannot read the archive store in `cache_dir`")?;
         let state = Arc::new(AppState {
             archives,
             upstream,
@@ -157,6 +156,14 @@ impl Proxy {
             tls: tls.map(RwLock::new),
             disk_probe: tokio::sync::Mutex::new(None),
             metrics,
+            cache_min_free_bytes: config.cache_min_free_bytes,
+            maintenance: (
+                config.cache_sweep_interval,
+                config.scrub_interval.map(|interval| ScrubSettings {
+                    interval,
+                    max_bytes_per_sec: config.scrub_max_bytes_per_sec,
+                }),
+            ),
             path_prefix,
             public_url,
             client_limits: server::ClientLimits::from(config),
@@ -203,8 +210,14 @@ impl Proxy {
                 .await;
             }
         });
+        let state = self.state.clone();
+        let maintenance = tokio::spawn(async move {
+            let (sweep_every, scrub) = state.maintenance;
+            state.archives.maintain(sweep_every, scrub).await;
+        });
         self.server.run(shutdown).await;
         recorder.abort();
+        maintenance.abort();
         let tokens = self.state.tokens.clone();
         let _ = tokio::task::spawn_blocking(move || tokens.flush_last_use()).await;
         let removed = self.state.archives.remove_own_temp().await;

@@ -86,6 +86,25 @@ pub struct Gauges {
     pub archive_single_flight_waits: u64,
     /// `None` until upstream has answered with the keys once.
     pub key_accepted: Option<bool>,
+    pub integrity: IntegrityGauges,
+}
+
+/// The cache directory's health and the checks on stored archives.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IntegrityGauges {
+    /// `None` when the directory cannot even be read.
+    pub writable: Option<bool>,
+    pub free_bytes: Option<u64>,
+    pub min_free_bytes: u64,
+    pub metadata_write_errors: u64,
+    pub archive_write_errors: u64,
+    pub temp_bytes: u64,
+    pub temp_swept: u64,
+    pub unstored: u64,
+    pub damaged_on_serve: u64,
+    pub damaged_by_scrub: u64,
+    pub scrubbed_archives: u64,
+    pub scrubbed_bytes: u64,
 }
 
 /// How an upstream exchange ended, for `composer_proxy_upstream_requests_total`.
@@ -370,8 +389,93 @@ impl Metrics {
             "kind",
             [("archive", gauges.archive_single_flight_waits)],
         );
+        render_integrity(out, &gauges.integrity);
         std::mem::take(out)
     }
+}
+
+fn render_integrity(out: &mut String, g: &IntegrityGauges) {
+    header(out, "composer_proxy_cache_writable", "gauge", "1 when the cache directory takes writes (a probe file written, flushed and fsynced), 0 when not; absent when it cannot be read.");
+    if let Some(writable) = g.writable {
+        let _ = writeln!(out, "composer_proxy_cache_writable {}", u8::from(writable));
+    }
+    header(
+        out,
+        "composer_proxy_cache_free_bytes",
+        "gauge",
+        "Free space on the cache volume.",
+    );
+    if let Some(free) = g.free_bytes {
+        let _ = writeln!(out, "composer_proxy_cache_free_bytes {free}");
+    }
+    header(
+        out,
+        "composer_proxy_cache_min_free_bytes",
+        "gauge",
+        "Configured free-space floor (cache_min_free_bytes).",
+    );
+    let _ = writeln!(
+        out,
+        "composer_proxy_cache_min_free_bytes {}",
+        g.min_free_bytes
+    );
+    single_label(
+        out,
+        "composer_proxy_cache_write_errors_total",
+        "counter",
+        "Cache writes that failed (nothing was committed; the previous copy stayed).",
+        "cache",
+        [
+            ("metadata", g.metadata_write_errors),
+            ("archives", g.archive_write_errors),
+        ],
+    );
+    header(out, "composer_proxy_cache_temp_bytes", "gauge", "Bytes in temporary files at the last sweep (downloads in progress and leftovers); they count against the archive bound.");
+    let _ = writeln!(out, "composer_proxy_cache_temp_bytes {}", g.temp_bytes);
+    header(
+        out,
+        "composer_proxy_cache_temp_swept_total",
+        "counter",
+        "Temporary files of dead processes removed while running.",
+    );
+    let _ = writeln!(
+        out,
+        "composer_proxy_cache_temp_swept_total {}",
+        g.temp_swept
+    );
+    header(
+        out,
+        "composer_proxy_archives_unstored_total",
+        "counter",
+        "Archives served complete and verified but not stored, because the cache write failed.",
+    );
+    let _ = writeln!(out, "composer_proxy_archives_unstored_total {}", g.unstored);
+    single_label(
+        out,
+        "composer_proxy_archives_damaged_total",
+        "counter",
+        "Stored archives found damaged and removed, by who found them.",
+        "found_by",
+        [("serve", g.damaged_on_serve), ("scrub", g.damaged_by_scrub)],
+    );
+    header(
+        out,
+        "composer_proxy_scrub_archives_total",
+        "counter",
+        "Stored archives read back by the scrub.",
+    );
+    let _ = writeln!(
+        out,
+        "composer_proxy_scrub_archives_total {}",
+        g.scrubbed_archives
+    );
+    header(
+        out,
+        "composer_proxy_scrub_bytes_total",
+        "counter",
+        "Bytes read back by the scrub.",
+    );
+    let _ = writeln!(out, "composer_proxy_scrub_bytes_total {}", g.scrubbed_bytes);
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -26,9 +25,10 @@ use serde_json::json;
 use crate::access::{Access, BadForwardedFor};
 use crate::cache::archives::{Archive, ArchiveStore};
 use crate::cache::metadata::CacheStatus;
+use crate::cache::{cache_verdict, CacheProbe, WriteKind};
 use crate::composer::{self, Document};
 use crate::error::{json_response, ProxyError};
-use crate::metrics::Gauges;
+use crate::metrics::{Gauges, IntegrityGauges};
 use crate::tokens::Verdict;
 use crate::upstream::{KeyVerdict, RequestKind};
 use crate::AppState;
@@ -566,10 +566,14 @@ async fn archive(
     );
     let (len, body) = match archive {
         Archive::Memory(bytes) => (Some(bytes.len() as u64), full(bytes)),
-        Archive::File { file, len } => {
-            // Large reads: each one is a trip through the blocking pool.
-            let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
-                .map(|chunk| chunk.map(Frame::data));
+        Archive::File(reader) => {
+            let len = reader.byte_len();
+            let stream = futures_util::stream::unfold(reader, |mut reader| async move {
+                reader
+                    .next_chunk()
+                    .await
+                    .map(|item| (item.map(Frame::data), reader))
+            });
             (Some(len), StreamBody::new(stream).boxed_unsync())
         }
         Archive::Streaming { reader, len } => {
@@ -673,14 +677,25 @@ const DISK_PROBE_TTL: Duration = Duration::from_secs(5);
 /// From when an unreachable upstream is reported by `/readyz`.
 const UPSTREAM_DOWN_REPORTED_AFTER: Duration = Duration::from_secs(300);
 
-/// Ready means: the cache directory takes writes, upstream metadata is at hand, and upstream
+/// Ready means: the cache directory can be read, upstream metadata is at hand, and upstream
 /// has not rejected the key pair. An unreachable upstream alone does not make the proxy
-/// unready while it has a cache to serve from (that is its job); it is reported as degraded.
+/// unready while it has a cache to serve from (that is its job), nor does a cache that takes
+/// no writes or is short of space while archives can stream through: both are reported as
+/// degraded.
 async fn ready(state: &Arc<AppState>) -> Response<ResponseBody> {
     let mut reasons: Vec<String> = Vec::new();
     let mut degraded: Vec<String> = Vec::new();
-    if let Err(e) = disk_writable(state).await {
-        reasons.push(format!("cache directory is not writable: {e}"));
+    let probe = cache_probe(state).await;
+    let recent_failure = state.archives.disk().health().recent_failure();
+    match cache_verdict(
+        &probe.readable,
+        &probe.writable,
+        probe.space,
+        state.cache_min_free_bytes,
+        recent_failure,
+    ) {
+        Ok(cache) => degraded.extend(cache),
+        Err(e) => reasons.push(e),
     }
     let view = state.metadata.view().await;
     let rejected = state.upstream.key_verdict() == KeyVerdict::Rejected;
@@ -721,25 +736,37 @@ async fn ready(state: &Arc<AppState>) -> Response<ResponseBody> {
     json_response(status, &body).map(full)
 }
 
-async fn disk_writable(state: &Arc<AppState>) -> Result<(), String> {
+async fn cache_probe(state: &Arc<AppState>) -> CacheProbe {
     let mut last = state.disk_probe.lock().await;
-    if let Some((at, result)) = &*last {
+    if let Some((at, probe)) = &*last {
         if at.elapsed() < DISK_PROBE_TTL {
-            return result.clone();
+            return probe.clone();
         }
     }
-    let result = state
-        .archives
-        .probe_writable()
-        .await
-        .map_err(|e| e.to_string());
-    *last = Some((Instant::now(), result.clone()));
-    result
+    let probe = state.archives.disk().probe().await;
+    *last = Some((Instant::now(), probe.clone()));
+    probe
 }
 
 async fn metrics(state: &Arc<AppState>) -> Response<ResponseBody> {
     let metadata = state.metadata.stats().await;
     let archives = state.archives.stats();
+    let probe = cache_probe(state).await;
+    let health = state.archives.disk().health();
+    let integrity = IntegrityGauges {
+        writable: probe.readable.is_ok().then_some(probe.writable.is_ok()),
+        free_bytes: probe.space.map(|s| s.available_bytes),
+        min_free_bytes: state.cache_min_free_bytes,
+        metadata_write_errors: health.write_errors(WriteKind::Metadata),
+        archive_write_errors: health.write_errors(WriteKind::Archives),
+        temp_bytes: health.temp_bytes(),
+        temp_swept: health.temp_swept(),
+        unstored: archives.unstored,
+        damaged_on_serve: archives.damaged_on_serve,
+        damaged_by_scrub: archives.damaged_by_scrub,
+        scrubbed_archives: archives.scrubbed_archives,
+        scrubbed_bytes: archives.scrubbed_bytes,
+    };
     let gauges = Gauges {
         metadata_entries: metadata.entries,
         metadata_bytes: metadata.bytes,
@@ -754,6 +781,7 @@ async fn metrics(state: &Arc<AppState>) -> Response<ResponseBody> {
             KeyVerdict::Rejected => Some(false),
             KeyVerdict::Unknown => None,
         },
+        integrity,
     };
     let mut response = Response::new(full(state.metrics.render(&gauges)));
     set(

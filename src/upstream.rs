@@ -78,6 +78,9 @@ pub enum MetadataResponse {
 /// A response whose body the caller streams (archives).
 pub struct StreamingResponse {
     pub status: StatusCode,
+    /// HTTP/1.x bodies without a length end when the connection closes, so a cut looks
+    /// complete; archives need to know.
+    pub version: http::Version,
     pub headers: HeaderMap,
     pub body: Incoming,
 }
@@ -460,6 +463,7 @@ impl UpstreamClient {
             let (parts, body) = response.into_parts();
             return Ok(StreamingResponse {
                 status,
+                version: parts.version,
                 headers: parts.headers,
                 body,
             });

@@ -4,18 +4,22 @@
 //!   "flight"). The download writes a temporary file; every client of the flight reads that
 //!   file at its own pace, so a slow client never slows the download or the other clients, and
 //!   a client that goes away never stops it.
-//! - **Nothing partial is ever complete.** Readers are kept one byte behind the writer until the
-//!   archive has its announced length and the sha1 the metadata promises, so a client can only
-//!   receive the whole body once it is verified; on failure it sees the connection break. A
-//!   transfer cut short is resumed (with `Range`, or by re-reading and checking the prefix)
-//!   a few times before the flight fails. The file is fsynced and renamed into the store only
-//!   when whole.
+//! - **Nothing partial or wrong is ever complete.** Readers are kept one byte behind the writer
+//!   until the archive is verified (`integrity.rs` says how, with and without a published
+//!   sha1), so a client can only receive the whole body once it is; on failure it sees the
+//!   connection break. A transfer cut short is resumed a few times before the flight fails. The
+//!   file is flushed, fsynced and renamed into the store only when whole. Stored archives are
+//!   checked again on every serve (`stored.rs`) and by a background scrub (`scrub.rs`).
+//! - **A full disk costs storage, not installs.** When the cache cannot be written, clients
+//!   still get the complete, verified archive, streamed through (`download.rs`), and eviction
+//!   makes room.
 //! - **Replicas share the directory.** A download holds an advisory lock on a per-archive lock
 //!   file, so another process sharing the cache waits for it and then serves the stored file
 //!   instead of fetching again. Removing a file never disturbs a download another process is
 //!   serving from it: open descriptors keep the data.
-//! - **Bounded by size.** Least recently used archives are removed when the store grows past
-//!   its bound. Use is tracked in memory and, at most every few minutes per file, as the file's
+//! - **Bounded by size.** Least recently used archives are removed when the store (with the
+//!   temporary files of downloads) grows past its bound, or the volume's free space falls
+//!   below its floor. Use is tracked in memory and, at most every few minutes per file, as the file's
 //!   modification time, so replicas evicting from a shared directory see each other's use.
 //! - **Hot small archives stay in memory** (bounded by bytes), because reading a 100 KB file
 //!   through the blocking pool costs more than the request itself.
@@ -40,13 +44,20 @@ use crate::upstream::{UpstreamClient, UpstreamNote, EXCHANGE};
 
 mod download;
 mod flight;
+mod framing;
 mod index;
+pub mod integrity;
+mod scrub;
+mod stored;
 
 use download::Download;
 pub use flight::FlightReader;
 use flight::Progress;
 pub(crate) use index::scan;
 use index::Index;
+pub use integrity::StoredArchive;
+pub use scrub::ScrubSettings;
+pub use stored::{read_description, StoredReader};
 
 /// Upstream attempts per download; a transfer cut short is resumed this many times less one.
 const MAX_ATTEMPTS: u32 = 3;
@@ -67,13 +78,15 @@ const RESCAN_INTERVAL: Duration = Duration::from_secs(60);
 const TOUCH_INTERVAL: Duration = Duration::from_secs(600);
 /// How often a process waiting for another's download checks its lock.
 const PEER_POLL: Duration = Duration::from_millis(50);
+/// Descriptions kept in memory, so a hit reads its description file once, not every time.
+const DESCRIPTIONS_KEPT: u64 = 100_000;
 
 /// An archive ready to be sent.
 pub enum Archive {
     /// Stored, verified and small: served from memory.
     Memory(Bytes),
-    /// Stored and verified.
-    File { file: tokio::fs::File, len: u64 },
+    /// Stored; checked as it is read.
+    File(StoredReader),
     /// Being fetched; yields the bytes as they arrive, then ends or fails.
     Streaming {
         reader: FlightReader,
@@ -81,18 +94,32 @@ pub enum Archive {
     },
 }
 
-/// What is stored beside each archive (`<key>.json`).
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct StoredArchive {
-    pub package: String,
-    /// The upstream URL (never carries credentials: those go in a header).
-    pub url: String,
-    pub shasum: Option<String>,
-    pub len: u64,
-    /// sha1 of the bytes stored, whether or not upstream promised one, so `cache verify` can
-    /// check every archive. Absent from descriptions written before it was recorded.
-    #[serde(default)]
-    pub sha1: Option<String>,
+/// A small archive held in memory, and the file it was read from (by inode): the copy is
+/// served only while that file is still the one in the store.
+#[derive(Clone)]
+struct MemoryEntry {
+    bytes: Bytes,
+    ino: u64,
+}
+
+/// The store's bounds and maintenance, from the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreSettings {
+    pub max_bytes: u64,
+    /// Memory for small archives; 0 turns the memory tier off.
+    pub memory_bytes: u64,
+    /// Eviction keeps at least this much of the volume free.
+    pub min_free_bytes: u64,
+}
+
+impl From<&crate::config::Config> for StoreSettings {
+    fn from(config: &crate::config::Config) -> Self {
+        Self {
+            max_bytes: config.archive_cache_max_bytes,
+            memory_bytes: config.archive_memory_cache_max_bytes,
+            min_free_bytes: config.cache_min_free_bytes,
+        }
+    }
 }
 
 /// Figures for `/metrics` and `cache stats`.
@@ -105,6 +132,12 @@ pub struct ArchiveStats {
     pub evictions: u64,
     pub single_flight_waits: u64,
     pub downloads_failed: u64,
+    /// Downloads served complete but not stored (the cache write failed).
+    pub unstored: u64,
+    pub damaged_on_serve: u64,
+    pub damaged_by_scrub: u64,
+    pub scrubbed_archives: u64,
+    pub scrubbed_bytes: u64,
 }
 
 pub struct ArchiveStore {
@@ -116,12 +149,20 @@ struct Inner {
     upstream: Arc<UpstreamClient>,
     flights: Mutex<HashMap<String, watch::Receiver<Progress>>>,
     index: Mutex<Index>,
-    memory: moka::sync::Cache<String, Bytes>,
+    memory: moka::sync::Cache<String, MemoryEntry>,
+    /// Descriptions read, with the inode of the file each describes.
+    descriptions: moka::sync::Cache<String, (u64, Arc<StoredArchive>)>,
     max_bytes: u64,
+    min_free_bytes: u64,
     evicting: AtomicBool,
     evictions: AtomicU64,
     single_flight_waits: AtomicU64,
     downloads_failed: AtomicU64,
+    unstored: AtomicU64,
+    damaged_on_serve: AtomicU64,
+    damaged_by_scrub: AtomicU64,
+    scrubbed_archives: AtomicU64,
+    scrubbed_bytes: AtomicU64,
 }
 
 type NoteSlot = Arc<Mutex<Option<UpstreamNote>>>;
@@ -143,16 +184,17 @@ impl ArchiveStore {
     pub async fn open(
         disk: Arc<CacheDir>,
         upstream: Arc<UpstreamClient>,
-        max_bytes: u64,
-        memory_bytes: u64,
+        settings: StoreSettings,
     ) -> io::Result<Self> {
         let root = disk.archives_root();
         let scanned = tokio::task::spawn_blocking(move || scan(&root))
             .await
             .map_err(io::Error::other)??;
         let memory = moka::sync::Cache::builder()
-            .max_capacity(memory_bytes)
-            .weigher(|_key: &String, value: &Bytes| u32::try_from(value.len()).unwrap_or(u32::MAX))
+            .max_capacity(settings.memory_bytes)
+            .weigher(|_key: &String, value: &MemoryEntry| {
+                u32::try_from(value.bytes.len()).unwrap_or(u32::MAX)
+            })
             .build();
         let mut index = Index {
             entries: HashMap::new(),
@@ -166,16 +208,58 @@ impl ArchiveStore {
             flights: Mutex::new(HashMap::new()),
             index: Mutex::new(index),
             memory,
-            max_bytes,
+            descriptions: moka::sync::Cache::new(DESCRIPTIONS_KEPT),
+            max_bytes: settings.max_bytes,
+            min_free_bytes: settings.min_free_bytes,
             evicting: AtomicBool::new(false),
             evictions: AtomicU64::new(0),
             single_flight_waits: AtomicU64::new(0),
             downloads_failed: AtomicU64::new(0),
+            unstored: AtomicU64::new(0),
+            damaged_on_serve: AtomicU64::new(0),
+            damaged_by_scrub: AtomicU64::new(0),
+            scrubbed_archives: AtomicU64::new(0),
+            scrubbed_bytes: AtomicU64::new(0),
         });
-        // A smaller bound than last run's contents takes effect at start, not at the next write.
         let start = inner.clone();
-        tokio::task::spawn_blocking(move || start.evict_if_needed(true));
+        tokio::task::spawn_blocking(move || {
+            start.log_bound_against_volume();
+            // A smaller bound than last run's contents takes effect at start, not at the next
+            // write.
+            start.evict_if_needed(true);
+        });
         Ok(Self { inner })
+    }
+
+    /// Sweeps temporary files of dead processes (then keeps the store in bounds, as they count
+    /// against it) every `sweep_every`, and scrubs the store with `scrub`. Runs until dropped.
+    pub async fn maintain(&self, sweep_every: Duration, scrub: Option<ScrubSettings>) {
+        let sweeper = async {
+            let mut ticker = tokio::time::interval(sweep_every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let inner = self.inner.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    inner.disk.sweep_temp().log();
+                    inner.evict_if_needed(false);
+                })
+                .await;
+            }
+        };
+        let scrubber = async {
+            let Some(scrub) = scrub else {
+                return std::future::pending::<()>().await;
+            };
+            let start = tokio::time::Instant::now() + scrub.interval;
+            let mut ticker = tokio::time::interval_at(start, scrub.interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                self.inner.scrub_pass(scrub.max_bytes_per_sec).await;
+            }
+        };
+        tokio::join!(sweeper, scrubber);
     }
 
     /// The store key: the upstream URL plus the promised checksum.
@@ -183,18 +267,9 @@ impl ArchiveStore {
         sha256_hex(format!("{}\n{}", source.url, source.shasum.as_deref().unwrap_or("")).as_bytes())
     }
 
-    /// Whether the cache directory takes writes (for `/readyz`): a small file written, synced
-    /// and removed in `tmp/`.
-    pub async fn probe_writable(&self) -> io::Result<()> {
-        let probe = self.inner.disk.temp_path();
-        let result = async {
-            let mut file = tokio::fs::File::create(&probe).await?;
-            tokio::io::AsyncWriteExt::write_all(&mut file, b"ready").await?;
-            file.sync_all().await
-        }
-        .await;
-        let _ = tokio::fs::remove_file(&probe).await;
-        result
+    /// The cache directory the store lives in.
+    pub fn disk(&self) -> &Arc<CacheDir> {
+        &self.inner.disk
     }
 
     pub async fn remove_own_temp(&self) -> usize {
@@ -211,6 +286,11 @@ impl ArchiveStore {
             evictions: self.inner.evictions.load(Ordering::Relaxed),
             single_flight_waits: self.inner.single_flight_waits.load(Ordering::Relaxed),
             downloads_failed: self.inner.downloads_failed.load(Ordering::Relaxed),
+            unstored: self.inner.unstored.load(Ordering::Relaxed),
+            damaged_on_serve: self.inner.damaged_on_serve.load(Ordering::Relaxed),
+            damaged_by_scrub: self.inner.damaged_by_scrub.load(Ordering::Relaxed),
+            scrubbed_archives: self.inner.scrubbed_archives.load(Ordering::Relaxed),
+            scrubbed_bytes: self.inner.scrubbed_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -231,7 +311,7 @@ impl ArchiveStore {
                 if let Some(Err(e)) = &p.outcome {
                     return Err(ProxyError::Shared(e.clone()));
                 }
-                if p.file.is_some() {
+                if p.started {
                     let len = p.len;
                     drop(p);
                     // The request that started the download reports its upstream exchange.
@@ -262,31 +342,35 @@ impl ArchiveStore {
 }
 
 impl Inner {
-    /// A stored archive, or `None` when it must be fetched.
-    async fn lookup(self: &Arc<Self>, key: &str) -> Result<Option<Archive>, ProxyError> {
-        if let Some(bytes) = self.memory.get(key) {
-            self.mark_used(key, bytes.len() as u64);
-            return Ok(Some(Archive::Memory(bytes)));
-        }
-        let Some(path) = self.disk.archive_path(key) else {
-            return Err(ProxyError::Cache(io::Error::other("bad archive key")));
+    /// Says at start whether the configured bound fits the volume; where it does not, the
+    /// free-space floor is what bounds the store. Blocking.
+    fn log_bound_against_volume(&self) {
+        let stored_bytes = lock(&self.index).total;
+        let Ok(space) = self.disk.disk_space() else {
+            tracing::warn!("cannot read the cache volume's free space; only archive_cache_max_bytes bounds the store");
+            return;
         };
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let len = file.metadata().await?.len();
-        self.mark_used(key, len);
-        if len <= MEMORY_OBJECT_MAX && self.memory.policy().max_capacity() != Some(0) {
-            use tokio::io::AsyncReadExt;
-            let mut buf = Vec::with_capacity(len as usize);
-            file.read_to_end(&mut buf).await?;
-            let bytes = Bytes::from(buf);
-            self.memory.insert(key.to_string(), bytes.clone());
-            return Ok(Some(Archive::Memory(bytes)));
+        let room = stored_bytes + space.available_bytes.saturating_sub(self.min_free_bytes);
+        if room < self.max_bytes {
+            tracing::warn!(
+                event = "archive_bound_exceeds_volume",
+                max_bytes = self.max_bytes,
+                stored_bytes,
+                available_bytes = space.available_bytes,
+                min_free_bytes = self.min_free_bytes,
+                "archive_cache_max_bytes is more than the cache volume can hold ({room} bytes \
+                 stored or free above cache_min_free_bytes); eviction keeps cache_min_free_bytes \
+                 free instead, so lower the bound to what the volume holds"
+            );
+        } else {
+            tracing::info!(
+                max_bytes = self.max_bytes,
+                stored_bytes,
+                available_bytes = space.available_bytes,
+                min_free_bytes = self.min_free_bytes,
+                "archive store opened"
+            );
         }
-        Ok(Some(Archive::File { file, len }))
     }
 
     /// Records a use; now and then also on disk, for replicas sharing the directory.

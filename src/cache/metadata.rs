@@ -474,13 +474,9 @@ impl MetadataCache {
                     etag: validators.etag,
                 };
                 let bytes = serde_json::to_vec(&saved).unwrap_or_default();
-                if let Err(e) = self
-                    .disk
-                    .write_atomic(&self.disk.state_path("root.json"), &bytes)
-                    .await
-                {
-                    tracing::error!(error = %e, "cannot save upstream packages.json to the cache directory");
-                }
+                self.disk
+                    .save_metadata(&self.disk.state_path("root.json"), &bytes, "packages.json")
+                    .await;
                 tracing::info!(
                     packages = view.names().len(),
                     "upstream packages.json changed"
@@ -610,9 +606,7 @@ impl MetadataCache {
             MetadataResponse::Fresh { body, .. } => {
                 composer::verify_sha256(&body, sha256, what)?;
                 // A full or read-only disk must not stop serving what was just fetched.
-                if let Err(e) = self.disk.write_atomic(&path, &body).await {
-                    tracing::error!(error = %e, path = %path.display(), "cannot save metadata to the cache directory");
-                }
+                self.disk.save_metadata(&path, &body, what).await;
                 Ok(body)
             }
             MetadataResponse::NotModified => Err(ProxyError::UpstreamStatus(304)),
@@ -826,9 +820,7 @@ impl MetadataCache {
             etag: validators.etag.clone(),
         };
         let bytes = serde_json::to_vec(&saved).unwrap_or_default();
-        if let Err(e) = self.disk.write_atomic(&path, &bytes).await {
-            tracing::error!(error = %e, "cannot save a p2 file to the cache directory");
-        }
+        self.disk.save_metadata(&path, &bytes, "a p2 file").await;
     }
 
     async fn load_p2(&self, url: &str, file: &str) -> Option<Arc<P2Entry>> {

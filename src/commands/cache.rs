@@ -7,14 +7,14 @@
 //! Temporary files are never touched: they may be downloads in progress.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use indicatif::HumanBytes;
-use sha1::{Digest, Sha1};
 
-use crate::cache::archives::{scan, StoredArchive};
+use crate::cache::archives::integrity::check_stored;
+use crate::cache::archives::{read_description, scan, StoredArchive};
 use crate::cache::CacheDir;
 use crate::commands::{progress_bar, CommandError, EXIT_FAILED, EXIT_OK};
 use crate::composer::is_package_name;
@@ -82,8 +82,7 @@ fn archives(disk: &CacheDir) -> Result<Vec<(String, u64)>, CommandError> {
 }
 
 fn description(disk: &CacheDir, key: &str) -> Option<StoredArchive> {
-    let bytes = fs::read(disk.archive_meta_path(key)?).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    read_description(&disk.archive_meta_path(key)?)
 }
 
 /// Unlinks an archive with its description and lock file, in the order the store relies on
@@ -134,7 +133,7 @@ pub fn stats(config: &Config) -> Result<u8, CommandError> {
     );
     println!(
         "temporary files: {temp_files}, {} (downloads and writes in progress; leftovers of a \
-         killed process are removed at the next start after an hour)",
+         killed process are removed by a running proxy within cache_sweep_interval_secs)",
         HumanBytes(temp_bytes)
     );
     Ok(EXIT_OK)
@@ -188,8 +187,9 @@ pub fn purge(config: &Config, package: Option<&str>) -> Result<u8, CommandError>
         }
     }
     println!(
-        "a running proxy fetches removed files again when clients ask; what it holds in memory \
-         (metadata, small archives) stays until it is restarted or evicted"
+        "a running proxy fetches removed archives again when clients ask (its copies of small \
+         archives in memory go with the files); metadata it holds in memory stays until it is \
+         restarted or the entries expire"
     );
     Ok(EXIT_OK)
 }
@@ -215,7 +215,8 @@ fn purge_files(dir: &Path) -> (u64, u64) {
     walk_files(dir, &mut |path| fs::remove_file(path).is_ok())
 }
 
-/// Why a stored archive is bad.
+/// Why a stored archive is bad: length, recorded digest and (without a published sha1) zip
+/// structure, as the proxy's scrub checks them.
 fn check_archive(disk: &CacheDir, key: &str) -> io::Result<Option<(String, String, u64)>> {
     let Some(path) = disk.archive_path(key) else {
         return Ok(None);
@@ -226,31 +227,8 @@ fn check_archive(disk: &CacheDir, key: &str) -> io::Result<Option<(String, Strin
     };
     let mut file = fs::File::open(&path)?;
     let id = file.metadata()?.ino();
-    let mut sha1 = Sha1::new();
-    let mut len = 0u64;
-    let mut buf = vec![0; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        sha1.update(&buf[..n]);
-        len += n as u64;
-    }
-    let actual = hex::encode(sha1.finalize());
-    // The sha1 recorded when it was stored; older descriptions only have upstream's, if any.
-    let expected = stored.sha1.as_ref().or(stored.shasum.as_ref());
-    let why = if len != stored.len {
-        format!("{len} bytes, its description says {}", stored.len)
-    } else {
-        match expected {
-            Some(expected) if !actual.eq_ignore_ascii_case(expected) => {
-                format!("sha1 {actual}, {expected} when it was stored")
-            }
-            _ => return Ok(None),
-        }
-    };
-    Ok(Some((stored.package, why, id)))
+    let checked = check_stored(&mut file, &stored)?;
+    Ok(checked.problem.map(|why| (stored.package, why, id)))
 }
 
 fn file_id(path: &Path) -> io::Result<u64> {

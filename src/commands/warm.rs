@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use indicatif::HumanBytes;
 use serde_json::Value;
 
-use crate::cache::archives::{Archive, ArchiveStore};
+use crate::cache::archives::{Archive, ArchiveStore, StoreSettings};
 use crate::cache::metadata::{MetadataCache, MetadataSettings};
 use crate::cache::CacheDir;
 use crate::commands::{progress_bar, CommandError, EXIT_FAILED, EXIT_OK};
@@ -145,7 +145,11 @@ async fn open_caches(config: &Config) -> Result<(Arc<MetadataCache>, ArchiveStor
     );
     metadata.skip_v1_chain();
     // No memory tier: nothing is served from this process.
-    let archives = ArchiveStore::open(disk, upstream, config.archive_cache_max_bytes, 0)
+    let settings = StoreSettings {
+        memory_bytes: 0,
+        ..StoreSettings::from(config)
+    };
+    let archives = ArchiveStore::open(disk, upstream, settings)
         .await
         .map_err(|e| anyhow::anyhow!("cannot read the archive store in `cache_dir`: {e}"))?;
     Ok((metadata, archives))
@@ -173,7 +177,7 @@ async fn warm_one(
     {
         Err(e) => Outcome::Failed(failure_reason(&e)),
         // Stored already: by an earlier run, a proxy, or another process while this one waited.
-        Ok((Archive::Memory(_) | Archive::File { .. }, _)) => Outcome::Cached,
+        Ok((Archive::Memory(_) | Archive::File(_), _)) => Outcome::Cached,
         Ok((Archive::Streaming { mut reader, .. }, _)) => {
             // The store only ends a download's stream once the archive is verified and
             // stored, so reading to the end is waiting for exactly that.

@@ -1,4 +1,8 @@
 //! One archive download: upstream attempts (resumed when cut short), verification, commit.
+//!
+//! Bytes go to a locked temporary file as they arrive. When that write fails (a full disk),
+//! the rest go to memory and the download carries on: its clients get the complete, verified
+//! archive, which is then not stored, and eviction is asked to make room.
 
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -8,13 +12,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::HeaderValue;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use sha1::{Digest, Sha1};
 use tokio::sync::watch;
 
-use super::{lock, Inner, Progress, StoredArchive, MAX_ATTEMPTS, PEER_POLL, WRITE_CHUNK};
+use super::flight::Spill;
+use super::framing::{self, Framing};
+use super::integrity::{check_zip, Assembled, Digests, StoredArchive};
+use super::{lock, Inner, Progress, MAX_ATTEMPTS, PEER_POLL, WRITE_CHUNK};
+use crate::cache::{create_temp, WriteKind};
 use crate::composer::DistSource;
 use crate::error::{ProxyError, Resource};
 use crate::upstream::{RequestKind, UpstreamError};
@@ -34,13 +42,28 @@ pub(super) struct Download {
     pub(super) tx: watch::Sender<Progress>,
 }
 
+/// How a download that verified ended.
+enum Fetched {
+    Stored(u64),
+    /// Another process stored it while this one waited.
+    ByPeer,
+    /// Served complete and verified, but not stored, for this reason.
+    NotStored(String),
+}
+
 /// State of the bytes received so far, across attempts.
 struct Received {
     file: Option<Arc<std::fs::File>>,
     temp: PathBuf,
-    sha1: Sha1,
+    digests: Digests,
     written: u64,
+    /// Set once a write failed: bytes from its `start` on are in memory.
+    spill: Option<Arc<Spill>>,
     len: Option<u64>,
+    /// The first answer's strong validator, which a resumed request must match.
+    validator: Option<HeaderValue>,
+    /// Why these bytes must not be stored even when they verify.
+    unstorable: Option<String>,
 }
 
 impl Download {
@@ -57,30 +80,31 @@ impl Download {
             let _forget = Forget(&self.inner, &self.key);
             self.fetch().await
         };
+        let package = &self.source.package;
         match result {
-            Ok(Some(bytes)) => {
-                tracing::info!(
-                    package = %self.source.package,
-                    bytes,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "archive stored"
-                );
-                self.tx.send_modify(|p| p.outcome = Some(Ok(())));
+            Ok(Fetched::Stored(bytes)) => {
+                let elapsed_ms = started.elapsed().as_millis() as u64;
+                tracing::info!(package = %package, bytes, elapsed_ms, "archive stored");
             }
-            Ok(None) => {
-                tracing::debug!(package = %self.source.package, "archive stored by another process");
-                self.tx.send_modify(|p| p.outcome = Some(Ok(())));
+            Ok(Fetched::ByPeer) => {
+                tracing::debug!(package = %package, "archive stored by another process");
+            }
+            Ok(Fetched::NotStored(reason)) => {
+                self.inner.unstored.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(event = "archive_not_stored", package = %package, reason = %reason, "archive streamed through complete and verified, but not stored");
             }
             Err(e) => {
                 self.inner.downloads_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(package = %self.source.package, error = %e, "archive download failed; nothing stored");
+                tracing::warn!(package = %package, error = %e, "archive download failed; nothing stored");
                 self.tx.send_modify(|p| p.outcome = Some(Err(Arc::new(e))));
+                return;
             }
         }
+        self.tx.send_modify(|p| p.outcome = Some(Ok(())));
     }
 
-    /// Fetches, verifies and stores the archive. `Ok(None)`: another process stored it.
-    async fn fetch(&self) -> Result<Option<u64>, ProxyError> {
+    /// Fetches and verifies the archive, then stores it if it can.
+    async fn fetch(&self) -> Result<Fetched, ProxyError> {
         let path = self
             .inner
             .disk
@@ -88,24 +112,45 @@ impl Download {
             .ok_or_else(|| ProxyError::Cache(io::Error::other("bad archive key")))?;
         let _peer_lock = self.wait_for_peers(&path).await?;
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-            return Ok(None);
+            return Ok(Fetched::ByPeer);
         }
         let mut received = Received {
             file: None,
             temp: self.inner.disk.temp_path(),
-            sha1: Sha1::new(),
+            digests: Digests::default(),
             written: 0,
+            spill: None,
             len: None,
+            validator: None,
+            unstorable: None,
         };
-        let result = self.transfer(&mut received).await;
-        let stored = match result {
-            Ok(()) => self.commit(&mut received, &path).await,
+        let verified = match self.transfer(&mut received).await {
+            Ok(()) => self.verify(&received).await,
             Err(e) => Err(e),
         };
-        if stored.is_err() && received.file.is_some() {
+        let outcome = match verified {
+            Err(e) => Err(e),
+            Ok(()) => match received.unstorable.take() {
+                Some(why) => Ok(Fetched::NotStored(why)),
+                None => match self.commit(&received, &path).await {
+                    Ok(()) => return Ok(Fetched::Stored(received.written)),
+                    Err(e) => {
+                        self.inner.disk.health().write_failed(
+                            WriteKind::Archives,
+                            "storing an archive",
+                            &e,
+                        );
+                        self.make_room(received.written);
+                        Ok(Fetched::NotStored(format!("the cache write failed: {e}")))
+                    }
+                },
+            },
+        };
+        // Readers keep the file open; the name goes now, so nothing partial is left behind.
+        if received.file.is_some() {
             let _ = tokio::fs::remove_file(&received.temp).await;
         }
-        stored.map(|()| Some(received.written))
+        outcome
     }
 
     /// Takes the per-archive lock shared with other processes; while another holds it, waits
@@ -181,39 +226,58 @@ impl Download {
     async fn attempt(&self, received: &mut Received) -> Result<(), AttemptError> {
         use AttemptError::{Fatal, Retry};
         let upstream = &self.inner.upstream;
-        let mut headers = HeaderMap::new();
         let resume_from = received.written;
-        if resume_from > 0 {
-            if let Ok(range) = HeaderValue::from_str(&format!("bytes={resume_from}-")) {
-                headers.insert(header::RANGE, range);
-            }
-        }
+        let resume = framing::resume_headers(
+            resume_from,
+            self.source.shasum.is_some(),
+            received.validator.as_ref(),
+        );
+        let resumed = resume.is_some();
         let response = upstream
             .send(
                 RequestKind::Archive,
                 Method::GET,
                 &self.source.url,
-                headers,
+                resume.unwrap_or_default(),
                 Bytes::new(),
             )
             .await
             .map_err(|e| Retry(e.into()))?;
+        let mismatch = |what: &str| {
+            Fatal(ProxyError::ArchiveMismatch(format!(
+                "{}: {what}",
+                self.source.package
+            )))
+        };
         // Bytes of this response that repeat what was already received, re-read (when the
-        // upstream ignores `Range`) and checked against it rather than trusted.
+        // upstream ignores `Range`, or was not asked to honour it) and checked against it
+        // rather than trusted.
         let mut skip = 0;
         match response.status {
             StatusCode::OK => {
                 skip = resume_from;
-                if received.len.is_none() {
-                    received.len = content_length(&response.headers);
+                if resume_from == 0 {
+                    received.len = framing::content_length(&response.headers);
+                    received.validator = framing::strong_validator(&response.headers);
+                    // Without a checksum, nothing else tells a cut from the end.
+                    let close =
+                        framing::framing(response.version, &response.headers) == Framing::Close;
+                    if close && self.source.shasum.is_none() {
+                        received.unstorable =
+                            Some("upstream sent it with no length (a close-delimited body)".into());
+                    }
                 }
             }
-            StatusCode::PARTIAL_CONTENT if resume_from > 0 => {
-                if content_range_start(&response.headers) != Some(resume_from) {
-                    return Err(Fatal(ProxyError::ArchiveMismatch(format!(
-                        "{}: upstream resumed at the wrong offset",
-                        self.source.package
-                    ))));
+            StatusCode::PARTIAL_CONTENT if resumed => {
+                if framing::content_range_start(&response.headers) != Some(resume_from) {
+                    return Err(mismatch("upstream resumed at the wrong offset"));
+                }
+                if self.source.shasum.is_none()
+                    && framing::strong_validator(&response.headers) != received.validator
+                {
+                    return Err(mismatch(
+                        "upstream changed the archive while it was resumed",
+                    ));
                 }
             }
             status if resume_from > 0 && status.is_server_error() => {
@@ -228,27 +292,7 @@ impl Download {
                 )));
             }
         }
-        if received.file.is_none() {
-            let temp = received.temp.clone();
-            let file = tokio::task::spawn_blocking(move || {
-                std::fs::OpenOptions::new()
-                    .create_new(true)
-                    .read(true)
-                    .write(true)
-                    .open(temp)
-            })
-            .await
-            .map_err(io::Error::other)
-            .and_then(|r| r)
-            .map_err(|e| Fatal(e.into()))?;
-            let file = Arc::new(file);
-            received.file = Some(file.clone());
-            let len = received.len;
-            self.tx.send_modify(|p| {
-                p.file = Some(file);
-                p.len = len;
-            });
-        }
+        self.open_temp(received).await;
         let mut prefix_check = Sha1::new();
         let mut body = response.body;
         let deadline = Instant::now() + upstream.archive_timeout;
@@ -269,7 +313,7 @@ impl Download {
                 Ok(frame) => frame,
                 Err(e) => {
                     // Keep what arrived intact, so the next attempt resumes after it.
-                    self.write(received, &mut pending).await.map_err(Fatal)?;
+                    self.write(received, &mut pending).await;
                     return Err(Retry(e.into()));
                 }
             };
@@ -281,12 +325,12 @@ impl Download {
                 prefix_check.update(&data[..take]);
                 skip -= take as u64;
                 data = data.slice(take..);
-                if skip == 0 && prefix_check.clone().finalize() != received.sha1.clone().finalize()
+                if skip == 0
+                    && prefix_check.clone().finalize() != received.digests.sha1.clone().finalize()
                 {
-                    return Err(Fatal(ProxyError::ArchiveMismatch(format!(
-                        "{}: upstream sent different bytes when the transfer was retried",
-                        self.source.package
-                    ))));
+                    return Err(mismatch(
+                        "upstream sent different bytes when the transfer was retried",
+                    ));
                 }
             }
             if data.is_empty() {
@@ -294,10 +338,10 @@ impl Download {
             }
             pending.extend_from_slice(&data);
             if pending.len() >= WRITE_CHUNK {
-                self.write(received, &mut pending).await.map_err(Fatal)?;
+                self.write(received, &mut pending).await;
             }
         }
-        self.write(received, &mut pending).await.map_err(Fatal)?;
+        self.write(received, &mut pending).await;
         if skip > 0 {
             return Err(Retry(ProxyError::ArchiveMismatch(format!(
                 "{}: retried transfer ended before the part already received",
@@ -312,71 +356,156 @@ impl Download {
                 ))));
             }
             if received.written > expected {
-                return Err(Fatal(ProxyError::ArchiveMismatch(format!(
-                    "{}: received {} bytes, {expected} announced",
-                    self.source.package, received.written
-                ))));
-            }
-        }
-        Ok(())
-    }
-
-    /// Appends `pending` to the temporary file and lets readers see it.
-    async fn write(
-        &self,
-        received: &mut Received,
-        pending: &mut BytesMut,
-    ) -> Result<(), ProxyError> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let data = pending.split().freeze();
-        let Some(file) = received.file.clone() else {
-            return Err(ProxyError::Cache(io::Error::other("no temporary file")));
-        };
-        received.sha1.update(&data);
-        let offset = received.written;
-        let n = data.len() as u64;
-        tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
-            .await
-            .map_err(io::Error::other)??;
-        received.written += n;
-        let written = received.written;
-        self.tx.send_modify(|p| p.written = written);
-        Ok(())
-    }
-
-    /// Verifies the checksum, syncs and renames into the store, then keeps the store in bounds.
-    async fn commit(&self, received: &mut Received, path: &Path) -> Result<(), ProxyError> {
-        let actual = hex::encode(received.sha1.clone().finalize());
-        if let Some(expected) = &self.source.shasum {
-            if !actual.eq_ignore_ascii_case(expected) {
-                return Err(ProxyError::ArchiveMismatch(format!(
-                    "{}: sha1 {actual}, metadata promises {expected}",
-                    self.source.package
+                return Err(mismatch(&format!(
+                    "received {} bytes, {expected} announced",
+                    received.written
                 )));
             }
         }
-        let Some(file) = received.file.clone() else {
-            return Err(ProxyError::Cache(io::Error::other("no temporary file")));
-        };
-        tokio::task::spawn_blocking(move || file.sync_all())
-            .await
-            .map_err(io::Error::other)??;
-        // The description goes first: an archive is never without one, while a description
-        // without its archive (after a crash here) is harmless and swept by eviction.
-        if let Some(meta_path) = self.inner.disk.archive_meta_path(&self.key) {
-            let meta = StoredArchive {
-                package: self.source.package.clone(),
-                url: self.source.url.clone(),
-                shasum: self.source.shasum.clone(),
-                len: received.written,
-                sha1: Some(actual),
-            };
-            let bytes = serde_json::to_vec(&meta).map_err(io::Error::other)?;
-            self.inner.disk.write_atomic(&meta_path, &bytes).await?;
+        Ok(())
+    }
+
+    /// Creates the temporary file once upstream has answered, and lets clients follow. If it
+    /// cannot be created, every byte goes to memory.
+    async fn open_temp(&self, received: &mut Received) {
+        if !(received.file.is_none() && received.spill.is_none()) {
+            return;
         }
-        self.inner.disk.commit(&received.temp, path).await?;
+        let temp = received.temp.clone();
+        let created = tokio::task::spawn_blocking(move || create_temp(&temp))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
+        match created {
+            Ok(file) => received.file = Some(Arc::new(file)),
+            Err(e) => self.spill_from(received, &e),
+        }
+        let (file, spill, len) = (received.file.clone(), received.spill.clone(), received.len);
+        self.tx.send_modify(|p| {
+            p.started = true;
+            p.file = file;
+            p.spill = spill;
+            p.len = len;
+        });
+    }
+
+    /// A write to the temporary file failed: from `received.written` on, bytes are kept in
+    /// memory, and the archive will not be stored.
+    fn spill_from(&self, received: &mut Received, error: &io::Error) {
+        self.inner.disk.health().write_failed(
+            WriteKind::Archives,
+            "writing an archive download",
+            error,
+        );
+        received.unstorable = Some(format!("the cache write failed: {error}"));
+        let spill = Arc::new(Spill::new(received.written));
+        received.spill = Some(spill.clone());
+        self.tx.send_modify(|p| p.spill = Some(spill));
+        self.make_room(received.len.unwrap_or(0));
+    }
+
+    /// Asks eviction, in the background, to free space for the next downloads.
+    fn make_room(&self, needed_bytes: u64) {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.evict_for_space(needed_bytes));
+    }
+
+    /// Appends `pending` to what was received and lets readers see it.
+    async fn write(&self, received: &mut Received, pending: &mut BytesMut) {
+        if pending.is_empty() {
+            return;
+        }
+        let data = pending.split().freeze();
+        received.digests.update(&data);
+        let offset = received.written;
+        let n = data.len() as u64;
+        if received.spill.is_none() {
+            let written = match received.file.clone() {
+                Some(file) => {
+                    let chunk = data.clone();
+                    tokio::task::spawn_blocking(move || file.write_all_at(&chunk, offset))
+                        .await
+                        .unwrap_or_else(|e| Err(io::Error::other(e)))
+                }
+                None => Err(io::Error::other("no temporary file")),
+            };
+            if let Err(e) = written {
+                self.spill_from(received, &e);
+            }
+        }
+        if let Some(spill) = &received.spill {
+            spill.push(offset, data);
+        }
+        received.written += n;
+        let written = received.written;
+        self.tx.send_modify(|p| p.written = written);
+    }
+
+    /// Checks what arrived: the published sha1, or (for a zip without one) its structure.
+    async fn verify(&self, received: &Received) -> Result<(), ProxyError> {
+        let package = &self.source.package;
+        if let Some(expected) = &self.source.shasum {
+            let actual = received.digests.sha1_hex();
+            if !actual.eq_ignore_ascii_case(expected) {
+                return Err(ProxyError::ArchiveMismatch(format!(
+                    "{package}: sha1 {actual}, metadata promises {expected}"
+                )));
+            }
+            return Ok(());
+        }
+        if !self.source.is_zip {
+            return Ok(());
+        }
+        let (file, spill) = (received.file.clone(), received.spill.clone());
+        let on_disk = spill.as_ref().map_or(received.written, |s| s.start);
+        let chunks = spill.map(|s| s.chunks()).unwrap_or_default();
+        let assembled = Assembled::new(file, on_disk, chunks, received.written);
+        let checked = tokio::task::spawn_blocking(move || check_zip(assembled))
+            .await
+            .map_err(io::Error::other)?;
+        checked.map_err(|why| {
+            ProxyError::ArchiveMismatch(format!(
+                "{package}: {why} (upstream publishes no checksum for it)"
+            ))
+        })
+    }
+
+    /// Syncs the temporary file, writes the description and renames the archive into the
+    /// store, then keeps the store in bounds.
+    async fn commit(&self, received: &Received, path: &Path) -> io::Result<()> {
+        let (sha1, sha256, crc32) = received.digests.finish();
+        let meta = StoredArchive {
+            package: self.source.package.clone(),
+            url: self.source.url.clone(),
+            shasum: self.source.shasum.clone(),
+            len: received.written,
+            sha1: Some(sha1),
+            sha256: Some(sha256),
+            crc32: Some(crc32),
+        };
+        let description = serde_json::to_vec(&meta).map_err(io::Error::other)?;
+        let file = received
+            .file
+            .clone()
+            .ok_or_else(|| io::Error::other("no temporary file"))?;
+        let inner = self.inner.clone();
+        let (key, temp, path) = (self.key.clone(), received.temp.clone(), path.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            file.sync_all()?;
+            // The description goes first: an archive is never without one, while a
+            // description without its archive (after a crash here) is harmless and swept.
+            let meta_path = inner
+                .disk
+                .archive_meta_path(&key)
+                .ok_or_else(|| io::Error::other("bad archive key"))?;
+            inner.disk.write_atomic_blocking(&meta_path, &description)?;
+            inner.disk.commit(&temp, &path)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.inner
+            .disk
+            .health()
+            .write_succeeded(WriteKind::Archives);
         lock(&self.inner.index).insert(&self.key, received.written, SystemTime::now());
         let inner = self.inner.clone();
         // Evict before the flight reports success, so the bound holds whenever a download
@@ -385,41 +514,5 @@ impl Download {
             .await
             .map_err(io::Error::other)?;
         Ok(())
-    }
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
-/// The first byte position of a `Content-Range: bytes first-last/total` header.
-fn content_range_start(headers: &HeaderMap) -> Option<u64> {
-    let value = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
-    let range = value.strip_prefix("bytes ")?;
-    range.split('-').next()?.trim().parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_range_start_is_parsed() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONTENT_RANGE,
-            HeaderValue::from_static("bytes 100-199/200"),
-        );
-        assert_eq!(content_range_start(&h), Some(100));
-        h.insert(
-            header::CONTENT_RANGE,
-            HeaderValue::from_static("items 1-2/3"),
-        );
-        assert_eq!(content_range_start(&h), None);
     }
 }

@@ -1,27 +1,77 @@
 //! A download in progress ("flight") and the clients following it.
+//!
+//! The download writes the bytes to a temporary file that every client reads at its own pace.
+//! When a write fails (a full disk), the rest of the bytes are kept in memory instead (the
+//! "spill"), so the clients still get the whole archive, streamed through; it is then not
+//! stored.
 
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use super::integrity::chunk_at;
 use super::READ_CHUNK;
 use crate::error::ProxyError;
 
 /// What a flight has done so far; readers watch it.
 #[derive(Clone, Default)]
 pub(super) struct Progress {
-    /// The temporary file, once upstream answered; shared by the writer and every reader.
+    /// Upstream answered and bytes are on their way: clients can follow.
+    pub(super) started: bool,
+    /// The temporary file, shared by the writer and every reader; `None` when it could not be
+    /// created (then every byte is in `spill`).
     pub(super) file: Option<Arc<std::fs::File>>,
+    /// Bytes from `spill.start` on, after a write to the temporary file failed.
+    pub(super) spill: Option<Arc<Spill>>,
     pub(super) len: Option<u64>,
     pub(super) written: u64,
-    /// `Some(Ok)`: verified and stored. Without a file, another process stored it.
+    /// `Some(Ok)`: verified (and stored, unless it had to stream through). Without `started`,
+    /// another process stored it.
     pub(super) outcome: Option<Result<(), Arc<ProxyError>>>,
 }
 
-/// A client following a download: reads the shared temporary file up to what is written.
+/// Bytes of a download kept in memory because they could not be written to disk.
+pub(super) struct Spill {
+    pub(super) start: u64,
+    chunks: RwLock<Vec<(u64, Bytes)>>,
+}
+
+impl Spill {
+    pub(super) fn new(start: u64) -> Self {
+        Self {
+            start,
+            chunks: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Appends the bytes at `offset` (the end of what is held so far).
+    pub(super) fn push(&self, offset: u64, bytes: Bytes) {
+        self.chunks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((offset, bytes));
+    }
+
+    /// Up to `max` bytes from `pos`, without copying.
+    fn read(&self, pos: u64, max: u64) -> Option<Bytes> {
+        let chunks = self.chunks.read().unwrap_or_else(|p| p.into_inner());
+        let (bytes, within) = chunk_at(&chunks, pos)?;
+        let n = (bytes.len() - within).min(usize::try_from(max).unwrap_or(usize::MAX));
+        Some(bytes.slice(within..within + n))
+    }
+
+    pub(super) fn chunks(&self) -> Vec<(u64, Bytes)> {
+        self.chunks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// A client following a download: reads what is written so far.
 pub struct FlightReader {
     pub(super) progress: watch::Receiver<Progress>,
     pub(super) pos: u64,
@@ -31,7 +81,7 @@ impl FlightReader {
     /// The next chunk, `None` at the verified end, or an error if the download failed.
     pub async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
         loop {
-            let (file, limit, complete) = {
+            let (file, spill, limit, complete) = {
                 let p = self.progress.borrow_and_update();
                 if let Some(Err(e)) = &p.outcome {
                     return Some(Err(io::Error::other(e.to_string())));
@@ -44,20 +94,21 @@ impl FlightReader {
                 } else {
                     p.written.saturating_sub(1)
                 };
-                (p.file.clone(), limit, complete)
+                (p.file.clone(), p.spill.clone(), limit, complete)
             };
             if self.pos < limit {
-                let file = file?;
                 let pos = self.pos;
-                let n = (limit - pos).min(READ_CHUNK);
-                let read = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0; n as usize];
-                    file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
-                })
-                .await
-                .unwrap_or_else(|e| Err(io::Error::other(e)));
-                if read.is_ok() {
-                    self.pos += n;
+                let read = match spill.as_ref().filter(|s| pos >= s.start) {
+                    Some(spill) => spill
+                        .read(pos, limit - pos)
+                        .ok_or_else(|| io::Error::other("a received chunk is missing")),
+                    None => {
+                        let file_end = spill.as_ref().map_or(limit, |s| s.start.min(limit));
+                        read_file(file, pos, (file_end - pos).min(READ_CHUNK)).await
+                    }
+                };
+                if let Ok(bytes) = &read {
+                    self.pos += bytes.len() as u64;
                 }
                 return Some(read);
             }
@@ -68,5 +119,53 @@ impl FlightReader {
                 return Some(Err(io::Error::other("archive download stopped")));
             }
         }
+    }
+}
+
+async fn read_file(file: Option<Arc<std::fs::File>>, pos: u64, n: u64) -> io::Result<Bytes> {
+    let file = file.ok_or_else(|| io::Error::other("no temporary file"))?;
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0; usize::try_from(n).map_err(io::Error::other)?];
+        file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
+    })
+    .await
+    .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[tokio::test]
+    async fn a_reader_follows_the_file_then_the_spill_and_waits_for_verification() {
+        let mut file = tempfile::tempfile().expect("tempfile");
+        file.write_all(b"hello ").expect("write");
+        let spill = Arc::new(Spill::new(6));
+        spill.push(6, Bytes::from_static(b"wor"));
+        spill.push(9, Bytes::from_static(b"ld"));
+        let (tx, rx) = watch::channel(Progress {
+            started: true,
+            file: Some(Arc::new(file)),
+            spill: Some(spill),
+            len: Some(11),
+            written: 11,
+            outcome: None,
+        });
+        let mut reader = FlightReader {
+            progress: rx,
+            pos: 0,
+        };
+        let mut got = Vec::new();
+        // Everything but the last byte, while the download is not verified yet.
+        while got.len() < 10 {
+            let chunk = reader.next_chunk().await.expect("chunk").expect("read");
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got, b"hello worl");
+        tx.send_modify(|p| p.outcome = Some(Ok(())));
+        let last = reader.next_chunk().await.expect("last").expect("read");
+        assert_eq!(&last[..], b"d");
+        assert!(reader.next_chunk().await.is_none());
     }
 }

@@ -84,17 +84,66 @@ pub(crate) fn scan(root: &Path) -> io::Result<Vec<(String, u64, SystemTime)>> {
     Ok(found)
 }
 
+/// How many bytes eviction should free, or 0. Two limits: the configured bound, counting
+/// temporary files too (downloads in progress, and leftovers until they are swept), brought
+/// down to its low-water mark; and the volume's free-space floor, plus a tenth of it, so
+/// eviction does not run again after every download. Pure.
+pub(super) fn bytes_to_free(
+    stored_bytes: u64,
+    temp_bytes: u64,
+    max_bytes: u64,
+    available_bytes: Option<u64>,
+    min_free_bytes: u64,
+) -> u64 {
+    let used = stored_bytes + temp_bytes;
+    let over_bound = if used > max_bytes {
+        used - max_bytes / 100 * LOW_WATER_PERCENT
+    } else {
+        0
+    };
+    let short_of_space = match available_bytes {
+        Some(available) if available < min_free_bytes => {
+            min_free_bytes - available + min_free_bytes / 10
+        }
+        _ => 0,
+    };
+    over_bound.max(short_of_space).min(stored_bytes)
+}
+
 impl Inner {
-    /// Removes least recently used archives while the store is over its bound. Blocking.
+    /// Removes least recently used archives while the store is over its bound or the volume
+    /// is short of free space. Blocking.
     pub(super) fn evict_if_needed(&self, force_scan: bool) {
+        let space = self.disk.disk_space().ok().map(|s| s.available_bytes);
+        let temp = self.disk.health().temp_bytes();
         {
             let index = lock(&self.index);
-            let over = index.total > self.max_bytes;
+            let needed = bytes_to_free(
+                index.total,
+                temp,
+                self.max_bytes,
+                space,
+                self.min_free_bytes,
+            );
             let stale = index.scanned_at.elapsed() >= RESCAN_INTERVAL;
-            if !over && !stale && !force_scan {
+            if needed == 0 && !stale && !force_scan {
                 return;
             }
         }
+        self.evict(|total| bytes_to_free(total, temp, self.max_bytes, space, self.min_free_bytes));
+    }
+
+    /// After a write failed for want of space: frees room for `needed_bytes` more beyond the
+    /// free-space floor. Blocking.
+    pub(super) fn evict_for_space(&self, needed_bytes: u64) {
+        let space = self.disk.disk_space().ok().map(|s| s.available_bytes);
+        let floor = self.min_free_bytes.saturating_add(needed_bytes);
+        self.evict(|total| bytes_to_free(total, 0, u64::MAX, space, floor));
+    }
+
+    /// Rescans the store and removes least recently used archives until `to_free(total)`
+    /// bytes are gone. One eviction at a time; a concurrent call returns at once.
+    fn evict(&self, to_free: impl Fn(u64) -> u64) {
         if self.evicting.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -103,9 +152,9 @@ impl Inner {
             Ok(scanned) => {
                 let mut index = lock(&self.index);
                 index.replace(scanned);
-                let low_water = self.max_bytes / 100 * LOW_WATER_PERCENT;
+                let mut remaining = to_free(index.total);
                 let mut victims = Vec::new();
-                if index.total > self.max_bytes {
+                if remaining > 0 {
                     let mut by_age: Vec<(SystemTime, String)> = index
                         .entries
                         .iter()
@@ -113,11 +162,12 @@ impl Inner {
                         .collect();
                     by_age.sort();
                     for (_, key) in by_age {
-                        if index.total <= low_water {
+                        if remaining == 0 {
                             break;
                         }
                         if let Some(entry) = index.entries.remove(&key) {
                             index.total -= entry.len;
+                            remaining = remaining.saturating_sub(entry.len);
                             victims.push((key, entry.len));
                         }
                     }
@@ -130,29 +180,54 @@ impl Inner {
             }
         };
         for (key, len) in victims {
-            self.memory.invalidate(&key);
-            if let Some(path) = self.disk.archive_path(&key) {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {
-                        self.evictions.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(key = %key, bytes = len, "archive evicted");
-                    }
-                    // Another replica evicted it first.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => tracing::warn!(key = %key, error = %e, "cannot evict archive"),
-                }
-            }
-            for extra in [
-                self.disk.archive_lock_path(&key),
-                self.disk.archive_meta_path(&key),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                let _ = std::fs::remove_file(extra);
+            if self.remove_entry(&key, None) {
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(key = %key, bytes = len, "archive evicted");
             }
         }
         self.evicting.store(false, Ordering::Release);
+    }
+
+    /// Unlinks an archive with its description and lock file and forgets it in memory; with
+    /// `only_inode`, only if the file there is still that one (a replica may have stored a
+    /// fresh copy since it was judged). `false` if it was not there (another replica removed
+    /// it first). Blocking.
+    pub(super) fn remove_entry(&self, key: &str, only_inode: Option<u64>) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.memory.invalidate(key);
+        self.descriptions.invalidate(key);
+        let Some(path) = self.disk.archive_path(key) else {
+            return false;
+        };
+        if let Some(ino) = only_inode {
+            if std::fs::metadata(&path).map(|m| m.ino()).ok() != Some(ino) {
+                return false;
+            }
+        }
+        let removed = match std::fs::remove_file(&path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "cannot remove archive");
+                false
+            }
+        };
+        {
+            let mut index = lock(&self.index);
+            if let Some(entry) = index.entries.remove(key) {
+                index.total -= entry.len;
+            }
+        }
+        for extra in [
+            self.disk.archive_lock_path(key),
+            self.disk.archive_meta_path(key),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = std::fs::remove_file(extra);
+        }
+        removed
     }
 }
 
@@ -175,5 +250,29 @@ mod tests {
         assert_eq!(index.total, 15);
         assert_eq!(index.entries["a"].used, new);
         assert_eq!(index.entries["b"].used, old);
+    }
+
+    #[test]
+    fn eviction_frees_down_to_low_water_or_up_to_the_free_space_floor() {
+        const MB: u64 = 1_000_000;
+        // Within bound, plenty of space.
+        assert_eq!(
+            bytes_to_free(50 * MB, 0, 100 * MB, Some(500 * MB), 10 * MB),
+            0
+        );
+        // Over the bound (temporary files count): down to 90 %.
+        assert_eq!(
+            bytes_to_free(95 * MB, 10 * MB, 100 * MB, Some(500 * MB), 10 * MB),
+            15 * MB
+        );
+        // Within bound, but the volume is short of its floor: the shortfall plus a tenth.
+        assert_eq!(
+            bytes_to_free(50 * MB, 0, 100 * MB, Some(4 * MB), 10 * MB),
+            7 * MB
+        );
+        // Never more than is stored.
+        assert_eq!(bytes_to_free(2 * MB, 0, 100 * MB, Some(0), 10 * MB), 2 * MB);
+        // Free space unknown: only the bound counts.
+        assert_eq!(bytes_to_free(50 * MB, 0, 100 * MB, None, 10 * MB), 0);
     }
 }

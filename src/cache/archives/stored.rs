@@ -1,0 +1,231 @@
+//! Serving a stored archive, checked before and while it is sent.
+//!
+//! Before headers: the file's length against its description (a mismatch removes the entry,
+//! and the request fetches it again). While sending: the CRC-32 of the bytes read, checked
+//! before the last chunk goes out, so a file altered on disk ends as a broken transfer, never
+//! as a complete response, and is removed. Small archives are checked whole when they are
+//! loaded into memory, and a copy in memory is only served while the file it was read from is
+//! still the one in the store: `cache verify --remove`, `cache purge` and another replica's
+//! eviction or scrub take it out of every running proxy.
+
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::integrity::{ServeCheck, ServeHasher, StoredArchive};
+use super::{Archive, Inner, MemoryEntry, MEMORY_OBJECT_MAX, READ_CHUNK};
+use crate::error::ProxyError;
+
+/// What is found under a key on disk.
+enum Opened {
+    Missing,
+    Damaged { ino: u64, why: String },
+    Memory(Bytes),
+    File(Arc<std::fs::File>, u64, u64, ServeCheck),
+}
+
+/// Who found an archive damaged: the label of `composer_proxy_archives_damaged_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FoundBy {
+    Serve,
+    Scrub,
+}
+
+impl FoundBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FoundBy::Serve => "serve",
+            FoundBy::Scrub => "scrub",
+        }
+    }
+}
+
+impl Inner {
+    /// A stored archive, or `None` when it must be fetched.
+    pub(super) async fn lookup(self: &Arc<Self>, key: &str) -> Result<Option<Archive>, ProxyError> {
+        let Some(path) = self.disk.archive_path(key) else {
+            return Err(ProxyError::Cache(io::Error::other("bad archive key")));
+        };
+        if let Some(entry) = self.memory.get(key) {
+            // One stat, answered from the inode cache for a file this hot; a hop through the
+            // blocking pool would cost more than serving the copy.
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == entry.ino) {
+                self.mark_used(key, entry.bytes.len() as u64);
+                return Ok(Some(Archive::Memory(entry.bytes)));
+            }
+            self.memory.invalidate(key);
+        }
+        let inner = self.clone();
+        let owned = key.to_string();
+        let opened = tokio::task::spawn_blocking(move || inner.open_stored(&owned, &path))
+            .await
+            .map_err(io::Error::other)??;
+        match opened {
+            Opened::Missing => Ok(None),
+            Opened::Damaged { ino, why } => {
+                let inner = self.clone();
+                let owned = key.to_string();
+                tokio::task::spawn_blocking(move || {
+                    inner.discard_damaged(&owned, ino, &why, FoundBy::Serve)
+                })
+                .await
+                .map_err(io::Error::other)?;
+                Ok(None)
+            }
+            Opened::Memory(bytes) => {
+                self.mark_used(key, bytes.len() as u64);
+                Ok(Some(Archive::Memory(bytes)))
+            }
+            Opened::File(file, ino, len, check) => {
+                self.mark_used(key, len);
+                Ok(Some(Archive::File(StoredReader {
+                    inner: self.clone(),
+                    key: key.to_string(),
+                    file,
+                    ino,
+                    len,
+                    pos: 0,
+                    hasher: Some(ServeHasher::new(&check)),
+                })))
+            }
+        }
+    }
+
+    /// Opens the file under `key` and checks what can be checked before sending. Blocking.
+    fn open_stored(&self, key: &str, path: &Path) -> io::Result<Opened> {
+        let mut file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Opened::Missing),
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        let (ino, len) = (meta.ino(), meta.len());
+        let Some(stored) = self.description(key, ino) else {
+            let why = "it has no readable description, so it cannot be checked".into();
+            return Ok(Opened::Damaged { ino, why });
+        };
+        if len != stored.len {
+            let why = format!("{len} bytes on disk, {} when it was stored", stored.len);
+            return Ok(Opened::Damaged { ino, why });
+        }
+        let check = stored.serve_check();
+        if len <= MEMORY_OBJECT_MAX && self.memory.policy().max_capacity() != Some(0) {
+            let mut buf = Vec::with_capacity(usize::try_from(len).map_err(io::Error::other)?);
+            file.read_to_end(&mut buf)?;
+            if buf.len() as u64 != len || !ServeHasher::check(&check, &buf) {
+                let why = "its bytes do not match the checksum recorded when it was stored".into();
+                return Ok(Opened::Damaged { ino, why });
+            }
+            let bytes = Bytes::from(buf);
+            let entry = MemoryEntry {
+                bytes: bytes.clone(),
+                ino,
+            };
+            self.memory.insert(key.to_string(), entry);
+            return Ok(Opened::Memory(bytes));
+        }
+        Ok(Opened::File(Arc::new(file), ino, len, check))
+    }
+
+    /// The description of the file `ino` under `key`, read once per file. Blocking.
+    fn description(&self, key: &str, ino: u64) -> Option<Arc<StoredArchive>> {
+        if let Some((known, stored)) = self.descriptions.get(key) {
+            if known == ino {
+                return Some(stored);
+            }
+        }
+        let stored = Arc::new(read_description(&self.disk.archive_meta_path(key)?)?);
+        self.descriptions
+            .insert(key.to_string(), (ino, stored.clone()));
+        Some(stored)
+    }
+
+    /// Removes a damaged archive (only the file that was judged), says so and counts it; the
+    /// next request fetches it again. Blocking.
+    pub(super) fn discard_damaged(&self, key: &str, ino: u64, why: &str, found_by: FoundBy) {
+        let removed = self.remove_entry(key, Some(ino));
+        let counter = match found_by {
+            FoundBy::Serve => &self.damaged_on_serve,
+            FoundBy::Scrub => &self.damaged_by_scrub,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            event = "archive_damaged",
+            key = %key,
+            found_by = found_by.as_str(),
+            reason = %why,
+            removed,
+            "stored archive is damaged; removed, it is fetched again when next asked for"
+        );
+    }
+}
+
+/// A description file, or `None` when it is missing or unreadable. Blocking.
+pub fn read_description(path: &Path) -> Option<StoredArchive> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// A stored archive being sent: read in large chunks, checked as it goes.
+pub struct StoredReader {
+    inner: Arc<Inner>,
+    key: String,
+    file: Arc<std::fs::File>,
+    ino: u64,
+    len: u64,
+    pos: u64,
+    hasher: Option<ServeHasher>,
+}
+
+impl StoredReader {
+    pub fn byte_len(&self) -> u64 {
+        self.len
+    }
+
+    /// The next chunk, `None` at the verified end, or an error when the file turns out to be
+    /// damaged (then the client's transfer breaks off before its last chunk).
+    pub async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        if self.pos >= self.len {
+            return None;
+        }
+        let (file, pos) = (self.file.clone(), self.pos);
+        let n = (self.len - pos).min(READ_CHUNK);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0; usize::try_from(n).map_err(io::Error::other)?];
+            file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)));
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Some(Err(self
+                    .damaged("the file got shorter while it was sent")
+                    .await));
+            }
+            Err(e) => return Some(Err(e)),
+        };
+        self.pos += n;
+        if let Some(hasher) = self.hasher.as_mut() {
+            hasher.update(&bytes);
+        }
+        if self.pos == self.len && !self.hasher.take().is_none_or(ServeHasher::matches) {
+            let why = "its bytes do not match the checksum recorded when it was stored";
+            return Some(Err(self.damaged(why).await));
+        }
+        Some(Ok(bytes))
+    }
+
+    async fn damaged(&self, why: &'static str) -> io::Error {
+        let (inner, key, ino) = (self.inner.clone(), self.key.clone(), self.ino);
+        let _ = tokio::task::spawn_blocking(move || {
+            inner.discard_damaged(&key, ino, why, FoundBy::Serve)
+        })
+        .await;
+        io::Error::other(format!("stored archive is damaged: {why}"))
+    }
+}
