@@ -1,0 +1,158 @@
+//! The archive, install-notification and search routes.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::{BodyExt, LengthLimitError, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::json;
+
+use super::respond::{etag_matches, set};
+use super::{empty, full, ResponseBody};
+use crate::cache::archives::{Archive, ArchiveStore};
+use crate::cache::metadata::CacheStatus;
+use crate::error::{json_response, ProxyError};
+use crate::upstream::RequestKind;
+use crate::AppState;
+
+/// Largest install-notification body accepted; Composer sends a few hundred bytes per package.
+pub const MAX_NOTIFY_BYTES: usize = 1024 * 1024;
+
+pub(super) async fn archive(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    package: &str,
+    key: &str,
+    head: bool,
+) -> Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError> {
+    let source = state.metadata.dist_source(package, key).await?;
+    let key = ArchiveStore::store_key(&source);
+    let etag = format!("\"{}\"", &key[..32]);
+    let mut response = Response::new(empty());
+    let h = response.headers_mut();
+    set(h, header::ETAG, &etag);
+    if etag_matches(headers, &etag) {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        return Ok((response, Some(CacheStatus::Hit)));
+    }
+    let (archive, cache) = state.archives.get(&source, &key).await?;
+    let h = response.headers_mut();
+    let content_type = if source.url.ends_with(".zip") {
+        "application/zip"
+    } else {
+        "application/octet-stream"
+    };
+    set(h, header::CONTENT_TYPE, content_type);
+    set(
+        h,
+        header::HeaderName::from_static("x-cache"),
+        cache.as_str(),
+    );
+    let (len, body) = match archive {
+        Archive::Memory(bytes) => (Some(bytes.len() as u64), full(bytes)),
+        Archive::File(reader) => {
+            let len = reader.byte_len();
+            let stream = futures_util::stream::unfold(reader, |mut reader| async move {
+                reader
+                    .next_chunk()
+                    .await
+                    .map(|item| (item.map(Frame::data), reader))
+            });
+            (Some(len), StreamBody::new(stream).boxed_unsync())
+        }
+        Archive::Streaming { reader, len } => {
+            let stream = futures_util::stream::unfold(reader, |mut reader| async move {
+                reader
+                    .next_chunk()
+                    .await
+                    .map(|item| (item.map(Frame::data), reader))
+            });
+            (len, StreamBody::new(stream).boxed_unsync())
+        }
+    };
+    if let Some(len) = len {
+        set(h, header::CONTENT_LENGTH, &len.to_string());
+    }
+    if !head {
+        *response.body_mut() = body;
+    }
+    Ok((response, Some(cache)))
+}
+
+/// Accepts Composer's install notification and forwards it upstream in the background: a
+/// statistics ping must never fail or slow down an install. Its body is bounded in size and in
+/// time (`client_body_timeout_secs`); anything else is not a ping from Composer.
+pub(super) async fn notify(
+    state: &Arc<AppState>,
+    body: Incoming,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let too_large = ProxyError::BodyTooLarge {
+        limit: MAX_NOTIFY_BYTES,
+    };
+    // A declared length is checked before any byte is read (and before hyper would send a
+    // `100 Continue`), so the body is never transferred.
+    if body.size_hint().lower() > MAX_NOTIFY_BYTES as u64 {
+        return Err(too_large);
+    }
+    let limit = state.client_limits.body_timeout;
+    let collected =
+        tokio::time::timeout(limit, Limited::new(body, MAX_NOTIFY_BYTES).collect()).await;
+    let payload = match collected {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => return Err(too_large),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "install notification body unreadable");
+            return Err(ProxyError::BadRequest(
+                "the request body could not be read".into(),
+            ));
+        }
+        Err(_) => return Err(ProxyError::BodyTimeout(limit)),
+    };
+    let state = state.clone();
+    tokio::spawn(async move {
+        let Some(url) = state.metadata.notify_url().await else {
+            return;
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match state
+            .upstream
+            .send(RequestKind::Notify, Method::POST, &url, headers, payload)
+            .await
+        {
+            Ok(r) if r.status.is_success() => {
+                tracing::debug!("install notification forwarded")
+            }
+            Ok(r) => {
+                tracing::warn!(status = %r.status, "upstream refused the install notification")
+            }
+            Err(e) => tracing::warn!(error = %e, "install notification not forwarded"),
+        }
+    });
+    Ok(json_response(StatusCode::OK, &json!({"status": "success"})).map(full))
+}
+
+pub(super) async fn search(
+    state: &Arc<AppState>,
+    query: &str,
+) -> Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError> {
+    let q = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "q")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let names = state.metadata.search(&q).await?;
+    let results: Vec<_> = names
+        .iter()
+        .map(|n| json!({"name": n, "description": ""}))
+        .collect();
+    let body = json!({"results": results, "total": names.len()});
+    Ok((
+        json_response(StatusCode::OK, &body).map(full),
+        Some(CacheStatus::Hit),
+    ))
+}

@@ -1,0 +1,279 @@
+//! Request paths, normalised and parsed into a [`Route`]: a pure function, tested here and
+//! fuzzed (`fuzz/fuzz_targets/route.rs`).
+
+use crate::composer;
+
+/// Longest request path served; Composer's are well under 200 bytes.
+pub const MAX_PATH_BYTES: usize = 1024;
+
+/// One request kind per route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    Root,
+    /// `vendor/name` or `vendor/name~dev`.
+    P2 {
+        file: String,
+    },
+    /// A rewritten v1 listing, by its path below the root (`p/provider-ce$<hash>.json`).
+    V1Listing {
+        path: String,
+    },
+    V1Package {
+        name: String,
+        hash: String,
+    },
+    Dist {
+        package: String,
+        key: String,
+    },
+    Notify,
+    Search,
+    Health,
+    Ready,
+    Metrics,
+}
+
+impl Route {
+    /// Fixed label for logs and metrics: never the path itself.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::Root => "root",
+            Route::P2 { .. } => "p2",
+            Route::V1Listing { .. } => "v1_listing",
+            Route::V1Package { .. } => "v1_package",
+            Route::Dist { .. } => "archive",
+            Route::Notify => "notify",
+            Route::Search => "search",
+            Route::Health => "health",
+            Route::Ready => "ready",
+            Route::Metrics => "metrics",
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteError {
+    BadPath(&'static str),
+    TooLong,
+    NotFound,
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Decodes the only escapes Composer produces (`%24` for `$`, and `%7E` for `~` from some
+/// HTTP stacks) and refuses everything that could smuggle a separator or a second decoding.
+pub fn normalize_path(raw: &str) -> Result<String, RouteError> {
+    if !raw.starts_with('/') {
+        return Err(RouteError::BadPath("path must start with /"));
+    }
+    if raw.len() > MAX_PATH_BYTES {
+        return Err(RouteError::TooLong);
+    }
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let escape = raw.get(i + 1..i + 3).unwrap_or_default();
+                match escape.to_ascii_lowercase().as_str() {
+                    "24" => out.push('$'),
+                    "7e" => out.push('~'),
+                    _ => return Err(RouteError::BadPath("unexpected percent-encoding in path")),
+                }
+                i += 3;
+                continue;
+            }
+            b'\\' => return Err(RouteError::BadPath("backslash in path")),
+            0x21..=0x7e => out.push(b as char),
+            _ => {
+                return Err(RouteError::BadPath(
+                    "control, space or non-ASCII byte in path",
+                ))
+            }
+        }
+        i += 1;
+    }
+    for segment in out.split('/').skip(1) {
+        if segment == "." || segment == ".." {
+            return Err(RouteError::BadPath("dot segment in path"));
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a request path (with the public URL's path prefix, if any) into a route.
+pub fn parse_route(raw: &str, prefix: &str) -> Result<Route, RouteError> {
+    let path = normalize_path(raw)?;
+    let path = match path.strip_prefix(prefix) {
+        Some(rest) if !prefix.is_empty() && rest.starts_with('/') => rest.to_string(),
+        _ => path,
+    };
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    if segments.iter().rev().skip(1).any(|s| s.is_empty()) {
+        return Err(RouteError::BadPath("empty segment in path"));
+    }
+    let route = match segments.as_slice() {
+        ["packages.json"] => Route::Root,
+        ["healthz"] => Route::Health,
+        ["readyz"] => Route::Ready,
+        ["metrics"] => Route::Metrics,
+        ["search.json"] => Route::Search,
+        ["downloads"] | ["downloads", ""] => Route::Notify,
+        ["p2", vendor, file] => {
+            let stem = file.strip_suffix(".json").ok_or(RouteError::NotFound)?;
+            let (project, dev) = match stem.strip_suffix("~dev") {
+                Some(p) => (p, true),
+                None => (stem, false),
+            };
+            let name = format!("{vendor}/{project}");
+            if !composer::is_package_name(&name) {
+                return Err(RouteError::NotFound);
+            }
+            Route::P2 {
+                file: if dev { format!("{name}~dev") } else { name },
+            }
+        }
+        ["p", vendor, file] if file.contains('$') => {
+            let stem = file.strip_suffix(".json").ok_or(RouteError::NotFound)?;
+            let (project, hash) = stem.rsplit_once('$').ok_or(RouteError::NotFound)?;
+            let name = format!("{vendor}/{project}");
+            if composer::is_package_name(&name) && is_hex(hash, 64) {
+                Route::V1Package {
+                    name,
+                    hash: hash.to_string(),
+                }
+            } else {
+                return Err(RouteError::NotFound);
+            }
+        }
+        ["p", ..] if path.ends_with(".json") => Route::V1Listing {
+            path: path[1..].to_string(),
+        },
+        ["dists", vendor, project, file] => {
+            let (key, ext) = file.split_once('.').ok_or(RouteError::NotFound)?;
+            let name = format!("{vendor}/{project}");
+            let ext_ok = !ext.is_empty()
+                && ext.len() <= 8
+                && ext
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            if !composer::is_package_name(&name) || !is_hex(key, 32) || !ext_ok {
+                return Err(RouteError::NotFound);
+            }
+            Route::Dist {
+                package: name,
+                key: key.to_string(),
+            }
+        }
+        _ => return Err(RouteError::NotFound),
+    };
+    Ok(route)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn composer_paths_route() {
+        assert_eq!(parse_route("/packages.json", ""), Ok(Route::Root));
+        assert_eq!(
+            parse_route("/p2/magento/framework.json", ""),
+            Ok(Route::P2 {
+                file: "magento/framework".into()
+            })
+        );
+        assert_eq!(
+            parse_route("/p2/magento/framework~dev.json", ""),
+            Ok(Route::P2 {
+                file: "magento/framework~dev".into()
+            })
+        );
+        let hash = "a".repeat(64);
+        for sep in ["$", "%24"] {
+            assert_eq!(
+                parse_route(&format!("/p/magento/framework{sep}{hash}.json"), ""),
+                Ok(Route::V1Package {
+                    name: "magento/framework".into(),
+                    hash: hash.clone()
+                })
+            );
+        }
+        assert_eq!(
+            parse_route(&format!("/p/provider-ce%24{hash}.json"), ""),
+            Ok(Route::V1Listing {
+                path: format!("p/provider-ce${hash}.json")
+            })
+        );
+        let key = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            parse_route(&format!("/dists/magento/framework/{key}.zip"), ""),
+            Ok(Route::Dist {
+                package: "magento/framework".into(),
+                key: key.into()
+            })
+        );
+        assert_eq!(parse_route("/downloads/", ""), Ok(Route::Notify));
+    }
+
+    #[test]
+    fn path_prefix_of_the_public_url_is_accepted() {
+        assert_eq!(
+            parse_route("/magento/packages.json", "/magento"),
+            Ok(Route::Root)
+        );
+        assert_eq!(parse_route("/packages.json", "/magento"), Ok(Route::Root));
+    }
+
+    #[test]
+    fn traversal_and_odd_encodings_are_bad_requests() {
+        for path in [
+            "/p2/../etc/passwd.json",
+            "/p2/%2e%2e/x.json",
+            "/p2/a%2fb.json",
+            "/p2/a%252fb.json",
+            "/p2/a\\b.json",
+            "/p2/a%00.json",
+            "/p2/a%5cb.json",
+            "/./packages.json",
+            "/p2/a/b%2E%2E.json",
+            "/p2/a/\u{e9}.json",
+            "/p2/a b.json",
+            "/p2/a/b.json%",
+        ] {
+            assert!(
+                matches!(parse_route(path, ""), Err(RouteError::BadPath(_))),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn overlong_paths_are_too_long_not_just_bad() {
+        let long = format!("/p2/magento/{}.json", "a".repeat(MAX_PATH_BYTES));
+        assert_eq!(parse_route(&long, ""), Err(RouteError::TooLong));
+        let longest = format!("/{}", "a".repeat(MAX_PATH_BYTES - 1));
+        assert_eq!(parse_route(&longest, ""), Err(RouteError::NotFound));
+    }
+
+    #[test]
+    fn unknown_shapes_are_not_found() {
+        for path in [
+            "/",
+            "/p2/Magento/Framework.json",
+            "/p2/magento.json",
+            "/dists/magento/framework/../x.zip",
+            "/dists/magento/framework/nothex.zip",
+            "/p/magento/framework$abc.json",
+            "/archives/magento/x.zip",
+        ] {
+            assert!(parse_route(path, "").is_err(), "{path}");
+        }
+    }
+}
