@@ -1,0 +1,304 @@
+//! The upstream key pair: where it comes from (settings, key files, auth.json, COMPOSER_AUTH,
+//! the fallback file), what a valid key looks like, and [`Secret`], which never prints.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use url::Url;
+
+use super::raw::RawConfig;
+use super::ConfigError;
+
+/// A value that must never be printed: `Debug` and `Display` redact it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; callers put it only into upstream `Authorization` headers.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where the key pair was found; logged at start so ops can tell which source won.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    Settings,
+    KeyFiles,
+    AuthJson,
+    ComposerAuthEnv,
+    FallbackFile,
+}
+
+impl KeySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySource::Settings => "public_key/private_key",
+            KeySource::KeyFiles => "public_key_file/private_key_file",
+            KeySource::AuthJson => "auth_json",
+            KeySource::ComposerAuthEnv => "COMPOSER_AUTH",
+            KeySource::FallbackFile => "fallback_keys_file",
+        }
+    }
+}
+
+/// The organisation's Marketplace key pair. Both halves are secrets: the public key alone
+/// identifies the account, and together they unlock licensed code.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub public_key: Secret,
+    pub private_key: Secret,
+    pub source: KeySource,
+}
+
+/// Finds the key pair: explicit settings, then key files, then auth.json, then COMPOSER_AUTH.
+pub(super) fn resolve_credentials(
+    raw: &RawConfig,
+    upstream: &Url,
+    env: &BTreeMap<String, String>,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<Credentials>, ConfigError> {
+    let pair = |public: String, private: String, source: KeySource, setting: &str| {
+        check_key(&public).map_err(|m| err(setting, format!("public key {m}")))?;
+        check_key(&private).map_err(|m| err(setting, format!("private key {m}")))?;
+        if public.contains(':') {
+            return Err(err(setting, "public key must not contain ':'".into()));
+        }
+        Ok(Some(Credentials {
+            public_key: Secret::new(public),
+            private_key: Secret::new(private),
+            source,
+        }))
+    };
+
+    if let Some((public, private)) = both_or_neither(
+        ("public_key", &raw.public_key),
+        ("private_key", &raw.private_key),
+        err,
+    )? {
+        return pair(
+            public.to_string(),
+            private.to_string(),
+            KeySource::Settings,
+            "public_key",
+        );
+    }
+
+    if let Some((public_path, private_path)) = both_or_neither(
+        ("public_key_file", &raw.public_key_file),
+        ("private_key_file", &raw.private_key_file),
+        err,
+    )? {
+        let read = |setting: &str, path: &str| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| err(setting, format!("cannot read {path}: {e}")))
+        };
+        let public = read("public_key_file", public_path)?;
+        let private = read("private_key_file", private_path)?;
+        return pair(public, private, KeySource::KeyFiles, "public_key_file");
+    }
+
+    if !raw.auth_json.is_empty() {
+        let text = std::fs::read_to_string(&raw.auth_json)
+            .map_err(|e| err("auth_json", format!("cannot read {}: {e}", raw.auth_json)))?;
+        let (public, private) = http_basic_for(&text, upstream).map_err(|m| err("auth_json", m))?;
+        return pair(public, private, KeySource::AuthJson, "auth_json");
+    }
+
+    if let Some(text) = env.get("COMPOSER_AUTH") {
+        // COMPOSER_AUTH often holds tokens for other hosts only; that is not an error here.
+        if let Ok((public, private)) = http_basic_for(text, upstream) {
+            return pair(public, private, KeySource::ComposerAuthEnv, "COMPOSER_AUTH");
+        }
+    }
+    Ok(None)
+}
+
+/// Reads `public:private` lines (blank lines and `#` comments ignored). Errors name the line,
+/// never its content.
+pub(super) fn read_fallback_keys(
+    path: &str,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Vec<Credentials>, ConfigError> {
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let setting = "fallback_keys_file";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(setting, format!("cannot read {path}: {e}")))?;
+    let mut pairs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |m: String| err(setting, format!("line {}: {m}", n + 1));
+        let (public, private) = line
+            .split_once(':')
+            .ok_or_else(|| bad("expected public_key:private_key".into()))?;
+        check_key(public).map_err(|m| bad(format!("public key {m}")))?;
+        check_key(private).map_err(|m| bad(format!("private key {m}")))?;
+        pairs.push(Credentials {
+            public_key: Secret::new(public),
+            private_key: Secret::new(private),
+            source: KeySource::FallbackFile,
+        });
+    }
+    Ok(pairs)
+}
+
+/// Settings that only make sense together: both set, or neither. The error names the one
+/// that is missing.
+fn both_or_neither<'a>(
+    (a_name, a): (&str, &'a str),
+    (b_name, b): (&str, &'a str),
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<(&'a str, &'a str)>, ConfigError> {
+    match (a.is_empty(), b.is_empty()) {
+        (false, false) => Ok(Some((a, b))),
+        (true, true) => Ok(None),
+        (false, true) => Err(err(b_name, format!("{a_name} is set but {b_name} is not"))),
+        (true, false) => Err(err(a_name, format!("{b_name} is set but {a_name} is not"))),
+    }
+}
+
+fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("is empty".into());
+    }
+    if key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("contains whitespace or control characters".into());
+    }
+    Ok(())
+}
+
+/// Reads `http-basic.<host>` (or `<host>:<port>`) from Composer's auth.json format.
+fn http_basic_for(text: &str, upstream: &Url) -> Result<(String, String), String> {
+    let json: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let host = upstream.host_str().unwrap_or_default();
+    let candidates = match upstream.port() {
+        Some(port) => vec![format!("{host}:{port}"), host.to_string()],
+        None => vec![host.to_string()],
+    };
+    let basic = json
+        .get("http-basic")
+        .ok_or_else(|| "has no \"http-basic\" section".to_string())?;
+    for name in &candidates {
+        if let Some(entry) = basic.get(name) {
+            let field = |f: &str| {
+                entry
+                    .get(f)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("http-basic.{name} has no string \"{f}\""))
+            };
+            return Ok((field("username")?, field("password")?));
+        }
+    }
+    Err(format!("has no http-basic entry for {}", candidates[0]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::load;
+    use super::super::*;
+
+    #[test]
+    fn keys_come_from_settings_files_auth_json_and_composer_auth() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = load(
+            None,
+            &[
+                ("COMPOSER_PROXY_PUBLIC_KEY", "pub"),
+                ("COMPOSER_PROXY_PRIVATE_KEY", "priv"),
+            ],
+        )
+        .expect("valid");
+        let k = c.upstream.credentials.expect("keys");
+        assert_eq!(
+            (k.public_key.expose(), k.private_key.expose()),
+            ("pub", "priv")
+        );
+        assert_eq!(k.source, KeySource::Settings);
+
+        let (p, q) = (dir.path().join("p"), dir.path().join("q"));
+        std::fs::write(&p, "filepub\n").expect("write");
+        std::fs::write(&q, "  filepriv\n").expect("write");
+        let c = load(
+            None,
+            &[
+                ("COMPOSER_PROXY_PUBLIC_KEY_FILE", p.to_str().expect("utf8")),
+                ("COMPOSER_PROXY_PRIVATE_KEY_FILE", q.to_str().expect("utf8")),
+            ],
+        )
+        .expect("valid");
+        let k = c.upstream.credentials.expect("keys");
+        assert_eq!(
+            (k.public_key.expose(), k.private_key.expose()),
+            ("filepub", "filepriv")
+        );
+
+        let auth = dir.path().join("auth.json");
+        std::fs::write(
+            &auth,
+            r#"{"http-basic":{"repo.magento.com":{"username":"ajpub","password":"ajpriv"}}}"#,
+        )
+        .expect("write");
+        let c = load(
+            None,
+            &[("COMPOSER_PROXY_AUTH_JSON", auth.to_str().expect("utf8"))],
+        )
+        .expect("valid");
+        assert_eq!(
+            c.upstream.credentials.expect("keys").source,
+            KeySource::AuthJson
+        );
+
+        let c = load(
+            None,
+            &[
+                ("COMPOSER_PROXY_UPSTREAM_URL", "http://127.0.0.1:9999"),
+                (
+                    "COMPOSER_AUTH",
+                    r#"{"http-basic":{"127.0.0.1:9999":{"username":"u","password":"p"}}}"#,
+                ),
+            ],
+        )
+        .expect("valid");
+        let k = c.upstream.credentials.expect("keys");
+        assert_eq!(k.source, KeySource::ComposerAuthEnv);
+        assert_eq!(k.public_key.expose(), "u");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let c = load(
+            None,
+            &[
+                ("COMPOSER_PROXY_PUBLIC_KEY", "visiblepublic"),
+                ("COMPOSER_PROXY_PRIVATE_KEY", "visibleprivate"),
+            ],
+        )
+        .expect("valid");
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("visiblepublic") && !printed.contains("visibleprivate"));
+    }
+}

@@ -1,0 +1,294 @@
+//! The settings as written (one serde struct, every field present because the embedded
+//! defaults are merged underneath), and their validation into [`Config`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use url::Url;
+
+use super::keys::{read_fallback_keys, resolve_credentials};
+use super::{redact_userinfo, Config, ConfigError, LogFormat, TlsFiles, UpstreamConfig};
+
+/// The settings as written; every field is present because the embedded defaults are merged
+/// underneath whatever the user supplies.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) listen: String,
+    pub(super) public_url: String,
+    pub(super) allow: Vec<String>,
+    pub(super) trusted_proxies: Vec<String>,
+    pub(super) require_tokens: bool,
+    pub(super) tokens_file: String,
+    pub(super) tls_cert: String,
+    pub(super) tls_key: String,
+    pub(super) shutdown_grace_secs: u64,
+    pub(super) max_connections: usize,
+    pub(super) client_header_timeout_secs: u64,
+    pub(super) client_body_timeout_secs: u64,
+    pub(super) upstream_url: String,
+    pub(super) public_key: String,
+    pub(super) private_key: String,
+    pub(super) public_key_file: String,
+    pub(super) private_key_file: String,
+    pub(super) auth_json: String,
+    pub(super) fallback_keys_file: String,
+    pub(super) upstream_ca_file: String,
+    pub(super) upstream_connect_timeout_secs: u64,
+    pub(super) upstream_read_timeout_secs: u64,
+    pub(super) upstream_metadata_timeout_secs: u64,
+    pub(super) upstream_archive_timeout_secs: u64,
+    pub(super) upstream_max_redirects: u8,
+    pub(super) cache_dir: String,
+    pub(super) metadata_ttl_secs: u64,
+    pub(super) metadata_cache_max_bytes: u64,
+    pub(super) v1_prefetch_concurrency: usize,
+    pub(super) negative_ttl_secs: u64,
+    pub(super) upstream_retry_secs: u64,
+    pub(super) stale_on_key_rejection: bool,
+    pub(super) archive_cache_max_bytes: u64,
+    pub(super) archive_memory_cache_max_bytes: u64,
+    pub(super) cache_min_free_bytes: u64,
+    pub(super) cache_sweep_interval_secs: u64,
+    pub(super) scrub_interval_secs: u64,
+    pub(super) scrub_max_bytes_per_sec: u64,
+    pub(super) log_format: String,
+    pub(super) log_level: String,
+}
+
+pub(super) fn validate(
+    raw: RawConfig,
+    origin_of: &dyn Fn(&str) -> String,
+    env: &BTreeMap<String, String>,
+) -> Result<Config, ConfigError> {
+    let err = |setting: &str, message: String| ConfigError {
+        setting: setting.to_string(),
+        origin: origin_of(setting),
+        message,
+    };
+
+    let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+        err(
+            "listen",
+            format!(
+                "expected a socket address such as 127.0.0.1:8080, got {:?}",
+                raw.listen
+            ),
+        )
+    })?;
+
+    let tls = match (raw.tls_cert.is_empty(), raw.tls_key.is_empty()) {
+        (true, true) => None,
+        (false, false) => Some(TlsFiles {
+            cert: PathBuf::from(&raw.tls_cert),
+            key: PathBuf::from(&raw.tls_key),
+        }),
+        (true, false) => return Err(err("tls_cert", "tls_key is set but tls_cert is not".into())),
+        (false, true) => return Err(err("tls_key", "tls_cert is set but tls_key is not".into())),
+    };
+
+    let public_url = if raw.public_url.is_empty() {
+        None
+    } else {
+        let url = Url::parse(&raw.public_url).map_err(|e| {
+            err(
+                "public_url",
+                format!("not a URL ({e}): {:?}", redact_userinfo(&raw.public_url)),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(err(
+                "public_url",
+                "must be an absolute http:// or https:// URL".into(),
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(err(
+                "public_url",
+                "must not have a query or fragment".into(),
+            ));
+        }
+        // Every served URL is built from it: credentials here would go to every client.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(err("public_url", "must not carry credentials".into()));
+        }
+        Some(url.as_str().trim_end_matches('/').to_string())
+    };
+
+    let cidrs = |setting: &str, list: &[String]| {
+        list.iter()
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| err(setting, format!("{s:?} is not a CIDR such as 10.0.0.0/8")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let allow = cidrs("allow", &raw.allow)?;
+    let trusted_proxies = cidrs("trusted_proxies", &raw.trusted_proxies)?;
+
+    let upstream_url = Url::parse(&raw.upstream_url).map_err(|e| {
+        err(
+            "upstream_url",
+            format!("not a URL ({e}): {:?}", redact_userinfo(&raw.upstream_url)),
+        )
+    })?;
+    if !matches!(upstream_url.scheme(), "http" | "https") || upstream_url.host().is_none() {
+        return Err(err(
+            "upstream_url",
+            "must be an absolute http:// or https:// URL".into(),
+        ));
+    }
+    if upstream_url.query().is_some()
+        || !upstream_url.username().is_empty()
+        || upstream_url.password().is_some()
+    {
+        return Err(err(
+            "upstream_url",
+            "must not carry a query or credentials; set public_key/private_key instead".into(),
+        ));
+    }
+
+    let credentials = resolve_credentials(&raw, &upstream_url, env, &err)?;
+    let fallback = read_fallback_keys(&raw.fallback_keys_file, &err)?;
+    if credentials.is_none() && !fallback.is_empty() {
+        return Err(err(
+            "fallback_keys_file",
+            "fallback key pairs need a primary key pair (public_key/private_key or another source)"
+                .into(),
+        ));
+    }
+
+    let positive = |setting: &str, secs: u64| {
+        if secs == 0 {
+            Err(err(setting, "must be greater than 0".into()))
+        } else {
+            Ok(Duration::from_secs(secs))
+        }
+    };
+
+    let log_format = match raw.log_format.as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(err(
+                "log_format",
+                format!("expected \"text\" or \"json\", got {other:?}"),
+            ))
+        }
+    };
+    tracing_subscriber::EnvFilter::try_new(&raw.log_level)
+        .map_err(|e| err("log_level", format!("not a tracing filter: {e}")))?;
+
+    if raw.cache_dir.is_empty() {
+        return Err(err("cache_dir", "must not be empty".into()));
+    }
+    if raw.v1_prefetch_concurrency == 0 {
+        return Err(err("v1_prefetch_concurrency", "must be at least 1".into()));
+    }
+    if raw.metadata_cache_max_bytes < 1024 * 1024 {
+        return Err(err(
+            "metadata_cache_max_bytes",
+            "must be at least 1048576 (1 MiB)".into(),
+        ));
+    }
+
+    if raw.archive_cache_max_bytes < 1024 * 1024 {
+        return Err(err(
+            "archive_cache_max_bytes",
+            "must be at least 1048576 (1 MiB)".into(),
+        ));
+    }
+
+    if raw.scrub_max_bytes_per_sec < 1024 * 1024 {
+        return Err(err(
+            "scrub_max_bytes_per_sec",
+            "must be at least 1048576 (1 MiB/s); turn the scrub off with scrub_interval_secs = 0"
+                .into(),
+        ));
+    }
+
+    if raw.max_connections == 0 {
+        return Err(err("max_connections", "must be at least 1".into()));
+    }
+    // The listener counts connections with a semaphore, which holds no more permits than this.
+    if raw.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+        return Err(err(
+            "max_connections",
+            format!("must be at most {}", tokio::sync::Semaphore::MAX_PERMITS),
+        ));
+    }
+
+    let optional_path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+    let cache_dir = PathBuf::from(&raw.cache_dir);
+
+    Ok(Config {
+        listen,
+        public_url,
+        allow,
+        trusted_proxies,
+        require_tokens: raw.require_tokens,
+        tokens_file: optional_path(&raw.tokens_file)
+            .unwrap_or_else(|| cache_dir.join("tokens.json")),
+        tls,
+        shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs),
+        max_connections: raw.max_connections,
+        client_header_timeout: positive(
+            "client_header_timeout_secs",
+            raw.client_header_timeout_secs,
+        )?,
+        client_body_timeout: positive("client_body_timeout_secs", raw.client_body_timeout_secs)?,
+        upstream: UpstreamConfig {
+            url: upstream_url,
+            credentials,
+            fallback,
+            ca_file: optional_path(&raw.upstream_ca_file),
+            connect_timeout: positive(
+                "upstream_connect_timeout_secs",
+                raw.upstream_connect_timeout_secs,
+            )?,
+            read_timeout: positive("upstream_read_timeout_secs", raw.upstream_read_timeout_secs)?,
+            metadata_timeout: positive(
+                "upstream_metadata_timeout_secs",
+                raw.upstream_metadata_timeout_secs,
+            )?,
+            archive_timeout: positive(
+                "upstream_archive_timeout_secs",
+                raw.upstream_archive_timeout_secs,
+            )?,
+            max_redirects: raw.upstream_max_redirects,
+        },
+        cache_dir,
+        metadata_ttl: positive("metadata_ttl_secs", raw.metadata_ttl_secs)?,
+        metadata_cache_max_bytes: raw.metadata_cache_max_bytes,
+        v1_prefetch_concurrency: raw.v1_prefetch_concurrency,
+        negative_ttl: positive("negative_ttl_secs", raw.negative_ttl_secs)?,
+        upstream_retry: Duration::from_secs(raw.upstream_retry_secs),
+        watched_files: [
+            &raw.public_key_file,
+            &raw.private_key_file,
+            &raw.auth_json,
+            &raw.fallback_keys_file,
+            &raw.tls_cert,
+            &raw.tls_key,
+        ]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect(),
+        stale_on_key_rejection: raw.stale_on_key_rejection,
+        archive_cache_max_bytes: raw.archive_cache_max_bytes,
+        archive_memory_cache_max_bytes: raw.archive_memory_cache_max_bytes,
+        cache_min_free_bytes: raw.cache_min_free_bytes,
+        cache_sweep_interval: positive("cache_sweep_interval_secs", raw.cache_sweep_interval_secs)?,
+        scrub_interval: (raw.scrub_interval_secs > 0)
+            .then(|| Duration::from_secs(raw.scrub_interval_secs)),
+        scrub_max_bytes_per_sec: raw.scrub_max_bytes_per_sec,
+        log_format,
+        log_level: raw.log_level,
+    })
+}
