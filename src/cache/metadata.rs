@@ -9,21 +9,24 @@
 //! package's rewritten hash, so it is built in the background after each new listing; until it
 //! is complete `packages.json` offers only the Composer 2 protocol.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheDir;
-use crate::composer::{
-    self, Document, ProcessedPackage, ProviderInclude, ProxyRoot, Rewriter, UpstreamRoot,
-};
+use crate::composer::{self, Document, ProcessedPackage, ProxyRoot, Rewriter, UpstreamRoot};
 use crate::error::{ProxyError, Resource};
 use crate::upstream::{KeyVerdict, MetadataResponse, UpstreamClient, Validators};
+
+mod p2;
+mod v1;
+
+pub use p2::P2Entry;
+use v1::{Listing, V1Chain};
 
 /// How a metadata answer was produced; feeds the `X-Cache` header and the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,22 +48,6 @@ impl CacheStatus {
             CacheStatus::Revalidated => "REVALIDATED",
         }
     }
-}
-
-/// One listing of a v1 upstream and the packages it names.
-#[derive(Debug)]
-struct Listing {
-    include: ProviderInclude,
-    packages: BTreeMap<String, String>,
-}
-
-/// The rewritten Composer 1 chain for one set of listings.
-#[derive(Debug)]
-struct V1Chain {
-    /// Served path (e.g. `p/provider-ce$<hash>.json`) → rewritten listing.
-    listings: HashMap<String, Document>,
-    /// Listing template → rewritten listing hash, for `packages.json`.
-    includes: Vec<(String, String)>,
 }
 
 /// Everything derived from one upstream `packages.json`.
@@ -132,16 +119,6 @@ struct PersistedRoot {
     body: String,
     last_modified: Option<String>,
     etag: Option<String>,
-}
-
-/// A p2 file from a p2-native upstream.
-#[derive(Debug)]
-pub struct P2Entry {
-    pub doc: Document,
-    dists: composer::Dists,
-    /// `None`: loaded from disk, not yet revalidated by this process.
-    validated_at: Option<Instant>,
-    validators: Validators,
 }
 
 /// Why the root is being refreshed; decides whether freshness and the failure back-off apply.
@@ -582,315 +559,6 @@ impl MetadataCache {
         )
     }
 
-    /// A content-addressed upstream document: from disk when known, else fetched, verified and
-    /// stored. Returns the decoded bytes.
-    async fn content_addressed(
-        &self,
-        url: &str,
-        sha256: &str,
-        what: &str,
-    ) -> Result<Bytes, ProxyError> {
-        let path = self.disk.metadata_path(sha256).ok_or_else(|| {
-            ProxyError::Protocol(composer::ProtocolError::Shape(format!(
-                "{what}: {sha256:?} is not a sha256"
-            )))
-        })?;
-        if let Ok(bytes) = tokio::fs::read(&path).await {
-            // Re-verify: the file could have been damaged on disk.
-            if composer::verify_sha256(&bytes, sha256, what).is_ok() {
-                return Ok(Bytes::from(bytes));
-            }
-            tracing::warn!(path = %path.display(), "cached metadata failed its hash; refetching");
-        }
-        match self.upstream.get_metadata(url, None).await? {
-            MetadataResponse::Fresh { body, .. } => {
-                composer::verify_sha256(&body, sha256, what)?;
-                // A full or read-only disk must not stop serving what was just fetched.
-                self.disk.save_metadata(&path, &body, what).await;
-                Ok(body)
-            }
-            MetadataResponse::NotModified => Err(ProxyError::UpstreamStatus(304)),
-            MetadataResponse::Status(status) => Err(ProxyError::from_upstream_status(
-                status,
-                Resource::Metadata,
-                self.upstream.has_credentials(),
-                what,
-            )),
-        }
-    }
-
-    /// A v1 package, processed; single flight per upstream hash.
-    pub async fn v1_package(
-        &self,
-        view: &View,
-        name: &str,
-    ) -> Result<Arc<ProcessedPackage>, ProxyError> {
-        let UpstreamRoot::V1 { providers_url, .. } = &view.upstream else {
-            return Err(ProxyError::NotFound(format!("package {name}")));
-        };
-        let hash = view.packages.get(name).ok_or_else(|| {
-            ProxyError::NotFound(format!("package {name} is not in the upstream repository"))
-        })?;
-        // The common case, a hit, builds no URL and takes no single-flight slot.
-        if let Some(package) = self.packages.get(hash).await {
-            return Ok(package);
-        }
-        let url = providers_url
-            .as_str()
-            .replace("%package%", name)
-            .replace("%hash%", hash);
-        if self.not_found.contains_key(&url) {
-            return Err(ProxyError::NotFound(format!(
-                "package file of {name} (upstream said so recently)"
-            )));
-        }
-        let result = self
-            .packages
-            .try_get_with(hash.clone(), async {
-                let what = format!("package file of {name}");
-                let bytes = self.content_addressed(&url, hash, &what).await?;
-                // The first fetch time is the file's mtime: stable across restarts.
-                let modified = self.disk.metadata_path(hash).map(tokio::fs::metadata);
-                let modified = match modified {
-                    Some(m) => m.await.and_then(|m| m.modified()).ok(),
-                    None => None,
-                }
-                // Rewritten output also changes when the proxy's configuration does.
-                .map_or_else(SystemTime::now, |m| m.max(self.rewriter_since));
-                let processed = self.rewriter.process_v1_package(name, &bytes, modified)?;
-                Ok::<_, ProxyError>(Arc::new(processed))
-            })
-            .await;
-        if let Err(e) = &result {
-            if e.is_not_found() {
-                self.not_found.insert(url, ()).await;
-            }
-        }
-        result.map_err(ProxyError::Shared)
-    }
-
-    /// A p2 file (`vendor/name` or `vendor/name~dev`) for Composer 2 clients.
-    pub async fn p2_file(
-        self: &Arc<Self>,
-        file: &str,
-    ) -> Result<(Document, CacheStatus), ProxyError> {
-        let (view, _) = self.view().await?;
-        let name = file.strip_suffix("~dev").unwrap_or(file);
-        if view.knows(name) == Some(false) {
-            return Err(ProxyError::NotFound(format!(
-                "package {name} is not in the upstream repository"
-            )));
-        }
-        match &view.upstream {
-            UpstreamRoot::V1 { .. } => {
-                let cached = view
-                    .packages
-                    .get(name)
-                    .is_some_and(|hash| self.packages.contains_key(hash));
-                let package = self.v1_package(&view, name).await?;
-                let doc = if file.ends_with("~dev") {
-                    &package.p2_dev
-                } else {
-                    &package.p2
-                };
-                Ok((
-                    doc.clone(),
-                    if cached {
-                        CacheStatus::Hit
-                    } else {
-                        CacheStatus::Miss
-                    },
-                ))
-            }
-            UpstreamRoot::P2 { metadata_url, .. } => {
-                let entry = self.p2_native(metadata_url.as_str(), file).await?;
-                Ok((entry.0.doc.clone(), entry.1))
-            }
-        }
-    }
-
-    /// A p2 file of a p2-native upstream: fresh from cache; stale from cache while it is
-    /// revalidated in the background; or fetched once however many clients ask at once.
-    async fn p2_native(
-        self: &Arc<Self>,
-        template: &str,
-        file: &str,
-    ) -> Result<(Arc<P2Entry>, CacheStatus), ProxyError> {
-        let url = template.replace("%package%", file);
-        if let Some(entry) = self.p2_files.get(file).await {
-            if entry.validated_at.is_some_and(|t| t.elapsed() < self.ttl) {
-                return Ok((entry, CacheStatus::Hit));
-            }
-            self.clone()
-                .spawn_p2_revalidation(url, file.to_string(), entry.clone());
-            return Ok((entry, CacheStatus::Stale));
-        }
-        if self.not_found.contains_key(&url) {
-            return Err(ProxyError::NotFound(format!(
-                "package {file} (upstream said so recently)"
-            )));
-        }
-        let entry = self
-            .p2_files
-            .try_get_with(file.to_string(), async {
-                match self.load_p2(&url, file).await {
-                    Some(saved) => Ok(saved),
-                    None => self.fetch_p2(&url, file, None).await,
-                }
-            })
-            .await
-            .map_err(ProxyError::Shared)?;
-        if entry.validated_at.is_none() {
-            // Saved by an earlier run: serve it, and ask upstream whether it changed.
-            self.clone()
-                .spawn_p2_revalidation(url, file.to_string(), entry.clone());
-            return Ok((entry, CacheStatus::Stale));
-        }
-        Ok((entry, CacheStatus::Miss))
-    }
-
-    /// One conditional request for a p2 file; a 404 is remembered for the negative TTL.
-    async fn fetch_p2(
-        &self,
-        url: &str,
-        file: &str,
-        existing: Option<&P2Entry>,
-    ) -> Result<Arc<P2Entry>, ProxyError> {
-        let response = self
-            .upstream
-            .get_metadata(url, existing.map(|e| &e.validators))
-            .await?;
-        match (response, existing) {
-            (MetadataResponse::NotModified, Some(old)) => Ok(Arc::new(P2Entry {
-                doc: old.doc.clone(),
-                dists: old.dists.clone(),
-                validated_at: Some(Instant::now()),
-                validators: old.validators.clone(),
-            })),
-            (MetadataResponse::Fresh { body, validators }, _) => {
-                self.save_p2(url, &body, &validators).await;
-                self.p2_entry(file, &body, validators, Some(Instant::now()))
-            }
-            (MetadataResponse::Status(status), _) => {
-                let e = ProxyError::from_upstream_status(
-                    status,
-                    Resource::Metadata,
-                    self.upstream.has_credentials(),
-                    file,
-                );
-                if e.is_not_found() {
-                    self.not_found.insert(url.to_string(), ()).await;
-                }
-                Err(e)
-            }
-            (MetadataResponse::NotModified, None) => Err(ProxyError::UpstreamStatus(304)),
-        }
-    }
-
-    fn p2_entry(
-        &self,
-        file: &str,
-        body: &[u8],
-        validators: Validators,
-        validated_at: Option<Instant>,
-    ) -> Result<Arc<P2Entry>, ProxyError> {
-        let modified = validators
-            .last_modified
-            .as_deref()
-            .and_then(|s| httpdate::parse_http_date(s).ok())
-            .unwrap_or_else(SystemTime::now);
-        let name = file.strip_suffix("~dev").unwrap_or(file);
-        let (doc, dists) = self.rewriter.process_p2_file(name, body, modified)?;
-        Ok(Arc::new(P2Entry {
-            doc,
-            dists,
-            validated_at,
-            validators,
-        }))
-    }
-
-    /// Keeps a p2 file as upstream sent it, so a restart with upstream down still has it.
-    async fn save_p2(&self, url: &str, body: &Bytes, validators: &Validators) {
-        let Some(path) = self.disk.url_state_path(url) else {
-            return;
-        };
-        let saved = PersistedRoot {
-            body: String::from_utf8_lossy(body).into_owned(),
-            last_modified: validators.last_modified.clone(),
-            etag: validators.etag.clone(),
-        };
-        let bytes = serde_json::to_vec(&saved).unwrap_or_default();
-        self.disk.save_metadata(&path, &bytes, "a p2 file").await;
-    }
-
-    async fn load_p2(&self, url: &str, file: &str) -> Option<Arc<P2Entry>> {
-        let path = self.disk.url_state_path(url)?;
-        let text = tokio::fs::read(&path).await.ok()?;
-        let saved: PersistedRoot = serde_json::from_slice(&text).ok()?;
-        let validators = Validators {
-            last_modified: saved.last_modified,
-            etag: saved.etag,
-        };
-        self.p2_entry(file, saved.body.as_bytes(), validators, None)
-            .ok()
-    }
-
-    fn spawn_p2_revalidation(self: Arc<Self>, url: String, file: String, old: Arc<P2Entry>) {
-        {
-            let mut running = self
-                .p2_revalidating
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if !running.insert(file.clone()) {
-                return;
-            }
-        }
-        tokio::spawn(async move {
-            match self.fetch_p2(&url, &file, Some(&old)).await {
-                Ok(entry) => self.p2_files.insert(file.clone(), entry).await,
-                Err(e) if e.is_not_found() => {
-                    tracing::info!(file = %file, "p2 file removed upstream; forgetting it");
-                    self.p2_files.invalidate(&file).await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, file = %file, "upstream failed; serving cached p2 file");
-                }
-            }
-            self.p2_revalidating
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .remove(&file);
-        });
-    }
-
-    /// A rewritten v1 listing, by the path the proxy's `packages.json` named.
-    pub async fn v1_listing(self: &Arc<Self>, path: &str) -> Result<Document, ProxyError> {
-        let (view, _) = self.view().await?;
-        view.v1_chain
-            .as_ref()
-            .and_then(|c| c.listings.get(path).cloned())
-            .ok_or_else(|| ProxyError::NotFound(format!("listing {path}")))
-    }
-
-    /// A rewritten v1 per-package file, by name and rewritten hash.
-    pub async fn v1_package_file(
-        self: &Arc<Self>,
-        name: &str,
-        hash: &str,
-    ) -> Result<Document, ProxyError> {
-        let (view, _) = self.view().await?;
-        if view.knows(name) == Some(false) {
-            return Err(ProxyError::NotFound(format!(
-                "package {name} is not in the upstream repository"
-            )));
-        }
-        let package = self.v1_package(&view, name).await?;
-        match &package.v1 {
-            Some(doc) if doc.sha256 == hash => Ok(doc.clone()),
-            _ => Err(ProxyError::NotFound(format!("package file {name}${hash}"))),
-        }
-    }
-
     /// Where an archive the proxy advertised really lives.
     pub async fn dist_source(
         self: &Arc<Self>,
@@ -925,100 +593,6 @@ impl MetadataCache {
             }
         };
         found.ok_or_else(unknown)
-    }
-
-    /// Builds the rewritten v1 chain for the current view, if it lacks one.
-    fn spawn_chain_build(self: Arc<Self>) {
-        if !self.v1_chain_wanted.load(Ordering::Acquire) {
-            return;
-        }
-        tokio::spawn(async move {
-            let _guard = self.building_chain.lock().await;
-            let Some(view) = self.current() else { return };
-            if view.v1_chain.is_some() || view.listings.is_empty() {
-                return;
-            }
-            let started = Instant::now();
-            let chain = self.build_chain(&view).await;
-            let chain = Arc::new(chain);
-            let mut done = false;
-            self.update(|latest| {
-                // Superseded while building: the newer view gets its own build.
-                let latest = latest.filter(|l| {
-                    l.upstream_sha256 == view.upstream_sha256 && l.v1_chain.is_none()
-                })?;
-                let mut next = latest.shallow_clone();
-                next.v1_chain = Some(chain.clone());
-                next.root = self.root_document(&next, SystemTime::now());
-                done = true;
-                Some(Arc::new(next))
-            });
-            if done {
-                tracing::info!(
-                    packages = view.packages.len(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "composer 1 provider chain ready"
-                );
-                self.chains_built.send_modify(|n| *n += 1);
-            }
-        });
-    }
-
-    async fn build_chain(&self, view: &View) -> V1Chain {
-        let names: Vec<String> = view.packages.keys().cloned().collect();
-        let results: Vec<(String, Result<String, ProxyError>)> = futures_util::stream::iter(names)
-            .map(|name| async move {
-                let hash = self.v1_package(view, &name).await.and_then(|p| {
-                    p.v1.as_ref()
-                        .map(|d| d.sha256.clone())
-                        .ok_or_else(|| ProxyError::NotFound(name.clone()))
-                });
-                (name, hash)
-            })
-            .buffer_unordered(self.prefetch_concurrency)
-            .collect()
-            .await;
-        let mut package_hashes = HashMap::new();
-        for (name, result) in results {
-            match result {
-                Ok(hash) => {
-                    package_hashes.insert(name, hash);
-                }
-                // A package upstream cannot serve is left out of the v1 listing, not the chain.
-                Err(e) => {
-                    tracing::warn!(package = %name, error = %e, "package left out of the composer 1 listing")
-                }
-            }
-        }
-        let now = SystemTime::now();
-        let mut listings = HashMap::new();
-        let mut includes = Vec::new();
-        for listing in view.listings.iter() {
-            let entries: BTreeMap<String, String> = listing
-                .packages
-                .keys()
-                .filter_map(|n| package_hashes.get(n).map(|h| (n.clone(), h.clone())))
-                .collect();
-            let doc = composer::listing_document(&entries, now);
-            includes.push((listing.include.template.clone(), doc.sha256.clone()));
-            listings.insert(listing.include.path_for(&doc.sha256), doc);
-        }
-        V1Chain { listings, includes }
-    }
-
-    /// Whether the Composer 1 chain is complete for the current view (tests and readiness).
-    pub fn v1_ready(&self) -> bool {
-        self.current().is_some_and(|v| v.v1_chain.is_some())
-    }
-
-    /// Resolves once the current view has its Composer 1 chain.
-    pub async fn wait_for_v1_chain(&self) {
-        let mut built = self.chains_built.subscribe();
-        while !self.v1_ready() {
-            if built.changed().await.is_err() {
-                return;
-            }
-        }
     }
 
     /// Package names matching any of the whitespace-separated terms, as Composer's own

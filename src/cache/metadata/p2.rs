@@ -1,0 +1,223 @@
+//! p2 files: translated from v1 packages, or (for p2-native upstreams) fetched, revalidated in
+//! the background and kept on disk.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+
+use super::{CacheStatus, MetadataCache, PersistedRoot};
+use crate::composer::{self, Document, UpstreamRoot};
+use crate::error::{ProxyError, Resource};
+use crate::upstream::{MetadataResponse, Validators};
+
+/// A p2 file from a p2-native upstream.
+#[derive(Debug)]
+pub struct P2Entry {
+    pub doc: Document,
+    pub(super) dists: composer::Dists,
+    /// `None`: loaded from disk, not yet revalidated by this process.
+    pub(super) validated_at: Option<Instant>,
+    pub(super) validators: Validators,
+}
+
+impl MetadataCache {
+    /// A p2 file (`vendor/name` or `vendor/name~dev`) for Composer 2 clients.
+    pub async fn p2_file(
+        self: &Arc<Self>,
+        file: &str,
+    ) -> Result<(Document, CacheStatus), ProxyError> {
+        let (view, _) = self.view().await?;
+        let name = file.strip_suffix("~dev").unwrap_or(file);
+        if view.knows(name) == Some(false) {
+            return Err(ProxyError::NotFound(format!(
+                "package {name} is not in the upstream repository"
+            )));
+        }
+        match &view.upstream {
+            UpstreamRoot::V1 { .. } => {
+                let cached = view
+                    .packages
+                    .get(name)
+                    .is_some_and(|hash| self.packages.contains_key(hash));
+                let package = self.v1_package(&view, name).await?;
+                let doc = if file.ends_with("~dev") {
+                    &package.p2_dev
+                } else {
+                    &package.p2
+                };
+                Ok((
+                    doc.clone(),
+                    if cached {
+                        CacheStatus::Hit
+                    } else {
+                        CacheStatus::Miss
+                    },
+                ))
+            }
+            UpstreamRoot::P2 { metadata_url, .. } => {
+                let entry = self.p2_native(metadata_url.as_str(), file).await?;
+                Ok((entry.0.doc.clone(), entry.1))
+            }
+        }
+    }
+
+    /// A p2 file of a p2-native upstream: fresh from cache; stale from cache while it is
+    /// revalidated in the background; or fetched once however many clients ask at once.
+    pub(super) async fn p2_native(
+        self: &Arc<Self>,
+        template: &str,
+        file: &str,
+    ) -> Result<(Arc<P2Entry>, CacheStatus), ProxyError> {
+        let url = template.replace("%package%", file);
+        if let Some(entry) = self.p2_files.get(file).await {
+            if entry.validated_at.is_some_and(|t| t.elapsed() < self.ttl) {
+                return Ok((entry, CacheStatus::Hit));
+            }
+            self.clone()
+                .spawn_p2_revalidation(url, file.to_string(), entry.clone());
+            return Ok((entry, CacheStatus::Stale));
+        }
+        if self.not_found.contains_key(&url) {
+            return Err(ProxyError::NotFound(format!(
+                "package {file} (upstream said so recently)"
+            )));
+        }
+        let entry = self
+            .p2_files
+            .try_get_with(file.to_string(), async {
+                match self.load_p2(&url, file).await {
+                    Some(saved) => Ok(saved),
+                    None => self.fetch_p2(&url, file, None).await,
+                }
+            })
+            .await
+            .map_err(ProxyError::Shared)?;
+        if entry.validated_at.is_none() {
+            // Saved by an earlier run: serve it, and ask upstream whether it changed.
+            self.clone()
+                .spawn_p2_revalidation(url, file.to_string(), entry.clone());
+            return Ok((entry, CacheStatus::Stale));
+        }
+        Ok((entry, CacheStatus::Miss))
+    }
+
+    /// One conditional request for a p2 file; a 404 is remembered for the negative TTL.
+    pub(super) async fn fetch_p2(
+        &self,
+        url: &str,
+        file: &str,
+        existing: Option<&P2Entry>,
+    ) -> Result<Arc<P2Entry>, ProxyError> {
+        let response = self
+            .upstream
+            .get_metadata(url, existing.map(|e| &e.validators))
+            .await?;
+        match (response, existing) {
+            (MetadataResponse::NotModified, Some(old)) => Ok(Arc::new(P2Entry {
+                doc: old.doc.clone(),
+                dists: old.dists.clone(),
+                validated_at: Some(Instant::now()),
+                validators: old.validators.clone(),
+            })),
+            (MetadataResponse::Fresh { body, validators }, _) => {
+                self.save_p2(url, &body, &validators).await;
+                self.p2_entry(file, &body, validators, Some(Instant::now()))
+            }
+            (MetadataResponse::Status(status), _) => {
+                let e = ProxyError::from_upstream_status(
+                    status,
+                    Resource::Metadata,
+                    self.upstream.has_credentials(),
+                    file,
+                );
+                if e.is_not_found() {
+                    self.not_found.insert(url.to_string(), ()).await;
+                }
+                Err(e)
+            }
+            (MetadataResponse::NotModified, None) => Err(ProxyError::UpstreamStatus(304)),
+        }
+    }
+
+    pub(super) fn p2_entry(
+        &self,
+        file: &str,
+        body: &[u8],
+        validators: Validators,
+        validated_at: Option<Instant>,
+    ) -> Result<Arc<P2Entry>, ProxyError> {
+        let modified = validators
+            .last_modified
+            .as_deref()
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+            .unwrap_or_else(SystemTime::now);
+        let name = file.strip_suffix("~dev").unwrap_or(file);
+        let (doc, dists) = self.rewriter.process_p2_file(name, body, modified)?;
+        Ok(Arc::new(P2Entry {
+            doc,
+            dists,
+            validated_at,
+            validators,
+        }))
+    }
+
+    /// Keeps a p2 file as upstream sent it, so a restart with upstream down still has it.
+    pub(super) async fn save_p2(&self, url: &str, body: &Bytes, validators: &Validators) {
+        let Some(path) = self.disk.url_state_path(url) else {
+            return;
+        };
+        let saved = PersistedRoot {
+            body: String::from_utf8_lossy(body).into_owned(),
+            last_modified: validators.last_modified.clone(),
+            etag: validators.etag.clone(),
+        };
+        let bytes = serde_json::to_vec(&saved).unwrap_or_default();
+        self.disk.save_metadata(&path, &bytes, "a p2 file").await;
+    }
+
+    pub(super) async fn load_p2(&self, url: &str, file: &str) -> Option<Arc<P2Entry>> {
+        let path = self.disk.url_state_path(url)?;
+        let text = tokio::fs::read(&path).await.ok()?;
+        let saved: PersistedRoot = serde_json::from_slice(&text).ok()?;
+        let validators = Validators {
+            last_modified: saved.last_modified,
+            etag: saved.etag,
+        };
+        self.p2_entry(file, saved.body.as_bytes(), validators, None)
+            .ok()
+    }
+
+    pub(super) fn spawn_p2_revalidation(
+        self: Arc<Self>,
+        url: String,
+        file: String,
+        old: Arc<P2Entry>,
+    ) {
+        {
+            let mut running = self
+                .p2_revalidating
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !running.insert(file.clone()) {
+                return;
+            }
+        }
+        tokio::spawn(async move {
+            match self.fetch_p2(&url, &file, Some(&old)).await {
+                Ok(entry) => self.p2_files.insert(file.clone(), entry).await,
+                Err(e) if e.is_not_found() => {
+                    tracing::info!(file = %file, "p2 file removed upstream; forgetting it");
+                    self.p2_files.invalidate(&file).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, file = %file, "upstream failed; serving cached p2 file");
+                }
+            }
+            self.p2_revalidating
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(&file);
+        });
+    }
+}
