@@ -54,7 +54,7 @@ use download::Download;
 pub use flight::FlightReader;
 use flight::Progress;
 pub(crate) use index::scan;
-use index::Index;
+use index::{EvictionTrigger, Index};
 pub use integrity::StoredArchive;
 pub use scrub::ScrubSettings;
 pub use stored::{read_description, StoredReader};
@@ -226,7 +226,7 @@ impl ArchiveStore {
             start.log_bound_against_volume();
             // A smaller bound than last run's contents takes effect at start, not at the next
             // write.
-            start.evict_if_needed(true);
+            start.evict_if_needed(EvictionTrigger::Start);
         });
         Ok(Self { inner })
     }
@@ -242,7 +242,7 @@ impl ArchiveStore {
                 let inner = self.inner.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     inner.disk.sweep_temp().log();
-                    inner.evict_if_needed(false);
+                    inner.evict_if_needed(EvictionTrigger::Sweep);
                 })
                 .await;
             }
@@ -359,8 +359,9 @@ impl Inner {
                 available_bytes = space.available_bytes,
                 min_free_bytes = self.min_free_bytes,
                 "archive_cache_max_bytes is more than the cache volume can hold ({room} bytes \
-                 stored or free above cache_min_free_bytes); eviction keeps cache_min_free_bytes \
-                 free instead, so lower the bound to what the volume holds"
+                 stored or free above cache_min_free_bytes); storing an archive evicts older \
+                 ones to keep cache_min_free_bytes free instead, so lower the bound to what \
+                 the volume holds"
             );
         } else {
             tracing::info!(

@@ -161,7 +161,7 @@ pub fn cache_verdict(
     if let Some(space) = space {
         if space.available_bytes < min_free_bytes {
             degraded.push(format!(
-                "free space on the cache volume is {} bytes, below cache_min_free_bytes ({min_free_bytes}); least recently used archives are being evicted",
+                "free space on the cache volume is {} bytes, below cache_min_free_bytes ({min_free_bytes}); each archive stored evicts least recently used ones to make room",
                 space.available_bytes
             ));
         }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use super::flight::Spill;
 use super::framing::{self, Framing};
+use super::index::EvictionTrigger;
 use super::integrity::{check_zip, Assembled, Digests, StoredArchive};
 use super::{lock, Inner, Progress, MAX_ATTEMPTS, PEER_POLL, WRITE_CHUNK};
 use crate::cache::{create_temp, WriteKind};
@@ -510,7 +511,7 @@ impl Download {
         let inner = self.inner.clone();
         // Evict before the flight reports success, so the bound holds whenever a download
         // has finished.
-        tokio::task::spawn_blocking(move || inner.evict_if_needed(false))
+        tokio::task::spawn_blocking(move || inner.evict_if_needed(EvictionTrigger::Stored))
             .await
             .map_err(io::Error::other)?;
         Ok(())

@@ -110,27 +110,40 @@ pub(super) fn bytes_to_free(
     over_bound.max(short_of_space).min(stored_bytes)
 }
 
+/// Why eviction runs, which decides whether the free-space floor counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum EvictionTrigger {
+    /// At start: a bound lowered since the last run takes effect at once.
+    Start,
+    /// Periodically, after the temporary files were swept.
+    Sweep,
+    /// An archive was just stored.
+    Stored,
+}
+
 impl Inner {
-    /// Removes least recently used archives while the store is over its bound or the volume
-    /// is short of free space. Blocking.
-    pub(super) fn evict_if_needed(&self, force_scan: bool) {
-        let space = self.disk.disk_space().ok().map(|s| s.available_bytes);
+    /// Removes least recently used archives while the store is over its bound, and, when an
+    /// archive was just stored, while the volume is short of its free-space floor. The floor
+    /// is not enforced at start or in the background: when the volume is full of something
+    /// else, throwing away the cache buys nothing until a download needs the room, and with
+    /// upstream down it is all that still installs. Blocking.
+    pub(super) fn evict_if_needed(&self, trigger: EvictionTrigger) {
+        let (space, min_free) = if trigger == EvictionTrigger::Stored {
+            let space = self.disk.disk_space().ok().map(|s| s.available_bytes);
+            (space, self.min_free_bytes)
+        } else {
+            (None, 0)
+        };
         let temp = self.disk.health().temp_bytes();
         {
             let index = lock(&self.index);
-            let needed = bytes_to_free(
-                index.total,
-                temp,
-                self.max_bytes,
-                space,
-                self.min_free_bytes,
-            );
+            let needed = bytes_to_free(index.total, temp, self.max_bytes, space, min_free);
             let stale = index.scanned_at.elapsed() >= RESCAN_INTERVAL;
-            if needed == 0 && !stale && !force_scan {
+            if needed == 0 && !stale && trigger != EvictionTrigger::Start {
                 return;
             }
         }
-        self.evict(|total| bytes_to_free(total, temp, self.max_bytes, space, self.min_free_bytes));
+        self.evict(|total| bytes_to_free(total, temp, self.max_bytes, space, min_free));
     }
 
     /// After a write failed for want of space: frees room for `needed_bytes` more beyond the
