@@ -4,11 +4,12 @@
 //! checks the Marketplace key pair on every request, serves the v1 "providers"
 //! protocol with its sha256 chain (per-package files gzip-compressed whether or not the
 //! client asked), or Composer 2 `metadata-url` files, and that can be told to
-//! misbehave: reject the keys, fail, stall, cut archives short or corrupt them,
-//! redirect archives to a second origin that must never see the keys, or stop
-//! entirely. It records every request so tests can count upstream traffic (the
-//! proxy's whole point is to keep it low) and check that credentials were sent, and
-//! only where they belong.
+//! misbehave: reject the keys, fail, stall, cut archives short or corrupt them
+//! (including faults only a zip check can catch, for archives without a published
+//! shasum), change packages.json, redirect archives to a second origin that must never
+//! see the keys, or stop entirely. It records every request so tests can count upstream
+//! traffic (the proxy's whole point is to keep it low) and check that credentials were
+//! sent, and only where they belong.
 //!
 //! All JSON is serialised the way PHP's `json_encode` does by default (slashes escaped
 //! as `\/`) and every hash is over the exact bytes sent before any gzip, because that
@@ -25,7 +26,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -82,6 +83,24 @@ impl MockOptions {
 /// Marketplace keys are 32 characters each; these look the part.
 pub const TEST_PUBLIC_KEY: &str = "0123456789abcdef0123456789abcdef";
 pub const TEST_PRIVATE_KEY: &str = "fedcba9876543210fedcba9876543210";
+
+/// Archive responses that are wrong in ways only the archive itself shows: without a
+/// published shasum, only checking the zip (its structure and every entry's CRC) can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveFault {
+    /// The announced length of bytes that are not a zip (they do not start with `PK`).
+    Garbage,
+    /// The real archive with one byte inverted inside the first entry's compressed data,
+    /// so that entry no longer inflates to its CRC.
+    FlipByte,
+    /// A consistent response of half the archive: Content-Length says half, half is sent
+    /// (what a relay that rewrote the length would produce).
+    LyingLength,
+    /// HTTP/1.1 with neither Content-Length nor Transfer-Encoding, `Connection: close`:
+    /// the first 30,000 bytes (half, for smaller archives), then a clean close. Written on
+    /// the raw socket, because hyper cannot send a close-delimited body.
+    CloseDelimitedCut,
+}
 
 /// One request as the mock received it.
 #[derive(Debug, Clone)]
@@ -145,7 +164,8 @@ impl MockUpstream {
             base_url,
             archive_base_url,
             files,
-            last_modified,
+            last_modified: Mutex::new(last_modified),
+            root_revision: Mutex::new(None),
             keys: Mutex::new((opts.public_key, opts.private_key)),
             reject_keys: AtomicBool::new(false),
             failure: Mutex::new(None),
@@ -153,6 +173,7 @@ impl MockUpstream {
             truncate_archives: AtomicI64::new(0),
             stall_archives: AtomicBool::new(false),
             corrupt_archives: AtomicBool::new(false),
+            archive_fault: Mutex::new(None),
             records: Mutex::new(Vec::new()),
             archive_records: Mutex::new(Vec::new()),
             recorded: tokio::sync::Notify::new(),
@@ -301,6 +322,39 @@ impl MockUpstream {
         self.state.corrupt_archives.store(on, Ordering::SeqCst);
     }
 
+    /// Archives whose metadata publishes no shasum are answered with `fault` (both hosts,
+    /// whatever the Range); archives with a published shasum are served as usual.
+    /// `CloseDelimitedCut` assumes HTTP/1.1, as the proxy's upstream client speaks it.
+    pub fn set_archive_fault(&self, fault: Option<ArchiveFault>) {
+        *lock(&self.state.archive_fault) = fault;
+    }
+
+    /// Publishes a new packages.json: same repository, one more field (`x-mock-revision`)
+    /// so its bytes and hash change, and a later Last-Modified, so a revalidation gets it.
+    pub fn change_root(&self) {
+        let mut last_modified = lock(&self.state.last_modified);
+        let now = httpdate::parse_http_date(&httpdate::fmt_http_date(SystemTime::now()))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        *last_modified = now.max(*last_modified + Duration::from_secs(1));
+        let mut revision = lock(&self.state.root_revision);
+        let number = revision.as_ref().map_or(1, |(n, _)| n + 1);
+        let original = self
+            .state
+            .files
+            .get("/packages.json")
+            .expect("the mock serves packages.json");
+        let mut root: Value =
+            serde_json::from_slice(&original.plain).expect("the mock's packages.json is JSON");
+        root["x-mock-revision"] = json!(number);
+        let plain = php_json(&root);
+        let file = File {
+            gzip: Bytes::from(gzip(&plain)),
+            plain: Bytes::from(plain),
+            kind: FileKind::Revalidated,
+        };
+        *revision = Some((number, file));
+    }
+
     /// Accept this key pair from now on (and only this one).
     pub fn set_accepted_keys(&self, public: &str, private: &str) {
         *lock(&self.state.keys) = (public.to_string(), private.to_string());
@@ -309,12 +363,12 @@ impl MockUpstream {
     /// Exact bytes the mock serves for `path` (percent-decoded), before any gzip.
     /// For building expectations: `/packages.json`, `/p/…$hash.json`, `/p2/….json`.
     pub fn file_bytes(&self, path: &str) -> Option<Bytes> {
-        self.state.files.get(path).map(|f| f.plain.clone())
+        self.state.file(path).map(|f| f.plain)
     }
 
     /// The Last-Modified the mock sends for packages.json and p2 files.
     pub fn last_modified(&self) -> SystemTime {
-        self.state.last_modified
+        *lock(&self.state.last_modified)
     }
 
     /// Stops accepting on both hosts without waiting; existing connections are
@@ -353,7 +407,10 @@ struct State {
     base_url: String,
     archive_base_url: Option<String>,
     files: Files,
-    last_modified: SystemTime,
+    /// Moves forward when `change_root` publishes a new packages.json.
+    last_modified: Mutex<SystemTime>,
+    /// The packages.json published by `change_root`, and how many times it was called.
+    root_revision: Mutex<Option<(u64, File)>>,
     keys: Mutex<(String, String)>,
     reject_keys: AtomicBool,
     failure: Mutex<Option<u16>>,
@@ -362,10 +419,23 @@ struct State {
     truncate_archives: AtomicI64,
     stall_archives: AtomicBool,
     corrupt_archives: AtomicBool,
+    archive_fault: Mutex<Option<ArchiveFault>>,
     records: Mutex<Vec<RecordedRequest>>,
     archive_records: Mutex<Vec<RecordedRequest>>,
     /// Woken on every recorded request, so tests can wait for one instead of polling.
     recorded: tokio::sync::Notify,
+}
+
+impl State {
+    /// The document served at `path` now.
+    fn file(&self, path: &str) -> Option<File> {
+        if path == "/packages.json" {
+            if let Some((_, file)) = &*lock(&self.root_revision) {
+                return Some(file.clone());
+            }
+        }
+        self.files.get(path).cloned()
+    }
 }
 
 /// A poisoned lock only means another test thread panicked; the data is still
@@ -388,6 +458,7 @@ enum FileKind {
     AlwaysGzip,
 }
 
+#[derive(Clone)]
 struct File {
     plain: Bytes,
     gzip: Bytes,
@@ -397,6 +468,8 @@ struct File {
 struct ArchiveEntry {
     bytes: Bytes,
     entitled: bool,
+    /// The metadata carries its sha1 (`dist.shasum`); `ArchiveFault`s spare these.
+    shasum_published: bool,
 }
 
 /// Every response body the mock can serve, built once at start: the metadata embeds
@@ -428,6 +501,7 @@ impl Files {
                         ArchiveEntry {
                             bytes: archive.bytes.clone(),
                             entitled: package.name != Catalogue::not_entitled_name(),
+                            shasum_published: v.publish_shasum,
                         },
                     );
                 }
@@ -677,15 +751,16 @@ async fn serve(
 }
 
 async fn serve_connection(stream: TcpStream, state: Arc<State>, host: Host) {
-    let flushes = Arc::new(FlushSignal::default());
-    let io = TokioIo::new(FlushTap {
+    let tap = Arc::new(ConnectionTap::default());
+    let io = TokioIo::new(TappedStream {
         inner: stream,
-        signal: flushes.clone(),
+        tap: tap.clone(),
+        raw: RawReply::Off,
     });
     let service = hyper::service::service_fn(move |request| {
         let state = state.clone();
-        let flushes = flushes.clone();
-        async move { Ok::<_, Infallible>(handle(&state, host, &flushes, request).await) }
+        let tap = tap.clone();
+        async move { Ok::<_, Infallible>(handle(&state, host, &tap, request).await) }
     });
     // Errors here are the client going away or a deliberately truncated body.
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -696,7 +771,7 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>, host: Host) {
 async fn handle(
     state: &State,
     host: Host,
-    flushes: &Arc<FlushSignal>,
+    tap: &Arc<ConnectionTap>,
     request: Request<Incoming>,
 ) -> Response<Body> {
     let (parts, body) = request.into_parts();
@@ -760,14 +835,14 @@ async fn handle(
     }
 
     match host {
-        Host::Main => handle_main(state, flushes, &record).await,
-        Host::Archives => handle_archive_host(state, flushes, &record),
+        Host::Main => handle_main(state, tap, &record).await,
+        Host::Archives => handle_archive_host(state, tap, &record),
     }
 }
 
 async fn handle_main(
     state: &State,
-    flushes: &Arc<FlushSignal>,
+    tap: &Arc<ConnectionTap>,
     record: &RecordedRequest,
 ) -> Response<Body> {
     if state.reject_keys.load(Ordering::SeqCst) {
@@ -799,7 +874,7 @@ async fn handle_main(
                 full(Bytes::new()),
             );
         }
-        return archive_response(state, flushes, record, &entry.bytes);
+        return archive_response(state, tap, record, entry);
     }
 
     match (record.method.as_str(), path) {
@@ -807,8 +882,8 @@ async fn handle_main(
         ("GET" | "HEAD", "/search.json") => {
             json_response(StatusCode::OK, br#"{"results":[],"total":0}"#)
         }
-        ("GET" | "HEAD", _) => match state.files.get(path) {
-            Some(file) => file_response(state, file, record),
+        ("GET" | "HEAD", _) => match state.file(path) {
+            Some(file) => file_response(state, &file, record),
             None => json_error(StatusCode::NOT_FOUND, "Not found"),
         },
         _ => json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
@@ -817,20 +892,19 @@ async fn handle_main(
 
 fn handle_archive_host(
     state: &State,
-    flushes: &Arc<FlushSignal>,
+    tap: &Arc<ConnectionTap>,
     record: &RecordedRequest,
 ) -> Response<Body> {
     let is_read = record.method == "GET" || record.method == "HEAD";
     match state.files.archives.get(&record.path) {
-        Some(entry) if is_read && entry.entitled => {
-            archive_response(state, flushes, record, &entry.bytes)
-        }
+        Some(entry) if is_read && entry.entitled => archive_response(state, tap, record, entry),
         _ => json_error(StatusCode::NOT_FOUND, "Not found"),
     }
 }
 
 fn file_response(state: &State, file: &File, record: &RecordedRequest) -> Response<Body> {
-    let last_modified = httpdate::fmt_http_date(state.last_modified);
+    let modified = *lock(&state.last_modified);
+    let last_modified = httpdate::fmt_http_date(modified);
     let mut builder = Response::builder().header(header::CONTENT_TYPE, "application/json");
     if file.kind == FileKind::Revalidated {
         builder = builder.header(header::LAST_MODIFIED, &last_modified);
@@ -838,7 +912,7 @@ fn file_response(state: &State, file: &File, record: &RecordedRequest) -> Respon
             .if_modified_since
             .as_deref()
             .and_then(|since| httpdate::parse_http_date(since).ok())
-            .is_some_and(|since| since >= state.last_modified);
+            .is_some_and(|since| since >= modified);
         if fresh {
             return respond(builder.status(StatusCode::NOT_MODIFIED), full(Bytes::new()));
         }
@@ -862,10 +936,16 @@ fn file_response(state: &State, file: &File, record: &RecordedRequest) -> Respon
 
 fn archive_response(
     state: &State,
-    flushes: &Arc<FlushSignal>,
+    tap: &Arc<ConnectionTap>,
     record: &RecordedRequest,
-    bytes: &Bytes,
+    entry: &ArchiveEntry,
 ) -> Response<Body> {
+    let bytes = &entry.bytes;
+    if !entry.shasum_published {
+        if let Some(fault) = *lock(&state.archive_fault) {
+            return faulty_archive(fault, tap, bytes);
+        }
+    }
     // `Range: bytes=N-`, the only form a resuming client needs, as S3 and CDNs answer it.
     let start = record
         .headers
@@ -908,7 +988,7 @@ fn archive_response(
             builder,
             BoxBody::new(TruncatedBody {
                 first: Some(half),
-                flushes: flushes.clone(),
+                tap: tap.clone(),
                 mark: None,
             }),
         );
@@ -917,6 +997,71 @@ fn archive_response(
         return respond(builder, full(corrupt(&bytes)));
     }
     respond(builder, full(bytes))
+}
+
+/// A whole 200 response for `fault`, whatever the request's Range.
+fn faulty_archive(fault: ArchiveFault, tap: &ConnectionTap, bytes: &Bytes) -> Response<Body> {
+    let builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/zip");
+    let body = match fault {
+        ArchiveFault::Garbage => garbage(bytes.len()),
+        ArchiveFault::FlipByte => flip_inside_first_entry(bytes),
+        ArchiveFault::LyingLength => bytes.slice(..bytes.len() / 2),
+        ArchiveFault::CloseDelimitedCut => {
+            let cut = (bytes.len() / 2).min(30_000);
+            let head =
+                "HTTP/1.1 200 OK\r\nContent-Type: application/zip\r\nConnection: close\r\n\r\n";
+            let mut raw = BytesMut::from(head.as_bytes());
+            raw.extend_from_slice(&bytes[..cut]);
+            *lock(&tap.raw_reply) = Some(raw.freeze());
+            // Never reaches the client: the connection's stream sends the raw reply instead.
+            return respond(builder, full(Bytes::new()));
+        }
+    };
+    respond(
+        builder.header(header::CONTENT_LENGTH, body.len()),
+        full(body),
+    )
+}
+
+/// `len` pseudo-random bytes that do not start like a zip (`PK`).
+fn garbage(len: usize) -> Bytes {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15 ^ len as u64;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    if out.first() == Some(&b'P') {
+        out[0] = b'Q';
+    }
+    Bytes::from(out)
+}
+
+/// The archive with one byte inverted in the middle of its first entry's compressed data
+/// (after the local header: 30 bytes, the name and the extra field).
+fn flip_inside_first_entry(bytes: &[u8]) -> Bytes {
+    assert!(
+        bytes.len() > 30 && bytes.starts_with(b"PK\x03\x04"),
+        "a fixture archive starts with a local file header"
+    );
+    let u16_at = |i: usize| usize::from(u16::from_le_bytes([bytes[i], bytes[i + 1]]));
+    let compressed_len = u32::from_le_bytes([bytes[18], bytes[19], bytes[20], bytes[21]]) as usize;
+    let data = 30 + u16_at(26) + u16_at(28);
+    // Sizes may be deferred to a data descriptor (0 here); a few bytes in is then still data.
+    let offset = data
+        + if compressed_len > 8 {
+            compressed_len / 2
+        } else {
+            4
+        };
+    let mut altered = bytes.to_vec();
+    altered[offset] = !altered[offset];
+    Bytes::from(altered)
 }
 
 /// Same length, different bytes: every 997th byte inverted (plus the middle one, so
@@ -1001,19 +1146,24 @@ fn unauthorized(warning: &str) -> Response<Body> {
 }
 
 // ---------------------------------------------------------------------------
-// Truncation
+// Connections (flushes, raw replies) and truncation
 // ---------------------------------------------------------------------------
 
-/// Counts flushes of one connection's socket. hyper flushes its write buffer
-/// completely before it flushes the socket, so a flush seen after the truncated
-/// body's data was handed over proves that data reached the kernel.
+/// What the handlers of one connection share with its socket: flushes (see
+/// `TruncatedBody`) and a raw reply to send instead of hyper's response.
 #[derive(Default)]
-struct FlushSignal {
+struct ConnectionTap {
+    /// Flushes of the socket. hyper flushes its write buffer completely before it flushes
+    /// the socket, so a flush seen after the truncated body's data was handed over proves
+    /// that data reached the kernel.
     count: AtomicU64,
     waker: Mutex<Option<Waker>>,
+    /// Bytes (status line, headers, body) to write on the raw socket in place of the
+    /// response hyper is about to write; the socket is then shut down.
+    raw_reply: Mutex<Option<Bytes>>,
 }
 
-impl FlushSignal {
+impl ConnectionTap {
     fn flushed(&self) {
         self.count.fetch_add(1, Ordering::SeqCst);
         if let Some(waker) = lock(&self.waker).take() {
@@ -1022,28 +1172,78 @@ impl FlushSignal {
     }
 }
 
-struct FlushTap {
-    inner: TcpStream,
-    signal: Arc<FlushSignal>,
+/// Progress of a raw reply on one connection.
+enum RawReply {
+    Off,
+    Writing(Bytes),
+    ShuttingDown,
+    /// Sent and shut down: hyper's writes are discarded, its reads see end of stream.
+    Done,
 }
 
-impl AsyncRead for FlushTap {
+/// The connection's socket as hyper sees it: counts flushes and, once a handler queued a
+/// raw reply, writes that instead of hyper's bytes. hyper writes a response only after its
+/// handler returned and after the previous response was written, so the raw reply replaces
+/// exactly the response of the request that queued it.
+struct TappedStream {
+    inner: TcpStream,
+    tap: Arc<ConnectionTap>,
+    raw: RawReply,
+}
+
+impl TappedStream {
+    /// Drives a queued raw reply: `Ready(Ok(true))` once it is sent and the socket shut
+    /// down, `Ready(Ok(false))` when there is none (hyper's bytes go through).
+    fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        loop {
+            match &mut self.raw {
+                RawReply::Off => match lock(&self.tap.raw_reply).take() {
+                    Some(bytes) => self.raw = RawReply::Writing(bytes),
+                    None => return Poll::Ready(Ok(false)),
+                },
+                RawReply::Writing(bytes) if bytes.is_empty() => self.raw = RawReply::ShuttingDown,
+                RawReply::Writing(bytes) => match Pin::new(&mut self.inner).poll_write(cx, bytes) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => bytes.advance(n),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
+                RawReply::ShuttingDown => match Pin::new(&mut self.inner).poll_shutdown(cx) {
+                    Poll::Ready(Ok(())) => self.raw = RawReply::Done,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
+                RawReply::Done => return Poll::Ready(Ok(true)),
+            }
+        }
+    }
+}
+
+impl AsyncRead for TappedStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if matches!(self.raw, RawReply::Done) {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for FlushTap {
+impl AsyncWrite for TappedStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        match self.poll_raw(cx) {
+            Poll::Ready(Ok(true)) => Poll::Ready(Ok(buf.len())),
+            Poll::Ready(Ok(false)) => Pin::new(&mut self.inner).poll_write(cx, buf),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn poll_write_vectored(
@@ -1051,7 +1251,12 @@ impl AsyncWrite for FlushTap {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        match self.poll_raw(cx) {
+            Poll::Ready(Ok(true)) => Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum())),
+            Poll::Ready(Ok(false)) => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -1059,14 +1264,22 @@ impl AsyncWrite for FlushTap {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        let result = match self.poll_raw(cx) {
+            Poll::Ready(Ok(true)) => Poll::Ready(Ok(())),
+            Poll::Ready(Ok(false)) => Pin::new(&mut self.inner).poll_flush(cx),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        };
         if result.is_ready() {
-            self.signal.flushed();
+            self.tap.flushed();
         }
         result
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if matches!(self.raw, RawReply::Done) {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -1076,7 +1289,7 @@ impl AsyncWrite for FlushTap {
 /// Content-Length announced, which is exactly what a cut-short upstream looks like.
 struct TruncatedBody {
     first: Option<Bytes>,
-    flushes: Arc<FlushSignal>,
+    tap: Arc<ConnectionTap>,
     mark: Option<u64>,
 }
 
@@ -1114,10 +1327,10 @@ impl http_body::Body for TruncatedBody {
         }
         // hyper has buffered the data by the time it polls again; any flush counted
         // from now on happened after that data was written out.
-        let count = self.flushes.count.load(Ordering::SeqCst);
+        let count = self.tap.count.load(Ordering::SeqCst);
         let mark = *self.mark.get_or_insert(count);
-        *lock(&self.flushes.waker) = Some(cx.waker().clone());
-        if self.flushes.count.load(Ordering::SeqCst) > mark {
+        *lock(&self.tap.waker) = Some(cx.waker().clone());
+        if self.tap.count.load(Ordering::SeqCst) > mark {
             return Poll::Ready(Some(Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "mock upstream: archive deliberately truncated",
