@@ -247,6 +247,19 @@ impl CacheDir {
         DiskSpace::of(&self.root)
     }
 
+    /// Bytes in temporary files right now (and remembered for `/metrics`). Blocking.
+    pub fn measure_temp(&self) -> u64 {
+        let bytes = std::fs::read_dir(self.temp_root())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        self.health.set_temp_bytes(bytes);
+        bytes
+    }
+
     /// Removes temporary files no process owns any more (killed downloads). Blocking.
     pub fn sweep_temp(&self) -> SweepReport {
         let report = sweep::sweep(&self.temp_root(), &format!("{}-", self.instance));
@@ -287,7 +300,9 @@ pub fn create_temp(path: &Path) -> io::Result<std::fs::File> {
         .read(true)
         .write(true)
         .open(path)?;
-    if let Err(std::fs::TryLockError::Error(e)) = file.try_lock() {
+    // Blocking: a sweeper's probe holds the lock only for an instant, and the file must end
+    // up locked for as long as it is open.
+    if let Err(e) = file.lock() {
         tracing::debug!(error = %e, "temporary files cannot be locked here");
     }
     Ok(file)

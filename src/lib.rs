@@ -45,8 +45,6 @@ pub struct AppState {
     /// The last cache-directory probe, reused for a few seconds by `/readyz` and `/metrics`.
     pub disk_probe: tokio::sync::Mutex<Option<(std::time::Instant, cache::CacheProbe)>>,
     pub metrics: Arc<Metrics>,
-    /// `/readyz` reports free space below this as degraded.
-    pub cache_min_free_bytes: u64,
     /// Maintenance of the archive store: sweeping and scrubbing.
     maintenance: (std::time::Duration, Option<ScrubSettings>),
     /// Path of the public URL (e.g. `/magento`), accepted in front of every route.
@@ -156,7 +154,6 @@ impl Proxy {
             tls: tls.map(RwLock::new),
             disk_probe: tokio::sync::Mutex::new(None),
             metrics,
-            cache_min_free_bytes: config.cache_min_free_bytes,
             maintenance: (
                 config.cache_sweep_interval,
                 config.scrub_interval.map(|interval| ScrubSettings {

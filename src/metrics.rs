@@ -447,7 +447,7 @@ fn render_integrity(out: &mut String, g: &IntegrityGauges) {
         out,
         "composer_proxy_archives_unstored_total",
         "counter",
-        "Archives served complete and verified but not stored, because the cache write failed.",
+        "Archives served complete and verified but not stored: the cache write failed, or upstream sent no length and no checksum.",
     );
     let _ = writeln!(out, "composer_proxy_archives_unstored_total {}", g.unstored);
     single_label(

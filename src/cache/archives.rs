@@ -37,7 +37,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::cache::metadata::CacheStatus;
-use crate::cache::CacheDir;
+use crate::cache::{CacheDir, DiskSpace};
 use crate::composer::{sha256_hex, DistSource};
 use crate::error::ProxyError;
 use crate::upstream::{UpstreamClient, UpstreamNote, EXCHANGE};
@@ -122,6 +122,26 @@ impl From<&crate::config::Config> for StoreSettings {
     }
 }
 
+/// The free-space floor to enforce: as configured, but at most a quarter of the volume, where
+/// a larger floor would make every archive stored evict all the others. Said in the log.
+fn effective_floor(configured: u64, space: Option<DiskSpace>) -> u64 {
+    let Some(space) = space else {
+        return configured;
+    };
+    let cap = space.total_bytes / 4;
+    if configured > cap {
+        tracing::warn!(
+            cache_min_free_bytes = configured,
+            volume_bytes = space.total_bytes,
+            floor_bytes = cap,
+            "cache_min_free_bytes is more than a quarter of the cache volume; a quarter of it is \
+             kept free instead"
+        );
+        return cap;
+    }
+    configured
+}
+
 /// Figures for `/metrics` and `cache stats`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ArchiveStats {
@@ -150,8 +170,8 @@ struct Inner {
     flights: Mutex<HashMap<String, watch::Receiver<Progress>>>,
     index: Mutex<Index>,
     memory: moka::sync::Cache<String, MemoryEntry>,
-    /// Descriptions read, with the inode of the file each describes.
-    descriptions: moka::sync::Cache<String, (u64, Arc<StoredArchive>)>,
+    /// Descriptions read, with the inode and length of the file each describes.
+    descriptions: moka::sync::Cache<String, ((u64, u64), Arc<StoredArchive>)>,
     max_bytes: u64,
     min_free_bytes: u64,
     evicting: AtomicBool,
@@ -163,6 +183,8 @@ struct Inner {
     damaged_by_scrub: AtomicU64,
     scrubbed_archives: AtomicU64,
     scrubbed_bytes: AtomicU64,
+    /// Bytes all downloads hold in memory after a failed write (see `flight::Spill`).
+    spilled: Arc<AtomicU64>,
 }
 
 type NoteSlot = Arc<Mutex<Option<UpstreamNote>>>;
@@ -190,6 +212,12 @@ impl ArchiveStore {
         let scanned = tokio::task::spawn_blocking(move || scan(&root))
             .await
             .map_err(io::Error::other)??;
+        let volume = disk.root().to_path_buf();
+        let space = tokio::task::spawn_blocking(move || DiskSpace::of(&volume).ok())
+            .await
+            .ok()
+            .flatten();
+        let min_free_bytes = effective_floor(settings.min_free_bytes, space);
         let memory = moka::sync::Cache::builder()
             .max_capacity(settings.memory_bytes)
             .weigher(|_key: &String, value: &MemoryEntry| {
@@ -210,7 +238,7 @@ impl ArchiveStore {
             memory,
             descriptions: moka::sync::Cache::new(DESCRIPTIONS_KEPT),
             max_bytes: settings.max_bytes,
-            min_free_bytes: settings.min_free_bytes,
+            min_free_bytes,
             evicting: AtomicBool::new(false),
             evictions: AtomicU64::new(0),
             single_flight_waits: AtomicU64::new(0),
@@ -220,6 +248,7 @@ impl ArchiveStore {
             damaged_by_scrub: AtomicU64::new(0),
             scrubbed_archives: AtomicU64::new(0),
             scrubbed_bytes: AtomicU64::new(0),
+            spilled: Arc::new(AtomicU64::new(0)),
         });
         let start = inner.clone();
         tokio::task::spawn_blocking(move || {
@@ -265,6 +294,11 @@ impl ArchiveStore {
     /// The store key: the upstream URL plus the promised checksum.
     pub fn store_key(source: &DistSource) -> String {
         sha256_hex(format!("{}\n{}", source.url, source.shasum.as_deref().unwrap_or("")).as_bytes())
+    }
+
+    /// The free-space floor in force (see [`effective_floor`]).
+    pub fn min_free_bytes(&self) -> u64 {
+        self.inner.min_free_bytes
     }
 
     /// The cache directory the store lives in.
@@ -318,7 +352,11 @@ impl ArchiveStore {
                     if let Some(note) = leader_note.as_ref().and_then(|n| *lock_note(n)) {
                         crate::upstream::note_exchange(note);
                     }
-                    let reader = FlightReader { progress, pos: 0 };
+                    let reader = FlightReader {
+                        progress,
+                        pos: 0,
+                        crc: crc32fast::Hasher::new(),
+                    };
                     return Ok((Archive::Streaming { reader, len }, CacheStatus::Miss));
                 }
                 if matches!(p.outcome, Some(Ok(()))) {
@@ -440,5 +478,24 @@ impl Inner {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_free_space_floor_is_at_most_a_quarter_of_the_volume() {
+        const GIB: u64 = 1024 * 1024 * 1024;
+        let volume = |total_bytes| {
+            Some(DiskSpace {
+                available_bytes: 0,
+                total_bytes,
+            })
+        };
+        assert_eq!(effective_floor(GIB, volume(100 * GIB)), GIB);
+        assert_eq!(effective_floor(GIB, volume(2 * GIB)), GIB / 2);
+        assert_eq!(effective_floor(GIB, None), GIB);
     }
 }

@@ -54,8 +54,9 @@ const WRITE_FAILURE_REPORTED_FOR: Duration = Duration::from_secs(300);
 pub struct CacheHealth {
     metadata_write_errors: AtomicU64,
     archive_write_errors: AtomicU64,
-    /// A run of failures is in progress (logged at `warn` only when it starts).
-    failing: AtomicBool,
+    /// A run of failures is in progress, per kind (logged at `warn` only when it starts).
+    metadata_failing: AtomicBool,
+    archives_failing: AtomicBool,
     last_failure: Mutex<Option<(Instant, String)>>,
     temp_bytes: AtomicU64,
     temp_swept: AtomicU64,
@@ -63,6 +64,13 @@ pub struct CacheHealth {
 
 impl CacheHealth {
     /// Logs (once per run of failures) and counts a write that failed; nothing was committed.
+    fn failing(&self, kind: WriteKind) -> &AtomicBool {
+        match kind {
+            WriteKind::Metadata => &self.metadata_failing,
+            WriteKind::Archives => &self.archives_failing,
+        }
+    }
+
     pub fn write_failed(&self, kind: WriteKind, what: &str, error: &io::Error) {
         let counter = match kind {
             WriteKind::Metadata => &self.metadata_write_errors,
@@ -72,7 +80,7 @@ impl CacheHealth {
         let reason = format!("{what}: {error}");
         *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((Instant::now(), reason));
-        if self.failing.swap(true, Ordering::AcqRel) {
+        if self.failing(kind).swap(true, Ordering::AcqRel) {
             tracing::debug!(event = "cache_write_failed", cache = kind.as_str(), what, error = %error, "cache write failed again; the previous copy stays");
         } else {
             tracing::warn!(event = "cache_write_failed", cache = kind.as_str(), what, error = %error, "cache write failed; nothing was committed and the previous copy stays (further failures are logged at debug until a write succeeds)");
@@ -80,7 +88,7 @@ impl CacheHealth {
     }
 
     pub fn write_succeeded(&self, kind: WriteKind) {
-        if self.failing.swap(false, Ordering::AcqRel) {
+        if self.failing(kind).swap(false, Ordering::AcqRel) {
             let errors =
                 self.write_errors(WriteKind::Metadata) + self.write_errors(WriteKind::Archives);
             tracing::info!(
@@ -101,7 +109,10 @@ impl CacheHealth {
 
     /// The last failed write, while no write has succeeded since and it is recent.
     pub fn recent_failure(&self) -> Option<String> {
-        if !self.failing.load(Ordering::Acquire) {
+        let failing = [WriteKind::Metadata, WriteKind::Archives]
+            .iter()
+            .any(|k| self.failing(*k).load(Ordering::Acquire));
+        if !failing {
             return None;
         }
         let last = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
@@ -219,6 +230,11 @@ mod tests {
         assert!(why.starts_with("archive: No space left"), "{why}");
         let verdict = cache_verdict(&Ok(()), &Ok(()), None, 0, health.recent_failure());
         assert_eq!(verdict.expect("serving").len(), 1);
+        health.write_succeeded(WriteKind::Archives);
+        assert!(
+            health.recent_failure().is_some(),
+            "a metadata failure is not cleared by an archive write"
+        );
         health.write_succeeded(WriteKind::Metadata);
         assert_eq!(health.recent_failure(), None);
     }

@@ -62,7 +62,9 @@ pub fn sweep(dir: &Path, own_prefix: &str) -> SweepReport {
     let now = SystemTime::now();
     for entry in entries.flatten() {
         let path = entry.path();
-        let Ok(file) = fs::File::open(&path) else {
+        // Read-write: NFS emulates these locks with fcntl locks, which need it for an
+        // exclusive one.
+        let Ok(file) = fs::OpenOptions::new().read(true).write(true).open(&path) else {
             // Renamed into place or removed by its owner since the listing.
             continue;
         };
@@ -76,9 +78,12 @@ pub fn sweep(dir: &Path, own_prefix: &str) -> SweepReport {
             .file_name()
             .to_str()
             .is_some_and(|n| n.starts_with(own_prefix));
+        // Young files are not even probed: a probe between an owner's create and lock would
+        // make the owner's lock wait.
         let leftover = !own
+            && age >= TEMP_GRACE
             && match is_locked(&file) {
-                Some(locked) => !locked && age >= TEMP_GRACE,
+                Some(locked) => !locked,
                 None => age >= UNLOCKABLE_TEMP_AGE,
             };
         if leftover && fs::remove_file(&path).is_ok() {

@@ -35,7 +35,7 @@ pub(super) async fn ready(state: &Arc<AppState>) -> Response<ResponseBody> {
         &probe.readable,
         &probe.writable,
         probe.space,
-        state.cache_min_free_bytes,
+        state.archives.min_free_bytes(),
         recent_failure,
     ) {
         Ok(cache) => degraded.extend(cache),
@@ -100,7 +100,7 @@ pub(super) async fn metrics(state: &Arc<AppState>) -> Response<ResponseBody> {
     let integrity = IntegrityGauges {
         writable: probe.readable.is_ok().then_some(probe.writable.is_ok()),
         free_bytes: probe.space.map(|s| s.available_bytes),
-        min_free_bytes: state.cache_min_free_bytes,
+        min_free_bytes: state.archives.min_free_bytes(),
         metadata_write_errors: health.write_errors(WriteKind::Metadata),
         archive_write_errors: health.write_errors(WriteKind::Archives),
         temp_bytes: health.temp_bytes(),

@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use sha1::{Digest, Sha1};
 use tokio::sync::watch;
 
-use super::flight::Spill;
+use super::flight::{Spill, SPILL_BUDGET_BYTES};
 use super::framing::{self, Framing};
 use super::index::EvictionTrigger;
 use super::integrity::{check_zip, Assembled, Digests, StoredArchive};
@@ -92,7 +92,8 @@ impl Download {
             }
             Ok(Fetched::NotStored(reason)) => {
                 self.inner.unstored.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(event = "archive_not_stored", package = %package, reason = %reason, "archive streamed through complete and verified, but not stored");
+                // Info: the failed write behind it was logged at warn when its run began.
+                tracing::info!(event = "archive_not_stored", package = %package, reason = %reason, "archive streamed through complete and verified, but not stored");
             }
             Err(e) => {
                 self.inner.downloads_failed.fetch_add(1, Ordering::Relaxed);
@@ -129,6 +130,10 @@ impl Download {
             Ok(()) => self.verify(&received).await,
             Err(e) => Err(e),
         };
+        if verified.is_ok() {
+            let (_, _, crc32) = received.digests.finish();
+            self.tx.send_modify(|p| p.crc32 = Some(crc32));
+        }
         let outcome = match verified {
             Err(e) => Err(e),
             Ok(()) => match received.unstorable.take() {
@@ -254,19 +259,21 @@ impl Download {
         // upstream ignores `Range`, or was not asked to honour it) and checked against it
         // rather than trusted.
         let mut skip = 0;
+        // Clients were told a length once the first answer came; every later answer must
+        // agree with it.
+        let announced = received.file.is_some() || received.spill.is_some();
         match response.status {
             StatusCode::OK => {
                 skip = resume_from;
-                if resume_from == 0 {
-                    received.len = framing::content_length(&response.headers);
+                let len = framing::content_length(&response.headers);
+                if announced && len != received.len {
+                    return Err(mismatch(
+                        "upstream changed the archive's length between attempts",
+                    ));
+                }
+                if !announced {
+                    received.len = len;
                     received.validator = framing::strong_validator(&response.headers);
-                    // Without a checksum, nothing else tells a cut from the end.
-                    let close =
-                        framing::framing(response.version, &response.headers) == Framing::Close;
-                    if close && self.source.shasum.is_none() {
-                        received.unstorable =
-                            Some("upstream sent it with no length (a close-delimited body)".into());
-                    }
                 }
             }
             StatusCode::PARTIAL_CONTENT if resumed => {
@@ -293,6 +300,12 @@ impl Download {
                 )));
             }
         }
+        // Without a checksum, nothing else tells a cut from the end; any attempt counts.
+        let close = framing::framing(response.version, &response.headers) == Framing::Close;
+        if close && self.source.shasum.is_none() {
+            received.unstorable =
+                Some("upstream sent it with no length (a close-delimited body)".into());
+        }
         self.open_temp(received).await;
         let mut prefix_check = Sha1::new();
         let mut body = response.body;
@@ -314,7 +327,7 @@ impl Download {
                 Ok(frame) => frame,
                 Err(e) => {
                     // Keep what arrived intact, so the next attempt resumes after it.
-                    self.write(received, &mut pending).await;
+                    self.write(received, &mut pending).await.map_err(Fatal)?;
                     return Err(Retry(e.into()));
                 }
             };
@@ -339,10 +352,10 @@ impl Download {
             }
             pending.extend_from_slice(&data);
             if pending.len() >= WRITE_CHUNK {
-                self.write(received, &mut pending).await;
+                self.write(received, &mut pending).await.map_err(Fatal)?;
             }
         }
-        self.write(received, &mut pending).await;
+        self.write(received, &mut pending).await.map_err(Fatal)?;
         if skip > 0 {
             return Err(Retry(ProxyError::ArchiveMismatch(format!(
                 "{}: retried transfer ended before the part already received",
@@ -398,7 +411,7 @@ impl Download {
             error,
         );
         received.unstorable = Some(format!("the cache write failed: {error}"));
-        let spill = Arc::new(Spill::new(received.written));
+        let spill = Arc::new(Spill::new(received.written, self.inner.spilled.clone()));
         received.spill = Some(spill.clone());
         self.tx.send_modify(|p| p.spill = Some(spill));
         self.make_room(received.len.unwrap_or(0));
@@ -410,10 +423,15 @@ impl Download {
         tokio::task::spawn_blocking(move || inner.evict_for_space(needed_bytes));
     }
 
-    /// Appends `pending` to what was received and lets readers see it.
-    async fn write(&self, received: &mut Received, pending: &mut BytesMut) {
+    /// Appends `pending` to what was received and lets readers see it. Fails only when the
+    /// disk failed and the memory budget for streaming through is used up.
+    async fn write(
+        &self,
+        received: &mut Received,
+        pending: &mut BytesMut,
+    ) -> Result<(), ProxyError> {
         if pending.is_empty() {
-            return;
+            return Ok(());
         }
         let data = pending.split().freeze();
         received.digests.update(&data);
@@ -434,11 +452,18 @@ impl Download {
             }
         }
         if let Some(spill) = &received.spill {
-            spill.push(offset, data);
+            if !spill.push(offset, data) {
+                return Err(ProxyError::Cache(io::Error::other(format!(
+                    "the cache cannot be written and the memory for streaming archives through \
+                     ({} MiB) is in use by other downloads",
+                    SPILL_BUDGET_BYTES / 1024 / 1024
+                ))));
+            }
         }
         received.written += n;
         let written = received.written;
         self.tx.send_modify(|p| p.written = written);
+        Ok(())
     }
 
     /// Checks what arrived: the published sha1, or (for a zip without one) its structure.
@@ -493,7 +518,8 @@ impl Download {
         tokio::task::spawn_blocking(move || {
             file.sync_all()?;
             // The description goes first: an archive is never without one, while a
-            // description without its archive (after a crash here) is harmless and swept.
+            // description without its archive (after a crash here) is harmless, and removed
+            // by `cache purge`.
             let meta_path = inner
                 .disk
                 .archive_meta_path(&key)

@@ -134,7 +134,8 @@ impl Inner {
         } else {
             (None, 0)
         };
-        let temp = self.disk.health().temp_bytes();
+        // Measured now: the last sweep's figure still counts downloads committed since.
+        let temp = self.disk.measure_temp();
         {
             let index = lock(&self.index);
             let needed = bytes_to_free(index.total, temp, self.max_bytes, space, min_free);
@@ -225,6 +226,11 @@ impl Inner {
                 false
             }
         };
+        // Judged by inode and gone already: whatever description is there now may belong to
+        // a fresh copy another process is committing.
+        if only_inode.is_some() && !removed {
+            return false;
+        }
         {
             let mut index = lock(&self.index);
             if let Some(entry) = index.entries.remove(key) {

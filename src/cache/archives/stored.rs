@@ -51,10 +51,14 @@ impl Inner {
             return Err(ProxyError::Cache(io::Error::other("bad archive key")));
         };
         if let Some(entry) = self.memory.get(key) {
-            // One stat, answered from the inode cache for a file this hot; a hop through the
-            // blocking pool would cost more than serving the copy.
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == entry.ino) {
-                self.mark_used(key, entry.bytes.len() as u64);
+            // Through the blocking pool, though a local disk answers from its inode cache: on
+            // a shared (NFS) volume a stat can stall, and must not stall the runtime with it.
+            let len = entry.bytes.len() as u64;
+            let same = tokio::fs::symlink_metadata(&path)
+                .await
+                .is_ok_and(|m| m.ino() == entry.ino && m.len() == len);
+            if same {
+                self.mark_used(key, len);
                 return Ok(Some(Archive::Memory(entry.bytes)));
             }
             self.memory.invalidate(key);
@@ -104,7 +108,13 @@ impl Inner {
         };
         let meta = file.metadata()?;
         let (ino, len) = (meta.ino(), meta.len());
-        let Some(stored) = self.description(key, ino) else {
+        let Some(stored) = self.description(key, ino, len) else {
+            // Removal takes the archive first, then its description: a file that is gone (or
+            // replaced) by now was being removed, not damaged.
+            let still_there = std::fs::metadata(path).is_ok_and(|m| m.ino() == ino);
+            if !still_there {
+                return Ok(Opened::Missing);
+            }
             let why = "it has no readable description, so it cannot be checked".into();
             return Ok(Opened::Damaged { ino, why });
         };
@@ -131,23 +141,28 @@ impl Inner {
         Ok(Opened::File(Arc::new(file), ino, len, check))
     }
 
-    /// The description of the file `ino` under `key`, read once per file. Blocking.
-    fn description(&self, key: &str, ino: u64) -> Option<Arc<StoredArchive>> {
+    /// The description of the file under `key`, read once per file (known by inode and
+    /// length, since inode numbers are reused). Blocking.
+    fn description(&self, key: &str, ino: u64, len: u64) -> Option<Arc<StoredArchive>> {
         if let Some((known, stored)) = self.descriptions.get(key) {
-            if known == ino {
+            if known == (ino, len) {
                 return Some(stored);
             }
         }
         let stored = Arc::new(read_description(&self.disk.archive_meta_path(key)?)?);
         self.descriptions
-            .insert(key.to_string(), (ino, stored.clone()));
+            .insert(key.to_string(), ((ino, len), stored.clone()));
         Some(stored)
     }
 
     /// Removes a damaged archive (only the file that was judged), says so and counts it; the
     /// next request fetches it again. Blocking.
     pub(super) fn discard_damaged(&self, key: &str, ino: u64, why: &str, found_by: FoundBy) {
-        let removed = self.remove_entry(key, Some(ino));
+        // Only what this call removed counts: another process (eviction, a replica's scrub)
+        // may have taken the file away first, which is no damage.
+        if !self.remove_entry(key, Some(ino)) {
+            return;
+        }
         let counter = match found_by {
             FoundBy::Serve => &self.damaged_on_serve,
             FoundBy::Scrub => &self.damaged_by_scrub,
@@ -158,7 +173,6 @@ impl Inner {
             key = %key,
             found_by = found_by.as_str(),
             reason = %why,
-            removed,
             "stored archive is damaged; removed, it is fetched again when next asked for"
         );
     }
