@@ -359,6 +359,10 @@ struct VersionSpec<'a> {
 #[derive(Default)]
 struct Builder {
     index: u64,
+    /// Which repository the package comes from, added to descriptions (and so to each
+    /// archive's composer.json) so that one name in two repositories has different bytes.
+    /// Empty for the Magento catalogue, whose bytes stay as they always were.
+    origin: &'static str,
 }
 
 impl Builder {
@@ -366,7 +370,14 @@ impl Builder {
         let index = self.index;
         self.index += 1;
         let version_normalized = normalize(spec.version);
-        let description = format!("Fixture package {name} ({})", spec.version);
+        let description = if self.origin.is_empty() {
+            format!("Fixture package {name} ({})", spec.version)
+        } else {
+            format!(
+                "Fixture package {name} ({}) from {}",
+                spec.version, self.origin
+            )
+        };
         let license = vec!["OSL-3.0".to_string(), "AFL-3.0".to_string()];
         // Fixed, distinct, plausible release times.
         let time = format!(
@@ -531,6 +542,7 @@ impl Catalogue {
                 .iter()
                 .map(|p| p.versions.len() as u64)
                 .sum(),
+            ..Builder::default()
         };
         for &blob_len in blob_lens {
             let name = format!("bench/blob-{blob_len}");
@@ -553,5 +565,163 @@ impl Catalogue {
         }
         catalogue.packages.sort_by(|a, b| a.name.cmp(&b.name));
         catalogue
+    }
+}
+
+/// One package of a small catalogue: name, type, and its versions with their requirements.
+struct PackageSpec<'a> {
+    name: &'a str,
+    package_type: &'a str,
+    versions: &'a [(&'a str, &'a [(&'a str, &'a str)])],
+}
+
+/// Uids of the small catalogues start here, clear of the Magento catalogue's.
+const VENDOR_FIRST_INDEX: u64 = 50_000;
+const PACKAGIST_FIRST_INDEX: u64 = 60_000;
+
+impl Catalogue {
+    /// What a vendor's Private Packagist repository (Hyvä's) serves: a theme module and a
+    /// theme that requires it and `psr/log` (a name only packagist.org has), so a project
+    /// resolving the theme needs both repositories.
+    pub fn vendor() -> Catalogue {
+        Self::small(
+            "the vendor repository",
+            VENDOR_FIRST_INDEX,
+            &[
+                PackageSpec {
+                    name: "hyva-themes/magento2-theme-module",
+                    package_type: "magento2-module",
+                    versions: &[
+                        ("1.3.5", &[("php", ">=7.4")]),
+                        ("1.3.6", &[("php", ">=7.4")]),
+                    ],
+                },
+                PackageSpec {
+                    name: "hyva-themes/magento2-default-theme",
+                    package_type: "magento2-theme",
+                    versions: &[(
+                        "1.3.6",
+                        &[
+                            ("hyva-themes/magento2-theme-module", "^1.3.6"),
+                            ("psr/log", "^3.0"),
+                        ],
+                    )],
+                },
+            ],
+        )
+    }
+
+    /// What packagist.org serves for a Magento project, in miniature: libraries, a
+    /// `magento/` name that repo.magento.com does not list (ownership is per name, not per
+    /// vendor), a dev branch, and `vendorx/extension-a`, which the Magento catalogue also
+    /// has: here with other bytes for 1.1.0 and a higher 1.2.0, so a test can tell which
+    /// repository an install came from. Every version has a VCS reference and no shasum,
+    /// as packagist.org publishes GitHub dists.
+    pub fn packagist() -> Catalogue {
+        let mut catalogue = Self::small(
+            "packagist",
+            PACKAGIST_FIRST_INDEX,
+            &[
+                PackageSpec {
+                    name: "psr/log",
+                    package_type: "library",
+                    versions: &[
+                        ("1.1.4", &[("php", ">=5.3.0")]),
+                        ("3.0.0", &[("php", ">=8.0.0")]),
+                        ("dev-master", &[("php", ">=8.0.0")]),
+                    ],
+                },
+                PackageSpec {
+                    name: "symfony/polyfill-php80",
+                    package_type: "library",
+                    versions: &[
+                        ("1.28.0", &[("php", ">=7.1")]),
+                        ("1.29.0", &[("php", ">=7.1")]),
+                    ],
+                },
+                PackageSpec {
+                    name: "laminas/laminas-stdlib",
+                    package_type: "library",
+                    versions: &[
+                        (
+                            "3.18.0",
+                            &[("php", ">=7.4"), ("symfony/polyfill-php80", "^1.28")],
+                        ),
+                        (
+                            "3.19.0",
+                            &[("php", ">=7.4"), ("symfony/polyfill-php80", "^1.28")],
+                        ),
+                    ],
+                },
+                PackageSpec {
+                    name: "magento/magento-composer-installer",
+                    package_type: "library",
+                    versions: &[("0.4.0", &[("php", ">=7.4")])],
+                },
+                PackageSpec {
+                    name: EXTENSION,
+                    package_type: "magento2-module",
+                    versions: &[
+                        ("1.1.0", &[("psr/log", "^3.0")]),
+                        ("1.2.0", &[("psr/log", "^3.0")]),
+                    ],
+                },
+            ],
+        );
+        for version in catalogue.packages.iter_mut().flat_map(|p| &mut p.versions) {
+            version.reference_null = false;
+            version.publish_shasum = false;
+        }
+        catalogue
+    }
+
+    /// A catalogue of small archives in one listing ("ce"); a dev branch is aliased to `3.x-dev`.
+    fn small(origin: &'static str, first_index: u64, specs: &[PackageSpec<'_>]) -> Catalogue {
+        let mut builder = Builder {
+            index: first_index,
+            origin,
+        };
+        let mut packages: Vec<FixturePackage> = specs
+            .iter()
+            .map(|spec| FixturePackage {
+                name: spec.name.to_string(),
+                listing: "ce",
+                versions: spec
+                    .versions
+                    .iter()
+                    .map(|(version, require)| {
+                        let namespace = spec
+                            .name
+                            .split(['/', '-'])
+                            .map(|word| {
+                                let mut chars = word.chars();
+                                chars.next().map_or(String::new(), |first| {
+                                    first.to_ascii_uppercase().to_string() + chars.as_str()
+                                })
+                            })
+                            .collect::<String>();
+                        let extra = version
+                            .starts_with("dev-")
+                            .then(|| json!({"branch-alias": {*version: "3.x-dev"}}));
+                        builder.version(
+                            spec.name,
+                            VersionSpec {
+                                version,
+                                package_type: spec.package_type,
+                                require: require
+                                    .iter()
+                                    .map(|(n, c)| (n.to_string(), c.to_string()))
+                                    .collect(),
+                                autoload: Some(json!({"psr-4": {format!("{namespace}\\"): ""}})),
+                                extra,
+                                blob_len: 0,
+                            },
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        packages.sort_by(|a, b| a.name.cmp(&b.name));
+        Catalogue { packages }
     }
 }

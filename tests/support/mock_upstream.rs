@@ -1,4 +1,6 @@
-//! In-process mock of repo.magento.com (and of a packagist-style private repository).
+//! In-process mock of repo.magento.com, of a vendor's Private Packagist repository (served
+//! under a path, HTTP Basic `token` + licence key) and of packagist.org itself (open-ended,
+//! public, minified, dists on another host).
 //!
 //! The proxy's integration tests need an upstream they control completely: one that
 //! checks the Marketplace key pair on every request, serves the v1 "providers"
@@ -63,6 +65,24 @@ pub struct MockOptions {
     pub redirect_archives: bool,
     /// P2 only: serve metadata in Composer's MetadataMinifier format.
     pub minify_p2: bool,
+    /// Path every route is served under, e.g. "/hyva-project" (no trailing slash), as for a
+    /// Private Packagist customer repository; "" serves at the root. URL templates in
+    /// packages.json then start with it, since Composer drops a repository URL's path for
+    /// templates that start with `/`.
+    pub path_prefix: String,
+    /// Answer 401 to requests without the accepted key pair. false: a public repository
+    /// such as packagist.org, which answers everyone (Authorization is still recorded).
+    pub require_credentials: bool,
+    /// P2 only: list every name in `available-packages` (a finite repository). false: an
+    /// open-ended one like packagist.org, answering 404 for names it lacks.
+    pub available_packages: bool,
+    /// Dist URLs point straight at the second origin (a dist host, like
+    /// codeload.github.com), with GitHub's `/{vendor}/{name}/legacy.zip/{reference}` paths
+    /// for versions that have a reference; the main host then serves no archives.
+    pub dists_on_second_host: bool,
+    /// Absolute URL templates in packages.json (`metadata-url`, `notify-batch`, `search`),
+    /// as packagist.org writes them.
+    pub absolute_urls: bool,
 }
 
 impl MockOptions {
@@ -76,6 +96,42 @@ impl MockOptions {
             private_key: TEST_PRIVATE_KEY.to_string(),
             redirect_archives: false,
             minify_p2: false,
+            path_prefix: String::new(),
+            require_credentials: true,
+            available_packages: true,
+            dists_on_second_host: false,
+            absolute_urls: false,
+        }
+    }
+
+    /// A vendor's Private Packagist customer repository: p2 with `available-packages`,
+    /// everything under `path_prefix`, HTTP Basic with user `token` and the licence key.
+    pub fn vendor_repository(
+        catalogue: Arc<Catalogue>,
+        path_prefix: &str,
+        licence_key: &str,
+    ) -> MockOptions {
+        MockOptions {
+            path_prefix: path_prefix.trim_end_matches('/').to_string(),
+            public_key: "token".to_string(),
+            private_key: licence_key.to_string(),
+            ..MockOptions::new(Protocol::P2, catalogue)
+        }
+    }
+
+    /// packagist.org: minified p2, no `available-packages` (a 404 for every name it lacks),
+    /// no credentials asked for, absolute URL templates, and dists on a second origin that
+    /// the metadata names directly (no redirect).
+    pub fn packagist_like(catalogue: Arc<Catalogue>) -> MockOptions {
+        MockOptions {
+            public_key: String::new(),
+            private_key: String::new(),
+            minify_p2: true,
+            require_credentials: false,
+            available_packages: false,
+            dists_on_second_host: true,
+            absolute_urls: true,
+            ..MockOptions::new(Protocol::P2, catalogue)
         }
     }
 }
@@ -129,7 +185,7 @@ pub struct MockUpstream {
 
 impl MockUpstream {
     /// Binds 127.0.0.1:0 (and a second port for the archive host when
-    /// `redirect_archives`) and starts serving.
+    /// `redirect_archives` or `dists_on_second_host`) and starts serving.
     pub async fn start(opts: MockOptions) -> MockUpstream {
         let main_listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -137,7 +193,7 @@ impl MockUpstream {
         let addr = main_listener
             .local_addr()
             .expect("local address of the mock upstream");
-        let archive_listener = if opts.redirect_archives {
+        let archive_listener = if opts.redirect_archives || opts.dists_on_second_host {
             Some(
                 TcpListener::bind("127.0.0.1:0")
                     .await
@@ -153,7 +209,7 @@ impl MockUpstream {
 
         let base_url = format!("http://{addr}");
         let archive_base_url = archive_addr.map(|a| format!("http://{a}"));
-        let files = Files::build(&opts, &base_url);
+        let files = Files::build(&opts, &base_url, archive_base_url.as_deref());
         // Whole seconds, because HTTP dates have no finer resolution and the
         // If-Modified-Since comparison must be exact.
         let last_modified = httpdate::parse_http_date(&httpdate::fmt_http_date(SystemTime::now()))
@@ -162,6 +218,8 @@ impl MockUpstream {
         let state = Arc::new(State {
             protocol: opts.protocol,
             base_url,
+            path_prefix: opts.path_prefix.clone(),
+            require_credentials: opts.require_credentials,
             archive_base_url,
             files,
             last_modified: Mutex::new(last_modified),
@@ -204,9 +262,33 @@ impl MockUpstream {
         }
     }
 
-    /// "http://127.0.0.1:PORT", no trailing slash.
+    /// "http://127.0.0.1:PORT", no trailing slash: the origin.
     pub fn url(&self) -> String {
         self.state.base_url.clone()
+    }
+
+    /// The repository URL a client lists: `url()`, or with a path prefix
+    /// "http://127.0.0.1:PORT/prefix/".
+    pub fn repo_url(&self) -> String {
+        if self.state.path_prefix.is_empty() {
+            self.url()
+        } else {
+            format!("{}{}/", self.state.base_url, self.state.path_prefix)
+        }
+    }
+
+    /// The path prefix every route is served under ("" for the root).
+    pub fn path_prefix(&self) -> &str {
+        &self.state.path_prefix
+    }
+
+    /// The absolute dist URL the mock publishes for `name` `version`, if it has an archive.
+    pub fn dist_url(&self, name: &str, version: &str) -> Option<String> {
+        self.state
+            .files
+            .dist_urls
+            .get(&(name.to_string(), version.to_string()))
+            .cloned()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -237,7 +319,8 @@ impl MockUpstream {
         lock(&self.state.archive_records).clone()
     }
 
-    /// Main-host requests for exactly this percent-decoded path (query ignored).
+    /// Main-host requests for exactly this percent-decoded path (query ignored; the path as
+    /// received, path prefix included).
     pub fn count(&self, path: &str) -> usize {
         lock(&self.state.records)
             .iter()
@@ -360,8 +443,9 @@ impl MockUpstream {
         *lock(&self.state.keys) = (public.to_string(), private.to_string());
     }
 
-    /// Exact bytes the mock serves for `path` (percent-decoded), before any gzip.
-    /// For building expectations: `/packages.json`, `/p/…$hash.json`, `/p2/….json`.
+    /// Exact bytes the mock serves for `path` (percent-decoded, relative to the path prefix),
+    /// before any gzip. For building expectations: `/packages.json`, `/p/…$hash.json`,
+    /// `/p2/….json`.
     pub fn file_bytes(&self, path: &str) -> Option<Bytes> {
         self.state.file(path).map(|f| f.plain)
     }
@@ -405,6 +489,9 @@ enum Host {
 struct State {
     protocol: Protocol,
     base_url: String,
+    /// See `MockOptions::path_prefix`.
+    path_prefix: String,
+    require_credentials: bool,
     archive_base_url: Option<String>,
     files: Files,
     /// Moves forward when `change_root` publishes a new packages.json.
@@ -475,29 +562,49 @@ struct ArchiveEntry {
 /// Every response body the mock can serve, built once at start: the metadata embeds
 /// the mock's own URL, and hashes must be stable for the whole run.
 struct Files {
+    /// Keyed by path relative to the path prefix.
     by_path: HashMap<String, File>,
+    /// Keyed by path on the host that serves them (relative to the path prefix on the main
+    /// host).
     archives: HashMap<String, ArchiveEntry>,
+    /// (name, version) → the absolute dist URL published in the metadata.
+    dist_urls: HashMap<(String, String), String>,
+    /// Whether the main host answers archive paths (false: they live on the dist host).
+    archives_on_main: bool,
 }
 
 impl Files {
-    fn build(opts: &MockOptions, base_url: &str) -> Files {
+    fn build(opts: &MockOptions, base_url: &str, archive_base_url: Option<&str>) -> Files {
         let catalogue = &opts.catalogue;
+        let prefix = opts.path_prefix.as_str();
         let mut by_path = HashMap::new();
         let mut archives = HashMap::new();
+        let mut dist_urls = HashMap::new();
+        // Where archives live: (origin and prefix of their URLs, path of one version).
+        let dist_host = archive_base_url.filter(|_| opts.dists_on_second_host);
+        let dist_base = match dist_host {
+            Some(host) => host.to_string(),
+            None => format!("{base_url}{prefix}"),
+        };
+        let dist_path = |name: &str, v: &FixtureVersion| match v.reference(name) {
+            Some(reference) if dist_host.is_some() => format!("/{name}/legacy.zip/{reference}"),
+            _ => Catalogue::archive_path(name, &v.version_normalized),
+        };
 
         let version_metadata = |name: &str, v: &FixtureVersion| {
-            let url = format!(
-                "{base_url}{}",
-                Catalogue::archive_path(name, &v.version_normalized)
-            );
-            v.metadata(name, &url)
+            v.metadata(name, &format!("{dist_base}{}", dist_path(name, v)))
         };
 
         for package in &catalogue.packages {
             for v in &package.versions {
                 if let Some(archive) = &v.archive {
+                    let path = dist_path(&package.name, v);
+                    dist_urls.insert(
+                        (package.name.clone(), v.version.clone()),
+                        format!("{dist_base}{path}"),
+                    );
                     archives.insert(
-                        Catalogue::archive_path(&package.name, &v.version_normalized),
+                        path,
                         ArchiveEntry {
                             bytes: archive.bytes.clone(),
                             entitled: package.name != Catalogue::not_entitled_name(),
@@ -507,6 +614,12 @@ impl Files {
                 }
             }
         }
+        // URL templates: relative to the origin (so with the prefix), or absolute.
+        let template_base = if opts.absolute_urls {
+            format!("{base_url}{prefix}")
+        } else {
+            prefix.to_string()
+        };
 
         let mut add = |path: String, plain: Vec<u8>, kind: FileKind| {
             let gzip = gzip(&plain);
@@ -555,9 +668,9 @@ impl Files {
                 }
                 let root = json!({
                     "packages": [],
-                    "notify-batch": "/downloads/",
-                    "providers-url": "/p/%package%$%hash%.json",
-                    "search": "/search.json?q=%query%&type=%type%",
+                    "notify-batch": format!("{template_base}/downloads/"),
+                    "providers-url": format!("{template_base}/p/%package%$%hash%.json"),
+                    "search": format!("{template_base}/search.json?q=%query%&type=%type%"),
                     "provider-includes": includes,
                 });
                 add(
@@ -592,13 +705,24 @@ impl Files {
                     }
                 }
                 let names: Vec<&str> = catalogue.packages.iter().map(|p| p.name.as_str()).collect();
-                let root = json!({
-                    "packages": [],
-                    "metadata-url": "/p2/%package%.json",
-                    "available-packages": names,
-                    "notify-batch": "/downloads/",
-                    "search": "/search.json?q=%query%&type=%type%",
-                });
+                let mut root = Map::new();
+                root.insert("packages".into(), json!([]));
+                root.insert(
+                    "metadata-url".into(),
+                    json!(format!("{template_base}/p2/%package%.json")),
+                );
+                if opts.available_packages {
+                    root.insert("available-packages".into(), json!(names));
+                }
+                root.insert(
+                    "notify-batch".into(),
+                    json!(format!("{template_base}/downloads/")),
+                );
+                root.insert(
+                    "search".into(),
+                    json!(format!("{template_base}/search.json?q=%query%&type=%type%")),
+                );
+                let root = Value::Object(root);
                 add(
                     "/packages.json".to_string(),
                     php_json(&root),
@@ -607,7 +731,12 @@ impl Files {
             }
         }
 
-        Files { by_path, archives }
+        Files {
+            by_path,
+            archives,
+            dist_urls,
+            archives_on_main: dist_host.is_none(),
+        }
     }
 
     fn get(&self, path: &str) -> Option<&File> {
@@ -848,13 +977,20 @@ async fn handle_main(
     if state.reject_keys.load(Ordering::SeqCst) {
         return unauthorized("The access keys you provided have been disabled or revoked");
     }
-    if !record.credentials_ok {
+    if state.require_credentials && !record.credentials_ok {
         return unauthorized("Invalid credentials");
     }
 
-    let path = record.path.as_str();
+    // Everything lives under the path prefix; the rest of this function sees paths without it.
+    let prefix = state.path_prefix.as_str();
+    let (Some(path), Some(raw_path_and_query)) = (
+        under_prefix(&record.path, prefix),
+        under_prefix(&record.raw_path_and_query, prefix),
+    ) else {
+        return json_error(StatusCode::NOT_FOUND, "Not found");
+    };
     let is_read = record.method == "GET" || record.method == "HEAD";
-    if path.starts_with("/archives/") && is_read {
+    if path.starts_with("/archives/") && is_read && state.files.archives_on_main {
         let Some(entry) = state.files.archives.get(path) else {
             return json_error(StatusCode::NOT_FOUND, "Archive not found");
         };
@@ -865,7 +1001,7 @@ async fn handle_main(
             );
         }
         if let Some(archive_host) = &state.archive_base_url {
-            let location = format!("{archive_host}{}", record.raw_path_and_query);
+            let location = format!("{archive_host}{raw_path_and_query}");
             return respond(
                 Response::builder()
                     .status(StatusCode::FOUND)
@@ -888,6 +1024,15 @@ async fn handle_main(
         },
         _ => json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
     }
+}
+
+/// `path` without `prefix`, when it lies below it (always, for an empty prefix).
+fn under_prefix<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    if prefix.is_empty() {
+        return Some(path);
+    }
+    path.strip_prefix(prefix)
+        .filter(|rest| rest.starts_with('/'))
 }
 
 fn handle_archive_host(

@@ -43,8 +43,14 @@ impl ProxyProcess {
     /// Starts the binary with exactly these settings (plus a loopback ephemeral port and JSON
     /// logs) and waits until it is listening.
     pub fn start(env: &[(String, String)]) -> ProxyProcess {
+        Self::start_with_args(&[], env)
+    }
+
+    /// Like `start`, with command-line arguments, e.g. `["--config", path]`.
+    pub fn start_with_args(args: &[&str], env: &[(String, String)]) -> ProxyProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_composer-proxy"));
-        cmd.env_clear()
+        cmd.args(args)
+            .env_clear()
             .env("COMPOSER_PROXY_LISTEN", "127.0.0.1:0")
             .env("COMPOSER_PROXY_LOG_FORMAT", "json")
             .stdin(Stdio::null())

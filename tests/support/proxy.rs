@@ -1,6 +1,6 @@
 //! Starts the real proxy in-process on `127.0.0.1:0`, configured exactly as the binary would
-//! be (through `Config::load` with `COMPOSER_PROXY_*` variables), plus a small HTTP client for
-//! asserting on raw responses.
+//! be (through `Config::load` with `COMPOSER_PROXY_*` variables and, optionally, the text of a
+//! `--config` TOML file), plus a small HTTP client for asserting on raw responses.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,6 +27,8 @@ pub struct TestProxy {
     pub cache_dir: PathBuf,
     /// Keeps the cache directory alive when the proxy owns it.
     _cache: Option<TempDir>,
+    /// Keeps the directory of the `--config` file alive, if there is one.
+    _config: Option<TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -41,6 +43,12 @@ pub fn base_env(upstream_url: &str) -> Vec<(String, String)> {
     ]
 }
 
+/// Loopback and an ephemeral port: the only settings a file-configured test proxy needs from
+/// the environment.
+pub fn listen_env() -> Vec<(String, String)> {
+    vec![("COMPOSER_PROXY_LISTEN".into(), "127.0.0.1:0".into())]
+}
+
 impl TestProxy {
     /// A proxy with its own fresh cache directory in front of `upstream_url`.
     pub async fn start(upstream_url: &str) -> TestProxy {
@@ -48,7 +56,31 @@ impl TestProxy {
     }
 
     /// A proxy with the given settings; `cache_dir` lets a test restart on the same cache.
-    pub async fn start_with(mut env: Vec<(String, String)>, cache_dir: Option<&Path>) -> TestProxy {
+    pub async fn start_with(env: Vec<(String, String)>, cache_dir: Option<&Path>) -> TestProxy {
+        Self::start_sources(None, env, cache_dir).await
+    }
+
+    /// A proxy configured by the TOML text `config` (written to a `composer-proxy.toml` of
+    /// its own and passed as `--config` would pass it) plus `env`; the cache directory as in
+    /// `start_with`. `env` should hold at least `COMPOSER_PROXY_LISTEN` (see `listen_env`).
+    pub async fn start_with_file(
+        config: &str,
+        env: Vec<(String, String)>,
+        cache_dir: Option<&Path>,
+    ) -> TestProxy {
+        let dir = tempfile::tempdir().expect("config tempdir");
+        let path = dir.path().join("composer-proxy.toml");
+        std::fs::write(&path, config).expect("writing the config file");
+        let mut proxy = Self::start_sources(Some((path, config.to_string())), env, cache_dir).await;
+        proxy._config = Some(dir);
+        proxy
+    }
+
+    async fn start_sources(
+        file: Option<(PathBuf, String)>,
+        mut env: Vec<(String, String)>,
+        cache_dir: Option<&Path>,
+    ) -> TestProxy {
         let (owned, dir) = match cache_dir {
             Some(dir) => (None, dir.to_path_buf()),
             None => {
@@ -62,10 +94,11 @@ impl TestProxy {
             dir.to_str().expect("utf-8 temp path").into(),
         ));
         let sources = Sources {
-            file: None,
+            file,
             env: env.into_iter().collect::<BTreeMap<_, _>>(),
         };
-        let config = Config::load(&sources).expect("test configuration is valid");
+        let config = Config::load(&sources)
+            .unwrap_or_else(|e| panic!("the test configuration is invalid: {e}"));
         let proxy = Proxy::bind(&config).await.expect("proxy binds");
         let addr = proxy.local_addr();
         let url = proxy.public_url().to_string();
@@ -80,6 +113,7 @@ impl TestProxy {
             state,
             cache_dir: dir,
             _cache: owned,
+            _config: None,
             stop: Some(stop),
             task: Some(task),
         }
