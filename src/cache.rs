@@ -85,21 +85,30 @@ impl CacheDir {
     }
 
     /// Path of a named metadata document the proxy keeps (e.g. the upstream root).
-    pub fn state_path(&self, name: &'static str) -> PathBuf {
-        self.root.join("metadata").join(name)
+    /// Kept per upstream, under `metadata/upstreams/<name>/` for an `[[upstream]]` table (two
+    /// Marketplace accounts share a URL but not what they see); the flat configuration's
+    /// upstream keeps `metadata/` itself, the layout of the versions before tables, so an
+    /// upgrade takes its cache over as it is.
+    pub fn state_path(&self, upstream: Option<&str>, name: &'static str) -> PathBuf {
+        self.state_root(upstream).join(name)
+    }
+
+    fn state_root(&self, upstream: Option<&str>) -> PathBuf {
+        let metadata = self.root.join("metadata");
+        match upstream {
+            Some(name) => metadata.join("upstreams").join(name),
+            None => metadata,
+        }
     }
 
     /// Path of a revalidated upstream document (a p2 file of a p2-native upstream), named by
-    /// the sha256 of its URL.
-    pub fn url_state_path(&self, url: &str) -> Option<PathBuf> {
+    /// the sha256 of its URL, in the upstream's directory (see [`CacheDir::state_path`]).
+    pub fn url_state_path(&self, upstream: Option<&str>, url: &str) -> PathBuf {
         let key = crate::composer::sha256_hex(url.as_bytes());
-        Some(
-            self.root
-                .join("metadata")
-                .join("p2")
-                .join(&key[..2])
-                .join(format!("{key}.json")),
-        )
+        self.state_root(upstream)
+            .join("p2")
+            .join(&key[..2])
+            .join(format!("{key}.json"))
     }
 
     /// Path of an archive, from its store key (a hex digest).

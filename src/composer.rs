@@ -150,6 +150,14 @@ pub fn verify_sha256(bytes: &[u8], expected: &str, what: &str) -> Result<(), Pro
     }
 }
 
+/// Whether `url` is on `origin`'s scheme, host and port: the one test of "same origin" for
+/// credentials, allowed hosts and rewriting.
+pub fn same_origin(origin: &url::Url, url: &url::Url) -> bool {
+    url.scheme() == origin.scheme()
+        && url.host() == origin.host()
+        && url.port_or_known_default() == origin.port_or_known_default()
+}
+
 /// Composer's package name rule (`vendor/name`, lower case), which also keeps names safe to
 /// use in paths and URL templates.
 pub fn is_package_name(name: &str) -> bool {

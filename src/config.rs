@@ -14,9 +14,11 @@ use url::Url;
 
 mod keys;
 mod raw;
+mod upstreams;
 
 pub use keys::{Credentials, KeySource, Secret};
 use raw::{validate, RawConfig};
+pub use upstreams::FLAT_NAME;
 
 /// The built-in defaults; `config/default.toml` is the single source of truth for them.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -36,9 +38,18 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// One upstream repository.
 #[derive(Clone, Debug)]
 pub struct UpstreamConfig {
+    /// `[a-z0-9-]{1,32}`: in its own URL, log fields, metric labels and cache paths.
+    pub name: String,
+    /// From an `[[upstream]]` table (served at `<public_url>/<name>/`, metadata kept under its
+    /// name); `false` for the flat settings, served at `public_url` as before tables existed.
+    pub named: bool,
     pub url: Url,
+    /// Other origins this repository's documents point to (dist hosts, a CDN): fetched on its
+    /// behalf, never with its credentials.
+    pub allowed_hosts: Vec<Url>,
     pub credentials: Option<Credentials>,
     /// Further key pairs, tried in order when upstream rejects the one before.
     pub fallback: Vec<Credentials>,
@@ -48,6 +59,8 @@ pub struct UpstreamConfig {
     pub metadata_timeout: Duration,
     pub archive_timeout: Duration,
     pub max_redirects: u8,
+    pub metadata_ttl: Duration,
+    pub negative_ttl: Duration,
 }
 
 impl UpstreamConfig {
@@ -78,7 +91,8 @@ pub struct Config {
     pub max_connections: usize,
     pub client_header_timeout: Duration,
     pub client_body_timeout: Duration,
-    pub upstream: UpstreamConfig,
+    /// In priority order; never empty.
+    pub upstreams: Vec<UpstreamConfig>,
     pub cache_dir: PathBuf,
     pub metadata_ttl: Duration,
     pub metadata_cache_max_bytes: u64,
@@ -173,6 +187,18 @@ impl Config {
                 message: e.message().to_string(),
             })?;
             for (key, value) in table {
+                // `[[upstream]]` tables are an array of tables; anything else under that name
+                // is a mistake to name, not a type error deep in deserialization.
+                let tables = value
+                    .as_array()
+                    .is_some_and(|list| list.iter().all(toml::Value::is_table));
+                if key == "upstream" && !tables {
+                    return Err(ConfigError {
+                        setting: key,
+                        origin,
+                        message: "must be [[upstream]] tables (see config/default.toml)".into(),
+                    });
+                }
                 if !defaults.contains_key(&key) {
                     return Err(ConfigError {
                         setting: key,
@@ -188,6 +214,16 @@ impl Config {
         for (key, default) in &defaults {
             let var = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase());
             if let Some(text) = sources.env.get(&var) {
+                if key == "upstream" {
+                    return Err(ConfigError {
+                        setting: key.clone(),
+                        origin: format!("from {var}"),
+                        message: "[[upstream]] tables can only be given in the --config file; \
+                                  their secrets can come from COMPOSER_PROXY_UPSTREAM_<NAME>_* \
+                                  variables"
+                            .into(),
+                    });
+                }
                 let origin = format!("from {var}");
                 let value = env_value(default, text).map_err(|message| ConfigError {
                     setting: key.clone(),
@@ -201,6 +237,10 @@ impl Config {
         // An unknown COMPOSER_PROXY_* variable is almost always a typo of a real one.
         for var in sources.env.keys() {
             if let Some(name) = var.strip_prefix(ENV_PREFIX) {
+                // Secrets of a named upstream; checked against the tables in validation.
+                if upstreams::secret_variable(var).is_some() {
+                    continue;
+                }
                 if !defaults.contains_key(&name.to_ascii_lowercase()) {
                     return Err(ConfigError {
                         setting: name.to_ascii_lowercase(),
@@ -327,8 +367,8 @@ mod tests {
         let c = load(None, &[]).expect("defaults are valid");
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.public_url_for(c.listen), "http://127.0.0.1:8080");
-        assert_eq!(c.upstream.url.as_str(), "https://repo.magento.com/");
-        assert!(c.upstream.credentials.is_none());
+        assert_eq!(c.upstreams[0].url.as_str(), "https://repo.magento.com/");
+        assert!(c.upstreams[0].credentials.is_none());
         assert_eq!(c.metadata_ttl, Duration::from_secs(300));
         assert_eq!(c.allow.len(), 6);
         assert!(c.tls.is_none());

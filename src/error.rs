@@ -65,6 +65,14 @@ pub enum ProxyError {
     #[error("archive failed verification: {0}")]
     ArchiveMismatch(String),
 
+    /// An upstream that might own a package name could not be asked, so whether a lower one
+    /// may serve it is unknown.
+    #[error("upstream {upstream:?} could not be asked: {source}")]
+    OwnerUnknown {
+        upstream: String,
+        source: Box<ProxyError>,
+    },
+
     /// One failure shared by every request that waited on the same single-flight fetch.
     #[error(transparent)]
     Shared(std::sync::Arc<ProxyError>),
@@ -126,6 +134,20 @@ impl ProxyError {
     fn status_and_warning(&self) -> (StatusCode, String) {
         match self {
             ProxyError::Shared(inner) => inner.status_and_warning(),
+            ProxyError::OwnerUnknown { upstream, source } => {
+                let (status, warning) = source.status_and_warning();
+                // Whatever the upstream said, the truth for the client is "could not ask": a
+                // 4xx here would let Composer look elsewhere.
+                let status = if status.is_server_error() {
+                    status
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                (
+                    status,
+                    format!("Upstream repository \"{upstream}\" could not be asked whether it has this package, so composer-proxy cannot tell which repository owns it: {warning}"),
+                )
+            }
             ProxyError::BadRequest(why) => (StatusCode::BAD_REQUEST, format!("Bad request: {why}")),
             ProxyError::NotFound(what) => (StatusCode::NOT_FOUND, format!("Not found: {what}")),
             ProxyError::MethodNotAllowed { .. } => (

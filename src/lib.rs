@@ -14,6 +14,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod tokens;
 pub mod upstream;
+pub mod upstreams;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,17 +27,16 @@ use tokio::net::TcpListener;
 
 use crate::access::Access;
 use crate::cache::archives::{ArchiveStore, ScrubSettings, StoreSettings};
-use crate::cache::metadata::{MetadataCache, MetadataSettings};
 use crate::cache::CacheDir;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::tokens::Tokens;
-use crate::upstream::UpstreamClient;
+use crate::upstreams::Upstreams;
 
 /// Everything a request needs, shared by all connections.
 pub struct AppState {
-    pub upstream: Arc<UpstreamClient>,
-    pub metadata: Arc<MetadataCache>,
+    /// The upstream repositories in priority order.
+    pub upstreams: Upstreams,
     pub archives: ArchiveStore,
     access: RwLock<Arc<Access>>,
     pub tokens: Arc<Tokens>,
@@ -71,8 +71,8 @@ impl AppState {
     /// in place; requests in flight keep what they started with. Settings that need a restart
     /// are named in the log.
     pub fn apply(self: &Arc<Self>, config: &Config) {
-        let keys = config.upstream.key_pairs();
-        self.upstream.set_key_pairs(&keys);
+        self.upstreams.set_key_pairs(config);
+        let key_pairs: usize = config.upstreams.iter().map(|u| u.key_pairs().len()).sum();
         *self.access.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(Access::from_config(config));
         if config.tokens_file != self.tokens.path() {
@@ -94,17 +94,19 @@ impl AppState {
         }
         tracing::info!(
             event = "config_reloaded",
-            key_pairs = keys.len(),
-            key_source = keys.first().map_or("none", |k| k.source.as_str()),
+            upstreams = config.upstreams.len(),
+            key_pairs,
             "configuration reloaded"
         );
-        // Learn at once whether upstream accepts the new keys.
-        let state = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = state.metadata.revalidate_now().await {
-                tracing::warn!(error = %e, "upstream check after reload failed");
-            }
-        });
+        // Learn at once whether the upstreams accept the new keys.
+        for upstream in self.upstreams.iter() {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Err(e) = upstream.metadata.revalidate_now().await {
+                    tracing::warn!(upstream = %upstream.name, error = %e, "upstream check after reload failed");
+                }
+            });
+        }
     }
 }
 
@@ -134,21 +136,16 @@ impl Proxy {
             )
         })?);
         let metrics = Arc::new(Metrics::default());
-        let upstream = Arc::new(UpstreamClient::new(&config.upstream, metrics.clone())?);
-        let metadata = MetadataCache::new(
-            upstream.clone(),
-            disk.clone(),
-            public_url.clone(),
-            &MetadataSettings::from(config),
-        );
-        metadata.restore().await;
-        let archives = ArchiveStore::open(disk, upstream.clone(), StoreSettings::from(config))
+        let upstreams = Upstreams::new(config, &public_url, &disk, &metrics)?;
+        for upstream in upstreams.iter() {
+            upstream.metadata.restore().await;
+        }
+        let archives = ArchiveStore::open(disk, StoreSettings::from(config))
             .await
             .context("cannot read the archive store in `cache_dir`")?;
         let state = Arc::new(AppState {
             archives,
-            upstream,
-            metadata,
+            upstreams,
             access: RwLock::new(Arc::new(Access::from_config(config))),
             tokens: Arc::new(Tokens::open(config.tokens_file.clone())),
             tls: tls.map(RwLock::new),
@@ -314,25 +311,36 @@ async fn reload_on_change(
 }
 
 fn log_start(config: &Config, proxy: &Proxy) {
-    match &config.upstream.credentials {
-        Some(c) => tracing::info!(source = c.source.as_str(), "upstream key pair configured"),
-        None => tracing::warn!(
-            "no upstream key pair configured: requests go upstream without credentials, and \
-             clients are told so if it refuses them (set COMPOSER_PROXY_PUBLIC_KEY and \
-             COMPOSER_PROXY_PRIVATE_KEY)"
-        ),
-    }
-    if config.upstream.url.scheme() == "http" {
-        tracing::warn!(upstream = %config.upstream.url, "upstream uses plain http: the key pair travels unencrypted");
+    for upstream in &config.upstreams {
+        match &upstream.credentials {
+            Some(c) => {
+                tracing::info!(upstream = %upstream.name, url = %upstream.url, source = c.source.as_str(), "upstream key pair configured")
+            }
+            None if upstream.named => {
+                tracing::info!(upstream = %upstream.name, url = %upstream.url, "upstream without credentials")
+            }
+            None => tracing::warn!(
+                "no upstream key pair configured: requests go upstream without credentials, and \
+                 clients are told so if it refuses them (set COMPOSER_PROXY_PUBLIC_KEY and \
+                 COMPOSER_PROXY_PRIVATE_KEY)"
+            ),
+        }
+        if upstream.url.scheme() == "http" && upstream.credentials.is_some() {
+            tracing::warn!(upstream = %upstream.name, url = %upstream.url, "upstream uses plain http: its key pair travels unencrypted");
+        } else if upstream.url.scheme() == "http" {
+            tracing::warn!(upstream = %upstream.name, url = %upstream.url, "upstream uses plain http");
+        }
     }
     if config.public_url.is_none() && config.listen.ip().is_unspecified() {
         tracing::warn!("public_url is derived from an unspecified listen address; set public_url to the URL clients use");
     }
     warn_if_no_tokens(config, &proxy.state.tokens);
+    let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
     tracing::info!(
         listen = %proxy.local_addr(),
         public_url = proxy.public_url(),
-        upstream = %config.upstream.url,
+        upstream = %config.upstreams[0].url,
+        upstreams = %names.join(","),
         tls = config.tls.is_some(),
         require_tokens = config.require_tokens,
         trusted_proxies = config.trusted_proxies.len(),

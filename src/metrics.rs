@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Upper bounds of the latency histograms, in seconds: from a memory hit to a slow archive.
@@ -35,20 +35,14 @@ impl Histogram {
         self.sum += secs;
     }
 
-    fn render(&self, out: &mut String, name: &str, label: &str, value: &str) {
+    /// `labels` is the rendered label set, e.g. `route="p2"`.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
         for (bound, count) in BUCKETS.iter().zip(self.counts.iter()) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{label}=\"{value}\",le=\"{bound}\"}} {count}"
-            );
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
         }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}",
-            self.count
-        );
-        let _ = writeln!(out, "{name}_sum{{{label}=\"{value}\"}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
     }
 }
 
@@ -58,9 +52,10 @@ struct Families {
     served_bytes: BTreeMap<&'static str, u64>,
     request_duration: BTreeMap<&'static str, Histogram>,
     stale: BTreeMap<&'static str, u64>,
-    upstream: BTreeMap<(&'static str, &'static str), u64>,
-    upstream_duration: BTreeMap<&'static str, Histogram>,
-    key_rejections: BTreeMap<usize, u64>,
+    /// By (upstream name, request kind, outcome): names come from the configuration only.
+    upstream: BTreeMap<(Arc<str>, &'static str, &'static str), u64>,
+    upstream_duration: BTreeMap<(Arc<str>, &'static str), Histogram>,
+    key_rejections: BTreeMap<(Arc<str>, usize), u64>,
 }
 
 #[derive(Default)]
@@ -74,7 +69,7 @@ pub struct Metrics {
 }
 
 /// Values owned elsewhere, read at scrape time.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Gauges {
     pub metadata_entries: u64,
     pub metadata_bytes: u64,
@@ -84,8 +79,8 @@ pub struct Gauges {
     pub archive_max_bytes: u64,
     pub archive_evictions: u64,
     pub archive_single_flight_waits: u64,
-    /// `None` until upstream has answered with the keys once.
-    pub key_accepted: Option<bool>,
+    /// Per upstream: `None` until it has answered with the keys once.
+    pub key_accepted: Vec<(Arc<str>, Option<bool>)>,
     pub integrity: IntegrityGauges,
 }
 
@@ -185,16 +180,31 @@ impl Metrics {
     }
 
     /// One upstream exchange (until response headers).
-    pub fn record_upstream(&self, kind: &'static str, outcome: UpstreamOutcome, took: Duration) {
+    pub fn record_upstream(
+        &self,
+        upstream: &Arc<str>,
+        kind: &'static str,
+        outcome: UpstreamOutcome,
+        took: Duration,
+    ) {
         self.with(|f| {
-            *f.upstream.entry((kind, outcome.as_str())).or_default() += 1;
-            f.upstream_duration.entry(kind).or_default().observe(took);
+            *f.upstream
+                .entry((upstream.clone(), kind, outcome.as_str()))
+                .or_default() += 1;
+            f.upstream_duration
+                .entry((upstream.clone(), kind))
+                .or_default()
+                .observe(took);
         });
     }
 
-    /// Upstream refused key pair number `index` of the configured list.
-    pub fn record_key_rejection(&self, index: usize) {
-        self.with(|f| *f.key_rejections.entry(index).or_default() += 1);
+    /// Upstream refused key pair number `index` of its configured list.
+    pub fn record_key_rejection(&self, upstream: &Arc<str>, index: usize) {
+        self.with(|f| {
+            *f.key_rejections
+                .entry((upstream.clone(), index))
+                .or_default() += 1
+        });
     }
 
     /// A client connection is being served; pair with [`Metrics::connection_closed`].
@@ -291,8 +301,7 @@ impl Metrics {
             h.render(
                 out,
                 "composer_proxy_request_duration_seconds",
-                "route",
-                route,
+                &format!("route=\"{route}\""),
             );
         }
         single_label(
@@ -310,10 +319,10 @@ impl Metrics {
             "counter",
             "Upstream requests by kind (metadata, archive, notify) and outcome.",
         );
-        for ((kind, outcome), n) in &families.upstream {
+        for ((upstream, kind, outcome), n) in &families.upstream {
             let _ = writeln!(
                 out,
-                "composer_proxy_upstream_requests_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
+                "composer_proxy_upstream_requests_total{{upstream=\"{upstream}\",kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
             );
         }
         header(
@@ -322,30 +331,35 @@ impl Metrics {
             "histogram",
             "Time until upstream's response headers, by request kind.",
         );
-        for (kind, h) in &families.upstream_duration {
+        for ((upstream, kind), h) in &families.upstream_duration {
             h.render(
                 out,
                 "composer_proxy_upstream_request_duration_seconds",
-                "kind",
-                kind,
+                &format!("upstream=\"{upstream}\",kind=\"{kind}\""),
             );
         }
         header(out, "composer_proxy_upstream_key_accepted", "gauge", "1 when upstream last accepted the key pair, 0 when it rejected it (absent before the first answer).");
-        if let Some(accepted) = gauges.key_accepted {
-            let _ = writeln!(
-                out,
-                "composer_proxy_upstream_key_accepted {}",
-                u8::from(accepted)
-            );
+        for (upstream, accepted) in &gauges.key_accepted {
+            if let Some(accepted) = accepted {
+                let _ = writeln!(
+                    out,
+                    "composer_proxy_upstream_key_accepted{{upstream=\"{upstream}\"}} {}",
+                    u8::from(*accepted)
+                );
+            }
         }
-        single_label(
+        header(
             out,
             "composer_proxy_upstream_key_rejections_total",
             "counter",
-            "Rejections of each configured key pair, by its position in the list (0 = primary).",
-            "key",
-            &families.key_rejections,
+            "Rejections of each configured key pair, by upstream and its position in that upstream's list (0 = primary).",
         );
+        for ((upstream, key), n) in &families.key_rejections {
+            let _ = writeln!(
+                out,
+                "composer_proxy_upstream_key_rejections_total{{upstream=\"{upstream}\",key=\"{key}\"}} {n}"
+            );
+        }
 
         let by_cache =
             |metadata: u64, archives: u64| [("metadata", metadata), ("archives", archives)];
@@ -509,10 +523,16 @@ mod tests {
         m.record_request("p2", 204, "HIT", 5, Duration::from_millis(2));
         m.record_request("archive", 502, "NONE", 0, Duration::from_millis(20));
         m.record_request("root", 200, "STALE", 7, Duration::from_millis(1));
-        m.record_upstream("archive", UpstreamOutcome::Timeout, Duration::from_secs(3));
-        m.record_key_rejection(0);
+        let magento: Arc<str> = Arc::from("magento");
+        m.record_upstream(
+            &magento,
+            "archive",
+            UpstreamOutcome::Timeout,
+            Duration::from_secs(3),
+        );
+        m.record_key_rejection(&magento, 0);
         let text = m.render(&Gauges {
-            key_accepted: Some(false),
+            key_accepted: vec![(magento.clone(), Some(false)), (Arc::from("hyva"), None)],
             archive_bytes: 42,
             ..Gauges::default()
         });
@@ -524,15 +544,19 @@ mod tests {
             "composer_proxy_request_duration_seconds_bucket{route=\"p2\",le=\"0.001\"} 0",
             "composer_proxy_request_duration_seconds_count{route=\"archive\"} 1",
             "composer_proxy_stale_responses_total{route=\"root\"} 1",
-            "composer_proxy_upstream_requests_total{kind=\"archive\",outcome=\"timeout\"} 1",
-            "composer_proxy_upstream_request_duration_seconds_bucket{kind=\"archive\",le=\"2.5\"} 0",
-            "composer_proxy_upstream_request_duration_seconds_bucket{kind=\"archive\",le=\"5\"} 1",
-            "composer_proxy_upstream_key_accepted 0",
-            "composer_proxy_upstream_key_rejections_total{key=\"0\"} 1",
+            "composer_proxy_upstream_requests_total{upstream=\"magento\",kind=\"archive\",outcome=\"timeout\"} 1",
+            "composer_proxy_upstream_request_duration_seconds_bucket{upstream=\"magento\",kind=\"archive\",le=\"2.5\"} 0",
+            "composer_proxy_upstream_request_duration_seconds_bucket{upstream=\"magento\",kind=\"archive\",le=\"5\"} 1",
+            "composer_proxy_upstream_key_accepted{upstream=\"magento\"} 0",
+            "composer_proxy_upstream_key_rejections_total{upstream=\"magento\",key=\"0\"} 1",
             "composer_proxy_cache_bytes{cache=\"archives\"} 42",
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }
+        assert!(
+            !text.contains("key_accepted{upstream=\"hyva\"}"),
+            "no sample before an upstream has answered"
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::access::{Access, BadForwardedFor};
 use crate::cache::metadata::CacheStatus;
 use crate::error::{json_response, ProxyError};
 use crate::tokens::Verdict;
+use crate::upstreams::Upstream;
 use crate::AppState;
 
 pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
@@ -39,7 +40,9 @@ mod respond;
 
 use handlers::{archive, notify, search};
 use ops::{metrics, ready};
-pub use path::{normalize_path, parse_route, Route, RouteError, MAX_PATH_BYTES};
+pub use path::{
+    normalize_path, parse_route, parse_target, Route, RouteError, Target, MAX_PATH_BYTES,
+};
 use respond::document;
 
 /// Outcome details the access log and metrics record.
@@ -50,6 +53,8 @@ pub struct Outcome {
     pub client: Option<IpAddr>,
     /// The name of the client token presented, valid or not.
     pub token: Option<Arc<str>>,
+    /// The upstream that answered (the package's owner, or the one asked for).
+    pub upstream: Option<Arc<str>>,
 }
 
 impl Route {
@@ -122,6 +127,7 @@ pub async fn handle(
         cache: None,
         client: None,
         token: None,
+        upstream: None,
     };
     let access = state.access();
     let client = match access.client(peer.ip(), request.headers()) {
@@ -144,8 +150,8 @@ pub async fn handle(
         }
         return (response, outcome);
     }
-    let route = match parse_route(request.uri().path(), &state.path_prefix) {
-        Ok(route) => route,
+    let Target { upstream, route } = match parse_target(request.uri().path(), &state.path_prefix) {
+        Ok(target) => target,
         Err(RouteError::BadPath(why)) => {
             return (error_response(&ProxyError::BadRequest(why.into())), outcome)
         }
@@ -163,6 +169,17 @@ pub async fn handle(
         }
     };
     outcome.route = route.kind();
+    // `<public_url>/<name>/…`: that upstream's own repository.
+    let scope = match upstream {
+        None => None,
+        Some(name) => match state.upstreams.named(&name) {
+            Some(upstream) => Some(upstream.clone()),
+            None => {
+                let e = ProxyError::NotFound(format!("no upstream named {name:?}"));
+                return (error_response(&e), outcome);
+            }
+        },
+    };
     if route.needs_token() {
         if let Err(e) = check_token(&state, &access, request.headers(), client, &mut outcome) {
             return (error_response(&e), outcome);
@@ -180,49 +197,7 @@ pub async fn handle(
         );
     }
     let head = method == Method::HEAD;
-    let result =
-        match route {
-            Route::Root => state.metadata.view().await.map(|(view, cache)| {
-                (
-                    document(request.headers(), &view.root, cache, head),
-                    Some(cache),
-                )
-            }),
-            Route::P2 { file } => {
-                state.metadata.p2_file(&file).await.map(|(doc, cache)| {
-                    (document(request.headers(), &doc, cache, head), Some(cache))
-                })
-            }
-            Route::V1Listing { path } => state.metadata.v1_listing(&path).await.map(|doc| {
-                (
-                    document(request.headers(), &doc, CacheStatus::Hit, head),
-                    Some(CacheStatus::Hit),
-                )
-            }),
-            Route::V1Package { name, hash } => state
-                .metadata
-                .v1_package_file(&name, &hash)
-                .await
-                .map(|doc| {
-                    (
-                        document(request.headers(), &doc, CacheStatus::Hit, head),
-                        Some(CacheStatus::Hit),
-                    )
-                }),
-            Route::Dist { package, key } => {
-                archive(&state, request.headers(), &package, &key, head).await
-            }
-            Route::Notify => notify(&state, request.into_body())
-                .await
-                .map(|response| (response, None)),
-            Route::Search => search(&state, request.uri().query().unwrap_or_default()).await,
-            Route::Health => Ok((
-                json_response(StatusCode::OK, &json!({"status": "ok"})).map(full),
-                None,
-            )),
-            Route::Ready => Ok((ready(&state).await, None)),
-            Route::Metrics => Ok((metrics(&state).await, None)),
-        };
+    let result = answer(&state, scope, route, request, head, &mut outcome).await;
     match result {
         Ok((response, cache)) => {
             outcome.cache = cache;
@@ -230,6 +205,102 @@ pub async fn handle(
         }
         Err(e) => (error_response(&e), outcome),
     }
+}
+
+/// What one route answers, in the merged repository (`scope` none) or one upstream's own.
+async fn answer(
+    state: &Arc<AppState>,
+    scope: Option<Arc<Upstream>>,
+    route: Route,
+    request: Request<Incoming>,
+    head: bool,
+    outcome: &mut Outcome,
+) -> Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError> {
+    let headers = request.headers();
+    // With one upstream, the merged repository is that upstream's, Composer 1 included.
+    let single = scope.clone().or_else(|| state.upstreams.only().cloned());
+    let served_by = |upstream: &Arc<Upstream>, outcome: &mut Outcome| {
+        outcome.upstream = Some(upstream.name.clone());
+    };
+    match route {
+        Route::Root => {
+            let (doc, cache) = match &single {
+                Some(upstream) => {
+                    served_by(upstream, outcome);
+                    let (view, cache) = upstream.metadata.view().await?;
+                    (view.root.clone(), cache)
+                }
+                None => state.upstreams.merged_root().await?,
+            };
+            Ok((document(headers, &doc, cache, head), Some(cache)))
+        }
+        Route::P2 { file } => {
+            let name = file.strip_suffix("~dev").unwrap_or(&file);
+            let upstream = owner(state, single, name).await?;
+            served_by(&upstream, outcome);
+            let (doc, cache) = upstream.metadata.p2_file(&file).await?;
+            Ok((document(headers, &doc, cache, head), Some(cache)))
+        }
+        Route::V1Listing { path } => {
+            let upstream = composer1(single)?;
+            served_by(&upstream, outcome);
+            let doc = upstream.metadata.v1_listing(&path).await?;
+            let hit = CacheStatus::Hit;
+            Ok((document(headers, &doc, hit, head), Some(hit)))
+        }
+        Route::V1Package { name, hash } => {
+            let upstream = composer1(single)?;
+            served_by(&upstream, outcome);
+            let doc = upstream.metadata.v1_package_file(&name, &hash).await?;
+            let hit = CacheStatus::Hit;
+            Ok((document(headers, &doc, hit, head), Some(hit)))
+        }
+        Route::Dist { package, key } => {
+            let upstream = owner(state, single, &package).await?;
+            served_by(&upstream, outcome);
+            archive(state, &upstream, headers, &package, &key, head).await
+        }
+        Route::Notify => notify(state, single, request.into_body())
+            .await
+            .map(|response| (response, None)),
+        Route::Search => {
+            let query = request.uri().query().unwrap_or_default();
+            search(state, single, query).await
+        }
+        Route::Health => Ok((
+            json_response(StatusCode::OK, &json!({"status": "ok"})).map(full),
+            None,
+        )),
+        Route::Ready => Ok((ready(state).await, None)),
+        Route::Metrics => Ok((metrics(state).await, None)),
+    }
+}
+
+/// The upstream that serves package `name`: the one asked for, or its owner among all.
+async fn owner(
+    state: &AppState,
+    single: Option<Arc<Upstream>>,
+    name: &str,
+) -> Result<Arc<Upstream>, ProxyError> {
+    if let Some(upstream) = single {
+        return Ok(upstream);
+    }
+    state
+        .upstreams
+        .owner(name)
+        .await?
+        .ok_or_else(|| ProxyError::NotFound(format!("no configured repository has {name}")))
+}
+
+/// Composer 1 files exist per upstream: at its own URL, or when it is the only one.
+fn composer1(single: Option<Arc<Upstream>>) -> Result<Arc<Upstream>, ProxyError> {
+    single.ok_or_else(|| {
+        ProxyError::NotFound(
+            "the merged repository speaks Composer 2 only; Composer 1 clients use each \
+             upstream's own URL"
+                .into(),
+        )
+    })
 }
 
 /// Checks the client token when tokens are required. When they are not, a presented token

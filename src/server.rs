@@ -438,6 +438,7 @@ impl tower::Service<Request<Incoming>> for ProxyService {
                 client: outcome.client,
                 token: outcome.token,
                 upstream,
+                answered_by: outcome.upstream,
             };
             let announced = response
                 .headers()
@@ -477,6 +478,7 @@ struct AccessRecord {
     client: Option<std::net::IpAddr>,
     token: Option<Arc<str>>,
     upstream: NoteSlot,
+    answered_by: Option<Arc<str>>,
 }
 
 impl AccessRecord {
@@ -485,9 +487,18 @@ impl AccessRecord {
         self.state
             .metrics
             .record_request(self.route, self.status, self.cache, sent, duration);
-        let upstream = *self.upstream.lock().unwrap_or_else(|p| p.into_inner());
-        let upstream_status = upstream.and_then(|n| n.status);
-        let upstream_ms = upstream.map(|n| n.took.as_millis() as u64);
+        let note = self
+            .upstream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let upstream_status = note.as_ref().and_then(|n| n.status);
+        let upstream_ms = note.as_ref().map(|n| n.took.as_millis() as u64);
+        // The upstream that answered, else the one last asked (a merged request may ask several).
+        let upstream = self
+            .answered_by
+            .clone()
+            .or_else(|| note.map(|n| n.upstream));
         tracing::info!(
             target: "composer_proxy::access",
             client = %self.client.unwrap_or(self.peer.ip()),
@@ -501,6 +512,7 @@ impl AccessRecord {
             duration_ms = duration.as_millis() as u64,
             cache = self.cache,
             route = self.route,
+            upstream = upstream.as_deref(),
             upstream_status,
             upstream_ms,
             complete,

@@ -114,8 +114,10 @@ impl RequestKind {
 
 /// The last upstream exchange made while answering one client request, for its access-log
 /// line: status (none when unreachable) and time to response headers.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct UpstreamNote {
+    /// The upstream's configured name.
+    pub upstream: Arc<str>,
     pub status: Option<u16>,
     pub took: Duration,
 }
@@ -164,6 +166,10 @@ impl KeyRing {
 }
 
 pub struct UpstreamClient {
+    /// The configured name: log fields and metric labels.
+    name: Arc<str>,
+    /// Origins other than `base` that this upstream's documents point to.
+    allowed_hosts: Vec<Url>,
     /// `KeyVerdict` as a number, updated by every answer from the upstream origin.
     key_verdict: AtomicU8,
     keys: RwLock<Arc<KeyRing>>,
@@ -232,6 +238,8 @@ impl UpstreamClient {
             .build(https);
 
         Ok(Self {
+            name: Arc::from(cfg.name.as_str()),
+            allowed_hosts: cfg.allowed_hosts.clone(),
             key_verdict: AtomicU8::new(KeyVerdict::Unknown as u8),
             keys: RwLock::new(Arc::new(KeyRing::new(&cfg.key_pairs()))),
             metrics,
@@ -252,6 +260,14 @@ impl UpstreamClient {
 
     pub fn base(&self) -> &Url {
         &self.base
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub fn allowed_hosts(&self) -> &[Url] {
+        &self.allowed_hosts
     }
 
     pub fn has_credentials(&self) -> bool {
@@ -284,13 +300,13 @@ impl UpstreamClient {
         match (up, *since) {
             (false, None) => {
                 *since = Some(Instant::now());
-                tracing::warn!(event = "upstream_down", upstream = %self.base, detail, "upstream is failing; serving from cache where possible");
+                tracing::warn!(event = "upstream_down", upstream = %self.name, url = %self.base, detail, "upstream is failing; serving from cache where possible");
             }
             (true, Some(started)) => {
                 *since = None;
                 tracing::info!(
                     event = "upstream_up",
-                    upstream = %self.base,
+                    upstream = %self.name,
                     down_secs = started.elapsed().as_secs(),
                     "upstream answers again"
                 );
@@ -316,24 +332,30 @@ impl UpstreamClient {
         match verdict {
             KeyVerdict::Rejected => tracing::error!(
                 event = "key_rejected",
-                upstream = %self.base,
+                upstream = %self.name,
                 "upstream rejected the key pair: check that it is enabled in the Commerce \
                  Marketplace account (My Profile > Access Keys)"
             ),
             KeyVerdict::Accepted if previous == KeyVerdict::Rejected as u8 => tracing::info!(
                 event = "key_accepted",
-                upstream = %self.base,
+                upstream = %self.name,
                 "upstream accepts the key pair again"
             ),
             _ => {}
         }
     }
 
+    fn note(&self, status: Option<u16>, took: Duration) -> UpstreamNote {
+        UpstreamNote {
+            upstream: self.name.clone(),
+            status,
+            took,
+        }
+    }
+
     /// Only the configured upstream's origin ever sees the key pair.
     fn is_upstream_origin(&self, url: &Url) -> bool {
-        url.scheme() == self.base.scheme()
-            && url.host() == self.base.host()
-            && url.port_or_known_default() == self.base.port_or_known_default()
+        composer::same_origin(&self.base, url)
     }
 
     /// Sends one request and follows redirects; returns the final response's head and body.
@@ -375,16 +397,24 @@ impl UpstreamClient {
             let took = started.elapsed();
             let response = match sent {
                 Err(_) => {
-                    self.metrics
-                        .record_upstream(kind.as_str(), UpstreamOutcome::Timeout, took);
-                    note_exchange(UpstreamNote { status: None, took });
+                    self.metrics.record_upstream(
+                        &self.name,
+                        kind.as_str(),
+                        UpstreamOutcome::Timeout,
+                        took,
+                    );
+                    note_exchange(self.note(None, took));
                     self.note_health(false, "timed out");
                     return Err(UpstreamError::Timeout("waiting for response headers"));
                 }
                 Ok(Err(e)) => {
-                    self.metrics
-                        .record_upstream(kind.as_str(), UpstreamOutcome::Unreachable, took);
-                    note_exchange(UpstreamNote { status: None, took });
+                    self.metrics.record_upstream(
+                        &self.name,
+                        kind.as_str(),
+                        UpstreamOutcome::Unreachable,
+                        took,
+                    );
+                    note_exchange(self.note(None, took));
                     let detail = describe_client_error(&e);
                     self.note_health(false, &detail);
                     return Err(client_error(&e, detail));
@@ -397,11 +427,9 @@ impl UpstreamClient {
             } else {
                 UpstreamOutcome::from_status(status.as_u16())
             };
-            self.metrics.record_upstream(kind.as_str(), outcome, took);
-            note_exchange(UpstreamNote {
-                status: Some(status.as_u16()),
-                took,
-            });
+            self.metrics
+                .record_upstream(&self.name, kind.as_str(), outcome, took);
+            note_exchange(self.note(Some(status.as_u16()), took));
             self.note_health(!status.is_server_error(), status.as_str());
             if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
                 if redirects == self.max_redirects {
@@ -438,10 +466,11 @@ impl UpstreamClient {
                 continue;
             }
             if origin && status == StatusCode::UNAUTHORIZED && key < ring.headers.len() {
-                self.metrics.record_key_rejection(key);
+                self.metrics.record_key_rejection(&self.name, key);
                 if key + 1 < ring.headers.len() {
                     tracing::warn!(
                         event = "key_rejected",
+                        upstream = %self.name,
                         key,
                         next = key + 1,
                         "upstream rejected key pair {key}; switching to key pair {}",

@@ -136,7 +136,14 @@ async fn fifty_concurrent_cold_requests_for_one_p2_file_make_one_upstream_reques
             assert_eq!(reply.body, first.body, "{protocol:?}: identical bytes");
         }
         if protocol == Protocol::V1 {
-            proxy.state.metadata.wait_for_v1_chain().await;
+            proxy
+                .state
+                .upstreams
+                .only()
+                .expect("one upstream")
+                .metadata
+                .wait_for_v1_chain()
+                .await;
         }
         let upstream = match protocol {
             Protocol::V1 => mock.count_prefix(&format!("/p/{FRAMEWORK}$")),

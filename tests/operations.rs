@@ -215,9 +215,9 @@ async fn every_metric_family_appears_and_moves() {
         "composer_proxy_requests_total{route=\"p2\",status=\"2xx\",cache=\"MISS\"}",
         "composer_proxy_served_bytes_total{route=\"archive\"}",
         "composer_proxy_request_duration_seconds_count{route=\"archive\"}",
-        "composer_proxy_upstream_requests_total{kind=\"archive\",outcome=\"ok\"}",
-        "composer_proxy_upstream_requests_total{kind=\"metadata\",outcome=\"ok\"}",
-        "composer_proxy_upstream_request_duration_seconds_count{kind=\"archive\"}",
+        "composer_proxy_upstream_requests_total{upstream=\"default\",kind=\"archive\",outcome=\"ok\"}",
+        "composer_proxy_upstream_requests_total{upstream=\"default\",kind=\"metadata\",outcome=\"ok\"}",
+        "composer_proxy_upstream_request_duration_seconds_count{upstream=\"default\",kind=\"archive\"}",
         "composer_proxy_cache_entries{cache=\"archives\"}",
         "composer_proxy_cache_bytes{cache=\"archives\"}",
         "composer_proxy_cache_entries{cache=\"metadata\"}",
@@ -228,12 +228,18 @@ async fn every_metric_family_appears_and_moves() {
     assert_eq!(
         value(
             &after,
-            "composer_proxy_upstream_requests_total{kind=\"archive\",outcome=\"ok\"}"
+            "composer_proxy_upstream_requests_total{upstream=\"default\",kind=\"archive\",outcome=\"ok\"}"
         ),
         1.0,
         "twenty clients, one upstream archive request"
     );
-    assert_eq!(value(&after, "composer_proxy_upstream_key_accepted"), 1.0);
+    assert_eq!(
+        value(
+            &after,
+            "composer_proxy_upstream_key_accepted{upstream=\"default\"}"
+        ),
+        1.0
+    );
     assert_eq!(
         value(&after, "composer_proxy_cache_max_bytes{cache=\"archives\"}"),
         21474836480.0
@@ -254,19 +260,22 @@ async fn every_metric_family_appears_and_moves() {
     assert_eq!(get(&dists[1].0).await.status, StatusCode::BAD_GATEWAY);
     let rejected = scrape(&proxy).await;
     assert_eq!(
-        value(&rejected, "composer_proxy_upstream_key_accepted"),
+        value(
+            &rejected,
+            "composer_proxy_upstream_key_accepted{upstream=\"default\"}"
+        ),
         0.0
     );
     assert!(
         value(
             &rejected,
-            "composer_proxy_upstream_key_rejections_total{key=\"0\"}"
+            "composer_proxy_upstream_key_rejections_total{upstream=\"default\",key=\"0\"}"
         ) >= 1.0
     );
     assert!(
         value(
             &rejected,
-            "composer_proxy_upstream_requests_total{kind=\"archive\",outcome=\"rejected\"}"
+            "composer_proxy_upstream_requests_total{upstream=\"default\",kind=\"archive\",outcome=\"rejected\"}"
         ) >= 1.0
     );
     mock.set_reject_keys(false);
@@ -290,7 +299,7 @@ async fn every_metric_family_appears_and_moves() {
     assert!(
         value(
             &stale,
-            "composer_proxy_upstream_requests_total{kind=\"metadata\",outcome=\"unreachable\"}"
+            "composer_proxy_upstream_requests_total{upstream=\"default\",kind=\"metadata\",outcome=\"unreachable\"}"
         ) >= 1.0
     );
     proxy.stop().await;
@@ -391,11 +400,17 @@ async fn the_fallback_key_pair_is_used_when_the_first_is_rejected() {
     assert_eq!(
         value(
             &metrics,
-            "composer_proxy_upstream_key_rejections_total{key=\"0\"}"
+            "composer_proxy_upstream_key_rejections_total{upstream=\"default\",key=\"0\"}"
         ),
         1.0
     );
-    assert_eq!(value(&metrics, "composer_proxy_upstream_key_accepted"), 1.0);
+    assert_eq!(
+        value(
+            &metrics,
+            "composer_proxy_upstream_key_accepted{upstream=\"default\"}"
+        ),
+        1.0
+    );
     proxy.stop().await;
 }
 

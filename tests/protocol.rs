@@ -43,7 +43,13 @@ async fn rewritten_v1_chain_verifies_like_composer_1_walks_it() {
     );
     tokio::time::timeout(
         Duration::from_secs(30),
-        proxy.state.metadata.wait_for_v1_chain(),
+        proxy
+            .state
+            .upstreams
+            .only()
+            .expect("one upstream")
+            .metadata
+            .wait_for_v1_chain(),
     )
     .await
     .expect("the v1 chain is built");
@@ -165,7 +171,13 @@ async fn dollar_sign_may_arrive_percent_encoded() {
     get(&format!("{}/packages.json", proxy.url)).await;
     tokio::time::timeout(
         Duration::from_secs(30),
-        proxy.state.metadata.wait_for_v1_chain(),
+        proxy
+            .state
+            .upstreams
+            .only()
+            .expect("one upstream")
+            .metadata
+            .wait_for_v1_chain(),
     )
     .await
     .expect("chain");

@@ -166,7 +166,6 @@ pub struct ArchiveStore {
 
 struct Inner {
     disk: Arc<CacheDir>,
-    upstream: Arc<UpstreamClient>,
     flights: Mutex<HashMap<String, watch::Receiver<Progress>>>,
     index: Mutex<Index>,
     memory: moka::sync::Cache<String, MemoryEntry>,
@@ -203,11 +202,7 @@ fn lock(mutex: &Mutex<Index>) -> MutexGuard<'_, Index> {
 
 impl ArchiveStore {
     /// Opens the store and reads the sizes and ages of what is already on disk.
-    pub async fn open(
-        disk: Arc<CacheDir>,
-        upstream: Arc<UpstreamClient>,
-        settings: StoreSettings,
-    ) -> io::Result<Self> {
+    pub async fn open(disk: Arc<CacheDir>, settings: StoreSettings) -> io::Result<Self> {
         let root = disk.archives_root();
         let scanned = tokio::task::spawn_blocking(move || scan(&root))
             .await
@@ -232,7 +227,6 @@ impl ArchiveStore {
         index.replace(scanned);
         let inner = Arc::new(Inner {
             disk,
-            upstream,
             flights: Mutex::new(HashMap::new()),
             index: Mutex::new(index),
             memory,
@@ -330,15 +324,17 @@ impl ArchiveStore {
 
     /// Opens a stored archive, joins the download in progress, or starts one. `key` is
     /// [`ArchiveStore::store_key`] of `source`, which the caller already needed for the ETag.
+    /// A download fetches with `upstream`'s client: its key pair goes to its origin only.
     pub async fn get(
         &self,
+        upstream: &Arc<UpstreamClient>,
         source: &DistSource,
         key: &str,
     ) -> Result<(Archive, CacheStatus), ProxyError> {
         if let Some(archive) = self.inner.lookup(key).await? {
             return Ok((archive, CacheStatus::Hit));
         }
-        let (mut progress, leader_note) = self.inner.join_or_start(key, source);
+        let (mut progress, leader_note) = self.inner.join_or_start(upstream, key, source);
         loop {
             {
                 let p = progress.borrow_and_update();
@@ -349,7 +345,7 @@ impl ArchiveStore {
                     let len = p.len;
                     drop(p);
                     // The request that started the download reports its upstream exchange.
-                    if let Some(note) = leader_note.as_ref().and_then(|n| *lock_note(n)) {
+                    if let Some(note) = leader_note.as_ref().and_then(|n| lock_note(n).clone()) {
                         crate::upstream::note_exchange(note);
                     }
                     let reader = FlightReader {
@@ -449,6 +445,7 @@ impl Inner {
     /// exchange is recorded in, for the starting request's access-log line).
     fn join_or_start(
         self: &Arc<Self>,
+        upstream: &Arc<UpstreamClient>,
         key: &str,
         source: &DistSource,
     ) -> (watch::Receiver<Progress>, Option<NoteSlot>) {
@@ -464,6 +461,7 @@ impl Inner {
         flights.insert(key.to_string(), rx.clone());
         let download = Download {
             inner: self.clone(),
+            upstream: upstream.clone(),
             key: key.to_string(),
             source: source.clone(),
             tx,

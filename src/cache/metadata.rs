@@ -19,8 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheDir;
 use crate::composer::{self, Document, ProcessedPackage, ProxyRoot, Rewriter, UpstreamRoot};
+use crate::config::UpstreamConfig;
 use crate::error::{ProxyError, Resource};
 use crate::upstream::{KeyVerdict, MetadataResponse, UpstreamClient, Validators};
+use crate::upstreams::Listed;
 
 mod p2;
 mod v1;
@@ -87,6 +89,18 @@ impl View {
         self.names.as_deref().map_or(&[], Vec::as_slice)
     }
 
+    /// Every name the upstream offers, when that list is complete: then it is finite, and
+    /// whether it has a name is known without asking it.
+    pub fn finite_names(&self) -> Option<&[String]> {
+        match &self.upstream {
+            UpstreamRoot::P2 {
+                available_package_patterns: Some(_),
+                ..
+            } => None,
+            _ => self.names.as_deref().map(Vec::as_slice),
+        }
+    }
+
     /// A copy marked as confirmed by upstream just now, with the validators it answered with.
     fn with_validation(&self, validators: Validators) -> View {
         View {
@@ -143,20 +157,30 @@ pub struct MetadataSettings {
 }
 
 /// Figures for `/metrics`: rewritten documents held in memory.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct MetadataStats {
     pub entries: u64,
     pub bytes: u64,
     pub max_bytes: u64,
 }
 
-impl From<&crate::config::Config> for MetadataSettings {
-    fn from(config: &crate::config::Config) -> Self {
+impl MetadataStats {
+    /// Sums another upstream's figures into these.
+    pub fn add(&mut self, other: MetadataStats) {
+        self.entries += other.entries;
+        self.bytes += other.bytes;
+        self.max_bytes += other.max_bytes;
+    }
+}
+
+impl MetadataSettings {
+    /// One upstream's settings: its own TTLs where its table sets them.
+    pub fn for_upstream(config: &crate::config::Config, upstream: &UpstreamConfig) -> Self {
         Self {
-            ttl: config.metadata_ttl,
+            ttl: upstream.metadata_ttl,
             max_bytes: config.metadata_cache_max_bytes,
             prefetch_concurrency: config.v1_prefetch_concurrency,
-            negative_ttl: config.negative_ttl,
+            negative_ttl: upstream.negative_ttl,
             stale_on_key_rejection: config.stale_on_key_rejection,
             retry_after_failure: config.upstream_retry,
         }
@@ -166,6 +190,8 @@ impl From<&crate::config::Config> for MetadataSettings {
 pub struct MetadataCache {
     upstream: Arc<UpstreamClient>,
     disk: Arc<CacheDir>,
+    /// The upstream's name when it is kept under its own directory (an `[[upstream]]` table).
+    namespace: Option<String>,
     rewriter: Rewriter,
     /// When this process's rewrite configuration took effect: rewritten documents are never
     /// older than this, so clients revalidating with If-Modified-Since see a new public URL.
@@ -197,10 +223,13 @@ pub struct MetadataCache {
 }
 
 impl MetadataCache {
+    /// `public_url` is where this upstream's repository is served: every URL in the documents
+    /// it rewrites is built from it.
     pub fn new(
         upstream: Arc<UpstreamClient>,
         disk: Arc<CacheDir>,
         public_url: String,
+        namespace: Option<String>,
         settings: &MetadataSettings,
     ) -> Arc<Self> {
         let MetadataSettings {
@@ -215,8 +244,10 @@ impl MetadataCache {
         let rewriter = Rewriter {
             public_url,
             upstream: upstream.base().clone(),
+            allowed_hosts: upstream.allowed_hosts().to_vec(),
         };
         Arc::new(Self {
+            namespace,
             rewriter,
             rewriter_since: SystemTime::now(),
             upstream,
@@ -248,6 +279,34 @@ impl MetadataCache {
             chains_built: tokio::sync::watch::channel(0).0,
             v1_chain_wanted: AtomicBool::new(true),
         })
+    }
+
+    /// Whether this upstream lists `name`: from its listing or `available-packages` when it
+    /// has one (no request), else by whether its p2 file for the name exists (open-ended
+    /// repositories such as packagist.org), remembered like any p2 answer.
+    pub async fn lists(self: &Arc<Self>, name: &str) -> Listed {
+        let view = match self.view().await {
+            Ok((view, _)) => view,
+            Err(e) => return Listed::Unknown(e),
+        };
+        match view.knows(name) {
+            Some(true) => Listed::Yes,
+            Some(false) => Listed::No,
+            None => match self.p2_file(name).await {
+                Ok(_) => Listed::Yes,
+                Err(e) if e.is_not_found() || matches!(e, ProxyError::NotFound(_)) => Listed::No,
+                Err(e) => Listed::Unknown(e),
+            },
+        }
+    }
+
+    fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    /// The rewriter of this upstream's documents (for `lock migrate` and `warm`).
+    pub fn rewriter(&self) -> &Rewriter {
+        &self.rewriter
     }
 
     /// Never builds the Composer 1 chain in this process (see `v1_chain_wanted`).
@@ -291,7 +350,7 @@ impl MetadataCache {
     /// Loads the last upstream root from disk, so the proxy can serve after a restart even if
     /// upstream is down. A missing or unusable copy just means starting cold.
     pub async fn restore(self: &Arc<Self>) {
-        let path = self.disk.state_path("root.json");
+        let path = self.disk.state_path(self.namespace(), "root.json");
         let Ok(text) = tokio::fs::read(&path).await else {
             return;
         };
@@ -452,7 +511,11 @@ impl MetadataCache {
                 };
                 let bytes = serde_json::to_vec(&saved).unwrap_or_default();
                 self.disk
-                    .save_metadata(&self.disk.state_path("root.json"), &bytes, "packages.json")
+                    .save_metadata(
+                        &self.disk.state_path(self.namespace(), "root.json"),
+                        &bytes,
+                        "packages.json",
+                    )
                     .await;
                 tracing::info!(
                     packages = view.names().len(),

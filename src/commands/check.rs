@@ -1,9 +1,10 @@
-//! `composer-proxy check`: does the configured key pair work against the configured upstream?
+//! `composer-proxy check`: do the configured key pairs work against the configured upstreams?
 //!
-//! It asks for `packages.json` exactly as the proxy would (same client, same TLS roots, same
-//! timeouts) and, for a Composer 1 upstream, its provider listings, which say how many
-//! packages the key may see. The answer is one verdict line with its own exit status, so a
-//! deploy pipeline can tell a revoked key from a network or certificate problem.
+//! It asks each upstream for `packages.json` exactly as the proxy would (same client, same TLS
+//! roots, same timeouts) and, for a Composer 1 upstream, its provider listings, which say how
+//! many packages the key may see. Each upstream gets one verdict line with its own exit status,
+//! so a deploy pipeline can tell a revoked key from a network or certificate problem; the
+//! command exits with the worst of them.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -13,12 +14,12 @@ use http::StatusCode;
 
 use crate::commands::{CommandError, EXIT_OK};
 use crate::composer::{self, UpstreamRoot};
-use crate::config::{Config, KeySource, UpstreamConfig};
+use crate::config::{Config, Credentials, KeySource, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::upstream::{MetadataResponse, UpstreamClient, UpstreamError};
 
 /// What `check` concluded; each has its own exit status.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Upstream accepted the keys; how many packages they may see, when upstream says.
     Ok {
@@ -51,6 +52,19 @@ impl Verdict {
             Verdict::Tls(_) => EXIT_TLS,
             Verdict::NoKeysConfigured => EXIT_NO_KEYS,
             Verdict::UpstreamError(_) => EXIT_UPSTREAM_ERROR,
+        }
+    }
+
+    /// How bad it is, to pick the worst of several upstreams: the account first (a rejected
+    /// key pair needs someone to act), then the way there, then the answer.
+    fn severity(&self) -> u8 {
+        match self {
+            Verdict::Ok { .. } => 0,
+            Verdict::NoKeysConfigured => 1,
+            Verdict::UpstreamError(_) => 2,
+            Verdict::Tls(_) => 3,
+            Verdict::Unreachable(_) => 4,
+            Verdict::KeysRejected { .. } => 5,
         }
     }
 
@@ -101,13 +115,34 @@ impl fmt::Display for Verdict {
 /// that upstream refuses would only show when the proxy needs it. The verdict is OK when all
 /// are accepted, else that of the first which is not.
 pub async fn run(config: &Config) -> Result<u8, CommandError> {
-    let pairs = config.upstream.key_pairs();
-    let mut results: Vec<(KeySource, Verdict)> = Vec::new();
+    let mut worst = EXIT_OK;
+    let mut worst_severity = 0;
+    for (i, upstream) in config.upstreams.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let verdict = check_upstream(upstream).await?;
+        if verdict.severity() > worst_severity {
+            worst_severity = verdict.severity();
+            worst = verdict.exit_status();
+        }
+    }
+    Ok(worst)
+}
+
+/// Checks one upstream, prints its verdict, and returns it.
+async fn check_upstream(config: &UpstreamConfig) -> Result<Verdict, CommandError> {
+    let mut pairs: Vec<Option<Credentials>> = config.key_pairs().into_iter().map(Some).collect();
+    // A named upstream may need no credentials (packagist.org): check it as it is.
+    if pairs.is_empty() && config.named {
+        pairs.push(None);
+    }
+    let mut results: Vec<(Option<KeySource>, Verdict)> = Vec::new();
     for pair in &pairs {
         let upstream = UpstreamConfig {
-            credentials: Some(pair.clone()),
+            credentials: pair.clone(),
             fallback: Vec::new(),
-            ..config.upstream.clone()
+            ..config.clone()
         };
         // The only failure here is an unusable `upstream_ca_file`, named as a setting.
         let client = UpstreamClient::new(&upstream, Arc::new(Metrics::default()))
@@ -115,7 +150,7 @@ pub async fn run(config: &Config) -> Result<u8, CommandError> {
         let verdict = probe(&client).await;
         // Only a refusal is about one key pair; anything else would repeat for the others.
         let stop = !matches!(verdict, Verdict::Ok { .. } | Verdict::KeysRejected { .. });
-        results.push((pair.source, verdict));
+        results.push((pair.as_ref().map(|p| p.source), verdict));
         if stop {
             break;
         }
@@ -126,18 +161,23 @@ pub async fn run(config: &Config) -> Result<u8, CommandError> {
         .find(|v| !matches!(v, Verdict::Ok { .. }))
         .or(results.first().map(|(_, v)| v))
         .unwrap_or(&Verdict::NoKeysConfigured);
-    println!("{verdict}");
-    println!("  upstream: {}", config.upstream.url);
+    if config.named {
+        println!("{}: {verdict}", config.name);
+    } else {
+        println!("{verdict}");
+    }
+    println!("  upstream: {}", config.url);
+    let source = |s: &Option<KeySource>| s.map_or("none", KeySource::as_str);
     match results.as_slice() {
         [] => {}
-        [(source, _)] => println!("  key pair from: {}", source.as_str()),
+        [(s, _)] => println!("  key pair from: {}", source(s)),
         several => {
-            for (i, (source, v)) in several.iter().enumerate() {
+            for (i, (s, v)) in several.iter().enumerate() {
                 println!(
                     "  key pair {} of {} ({}): {v}",
                     i + 1,
                     pairs.len(),
-                    source.as_str()
+                    source(s)
                 );
             }
         }
@@ -145,12 +185,12 @@ pub async fn run(config: &Config) -> Result<u8, CommandError> {
     for line in advice(verdict, config) {
         println!("  {line}");
     }
-    Ok(verdict.exit_status())
+    Ok(verdict.clone())
 }
 
 /// What to check next, for each verdict.
-fn advice(verdict: &Verdict, config: &Config) -> Vec<String> {
-    let host = config.upstream.url.host_str().unwrap_or("the upstream");
+fn advice(verdict: &Verdict, config: &UpstreamConfig) -> Vec<String> {
+    let host = config.url.host_str().unwrap_or("the upstream");
     match verdict {
         Verdict::Ok { .. } => Vec::new(),
         Verdict::KeysRejected { .. } => vec![

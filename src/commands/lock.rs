@@ -75,7 +75,11 @@ pub struct Migration {
 }
 
 /// Rewrites `text` (a composer.lock) for the proxy `rewriter` describes.
-pub fn migrate_text(text: &str, rewriter: &Rewriter) -> Result<Migration, String> {
+///
+/// `rewriters` are the upstreams' in priority order, all building URLs of the merged
+/// repository: the proxy resolves those by the package's owner, so the lock stays right
+/// whichever of several accounts serves a package.
+pub fn migrate_text(text: &str, rewriters: &[Rewriter]) -> Result<Migration, String> {
     let lock: RawLock = serde_json::from_str(text).map_err(|e| format!("not a lock file: {e}"))?;
     let packages = lock.packages.ok_or("not a lock file: no `packages`")?;
     let mut edits: Vec<(Range<usize>, String)> = Vec::new();
@@ -86,7 +90,10 @@ pub fn migrate_text(text: &str, rewriter: &Rewriter) -> Result<Migration, String
         let name = package.name.to_ascii_lowercase();
         if let Some(url) = package.notification_url {
             let value: Option<String> = serde_json::from_str(url.get()).ok();
-            if value.is_some_and(|v| rewriter.upstream_url(&v).is_some()) {
+            let from_upstream = |v: &String| rewriters.iter().any(|r| r.upstream_url(v).is_some());
+            if let (Some(rewriter), true) =
+                (rewriters.first(), value.is_some_and(|v| from_upstream(&v)))
+            {
                 edits.push(replacement(text, url, &rewriter.notify_batch_url())?);
                 migration.notification_urls += 1;
             }
@@ -99,12 +106,18 @@ pub fn migrate_text(text: &str, rewriter: &Rewriter) -> Result<Migration, String
             continue;
         };
         let dist_type = dist.dist_type.as_deref().unwrap_or("zip");
-        match rewriter.proxied_dist(&name, &value, dist_type) {
+        let proxied = rewriters
+            .iter()
+            .find_map(|r| r.proxied_dist(&name, &value, dist_type));
+        let at_proxy = rewriters.first().is_some_and(|r| {
+            value.starts_with(&format!("{}/", r.public_url)) && value.contains("/dists/")
+        });
+        match proxied {
             Some(proxied) => {
                 edits.push(replacement(text, url, &proxied.url)?);
                 migration.dist_urls += 1;
             }
-            None if value.starts_with(&format!("{}/dists/", rewriter.public_url)) => {}
+            None if at_proxy => {}
             None => migration.foreign_dists += 1,
         }
     }
@@ -175,14 +188,19 @@ pub fn migrate(config: &Config, options: &MigrateOptions) -> Result<u8, CommandE
                     .into(),
             )
         })?;
-    let rewriter = Rewriter {
-        public_url: public_url.clone(),
-        upstream: config.upstream.url.clone(),
-    };
+    let rewriters: Vec<Rewriter> = config
+        .upstreams
+        .iter()
+        .map(|u| Rewriter {
+            public_url: public_url.clone(),
+            upstream: u.url.clone(),
+            allowed_hosts: u.allowed_hosts.clone(),
+        })
+        .collect();
     let name = options.lock.display().to_string();
     let text = fs::read_to_string(&options.lock)
         .map_err(|e| anyhow::anyhow!("cannot read {name}: {e}"))?;
-    let migration = migrate_text(&text, &rewriter).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let migration = migrate_text(&text, &rewriters).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let changed = migration.dist_urls + migration.notification_urls;
     if changed > 0 {
         replace_file(&options.lock, migration.text.as_bytes())
@@ -194,8 +212,9 @@ pub fn migrate(config: &Config, options: &MigrateOptions) -> Result<u8, CommandE
     );
     if migration.foreign_dists > 0 {
         println!(
-            "left {} dist URLs on other hosts as they are (not from {})",
-            migration.foreign_dists, config.upstream.url
+            "left {} dist URLs on other hosts as they are (not from a configured upstream or \
+             allowed host)",
+            migration.foreign_dists
         );
     }
     if changed == 0 {
@@ -250,7 +269,7 @@ mod tests {
     #[test]
     fn only_upstream_urls_change_and_in_their_own_escaping() {
         let r = rewriter();
-        let m = migrate_text(LOCK, &r).expect("migrates");
+        let m = migrate_text(LOCK, std::slice::from_ref(&r)).expect("migrates");
         assert_eq!(
             (m.dist_urls, m.notification_urls, m.foreign_dists),
             (2, 2, 1)
@@ -297,16 +316,16 @@ mod tests {
     #[test]
     fn a_migrated_lock_migrates_to_itself() {
         let r = rewriter();
-        let once = migrate_text(LOCK, &r).expect("migrates");
-        let twice = migrate_text(&once.text, &r).expect("migrates");
+        let once = migrate_text(LOCK, std::slice::from_ref(&r)).expect("migrates");
+        let twice = migrate_text(&once.text, std::slice::from_ref(&r)).expect("migrates");
         assert_eq!(twice.text, once.text);
         assert_eq!((twice.dist_urls, twice.notification_urls), (0, 0));
     }
 
     #[test]
     fn other_json_is_refused() {
-        assert!(migrate_text("{\"name\": \"x\"}", &rewriter()).is_err());
-        assert!(migrate_text("[1", &rewriter()).is_err());
+        assert!(migrate_text("{\"name\": \"x\"}", &[rewriter()]).is_err());
+        assert!(migrate_text("[1", &[rewriter()]).is_err());
     }
 
     #[test]

@@ -16,14 +16,13 @@ use indicatif::HumanBytes;
 use serde_json::Value;
 
 use crate::cache::archives::{Archive, ArchiveStore, StoreSettings};
-use crate::cache::metadata::{MetadataCache, MetadataSettings};
 use crate::cache::CacheDir;
 use crate::commands::{progress_bar, CommandError, EXIT_FAILED, EXIT_OK};
 use crate::composer::Rewriter;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::upstream::UpstreamClient;
+use crate::upstreams::Upstreams;
 
 pub struct WarmOptions {
     pub lock: PathBuf,
@@ -43,8 +42,9 @@ struct Locked {
 /// What to do for one locked package.
 #[derive(Debug, PartialEq, Eq)]
 enum Plan {
-    /// Fetch the archive with this key (see [`crate::composer::dist_key`]).
-    Fetch(String),
+    /// Fetch the archive with this key (see [`crate::composer::dist_key`]), from the upstream
+    /// the dist URL names (by its position in the list) or else from the package's owner.
+    Fetch { key: String, upstream: Via },
     /// A metapackage, or a package without a dist: nothing to download.
     Nothing,
     /// The dist is not one this proxy serves (another repository's host).
@@ -91,88 +91,117 @@ fn read_lock(bytes: &[u8]) -> Result<Vec<Locked>, String> {
     Ok(locked)
 }
 
-/// Which archive a locked package needs, from its dist URL alone.
-fn plan(rewriter: &Rewriter, package: &Locked) -> Plan {
+/// Which upstream serves a planned archive.
+#[derive(Debug, PartialEq, Eq)]
+enum Via {
+    /// The upstream at this position, whose origin (or allowed host) the dist URL is on.
+    Upstream(usize),
+    /// The upstream a proxy dist URL names by its prefix (`…/<name>/dists/…`), if any is
+    /// configured under that name; else the package's owner.
+    Named(Option<String>),
+}
+
+/// Which archive a locked package needs, from its dist URL alone: on an upstream's origin or
+/// allowed host (in priority order), or a URL some composer-proxy wrote.
+fn plan(rewriters: &[&Rewriter], package: &Locked) -> Plan {
     let Some((url, dist_type)) = &package.dist else {
         return Plan::Nothing;
     };
     if package.package_type == "metapackage" {
         return Plan::Nothing;
     }
-    if let Some(proxied) = rewriter.proxied_dist(&package.name, url, dist_type) {
-        return Plan::Fetch(proxied.key);
+    for (i, rewriter) in rewriters.iter().enumerate() {
+        if let Some(proxied) = rewriter.proxied_dist(&package.name, url, dist_type) {
+            return Plan::Fetch {
+                key: proxied.key,
+                upstream: Via::Upstream(i),
+            };
+        }
     }
     match proxy_dist_key(&package.name, url) {
-        Some(key) => Plan::Fetch(key),
-        None => Plan::Skip(format!("its dist is not on the upstream ({url})")),
+        Some((named, key)) => Plan::Fetch {
+            key,
+            upstream: Via::Named(named),
+        },
+        None => Plan::Skip(format!(
+            "its dist is on no configured upstream or allowed host ({url})"
+        )),
     }
 }
 
 /// The key in a dist URL some proxy wrote (`…/dists/<vendor>/<name>/<key>.<ext>`), whatever
-/// its host and path prefix: a lock made through this proxy under another public URL still
-/// names the same archives, since the key depends only on the upstream URL.
-fn proxy_dist_key(name: &str, url: &str) -> Option<String> {
+/// its host and path prefix, with the path segment before `dists` (an upstream's name, when
+/// the URL is of an `[[upstream]]`): a lock made through this proxy under another public URL
+/// still names the same archives, since the key depends only on the upstream URL.
+fn proxy_dist_key(name: &str, url: &str) -> Option<(Option<String>, String)> {
     let path = url::Url::parse(url).ok()?.path().to_string();
     let (dir, file) = path.rsplit_once('/')?;
-    if !dir.ends_with(&format!("/dists/{name}")) {
-        return None;
-    }
+    let prefix = dir.strip_suffix(&format!("/dists/{name}"))?;
     let (key, _ext) = file.split_once('.')?;
     let is_key = key.len() == 32 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    is_key.then(|| key.to_string())
+    let named = prefix.rsplit('/').next().filter(|s| !s.is_empty());
+    is_key.then(|| (named.map(str::to_string), key.to_string()))
 }
 
-/// The metadata cache and archive store on `cache_dir`, opened as the proxy opens them.
-async fn open_caches(config: &Config) -> Result<(Arc<MetadataCache>, ArchiveStore), CommandError> {
+/// The upstreams' metadata caches and the archive store on `cache_dir`, opened as the proxy
+/// opens them.
+async fn open_caches(config: &Config) -> Result<(Upstreams, ArchiveStore), CommandError> {
     let disk = Arc::new(CacheDir::open(&config.cache_dir).await.map_err(|e| {
         CommandError::Usage(format!(
             "invalid setting `cache_dir`: cannot use {}: {e}",
             config.cache_dir.display()
         ))
     })?);
-    // Metrics are only exported by a serving proxy; this one's go nowhere.
-    let upstream = Arc::new(
-        UpstreamClient::new(&config.upstream, Arc::new(Metrics::default()))
-            .map_err(|e| CommandError::Usage(format!("{e:#}")))?,
-    );
-    // The public URL only shapes rewritten documents, which warm never serves.
+    // Metrics are only exported by a serving proxy; these go nowhere. The public URL only
+    // shapes rewritten documents, which warm never serves.
     let public_url = config.public_url_for(config.listen);
-    let metadata = MetadataCache::new(
-        upstream.clone(),
-        disk.clone(),
-        public_url,
-        &MetadataSettings::from(config),
-    );
-    metadata.skip_v1_chain();
+    let upstreams = Upstreams::new(config, &public_url, &disk, &Arc::new(Metrics::default()))
+        .map_err(|e| CommandError::Usage(format!("{e:#}")))?;
+    for upstream in upstreams.iter() {
+        upstream.metadata.skip_v1_chain();
+    }
     // No memory tier: nothing is served from this process.
     let settings = StoreSettings {
         memory_bytes: 0,
         ..StoreSettings::from(config)
     };
-    let archives = ArchiveStore::open(disk, upstream, settings)
+    let archives = ArchiveStore::open(disk, settings)
         .await
         .map_err(|e| anyhow::anyhow!("cannot read the archive store in `cache_dir`: {e}"))?;
-    Ok((metadata, archives))
+    Ok((upstreams, archives))
 }
 
 /// Fetches (or finds) one package's archive; a download is read to its verified end.
 async fn warm_one(
-    metadata: &Arc<MetadataCache>,
+    upstreams: &Upstreams,
     archives: &ArchiveStore,
     package: &Locked,
     plan: Plan,
 ) -> Outcome {
-    let key = match plan {
-        Plan::Fetch(key) => key,
+    let (key, via) = match plan {
+        Plan::Fetch { key, upstream } => (key, upstream),
         Plan::Nothing => return Outcome::Nothing,
         Plan::Skip(why) => return Outcome::Skipped(why),
     };
-    let source = match metadata.dist_source(&package.name, &key).await {
+    let upstream = match via {
+        Via::Upstream(i) => upstreams.iter().nth(i).cloned(),
+        Via::Named(Some(name)) if upstreams.named(&name).is_some() => {
+            upstreams.named(&name).cloned()
+        }
+        Via::Named(_) => match upstreams.owner(&package.name).await {
+            Ok(owner) => owner,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        },
+    };
+    let Some(upstream) = upstream else {
+        return Outcome::Skipped("no configured upstream has this package".into());
+    };
+    let source = match upstream.metadata.dist_source(&package.name, &key).await {
         Ok(source) => source,
-        Err(e) => return Outcome::Failed(e.to_string()),
+        Err(e) => return Outcome::Failed(format!("{}: {e}", upstream.name)),
     };
     match archives
-        .get(&source, &ArchiveStore::store_key(&source))
+        .get(&upstream.client, &source, &ArchiveStore::store_key(&source))
         .await
     {
         Err(e) => Outcome::Failed(failure_reason(&e)),
@@ -212,25 +241,26 @@ pub async fn run(config: &Config, options: &WarmOptions) -> Result<u8, CommandEr
     let bytes = std::fs::read(&options.lock)
         .map_err(|e| anyhow::anyhow!("cannot read {lock_name}: {e}"))?;
     let locked = read_lock(&bytes).map_err(|e| anyhow::anyhow!("{lock_name}: {e}"))?;
-    let (metadata, archives) = open_caches(config).await?;
-    // One upstream `packages.json` before fanning out, so a rejected key or a down upstream
-    // is one clear message rather than a failure per package.
-    metadata
-        .view()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot read the upstream's metadata: {e}"))?;
-    let rewriter = Rewriter {
-        public_url: config.public_url_for(config.listen),
-        upstream: config.upstream.url.clone(),
-    };
+    let (upstreams, archives) = open_caches(config).await?;
+    // Every upstream's `packages.json` before fanning out, so a rejected key or a down
+    // upstream is one clear message rather than a failure per package.
+    for upstream in upstreams.iter() {
+        upstream.metadata.view().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the metadata of upstream {:?}: {e}",
+                upstream.name
+            )
+        })?;
+    }
+    let rewriters: Vec<&Rewriter> = upstreams.iter().map(|u| u.metadata.rewriter()).collect();
 
     let bar = progress_bar(locked.len() as u64, "warming");
     let mut outcomes: Vec<(usize, Outcome)> = futures_util::stream::iter(locked.iter().enumerate())
         .map(|(i, package)| {
-            let plan = plan(&rewriter, package);
-            let (metadata, archives, bar) = (&metadata, &archives, &bar);
+            let plan = plan(&rewriters, package);
+            let (upstreams, archives, bar) = (&upstreams, &archives, &bar);
             async move {
-                let outcome = warm_one(metadata, archives, package, plan).await;
+                let outcome = warm_one(upstreams, archives, package, plan).await;
                 bar.set_message(package.name.clone());
                 bar.inc(1);
                 (i, outcome)
@@ -295,7 +325,10 @@ impl Report {
         );
         out += &format!("already cached: {}\n", self.cached);
         out += &format!("nothing to fetch: {} (metapackages)\n", self.nothing);
-        out += &format!("skipped: {} (not from the upstream)\n", self.skipped.len());
+        out += &format!(
+            "skipped: {} (not from a configured upstream)\n",
+            self.skipped.len()
+        );
         for line in &self.skipped {
             out += &format!("  {line}\n");
         }
@@ -350,16 +383,38 @@ mod tests {
             package_type: "magento2-library".into(),
             dist: Some((url.into(), "zip".into())),
         };
+        let r = [&r];
         assert_eq!(
             plan(&r, &locked(upstream_url)),
-            Plan::Fetch(proxied.key.clone())
+            Plan::Fetch {
+                key: proxied.key.clone(),
+                upstream: Via::Upstream(0)
+            }
         );
-        // A lock made through the proxy at another public URL.
+        // A lock made through the proxy at another public URL, and through an upstream's own
+        // prefix: its name comes along.
         let elsewhere = format!(
+            "https://composer.example/dists/magento/framework/{}.zip",
+            proxied.key
+        );
+        assert_eq!(
+            plan(&r, &locked(&elsewhere)),
+            Plan::Fetch {
+                key: proxied.key.clone(),
+                upstream: Via::Named(None)
+            }
+        );
+        let prefixed = format!(
             "https://composer.example/magento/dists/magento/framework/{}.zip",
             proxied.key
         );
-        assert_eq!(plan(&r, &locked(&elsewhere)), Plan::Fetch(proxied.key));
+        assert_eq!(
+            plan(&r, &locked(&prefixed)),
+            Plan::Fetch {
+                key: proxied.key,
+                upstream: Via::Named(Some("magento".into()))
+            }
+        );
         assert!(matches!(
             plan(&r, &locked("https://github.com/magento/framework.zip")),
             Plan::Skip(_)
@@ -385,6 +440,6 @@ mod tests {
             package_type: "metapackage".into(),
             dist: None,
         };
-        assert_eq!(plan(&rewriter(), &meta), Plan::Nothing);
+        assert_eq!(plan(&[&rewriter()], &meta), Plan::Nothing);
     }
 }

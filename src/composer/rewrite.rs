@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use super::{
-    canonicalize_url, is_dev_version, is_package_name, parse_json, sha256_hex, Document,
-    ProtocolError,
+    canonicalize_url, is_dev_version, is_package_name, parse_json, same_origin, sha256_hex,
+    Document, ProtocolError,
 };
 
 /// Where an archive the proxy serves really comes from.
@@ -63,9 +63,11 @@ pub struct ProxiedDist {
 /// Rewrites metadata for one proxy instance.
 #[derive(Clone, Debug)]
 pub struct Rewriter {
-    /// Without trailing slash.
+    /// Where this repository is served, without trailing slash.
     pub public_url: String,
     pub upstream: Url,
+    /// Other origins whose dists the proxy fetches on this upstream's behalf.
+    pub allowed_hosts: Vec<Url>,
 }
 
 /// A package's metadata in every form the proxy serves, built once per upstream document.
@@ -89,10 +91,11 @@ impl ProcessedPackage {
 }
 
 impl Rewriter {
-    fn same_origin(&self, url: &Url) -> bool {
-        url.scheme() == self.upstream.scheme()
-            && url.host() == self.upstream.host()
-            && url.port_or_known_default() == self.upstream.port_or_known_default()
+    /// The upstream's own origin, or one of its allowed hosts: the only places it fetches from.
+    fn fetchable(&self, url: &Url) -> bool {
+        std::iter::once(&self.upstream)
+            .chain(&self.allowed_hosts)
+            .any(|origin| same_origin(origin, url))
     }
 
     /// Points one version's dist (and notification URL) at the proxy and records where the
@@ -159,9 +162,9 @@ impl Rewriter {
         })
     }
 
-    /// `url` resolved as Composer would, if it is on the upstream's origin.
+    /// `url` resolved as Composer would, if it is on the upstream's origin or an allowed host.
     pub fn upstream_url(&self, url: &str) -> Option<Url> {
-        canonicalize_url(&self.upstream, url).filter(|u| self.same_origin(u))
+        canonicalize_url(&self.upstream, url).filter(|u| self.fetchable(u))
     }
 
     pub fn notify_batch_url(&self) -> String {
@@ -327,6 +330,7 @@ pub(crate) fn test_rewriter(public_url: &str) -> Rewriter {
     Rewriter {
         public_url: public_url.into(),
         upstream: Url::parse("https://repo.magento.com").expect("url"),
+        allowed_hosts: Vec::new(),
     }
 }
 

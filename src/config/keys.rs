@@ -6,7 +6,6 @@ use std::fmt;
 
 use url::Url;
 
-use super::raw::RawConfig;
 use super::ConfigError;
 
 /// A value that must never be printed: `Debug` and `Display` redact it.
@@ -67,9 +66,36 @@ pub struct Credentials {
     pub source: KeySource,
 }
 
+/// Where one upstream's key pair may be given, as written (empty: not set).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct KeySettings {
+    pub(super) public_key: String,
+    pub(super) private_key: String,
+    pub(super) public_key_file: String,
+    pub(super) private_key_file: String,
+    pub(super) auth_json: String,
+    pub(super) fallback_keys_file: String,
+}
+
+impl KeySettings {
+    /// The files among these settings, watched for changes.
+    pub(super) fn files(&self) -> impl Iterator<Item = &str> {
+        [
+            &self.public_key_file,
+            &self.private_key_file,
+            &self.auth_json,
+            &self.fallback_keys_file,
+        ]
+        .into_iter()
+        .map(String::as_str)
+        .filter(|p| !p.is_empty())
+    }
+}
+
 /// Finds the key pair: explicit settings, then key files, then auth.json, then COMPOSER_AUTH.
 pub(super) fn resolve_credentials(
-    raw: &RawConfig,
+    raw: &KeySettings,
     upstream: &Url,
     env: &BTreeMap<String, String>,
     err: &dyn Fn(&str, String) -> ConfigError,
@@ -232,7 +258,7 @@ mod tests {
             ],
         )
         .expect("valid");
-        let k = c.upstream.credentials.expect("keys");
+        let k = c.upstreams[0].credentials.clone().expect("keys");
         assert_eq!(
             (k.public_key.expose(), k.private_key.expose()),
             ("pub", "priv")
@@ -250,7 +276,7 @@ mod tests {
             ],
         )
         .expect("valid");
-        let k = c.upstream.credentials.expect("keys");
+        let k = c.upstreams[0].credentials.clone().expect("keys");
         assert_eq!(
             (k.public_key.expose(), k.private_key.expose()),
             ("filepub", "filepriv")
@@ -268,7 +294,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(
-            c.upstream.credentials.expect("keys").source,
+            c.upstreams[0].credentials.clone().expect("keys").source,
             KeySource::AuthJson
         );
 
@@ -283,7 +309,7 @@ mod tests {
             ],
         )
         .expect("valid");
-        let k = c.upstream.credentials.expect("keys");
+        let k = c.upstreams[0].credentials.clone().expect("keys");
         assert_eq!(k.source, KeySource::ComposerAuthEnv);
         assert_eq!(k.public_key.expose(), "u");
     }

@@ -10,8 +10,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use url::Url;
 
-use super::keys::{read_fallback_keys, resolve_credentials};
-use super::{redact_userinfo, Config, ConfigError, LogFormat, TlsFiles, UpstreamConfig};
+use super::upstreams::{upstreams, RawUpstream};
+use super::{redact_userinfo, Config, ConfigError, LogFormat, TlsFiles};
 
 /// The settings as written; every field is present because the embedded defaults are merged
 /// underneath whatever the user supplies.
@@ -58,6 +58,8 @@ pub(super) struct RawConfig {
     pub(super) scrub_max_bytes_per_sec: u64,
     pub(super) log_format: String,
     pub(super) log_level: String,
+    /// `[[upstream]]` tables; only in a `--config` file.
+    pub(super) upstream: Vec<RawUpstream>,
 }
 
 pub(super) fn validate(
@@ -131,37 +133,7 @@ pub(super) fn validate(
     let allow = cidrs("allow", &raw.allow)?;
     let trusted_proxies = cidrs("trusted_proxies", &raw.trusted_proxies)?;
 
-    let upstream_url = Url::parse(&raw.upstream_url).map_err(|e| {
-        err(
-            "upstream_url",
-            format!("not a URL ({e}): {:?}", redact_userinfo(&raw.upstream_url)),
-        )
-    })?;
-    if !matches!(upstream_url.scheme(), "http" | "https") || upstream_url.host().is_none() {
-        return Err(err(
-            "upstream_url",
-            "must be an absolute http:// or https:// URL".into(),
-        ));
-    }
-    if upstream_url.query().is_some()
-        || !upstream_url.username().is_empty()
-        || upstream_url.password().is_some()
-    {
-        return Err(err(
-            "upstream_url",
-            "must not carry a query or credentials; set public_key/private_key instead".into(),
-        ));
-    }
-
-    let credentials = resolve_credentials(&raw, &upstream_url, env, &err)?;
-    let fallback = read_fallback_keys(&raw.fallback_keys_file, &err)?;
-    if credentials.is_none() && !fallback.is_empty() {
-        return Err(err(
-            "fallback_keys_file",
-            "fallback key pairs need a primary key pair (public_key/private_key or another source)"
-                .into(),
-        ));
-    }
+    let (upstreams, key_files) = upstreams(&raw, origin_of, env)?;
 
     let positive = |setting: &str, secs: u64| {
         if secs == 0 {
@@ -242,44 +214,19 @@ pub(super) fn validate(
             raw.client_header_timeout_secs,
         )?,
         client_body_timeout: positive("client_body_timeout_secs", raw.client_body_timeout_secs)?,
-        upstream: UpstreamConfig {
-            url: upstream_url,
-            credentials,
-            fallback,
-            ca_file: optional_path(&raw.upstream_ca_file),
-            connect_timeout: positive(
-                "upstream_connect_timeout_secs",
-                raw.upstream_connect_timeout_secs,
-            )?,
-            read_timeout: positive("upstream_read_timeout_secs", raw.upstream_read_timeout_secs)?,
-            metadata_timeout: positive(
-                "upstream_metadata_timeout_secs",
-                raw.upstream_metadata_timeout_secs,
-            )?,
-            archive_timeout: positive(
-                "upstream_archive_timeout_secs",
-                raw.upstream_archive_timeout_secs,
-            )?,
-            max_redirects: raw.upstream_max_redirects,
-        },
+        upstreams,
         cache_dir,
         metadata_ttl: positive("metadata_ttl_secs", raw.metadata_ttl_secs)?,
         metadata_cache_max_bytes: raw.metadata_cache_max_bytes,
         v1_prefetch_concurrency: raw.v1_prefetch_concurrency,
         negative_ttl: positive("negative_ttl_secs", raw.negative_ttl_secs)?,
         upstream_retry: Duration::from_secs(raw.upstream_retry_secs),
-        watched_files: [
-            &raw.public_key_file,
-            &raw.private_key_file,
-            &raw.auth_json,
-            &raw.fallback_keys_file,
-            &raw.tls_cert,
-            &raw.tls_key,
-        ]
-        .into_iter()
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .collect(),
+        watched_files: key_files
+            .iter()
+            .chain([&raw.tls_cert, &raw.tls_key])
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect(),
         stale_on_key_rejection: raw.stale_on_key_rejection,
         archive_cache_max_bytes: raw.archive_cache_max_bytes,
         archive_memory_cache_max_bytes: raw.archive_memory_cache_max_bytes,

@@ -15,6 +15,7 @@ use crate::cache::archives::{Archive, ArchiveStore};
 use crate::cache::metadata::CacheStatus;
 use crate::error::{json_response, ProxyError};
 use crate::upstream::RequestKind;
+use crate::upstreams::Upstream;
 use crate::AppState;
 
 /// Largest install-notification body accepted; Composer sends a few hundred bytes per package.
@@ -22,12 +23,13 @@ pub const MAX_NOTIFY_BYTES: usize = 1024 * 1024;
 
 pub(super) async fn archive(
     state: &Arc<AppState>,
+    upstream: &Arc<Upstream>,
     headers: &HeaderMap,
     package: &str,
     key: &str,
     head: bool,
 ) -> Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError> {
-    let source = state.metadata.dist_source(package, key).await?;
+    let source = upstream.metadata.dist_source(package, key).await?;
     let key = ArchiveStore::store_key(&source);
     let etag = format!("\"{}\"", &key[..32]);
     let mut response = Response::new(empty());
@@ -37,7 +39,7 @@ pub(super) async fn archive(
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok((response, Some(CacheStatus::Hit)));
     }
-    let (archive, cache) = state.archives.get(&source, &key).await?;
+    let (archive, cache) = state.archives.get(&upstream.client, &source, &key).await?;
     let h = response.headers_mut();
     let content_type = if source.url.ends_with(".zip") {
         "application/zip"
@@ -83,9 +85,12 @@ pub(super) async fn archive(
 
 /// Accepts Composer's install notification and forwards it upstream in the background: a
 /// statistics ping must never fail or slow down an install. Its body is bounded in size and in
-/// time (`client_body_timeout_secs`); anything else is not a ping from Composer.
+/// time (`client_body_timeout_secs`); anything else is not a ping from Composer. In the merged
+/// repository the downloads are split by owning upstream, and each upstream that takes
+/// notifications gets its own.
 pub(super) async fn notify(
     state: &Arc<AppState>,
+    single: Option<Arc<Upstream>>,
     body: Incoming,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let too_large = ProxyError::BodyTooLarge {
@@ -112,40 +117,100 @@ pub(super) async fn notify(
     };
     let state = state.clone();
     tokio::spawn(async move {
-        let Some(url) = state.metadata.notify_url().await else {
-            return;
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        match state
-            .upstream
-            .send(RequestKind::Notify, Method::POST, &url, headers, payload)
-            .await
-        {
-            Ok(r) if r.status.is_success() => {
-                tracing::debug!("install notification forwarded")
-            }
-            Ok(r) => {
-                tracing::warn!(status = %r.status, "upstream refused the install notification")
-            }
-            Err(e) => tracing::warn!(error = %e, "install notification not forwarded"),
+        match single {
+            Some(upstream) => forward_notification(&upstream, payload).await,
+            None => split_notification(&state, &payload).await,
         }
     });
     Ok(json_response(StatusCode::OK, &json!({"status": "success"})).map(full))
 }
 
+/// Sends each owning upstream the downloads of its packages. Owners come from the same rule
+/// as everything else (from cache, for packages just installed); a package whose owner cannot
+/// be told is left out.
+async fn split_notification(state: &AppState, payload: &[u8]) {
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        tracing::debug!("install notification is not JSON; not forwarded");
+        return;
+    };
+    let Some(downloads) = body.get("downloads").and_then(|d| d.as_array()) else {
+        return;
+    };
+    let mut by_owner: Vec<(Arc<Upstream>, Vec<serde_json::Value>)> = Vec::new();
+    for download in downloads {
+        let Some(name) = download.get("name").and_then(|n| n.as_str()) else {
+            continue;
+        };
+        let Ok(Some(owner)) = state.upstreams.owner(&name.to_ascii_lowercase()).await else {
+            continue;
+        };
+        match by_owner.iter_mut().find(|(u, _)| Arc::ptr_eq(u, &owner)) {
+            Some((_, list)) => list.push(download.clone()),
+            None => by_owner.push((owner, vec![download.clone()])),
+        }
+    }
+    for (upstream, list) in by_owner {
+        let part = json!({ "downloads": list });
+        let bytes = serde_json::to_vec(&part).unwrap_or_default();
+        forward_notification(&upstream, bytes.into()).await;
+    }
+}
+
+async fn forward_notification(upstream: &Upstream, payload: bytes::Bytes) {
+    let Some(url) = upstream.metadata.notify_url().await else {
+        return;
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    match upstream
+        .client
+        .send(RequestKind::Notify, Method::POST, &url, headers, payload)
+        .await
+    {
+        Ok(r) if r.status.is_success() => {
+            tracing::debug!(upstream = %upstream.name, "install notification forwarded")
+        }
+        Ok(r) => {
+            tracing::warn!(upstream = %upstream.name, status = %r.status, "upstream refused the install notification")
+        }
+        Err(e) => {
+            tracing::warn!(upstream = %upstream.name, error = %e, "install notification not forwarded")
+        }
+    }
+}
+
+/// Names that match the query, from the names each upstream lists (merged: every upstream's,
+/// each name once; upstreams that list no names, or cannot be asked, add none).
 pub(super) async fn search(
     state: &Arc<AppState>,
+    single: Option<Arc<Upstream>>,
     query: &str,
 ) -> Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError> {
     let q = url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "q")
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
-    let names = state.metadata.search(&q).await?;
+    let names = match single {
+        Some(upstream) => upstream.metadata.search(&q).await?,
+        None => {
+            let mut names = Vec::new();
+            for upstream in state.upstreams.iter() {
+                match upstream.metadata.search(&q).await {
+                    Ok(found) => names.extend(found),
+                    Err(e) => {
+                        tracing::debug!(upstream = %upstream.name, error = %e, "search skipped an upstream")
+                    }
+                }
+            }
+            names.sort();
+            names.dedup();
+            names.truncate(1000);
+            names
+        }
+    };
     let results: Vec<_> = names
         .iter()
         .map(|n| json!({"name": n, "description": ""}))

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::respond::set;
 use super::{full, ResponseBody};
+use crate::cache::metadata::MetadataStats;
 use crate::cache::{cache_verdict, CacheProbe, WriteKind};
 use crate::error::json_response;
 use crate::metrics::{Gauges, IntegrityGauges};
@@ -18,14 +19,58 @@ use crate::AppState;
 /// How long a cache-directory write probe is trusted; probes every few seconds from several
 /// orchestrators must not turn into a stream of disk writes.
 const DISK_PROBE_TTL: Duration = Duration::from_secs(5);
-/// From when an unreachable upstream is reported by `/readyz`.
-const UPSTREAM_DOWN_REPORTED_AFTER: Duration = Duration::from_secs(300);
+/// How one upstream is doing, for `/readyz`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Health {
+    Ok,
+    /// Served from cache, or partly: the reason says why.
+    Degraded(String),
+    /// Nothing of it can be served.
+    Down(String),
+}
 
-/// Ready means: the cache directory can be read, upstream metadata is at hand, and upstream
-/// has not rejected the key pair. An unreachable upstream alone does not make the proxy
-/// unready while it has a cache to serve from (that is its job), nor does a cache that takes
-/// no writes or is short of space while archives can stream through: both are reported as
-/// degraded.
+impl Health {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Degraded(_) => "degraded",
+            Health::Down(_) => "down",
+        }
+    }
+}
+
+/// An upstream's health from what is known of it. Pure.
+///
+/// An unreachable upstream whose metadata is cached is degraded, not down: serving from cache
+/// is the proxy's job. A rejected key pair is down unless the stale policy serves the cache.
+fn upstream_health(
+    rejected: bool,
+    stale_on_rejection: bool,
+    failing_for: Option<Duration>,
+    metadata: Result<(), String>,
+) -> Health {
+    if rejected {
+        return if stale_on_rejection {
+            Health::Degraded("rejected the key pair; serving cached data".into())
+        } else {
+            Health::Down("rejected the key pair".into())
+        };
+    }
+    let failing = failing_for.map(|d| format!("unreachable or failing for {} s", d.as_secs()));
+    match (metadata, failing) {
+        (Ok(()), Some(failing)) => Health::Degraded(format!("{failing}; serving from cache")),
+        (Err(_), Some(failing)) => Health::Down(failing),
+        (Err(e), None) => Health::Down(format!("no metadata: {e}")),
+        (Ok(()), None) => Health::Ok,
+    }
+}
+
+/// Ready means: the cache directory can be read, and upstream metadata is at hand from an
+/// upstream that has not rejected the key pair: from the one upstream, or from at least one
+/// of several. An unreachable upstream alone does not make the proxy unready while it has a
+/// cache to serve from (that is its job), nor does one of several being down while the others
+/// serve, nor a cache that takes no writes or is short of space while archives can stream
+/// through: all are reported as degraded, with their reasons.
 pub(super) async fn ready(state: &Arc<AppState>) -> Response<ResponseBody> {
     let mut reasons: Vec<String> = Vec::new();
     let mut degraded: Vec<String> = Vec::new();
@@ -41,31 +86,52 @@ pub(super) async fn ready(state: &Arc<AppState>) -> Response<ResponseBody> {
         Ok(cache) => degraded.extend(cache),
         Err(e) => reasons.push(e),
     }
-    let view = state.metadata.view().await;
-    let rejected = state.upstream.key_verdict() == KeyVerdict::Rejected;
-    if rejected {
-        if state.metadata.stale_on_key_rejection() {
-            degraded.push("upstream rejected the key pair; serving cached data".into());
-        } else {
-            reasons.push("upstream rejected the key pair".into());
+    let mut upstreams = serde_json::Map::new();
+    let mut down = Vec::new();
+    let mut packages = 0;
+    for upstream in state.upstreams.iter() {
+        let view = upstream.metadata.view().await;
+        let health = upstream_health(
+            upstream.client.key_verdict() == KeyVerdict::Rejected,
+            upstream.metadata.stale_on_key_rejection(),
+            upstream.client.down_for(),
+            view.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+        );
+        let mut entry = json!({"status": health.as_str()});
+        if let Ok((view, _)) = &view {
+            packages += view.names().len();
+            entry["packages"] = json!(view.names().len());
+            entry["composer1"] = json!(upstream.metadata.v1_ready());
         }
+        // The flat configuration's one upstream is just "upstream", as it always was.
+        let who = if upstream.named {
+            format!("upstream {:?}", &*upstream.name)
+        } else {
+            "upstream".to_string()
+        };
+        match &health {
+            Health::Ok => {}
+            Health::Degraded(why) => {
+                entry["reason"] = json!(why);
+                degraded.push(format!("{who} {why}"));
+            }
+            Health::Down(why) => {
+                entry["reason"] = json!(why);
+                down.push(format!("{who} {why}"));
+            }
+        }
+        upstreams.insert(upstream.name.to_string(), entry);
     }
-    let down = state
-        .upstream
-        .down_for()
-        .filter(|d| *d >= UPSTREAM_DOWN_REPORTED_AFTER)
-        .map(|d| format!("upstream unreachable for {} min", d.as_secs() / 60));
-    match (&view, down) {
-        (Ok(_), Some(down)) => degraded.push(format!("{down}; serving from cache")),
-        (Err(_), Some(down)) => reasons.push(down),
-        (Err(e), None) if !rejected => reasons.push(format!("no upstream metadata: {e}")),
-        _ => {}
+    // Some upstreams serve: the others are a degradation, not a reason to stop taking traffic.
+    if down.len() < state.upstreams.len() {
+        degraded.extend(down);
+    } else {
+        reasons.extend(down);
     }
     let (status, body) = if reasons.is_empty() {
-        let mut body = json!({"status": "ready"});
-        if let Ok((view, _)) = &view {
-            body["packages"] = json!(view.names().len());
-            body["composer1"] = json!(state.metadata.v1_ready());
+        let mut body = json!({"status": "ready", "packages": packages, "upstreams": upstreams});
+        if let Some(only) = state.upstreams.only() {
+            body["composer1"] = json!(only.metadata.v1_ready());
         }
         if !degraded.is_empty() {
             body["degraded"] = json!(degraded.join("; "));
@@ -74,7 +140,7 @@ pub(super) async fn ready(state: &Arc<AppState>) -> Response<ResponseBody> {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "not ready", "reason": reasons.join("; ")}),
+            json!({"status": "not ready", "reason": reasons.join("; "), "upstreams": upstreams}),
         )
     };
     json_response(status, &body).map(full)
@@ -93,7 +159,10 @@ async fn cache_probe(state: &Arc<AppState>) -> CacheProbe {
 }
 
 pub(super) async fn metrics(state: &Arc<AppState>) -> Response<ResponseBody> {
-    let metadata = state.metadata.stats().await;
+    let mut metadata = MetadataStats::default();
+    for upstream in state.upstreams.iter() {
+        metadata.add(upstream.metadata.stats().await);
+    }
     let archives = state.archives.stats();
     let probe = cache_probe(state).await;
     let health = state.archives.disk().health();
@@ -120,11 +189,18 @@ pub(super) async fn metrics(state: &Arc<AppState>) -> Response<ResponseBody> {
         archive_max_bytes: archives.max_bytes,
         archive_evictions: archives.evictions,
         archive_single_flight_waits: archives.single_flight_waits,
-        key_accepted: match state.upstream.key_verdict() {
-            KeyVerdict::Accepted => Some(true),
-            KeyVerdict::Rejected => Some(false),
-            KeyVerdict::Unknown => None,
-        },
+        key_accepted: state
+            .upstreams
+            .iter()
+            .map(|u| {
+                let accepted = match u.client.key_verdict() {
+                    KeyVerdict::Accepted => Some(true),
+                    KeyVerdict::Rejected => Some(false),
+                    KeyVerdict::Unknown => None,
+                };
+                (u.name.clone(), accepted)
+            })
+            .collect(),
         integrity,
     };
     let mut response = Response::new(full(state.metrics.render(&gauges)));
@@ -134,4 +210,39 @@ pub(super) async fn metrics(state: &Arc<AppState>) -> Response<ResponseBody> {
         "text/plain; version=0.0.4; charset=utf-8",
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstream_with_a_cache_is_degraded_when_failing_and_down_without_one() {
+        let minute = Some(Duration::from_secs(60));
+        assert_eq!(upstream_health(false, false, None, Ok(())), Health::Ok);
+        assert!(matches!(
+            upstream_health(false, false, minute, Ok(())),
+            Health::Degraded(_)
+        ));
+        assert!(matches!(
+            upstream_health(false, false, minute, Err("x".into())),
+            Health::Down(_)
+        ));
+        assert!(matches!(
+            upstream_health(false, false, None, Err("x".into())),
+            Health::Down(_)
+        ));
+    }
+
+    #[test]
+    fn a_rejected_key_pair_is_down_unless_the_cache_may_be_served() {
+        assert_eq!(
+            upstream_health(true, false, None, Ok(())),
+            Health::Down("rejected the key pair".into())
+        );
+        assert!(matches!(
+            upstream_health(true, true, None, Ok(())),
+            Health::Degraded(_)
+        ));
+    }
 }

@@ -109,11 +109,58 @@ pub fn normalize_path(raw: &str) -> Result<String, RouteError> {
 
 /// Parses a request path (with the public URL's path prefix, if any) into a route.
 pub fn parse_route(raw: &str, prefix: &str) -> Result<Route, RouteError> {
-    let path = normalize_path(raw)?;
-    let path = match path.strip_prefix(prefix) {
+    route_of(&below_prefix(normalize_path(raw)?, prefix))
+}
+
+/// A route and the upstream whose own repository it is in (`<public_url>/<name>/…`), if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub upstream: Option<String>,
+    pub route: Route,
+}
+
+/// Parses a request path into a route of the merged repository, or of one upstream's own when
+/// its first segment could be an upstream's name (whether one of that name is configured is
+/// for the caller to say). The operational endpoints exist only at the top.
+pub fn parse_target(raw: &str, prefix: &str) -> Result<Target, RouteError> {
+    let path = below_prefix(normalize_path(raw)?, prefix);
+    match route_of(&path) {
+        Ok(route) => Ok(Target {
+            upstream: None,
+            route,
+        }),
+        Err(RouteError::NotFound) => {
+            let (name, rest) = path[1..].split_once('/').ok_or(RouteError::NotFound)?;
+            let is_name = !name.is_empty()
+                && name.len() <= 32
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !is_name {
+                return Err(RouteError::NotFound);
+            }
+            match route_of(&format!("/{rest}"))? {
+                Route::Health | Route::Ready | Route::Metrics => Err(RouteError::NotFound),
+                route => Ok(Target {
+                    upstream: Some(name.to_string()),
+                    route,
+                }),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The path with the public URL's path prefix taken off, if it has it.
+fn below_prefix(path: String, prefix: &str) -> String {
+    match path.strip_prefix(prefix) {
         Some(rest) if !prefix.is_empty() && rest.starts_with('/') => rest.to_string(),
         _ => path,
-    };
+    }
+}
+
+/// The route of a normalised path below the prefix.
+fn route_of(path: &str) -> Result<Route, RouteError> {
     let segments: Vec<&str> = path[1..].split('/').collect();
     if segments.iter().rev().skip(1).any(|s| s.is_empty()) {
         return Err(RouteError::BadPath("empty segment in path"));
@@ -275,5 +322,48 @@ mod tests {
         ] {
             assert!(parse_route(path, "").is_err(), "{path}");
         }
+    }
+
+    #[test]
+    fn an_upstream_s_own_repository_is_below_its_name() {
+        let hash = "b".repeat(64);
+        assert_eq!(
+            parse_target("/magento/packages.json", ""),
+            Ok(Target {
+                upstream: Some("magento".into()),
+                route: Route::Root
+            })
+        );
+        assert_eq!(
+            parse_target(
+                &format!("/proxy/hyva-1/p/provider-ce%24{hash}.json"),
+                "/proxy"
+            ),
+            Ok(Target {
+                upstream: Some("hyva-1".into()),
+                route: Route::V1Listing {
+                    path: format!("p/provider-ce${hash}.json")
+                }
+            })
+        );
+        assert_eq!(
+            parse_target("/p2/magento/framework.json", ""),
+            Ok(Target {
+                upstream: None,
+                route: Route::P2 {
+                    file: "magento/framework".into()
+                }
+            })
+        );
+        // Operational endpoints only at the top; names follow the upstream name rule.
+        assert_eq!(
+            parse_target("/magento/healthz", ""),
+            Err(RouteError::NotFound)
+        );
+        assert_eq!(
+            parse_target("/Magento/packages.json", ""),
+            Err(RouteError::NotFound)
+        );
+        assert!(parse_target("/magento/../packages.json", "").is_err());
     }
 }

@@ -26,7 +26,7 @@ use super::{lock, Inner, Progress, MAX_ATTEMPTS, PEER_POLL, WRITE_CHUNK};
 use crate::cache::{create_temp, WriteKind};
 use crate::composer::DistSource;
 use crate::error::{ProxyError, Resource};
-use crate::upstream::{RequestKind, UpstreamError};
+use crate::upstream::{RequestKind, UpstreamClient, UpstreamError};
 
 /// Why one upstream attempt ended early.
 enum AttemptError {
@@ -38,6 +38,8 @@ enum AttemptError {
 
 pub(super) struct Download {
     pub(super) inner: Arc<Inner>,
+    /// The client of the upstream whose metadata named this archive.
+    pub(super) upstream: Arc<UpstreamClient>,
     pub(super) key: String,
     pub(super) source: DistSource,
     pub(super) tx: watch::Sender<Progress>,
@@ -166,7 +168,7 @@ impl Download {
         let Some(lock_path) = self.inner.disk.archive_lock_path(&self.key) else {
             return Ok(None);
         };
-        let deadline = Instant::now() + self.inner.upstream.archive_timeout;
+        let deadline = Instant::now() + self.upstream.archive_timeout;
         let mut logged = false;
         loop {
             let attempt = lock_path.clone();
@@ -231,7 +233,7 @@ impl Download {
     /// One upstream request: the whole archive, or the rest of it after `received.written`.
     async fn attempt(&self, received: &mut Received) -> Result<(), AttemptError> {
         use AttemptError::{Fatal, Retry};
-        let upstream = &self.inner.upstream;
+        let upstream = &self.upstream;
         let resume_from = received.written;
         let resume = framing::resume_headers(
             resume_from,

@@ -164,9 +164,7 @@ impl MetadataCache {
 
     /// Keeps a p2 file as upstream sent it, so a restart with upstream down still has it.
     pub(super) async fn save_p2(&self, url: &str, body: &Bytes, validators: &Validators) {
-        let Some(path) = self.disk.url_state_path(url) else {
-            return;
-        };
+        let path = self.disk.url_state_path(self.namespace(), url);
         let saved = PersistedRoot {
             body: String::from_utf8_lossy(body).into_owned(),
             last_modified: validators.last_modified.clone(),
@@ -177,7 +175,7 @@ impl MetadataCache {
     }
 
     pub(super) async fn load_p2(&self, url: &str, file: &str) -> Option<Arc<P2Entry>> {
-        let path = self.disk.url_state_path(url)?;
+        let path = self.disk.url_state_path(self.namespace(), url);
         let text = tokio::fs::read(&path).await.ok()?;
         let saved: PersistedRoot = serde_json::from_slice(&text).ok()?;
         let validators = Validators {

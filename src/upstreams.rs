@@ -1,0 +1,272 @@
+//! The configured upstream repositories, in priority order, each with its own client (key
+//! pairs, health, key verdict) and metadata cache, and the one rule that merges them: Composer's
+//! canonical rule, applied on the server. The first upstream that lists a package name owns
+//! every version of it; lower ones are never asked for it. A name is answered "not found" only
+//! when every upstream said it lacks it: an upstream that could not be asked makes the answer
+//! an error that names it, because a wrong 404 sends Composer to the next repository on the
+//! client's list (dependency confusion).
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde_json::json;
+
+use crate::cache::metadata::{CacheStatus, MetadataCache, MetadataSettings, View};
+use crate::cache::CacheDir;
+use crate::composer::Document;
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::upstream::UpstreamClient;
+
+/// One upstream repository.
+pub struct Upstream {
+    pub name: Arc<str>,
+    /// From an `[[upstream]]` table: served under `<public_url>/<name>/`.
+    pub named: bool,
+    pub client: Arc<UpstreamClient>,
+    pub metadata: Arc<MetadataCache>,
+}
+
+/// What one upstream says about a package name.
+#[derive(Debug)]
+pub enum Listed {
+    Yes,
+    No,
+    /// It could not be asked (unreachable, erroring, rejecting the keys, no metadata yet).
+    Unknown(ProxyError),
+}
+
+/// The owner of a name from the upstreams' answers in priority order: the index of the first
+/// `Yes`; `None` when all say `No`; the index and error of the first that could not be asked
+/// before any said `Yes`. Pure: the answers are produced lazily, so upstreams after the owner
+/// are never asked.
+pub fn owner_of(
+    answers: impl IntoIterator<Item = Listed>,
+) -> Result<Option<usize>, (usize, ProxyError)> {
+    for (i, listed) in answers.into_iter().enumerate() {
+        match listed {
+            Listed::Yes => return Ok(Some(i)),
+            Listed::No => {}
+            Listed::Unknown(e) => return Err((i, e)),
+        }
+    }
+    Ok(None)
+}
+
+pub struct Upstreams {
+    list: Vec<Arc<Upstream>>,
+    /// Where the merged repository is served, without trailing slash.
+    public_url: String,
+    /// The merged `packages.json`, and the views (by address) it was built from: rebuilt only
+    /// when an upstream's root changed or was revalidated.
+    merged_root: Mutex<Option<(Vec<usize>, Document)>>,
+}
+
+impl Upstreams {
+    /// Clients and metadata caches for every configured upstream. Each is served at
+    /// `<public_url>/<name>` when named, else at `public_url` itself.
+    pub fn new(
+        config: &Config,
+        public_url: &str,
+        disk: &Arc<CacheDir>,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let mut list = Vec::with_capacity(config.upstreams.len());
+        for cfg in &config.upstreams {
+            let client = Arc::new(UpstreamClient::new(cfg, metrics.clone())?);
+            let base = if cfg.named {
+                format!("{public_url}/{}", cfg.name)
+            } else {
+                public_url.to_string()
+            };
+            let metadata = MetadataCache::new(
+                client.clone(),
+                disk.clone(),
+                base,
+                cfg.named.then(|| cfg.name.clone()),
+                &MetadataSettings::for_upstream(config, cfg),
+            );
+            list.push(Arc::new(Upstream {
+                name: client.name().clone(),
+                named: cfg.named,
+                client,
+                metadata,
+            }));
+        }
+        Ok(Self {
+            list,
+            public_url: public_url.to_string(),
+            merged_root: Mutex::new(None),
+        })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.list.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The upstream of that name, served at its own prefix.
+    pub fn named(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.list.iter().find(|u| u.named && &*u.name == name)
+    }
+
+    /// The one upstream, when there is exactly one: the merged repository is then simply that
+    /// one (Composer 1 included).
+    pub fn only(&self) -> Option<&Arc<Upstream>> {
+        match self.list.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    /// Applies reloaded key pairs, upstream by upstream (matched by name).
+    pub fn set_key_pairs(&self, config: &Config) {
+        for cfg in &config.upstreams {
+            if let Some(upstream) = self.list.iter().find(|u| *u.name == cfg.name) {
+                upstream.client.set_key_pairs(&cfg.key_pairs());
+            }
+        }
+    }
+
+    /// The merged repository's `packages.json` (with several upstreams; one upstream's own
+    /// root serves for just one). Composer 2 only: `metadata-url`, and `available-packages` when
+    /// every upstream is finite, so Composer asks for no other name; install notifications and
+    /// search at the proxy. Advisories and malware filters are not offered (yet): an upstream's
+    /// own URLs for them would be out of reach for clients on a closed network.
+    pub async fn merged_root(&self) -> Result<(Document, CacheStatus), ProxyError> {
+        let mut views = Vec::with_capacity(self.list.len());
+        let mut status = CacheStatus::Hit;
+        let mut first_error = None;
+        for upstream in &self.list {
+            match upstream.metadata.view().await {
+                Ok((view, cache)) => {
+                    if cache == CacheStatus::Stale {
+                        status = CacheStatus::Stale;
+                    }
+                    views.push(Some(view));
+                }
+                Err(e) => {
+                    status = CacheStatus::Stale;
+                    first_error.get_or_insert(e);
+                    views.push(None);
+                }
+            }
+        }
+        if views.iter().all(Option::is_none) {
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+        }
+        let identity: Vec<usize> = views
+            .iter()
+            .map(|v| v.as_ref().map_or(0, |v| Arc::as_ptr(v) as usize))
+            .collect();
+        let mut cached = self.merged_root.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((built_from, doc)) = cached.as_ref() {
+            if *built_from == identity {
+                return Ok((doc.clone(), status));
+            }
+        }
+        let doc = merged_root_document(&self.public_url, &views);
+        *cached = Some((identity, doc.clone()));
+        Ok((doc, status))
+    }
+
+    /// The upstream that owns `name` (a package name, without `~dev`), or `None` when every
+    /// upstream said it has no such package.
+    pub async fn owner(&self, name: &str) -> Result<Option<Arc<Upstream>>, ProxyError> {
+        let mut answers = Vec::with_capacity(self.list.len());
+        for upstream in &self.list {
+            let listed = upstream.metadata.lists(name).await;
+            let settled = !matches!(listed, Listed::No);
+            answers.push(listed);
+            if settled {
+                break;
+            }
+        }
+        match owner_of(answers) {
+            Ok(found) => Ok(found.map(|i| self.list[i].clone())),
+            Err((i, error)) => Err(ProxyError::OwnerUnknown {
+                upstream: self.list[i].name.to_string(),
+                source: Box::new(error),
+            }),
+        }
+    }
+}
+
+/// The merged root from the upstreams' views (`None`: that upstream's root is not at hand, so
+/// the merged repository cannot be called finite). Pure.
+fn merged_root_document(public_url: &str, views: &[Option<Arc<View>>]) -> Document {
+    let mut root = serde_json::Map::new();
+    root.insert("packages".into(), json!([]));
+    root.insert(
+        "metadata-url".into(),
+        json!(format!("{public_url}/p2/%package%.json")),
+    );
+    let finite: Option<Vec<&[String]>> = views
+        .iter()
+        .map(|v| v.as_ref().and_then(|v| v.finite_names()))
+        .collect();
+    if let Some(lists) = finite {
+        let mut names: Vec<&String> = lists.into_iter().flatten().collect();
+        names.sort();
+        names.dedup();
+        root.insert("available-packages".into(), json!(names));
+    }
+    root.insert(
+        "notify-batch".into(),
+        json!(format!("{public_url}/downloads/")),
+    );
+    root.insert(
+        "search".into(),
+        json!(format!("{public_url}/search.json?q=%query%&type=%type%")),
+    );
+    let last_modified = views
+        .iter()
+        .flatten()
+        .map(|v| v.root.last_modified)
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    Document::from_json(&serde_json::Value::Object(root), last_modified)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreachable() -> ProxyError {
+        ProxyError::Upstream(crate::upstream::UpstreamError::Unreachable("down".into()))
+    }
+
+    #[test]
+    fn the_first_upstream_that_lists_a_name_owns_it() {
+        use Listed::{No, Unknown, Yes};
+        assert_eq!(owner_of([No, Yes, Yes]).ok(), Some(Some(1)));
+        assert_eq!(owner_of([Yes, Unknown(unreachable())]).ok(), Some(Some(0)));
+        assert_eq!(owner_of([No, No]).ok(), Some(None));
+        assert_eq!(owner_of(Vec::new()).ok(), Some(None));
+    }
+
+    #[test]
+    fn an_upstream_that_could_not_be_asked_before_the_owner_is_an_error_not_a_miss() {
+        use Listed::{No, Unknown, Yes};
+        // Never "not found", and never the lower upstream's package: that is dependency
+        // confusion.
+        assert!(matches!(
+            owner_of([No, Unknown(unreachable()), Yes]),
+            Err((1, _))
+        ));
+        assert!(matches!(
+            owner_of([Unknown(unreachable()), No]),
+            Err((0, _))
+        ));
+    }
+}
