@@ -137,6 +137,10 @@ it is safe while a proxy runs: removed files are fetched again when next asked f
         /// A package name such as magento/framework.
         #[arg(value_parser = cache::parse_package_name)]
         package: Option<String>,
+        /// Only what came from this upstream (its name in the configuration): its archives
+        /// and, without PACKAGE, its metadata.
+        #[arg(long, value_name = "NAME")]
+        upstream: Option<String>,
     },
     /// Re-hash every stored archive against the sha1 and length recorded when it was stored.
     #[command(
@@ -150,6 +154,9 @@ otherwise, 64 for an invalid configuration."
         /// Remove the bad archives, so the next request fetches them again.
         #[arg(long)]
         remove: bool,
+        /// Only the archives that came from this upstream (its name in the configuration).
+        #[arg(long, value_name = "NAME")]
+        upstream: Option<String>,
     },
 }
 
@@ -206,8 +213,12 @@ fn main() -> ExitCode {
         )),
         Command::Cache { command } => match command {
             CacheCommand::Stats => cache::stats(&config),
-            CacheCommand::Purge { package } => cache::purge(&config, package.as_deref()),
-            CacheCommand::Verify { remove } => cache::verify(&config, remove),
+            CacheCommand::Purge { package, upstream } => {
+                cache::purge(&config, package.as_deref(), upstream.as_deref())
+            }
+            CacheCommand::Verify { remove, upstream } => {
+                cache::verify(&config, remove, upstream.as_deref())
+            }
         },
         Command::Lock {
             command: LockCommand::Migrate { lock, public_url },

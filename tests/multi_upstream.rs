@@ -806,3 +806,83 @@ fn label_values<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
     }
     values
 }
+
+/// Runs `composer-proxy --config FILE ARGS` on the proxy's cache directory.
+fn command(config: &std::path::Path, cache_dir: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_composer-proxy"))
+        .env_clear()
+        .env("COMPOSER_PROXY_CACHE_DIR", cache_dir)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The archives `cache stats` counts for `upstream`.
+fn archives_of(stats: &str, upstream: &str) -> usize {
+    let prefix = format!("  upstream {upstream}: ");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no archive count for {upstream} in:\n{stats}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_commands_work_per_upstream() {
+    let up = Upstreams::start(MODULES).await;
+    let proxy = up.proxy(HyvaSecrets::InToml, &[]).await;
+    let project = ComposerProject::new(&proxy.url, PROJECT);
+    composer(&project, &["update", "--no-progress"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("composer-proxy.toml");
+    std::fs::write(&config, up.toml(HyvaSecrets::InToml)).expect("config file");
+
+    let (status, stats) = blocking(|| command(&config, &proxy.cache_dir, &["cache", "stats"]));
+    assert_eq!(status, 0, "{stats}");
+    let before: BTreeMap<&str, usize> =
+        NAMES.iter().map(|n| (*n, archives_of(&stats, n))).collect();
+    assert!(before.values().all(|n| *n > 0), "{stats}");
+
+    let (status, verified) = blocking(|| {
+        command(
+            &config,
+            &proxy.cache_dir,
+            &["cache", "verify", "--upstream", "hyva"],
+        )
+    });
+    assert_eq!(status, 0, "{verified}");
+    let expected = format!("verified {} archives", before["hyva"]);
+    assert!(verified.contains(&expected), "{expected:?} in {verified}");
+
+    let (status, purged) = blocking(|| {
+        command(
+            &config,
+            &proxy.cache_dir,
+            &["cache", "purge", "--upstream", "packagist"],
+        )
+    });
+    assert_eq!(status, 0, "{purged}");
+    let (_, stats) = blocking(|| command(&config, &proxy.cache_dir, &["cache", "stats"]));
+    assert_eq!(archives_of(&stats, "packagist"), 0, "{stats}");
+    assert_eq!(archives_of(&stats, "magento"), before["magento"], "{stats}");
+    assert_eq!(archives_of(&stats, "hyva"), before["hyva"], "{stats}");
+
+    let (status, refused) = blocking(|| {
+        command(
+            &config,
+            &proxy.cache_dir,
+            &["cache", "verify", "--upstream", "nosuch"],
+        )
+    });
+    assert_eq!(status, 64, "{refused}");
+    assert!(refused.contains("nosuch"), "{refused}");
+    proxy.stop().await;
+}

@@ -17,7 +17,7 @@ use crate::cache::archives::integrity::check_stored;
 use crate::cache::archives::{read_description, scan, StoredArchive};
 use crate::cache::CacheDir;
 use crate::commands::{progress_bar, CommandError, EXIT_FAILED, EXIT_OK};
-use crate::composer::is_package_name;
+use crate::composer::{is_package_name, same_origin};
 use crate::config::Config;
 
 /// For clap: a package name as Composer writes it (`vendor/name`).
@@ -81,6 +81,49 @@ fn archives(disk: &CacheDir) -> Result<Vec<(String, u64)>, CommandError> {
     Ok(found)
 }
 
+/// The configured upstream an archive came from: the first whose origin or allowed hosts its
+/// URL is on. Several Marketplace accounts share an origin, and their archives one store: such
+/// an archive counts for the first of them.
+fn upstream_of<'a>(config: &'a Config, url: &str) -> Option<&'a str> {
+    let url = url::Url::parse(url).ok()?;
+    config
+        .upstreams
+        .iter()
+        .find(|u| {
+            std::iter::once(&u.url)
+                .chain(&u.allowed_hosts)
+                .any(|origin| same_origin(origin, &url))
+        })
+        .map(|u| u.name.as_str())
+}
+
+/// Checks an `--upstream` argument against the configuration.
+fn known_upstream<'a>(
+    config: &Config,
+    name: Option<&'a str>,
+) -> Result<Option<&'a str>, CommandError> {
+    match name {
+        Some(name) if !config.upstreams.iter().any(|u| u.name == name) => {
+            let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+            Err(CommandError::Usage(format!(
+                "no upstream named {name:?} (configured: {})",
+                names.join(", ")
+            )))
+        }
+        other => Ok(other),
+    }
+}
+
+/// Whether the archive under `key` belongs to `upstream` (any, when `None`).
+fn of_upstream(config: &Config, disk: &CacheDir, key: &str, upstream: Option<&str>) -> bool {
+    match upstream {
+        None => true,
+        Some(name) => {
+            description(disk, key).is_some_and(|d| upstream_of(config, &d.url) == Some(name))
+        }
+    }
+}
+
 fn description(disk: &CacheDir, key: &str) -> Option<StoredArchive> {
     read_description(&disk.archive_meta_path(key)?)
 }
@@ -127,10 +170,48 @@ pub fn stats(config: &Config) -> Result<u8, CommandError> {
             bytes as f64 * 100.0 / bound as f64
         }
     );
+    if config.upstreams.len() > 1 {
+        let mut per: Vec<(&str, u64, u64)> = config
+            .upstreams
+            .iter()
+            .map(|u| (u.name.as_str(), 0, 0))
+            .collect();
+        let (mut other, mut other_bytes) = (0, 0);
+        for (key, len) in &archives {
+            let owner = description(&disk, key).and_then(|d| upstream_of(config, &d.url));
+            match per.iter_mut().find(|(name, _, _)| Some(*name) == owner) {
+                Some((_, n, b)) => {
+                    *n += 1;
+                    *b += len;
+                }
+                None => {
+                    other += 1;
+                    other_bytes += len;
+                }
+            }
+        }
+        for (name, n, b) in per {
+            println!("  upstream {name}: {n} archives, {}", HumanBytes(b));
+        }
+        if other > 0 {
+            println!(
+                "  from no configured upstream (or undescribed): {other} archives, {}",
+                HumanBytes(other_bytes)
+            );
+        }
+    }
     println!(
         "metadata: {metadata_files} files, {}",
         HumanBytes(metadata_bytes)
     );
+    for upstream in config.upstreams.iter().filter(|u| u.named) {
+        let (files, bytes) = tally(&disk.metadata_root().join("upstreams").join(&upstream.name));
+        println!(
+            "  upstream {}: {files} files, {}",
+            upstream.name,
+            HumanBytes(bytes)
+        );
+    }
     println!(
         "temporary files: {temp_files}, {} (downloads and writes in progress; leftovers of a \
          killed process are removed by a running proxy within cache_sweep_interval_secs)",
@@ -139,12 +220,22 @@ pub fn stats(config: &Config) -> Result<u8, CommandError> {
     Ok(EXIT_OK)
 }
 
-pub fn purge(config: &Config, package: Option<&str>) -> Result<u8, CommandError> {
+/// Removes everything, one package's archives, or (with `upstream`) what came from one upstream:
+/// its archives and its metadata.
+pub fn purge(
+    config: &Config,
+    package: Option<&str>,
+    upstream: Option<&str>,
+) -> Result<u8, CommandError> {
+    let upstream = known_upstream(config, upstream)?;
     let Some(disk) = existing(config) else {
         return Ok(EXIT_OK);
     };
     let (mut removed, mut removed_bytes, mut undescribed) = (0, 0, 0);
     for (key, len) in archives(&disk)? {
+        if !of_upstream(config, &disk, &key, upstream) {
+            continue;
+        }
         if let Some(package) = package {
             match description(&disk, &key) {
                 Some(d) if d.package == package => {}
@@ -175,7 +266,13 @@ pub fn purge(config: &Config, package: Option<&str>) -> Result<u8, CommandError>
         }
         None => {
             let stray = purge_stray_descriptions(&disk.archives_root());
-            let (files, bytes) = purge_files(&disk.metadata_root());
+            // One named upstream's metadata is its own directory; the flat upstream's is all.
+            let metadata =
+                match upstream.and_then(|n| config.upstreams.iter().find(|u| u.name == n)) {
+                    Some(u) if u.named => disk.metadata_root().join("upstreams").join(&u.name),
+                    _ => disk.metadata_root(),
+                };
+            let (files, bytes) = purge_files(&metadata);
             println!(
                 "removed {removed} archives ({}) and {files} metadata files ({})",
                 HumanBytes(removed_bytes),
@@ -235,11 +332,14 @@ fn file_id(path: &Path) -> io::Result<u64> {
     Ok(fs::metadata(path)?.ino())
 }
 
-pub fn verify(config: &Config, remove: bool) -> Result<u8, CommandError> {
+/// Checks every stored archive, or (with `upstream`) those that came from one upstream.
+pub fn verify(config: &Config, remove: bool, upstream: Option<&str>) -> Result<u8, CommandError> {
+    let upstream = known_upstream(config, upstream)?;
     let Some(disk) = existing(config) else {
         return Ok(EXIT_OK);
     };
-    let archives = archives(&disk)?;
+    let mut archives = archives(&disk)?;
+    archives.retain(|(key, _)| of_upstream(config, &disk, key, upstream));
     let bar = progress_bar(archives.len() as u64, "verifying");
     let (mut checked, mut checked_bytes, mut bad_left, mut removed) = (0, 0, 0, 0);
     let mut report = Vec::new();
