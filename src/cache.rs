@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use crate::composer::is_hex_digest;
+
 pub use health::{cache_verdict, CacheHealth, CacheProbe, DiskSpace, WriteKind};
 pub use sweep::SweepReport;
 
@@ -26,10 +28,6 @@ pub struct CacheDir {
     /// proxies in one process (start time), so shutdown removes only its own.
     instance: String,
     health: CacheHealth,
-}
-
-pub(crate) fn is_hex(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 impl CacheDir {
@@ -76,7 +74,9 @@ impl CacheDir {
 
     /// Path of a content-addressed metadata document (raw upstream bytes, already verified).
     pub fn metadata_path(&self, sha256: &str) -> Option<PathBuf> {
-        (is_hex(sha256) && sha256.len() == 64).then(|| {
+        // Upstream listings are read case-insensitively; the file name is always lower case.
+        let sha256 = sha256.to_ascii_lowercase();
+        is_hex_digest(&sha256, 64).then(|| {
             self.root
                 .join("metadata")
                 .join(&sha256[..2])
@@ -113,7 +113,7 @@ impl CacheDir {
 
     /// Path of an archive, from its store key (a hex digest).
     pub fn archive_path(&self, key: &str) -> Option<PathBuf> {
-        (is_hex(key) && key.len() >= 32).then(|| {
+        is_hex_digest(key, 64).then(|| {
             self.root
                 .join("archives")
                 .join(&key[..2])
@@ -144,7 +144,7 @@ impl CacheDir {
 
     /// The lock file a process holds while it fetches an archive, from the archive's key.
     pub fn archive_lock_path(&self, key: &str) -> Option<PathBuf> {
-        (is_hex(key) && key.len() >= 32).then(|| {
+        is_hex_digest(key, 64).then(|| {
             self.root
                 .join("locks")
                 .join(&key[..2])

@@ -150,6 +150,12 @@ pub fn verify_sha256(bytes: &[u8], expected: &str, what: &str) -> Result<(), Pro
     }
 }
 
+/// Whether `s` is a lower-case hex digest of `len` digits: the one shape of every hash the proxy
+/// puts into a path or a file name.
+pub fn is_hex_digest(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Whether `url` is on `origin`'s scheme, host and port: the one test of "same origin" for
 /// credentials, allowed hosts and rewriting.
 pub fn same_origin(origin: &url::Url, url: &url::Url) -> bool {

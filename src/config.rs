@@ -294,6 +294,24 @@ fn env_value(default: &toml::Value, text: &str) -> Result<toml::Value, String> {
     })
 }
 
+/// The URL clients reach the proxy at, as every served URL is built from it: absolute http(s),
+/// no query, fragment or credentials (they would go to every client), no trailing slash. For
+/// `public_url` and `lock migrate --public-url` alike.
+pub fn parse_public_url(text: &str) -> Result<String, String> {
+    let url =
+        Url::parse(text).map_err(|e| format!("not a URL ({e}): {:?}", redact_userinfo(text)))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an absolute http:// or https:// URL".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
 /// A URL as it may be quoted in an error. Whatever stands before the last `@` may be
 /// credentials (people do paste `https://user:key@host`), and a `/` or `#` in a password
 /// breaks parsing, so the text is cut at the last `@` without trying to parse it; over-redacting

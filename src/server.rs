@@ -30,7 +30,7 @@ use tower_http::sensitive_headers::{SetSensitiveRequestHeaders, SetSensitiveRequ
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::upstream::{UpstreamNote, EXCHANGE};
+use crate::upstream::{Exchanges, EXCHANGE};
 use crate::{routes, AppState};
 
 /// Request headers larger than this are refused (hyper answers 431).
@@ -418,7 +418,7 @@ impl tower::Service<Request<Incoming>> for ProxyService {
             let method = request.method().clone();
             let path = request.uri().path().to_string();
             let version = request.version();
-            let upstream: NoteSlot = Arc::new(Mutex::new(None));
+            let upstream: Exchanges = Arc::new(Mutex::new(Vec::new()));
             let (response, outcome) = EXCHANGE
                 .scope(
                     upstream.clone(),
@@ -461,8 +461,6 @@ impl tower::Service<Request<Incoming>> for ProxyService {
     }
 }
 
-type NoteSlot = Arc<Mutex<Option<UpstreamNote>>>;
-
 /// What the access-log line says about one request, known once the response is chosen.
 struct AccessRecord {
     state: Arc<AppState>,
@@ -477,7 +475,7 @@ struct AccessRecord {
     /// Set when a trusted proxy named the client.
     client: Option<std::net::IpAddr>,
     token: Option<Arc<str>>,
-    upstream: NoteSlot,
+    upstream: Exchanges,
     answered_by: Option<Arc<str>>,
 }
 
@@ -487,18 +485,22 @@ impl AccessRecord {
         self.state
             .metrics
             .record_request(self.route, self.status, self.cache, sent, duration);
-        let note = self
-            .upstream
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let upstream_status = note.as_ref().and_then(|n| n.status);
-        let upstream_ms = note.as_ref().map(|n| n.took.as_millis() as u64);
-        // The upstream that answered, else the one last asked (a merged request may ask several).
+        let notes = std::mem::take(&mut *self.upstream.lock().unwrap_or_else(|p| p.into_inner()));
+        // The upstream that answered, else the one last asked; its last exchange is the one the
+        // line shows (a merged request may have asked others before it), and the count says
+        // how many there were.
         let upstream = self
             .answered_by
             .clone()
-            .or_else(|| note.map(|n| n.upstream));
+            .or_else(|| notes.last().map(|n| n.upstream.clone()));
+        let note = notes
+            .iter()
+            .rev()
+            .find(|n| Some(&n.upstream) == upstream.as_ref())
+            .or(notes.last());
+        let upstream_status = note.and_then(|n| n.status);
+        let upstream_ms = note.map(|n| n.took.as_millis() as u64);
+        let upstream_requests = notes.len();
         tracing::info!(
             target: "composer_proxy::access",
             client = %self.client.unwrap_or(self.peer.ip()),
@@ -515,6 +517,7 @@ impl AccessRecord {
             upstream = upstream.as_deref(),
             upstream_status,
             upstream_ms,
+            upstream_requests,
             complete,
             "request"
         );

@@ -122,15 +122,20 @@ pub struct UpstreamNote {
     pub took: Duration,
 }
 
+/// Every upstream exchange made for one client request, in order: a request of the merged
+/// repository may ask several upstreams before one owns the name.
+pub type Exchanges = Arc<Mutex<Vec<UpstreamNote>>>;
+
 tokio::task_local! {
-    /// Set by the server around each request; upstream exchanges made on that task fill it in.
-    pub static EXCHANGE: Arc<Mutex<Option<UpstreamNote>>>;
+    /// Set by the server around each request (and by a download around its task); upstream
+    /// exchanges made there are recorded in it, for the access-log line.
+    pub static EXCHANGE: Exchanges;
 }
 
 /// Records an exchange for the current request's access-log line, if there is one.
 pub fn note_exchange(note: UpstreamNote) {
     let _ = EXCHANGE.try_with(|slot| {
-        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(note);
+        slot.lock().unwrap_or_else(|p| p.into_inner()).push(note);
     });
 }
 

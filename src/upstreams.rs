@@ -145,8 +145,11 @@ impl Upstreams {
         let mut views = Vec::with_capacity(self.list.len());
         let mut status = CacheStatus::Hit;
         let mut first_error = None;
-        for upstream in &self.list {
-            match upstream.metadata.view().await {
+        // All at once: an upstream without a cached root may take its whole timeout.
+        let answers =
+            futures_util::future::join_all(self.list.iter().map(|u| u.metadata.view())).await;
+        for answer in answers {
+            match answer {
                 Ok((view, cache)) => {
                     if cache == CacheStatus::Stale {
                         status = CacheStatus::Stale;

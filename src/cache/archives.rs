@@ -40,7 +40,7 @@ use crate::cache::metadata::CacheStatus;
 use crate::cache::{CacheDir, DiskSpace};
 use crate::composer::{sha256_hex, DistSource};
 use crate::error::ProxyError;
-use crate::upstream::{UpstreamClient, UpstreamNote, EXCHANGE};
+use crate::upstream::{Exchanges, UpstreamClient, UpstreamNote, EXCHANGE};
 
 mod download;
 mod flight;
@@ -186,9 +186,9 @@ struct Inner {
     spilled: Arc<AtomicU64>,
 }
 
-type NoteSlot = Arc<Mutex<Option<UpstreamNote>>>;
+type NoteSlot = Exchanges;
 
-fn lock_note(slot: &NoteSlot) -> MutexGuard<'_, Option<UpstreamNote>> {
+fn lock_note(slot: &NoteSlot) -> MutexGuard<'_, Vec<UpstreamNote>> {
     slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -345,7 +345,8 @@ impl ArchiveStore {
                     let len = p.len;
                     drop(p);
                     // The request that started the download reports its upstream exchange.
-                    if let Some(note) = leader_note.as_ref().and_then(|n| lock_note(n).clone()) {
+                    let notes = leader_note.as_ref().map(|n| lock_note(n).clone());
+                    for note in notes.into_iter().flatten() {
                         crate::upstream::note_exchange(note);
                     }
                     let reader = FlightReader {
@@ -466,7 +467,7 @@ impl Inner {
             source: source.clone(),
             tx,
         };
-        let note: NoteSlot = Arc::new(Mutex::new(None));
+        let note: NoteSlot = Arc::new(Mutex::new(Vec::new()));
         tokio::spawn(EXCHANGE.scope(note.clone(), download.run()));
         (rx, Some(note))
     }

@@ -24,8 +24,11 @@ use crate::error::{ProxyError, Resource};
 use crate::upstream::{KeyVerdict, MetadataResponse, UpstreamClient, Validators};
 use crate::upstreams::Listed;
 
+mod freshness;
 mod p2;
 mod v1;
+
+use freshness::{is_fresh, next_step, Refresh, Step};
 
 pub use p2::P2Entry;
 use v1::{Listing, V1Chain};
@@ -133,14 +136,6 @@ struct PersistedRoot {
     body: String,
     last_modified: Option<String>,
     etag: Option<String>,
-}
-
-/// Why the root is being refreshed; decides whether freshness and the failure back-off apply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Refresh {
-    WhenStale,
-    AfterRejection,
-    Now,
 }
 
 /// The metadata cache's settings, from [`crate::config::Config`].
@@ -344,7 +339,7 @@ impl MetadataCache {
     }
 
     fn is_fresh(&self, view: &View) -> bool {
-        view.validated_at.is_some_and(|t| t.elapsed() < self.ttl)
+        is_fresh(view.validated_at.map(|t| t.elapsed()), self.ttl)
     }
 
     /// Loads the last upstream root from disk, so the proxy can serve after a restart even if
@@ -436,18 +431,19 @@ impl MetadataCache {
         let current = self.current();
         let rejected_now =
             mode == Refresh::AfterRejection && self.upstream.key_verdict() == KeyVerdict::Rejected;
-        if let Some(view) = &current {
-            if self.is_fresh(view) && !rejected_now && mode != Refresh::Now {
-                return Ok(view.clone());
+        let step = next_step(
+            mode,
+            current.as_ref().map(|view| self.is_fresh(view)),
+            rejected_now,
+            last_failure.as_ref().map(|(at, _)| at.elapsed()),
+            self.retry_after_failure,
+        );
+        match (step, &current, &*last_failure) {
+            (Step::UseCurrent, Some(view), _) => return Ok(view.clone()),
+            (Step::RepeatFailure, _, Some((_, error))) => {
+                return Err(ProxyError::Shared(error.clone()))
             }
-        }
-        if let Some((failed, error)) = &*last_failure {
-            if failed.elapsed() < self.retry_after_failure && mode != Refresh::Now {
-                return match &current {
-                    Some(view) if !rejected_now => Ok(view.clone()),
-                    _ => Err(ProxyError::Shared(error.clone())),
-                };
-            }
+            _ => {}
         }
         match self.fetch_root(current.as_deref()).await {
             Ok(mut view) => {

@@ -28,16 +28,7 @@ pub struct MigrateOptions {
 }
 
 /// For clap: the proxy's URL as clients use it, without a trailing slash.
-pub fn parse_public_url(value: &str) -> Result<String, String> {
-    let url = url::Url::parse(value).map_err(|e| format!("not a URL ({e})"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err("must be an absolute http:// or https:// URL".into());
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("must not have a query or fragment".into());
-    }
-    Ok(url.as_str().trim_end_matches('/').to_string())
-}
+pub use crate::config::parse_public_url;
 
 #[derive(Deserialize)]
 struct RawLock<'a> {

@@ -138,7 +138,7 @@ fn proxy_dist_key(name: &str, url: &str) -> Option<(Option<String>, String)> {
     let (dir, file) = path.rsplit_once('/')?;
     let prefix = dir.strip_suffix(&format!("/dists/{name}"))?;
     let (key, _ext) = file.split_once('.')?;
-    let is_key = key.len() == 32 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let is_key = crate::composer::is_hex_digest(key, 32);
     let named = prefix.rsplit('/').next().filter(|s| !s.is_empty());
     is_key.then(|| (named.map(str::to_string), key.to_string()))
 }

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use url::Url;
 
 use super::upstreams::{upstreams, RawUpstream};
-use super::{redact_userinfo, Config, ConfigError, LogFormat, TlsFiles};
+use super::{parse_public_url, Config, ConfigError, LogFormat, TlsFiles};
 
 /// The settings as written; every field is present because the embedded defaults are merged
 /// underneath whatever the user supplies.
@@ -96,29 +95,7 @@ pub(super) fn validate(
     let public_url = if raw.public_url.is_empty() {
         None
     } else {
-        let url = Url::parse(&raw.public_url).map_err(|e| {
-            err(
-                "public_url",
-                format!("not a URL ({e}): {:?}", redact_userinfo(&raw.public_url)),
-            )
-        })?;
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(err(
-                "public_url",
-                "must be an absolute http:// or https:// URL".into(),
-            ));
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(err(
-                "public_url",
-                "must not have a query or fragment".into(),
-            ));
-        }
-        // Every served URL is built from it: credentials here would go to every client.
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(err("public_url", "must not carry credentials".into()));
-        }
-        Some(url.as_str().trim_end_matches('/').to_string())
+        Some(parse_public_url(&raw.public_url).map_err(|m| err("public_url", m))?)
     };
 
     let cidrs = |setting: &str, list: &[String]| {

@@ -41,7 +41,8 @@ pub(super) async fn archive(
     }
     let (archive, cache) = state.archives.get(&upstream.client, &source, &key).await?;
     let h = response.headers_mut();
-    let content_type = if source.url.ends_with(".zip") {
+    // From the dist type, as the URL's extension is: GitHub's zipball URLs have none.
+    let content_type = if source.is_zip {
         "application/zip"
     } else {
         "application/octet-stream"

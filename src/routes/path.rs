@@ -58,12 +58,6 @@ pub enum RouteError {
     NotFound,
 }
 
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 /// Decodes the only escapes Composer produces (`%24` for `$`, and `%7E` for `~` from some
 /// HTTP stacks) and refuses everything that could smuggle a separator or a second decoding.
 pub fn normalize_path(raw: &str) -> Result<String, RouteError> {
@@ -190,7 +184,7 @@ fn route_of(path: &str) -> Result<Route, RouteError> {
             let stem = file.strip_suffix(".json").ok_or(RouteError::NotFound)?;
             let (project, hash) = stem.rsplit_once('$').ok_or(RouteError::NotFound)?;
             let name = format!("{vendor}/{project}");
-            if composer::is_package_name(&name) && is_hex(hash, 64) {
+            if composer::is_package_name(&name) && composer::is_hex_digest(hash, 64) {
                 Route::V1Package {
                     name,
                     hash: hash.to_string(),
@@ -210,7 +204,7 @@ fn route_of(path: &str) -> Result<Route, RouteError> {
                 && ext
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-            if !composer::is_package_name(&name) || !is_hex(key, 32) || !ext_ok {
+            if !composer::is_package_name(&name) || !composer::is_hex_digest(key, 32) || !ext_ok {
                 return Err(RouteError::NotFound);
             }
             Route::Dist {

@@ -6,6 +6,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 
+use super::freshness::is_fresh;
 use super::{CacheStatus, MetadataCache, PersistedRoot};
 use crate::composer::{self, Document, UpstreamRoot};
 use crate::error::{ProxyError, Resource};
@@ -71,7 +72,7 @@ impl MetadataCache {
     ) -> Result<(Arc<P2Entry>, CacheStatus), ProxyError> {
         let url = template.replace("%package%", file);
         if let Some(entry) = self.p2_files.get(file).await {
-            if entry.validated_at.is_some_and(|t| t.elapsed() < self.ttl) {
+            if is_fresh(entry.validated_at.map(|t| t.elapsed()), self.ttl) {
                 return Ok((entry, CacheStatus::Hit));
             }
             self.clone()
