@@ -34,9 +34,18 @@ def known_env_names():
     return {f"COMPOSER_PROXY_{key.upper()}" for key in settings}
 
 
+# A secret of a named upstream (src/config/upstreams.rs): COMPOSER_PROXY_UPSTREAM_<NAME>_<FIELD>.
+UPSTREAM_SECRET = re.compile(
+    r"COMPOSER_PROXY_UPSTREAM_[A-Z0-9_]+_"
+    r"(PUBLIC_KEY|PRIVATE_KEY|PUBLIC_KEY_FILE|PRIVATE_KEY_FILE|AUTH_JSON|FALLBACK_KEYS_FILE)"
+)
+
+
 def check_env_names(where, names, known):
     for name in names:
         if name.startswith("COMPOSER_PROXY_") and name not in known:
+            if UPSTREAM_SECRET.fullmatch(name):
+                continue
             problem(where, f"{name} is not a setting of config/default.toml")
 
 
@@ -149,6 +158,7 @@ GRAFANA_VARIABLES = {
     "$__range": "1h",
     "$job": ".*",
     "$instance": ".*",
+    "$upstream": ".*",
 }
 
 

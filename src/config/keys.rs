@@ -113,32 +113,57 @@ pub(super) fn resolve_credentials(
         }))
     };
 
-    if let Some((public, private)) = both_or_neither(
-        ("public_key", &raw.public_key),
-        ("private_key", &raw.private_key),
-        err,
-    )? {
-        return pair(
-            public.to_string(),
-            private.to_string(),
-            KeySource::Settings,
+    // Each half from its value or its file: a vendor repository's user name ("token") is no
+    // secret and sits in the file, while its licence key comes from a mounted secret.
+    let read = |setting: &str, path: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| err(setting, format!("cannot read {path}: {e}")))
+    };
+    let half = |name: &str, value: &str, file_setting: &str, path: &str| match (
+        value.is_empty(),
+        path.is_empty(),
+    ) {
+        (false, false) => Err(err(
+            name,
+            format!("{name} and {file_setting} are both set; keep one"),
+        )),
+        (false, true) => Ok(Some((value.to_string(), false))),
+        (true, false) => read(file_setting, path).map(|v| Some((v, true))),
+        (true, true) => Ok(None),
+    };
+    let public = half(
+        "public_key",
+        &raw.public_key,
+        "public_key_file",
+        &raw.public_key_file,
+    )?;
+    let private = half(
+        "private_key",
+        &raw.private_key,
+        "private_key_file",
+        &raw.private_key_file,
+    )?;
+    match (public, private) {
+        (Some((public, public_file)), Some((private, private_file))) => {
+            let (source, setting) = match (public_file, private_file) {
+                (false, false) => (KeySource::Settings, "public_key"),
+                (true, _) => (KeySource::KeyFiles, "public_key_file"),
+                (false, true) => (KeySource::KeyFiles, "private_key_file"),
+            };
+            return pair(public, private, source, setting);
+        }
+        (Some(_), None) => return Err(err(
+            "private_key",
+            "public_key (or public_key_file) is set but private_key (or private_key_file) is not"
+                .into(),
+        )),
+        (None, Some(_)) => return Err(err(
             "public_key",
-        );
-    }
-
-    if let Some((public_path, private_path)) = both_or_neither(
-        ("public_key_file", &raw.public_key_file),
-        ("private_key_file", &raw.private_key_file),
-        err,
-    )? {
-        let read = |setting: &str, path: &str| {
-            std::fs::read_to_string(path)
-                .map(|s| s.trim().to_string())
-                .map_err(|e| err(setting, format!("cannot read {path}: {e}")))
-        };
-        let public = read("public_key_file", public_path)?;
-        let private = read("private_key_file", private_path)?;
-        return pair(public, private, KeySource::KeyFiles, "public_key_file");
+            "private_key (or private_key_file) is set but public_key (or public_key_file) is not"
+                .into(),
+        )),
+        (None, None) => {}
     }
 
     if !raw.auth_json.is_empty() {
@@ -188,21 +213,6 @@ pub(super) fn read_fallback_keys(
         });
     }
     Ok(pairs)
-}
-
-/// Settings that only make sense together: both set, or neither. The error names the one
-/// that is missing.
-fn both_or_neither<'a>(
-    (a_name, a): (&str, &'a str),
-    (b_name, b): (&str, &'a str),
-    err: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<Option<(&'a str, &'a str)>, ConfigError> {
-    match (a.is_empty(), b.is_empty()) {
-        (false, false) => Ok(Some((a, b))),
-        (true, true) => Ok(None),
-        (false, true) => Err(err(b_name, format!("{a_name} is set but {b_name} is not"))),
-        (true, false) => Err(err(a_name, format!("{b_name} is set but {a_name} is not"))),
-    }
 }
 
 fn check_key(key: &str) -> Result<(), String> {
@@ -326,5 +336,43 @@ mod tests {
         .expect("valid");
         let printed = format!("{c:?}");
         assert!(!printed.contains("visiblepublic") && !printed.contains("visibleprivate"));
+    }
+
+    #[test]
+    fn each_half_of_a_key_pair_comes_from_its_value_or_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let licence = dir.path().join("licence_key");
+        std::fs::write(&licence, "LICENCE-123\n").expect("write");
+        let c = load(
+            None,
+            &[
+                ("COMPOSER_PROXY_PUBLIC_KEY", "token"),
+                (
+                    "COMPOSER_PROXY_PRIVATE_KEY_FILE",
+                    licence.to_str().expect("utf-8"),
+                ),
+            ],
+        )
+        .expect("valid");
+        let k = c.upstreams[0].credentials.clone().expect("keys");
+        assert_eq!(
+            (k.public_key.expose(), k.private_key.expose()),
+            ("token", "LICENCE-123")
+        );
+        assert_eq!(k.source, KeySource::KeyFiles);
+        let e = load(
+            None,
+            &[
+                ("COMPOSER_PROXY_PRIVATE_KEY", "x"),
+                (
+                    "COMPOSER_PROXY_PRIVATE_KEY_FILE",
+                    licence.to_str().expect("utf-8"),
+                ),
+                ("COMPOSER_PROXY_PUBLIC_KEY", "token"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "private_key");
+        assert!(e.to_string().contains("both set"), "{e}");
     }
 }
