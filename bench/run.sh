@@ -1,11 +1,25 @@
 #!/usr/bin/env bash
-# Benchmark for issue 3 ("Done means" 2): composer-proxy against nginx serving the same
-# bytes from disk, and a cold `composer install` through the proxy against Composer going
-# straight to a slow upstream. One run measures everything and prints a markdown table
-# (also written to $BENCH_RESULTS, default bench/results.md).
+# Benchmark for issue 3 ("Done means" 2) and issue 11 ("Done means" 2). One run measures,
+# each against a baseline measured in the same run:
+# 1. cache hits (packages.json, a p2 file, 100 KB and 5 MB archives): the proxy against
+#    nginx serving the same bytes from disk, both for one upstream (flat configuration) and
+#    for the merged repository of three [[upstream]] tables, so the merged ratios can be
+#    read against today's single-upstream ones;
+# 2. a cold `composer install` of the Magento product through a cold proxy against Composer
+#    going straight to the same slow upstream (BENCH_DELAY_MS per request);
+# 3. a cold and a warm `composer install` of the three-upstream project (Magento product,
+#    Hyvä theme, packagist libraries) through the merged repository against Composer listing
+#    the three upstreams itself, with credentials; BENCH_MULTI_DELAY_MS on every upstream
+#    request (the three mocks and packagist's dist host). Warm: the proxy's cache filled,
+#    a fresh project, vendor directory and Composer cache. Medians over BENCH_ROUNDS rounds.
+# It prints markdown tables and the command that reproduces them (also written to
+# $BENCH_RESULTS, default bench/results.md).
 #
-# Everything runs on loopback: the upstream is the tests' mock of repo.magento.com
-# (examples/mock_upstream.rs), started as a process. Ports come from the kernel
+# Everything runs on loopback: the upstreams are the tests' mocks of repo.magento.com, of a
+# vendor repository under a path with user `token`, and of packagist.org (open-ended,
+# minified, dists on a second origin) (examples/mock_upstream.rs, wrapping
+# tests/support/mock_upstream.rs and the catalogues of tests/support/catalogue.rs), started
+# as processes; tests/support/upstreams.rs describes the same three. Ports come from the kernel
 # (127.0.0.1:0) for our own programs; nginx cannot bind port 0, so it gets a random free
 # port, retried if taken. Every wait is bounded, every process started here is stopped on
 # exit, and all files live in one temporary directory that is removed afterwards
@@ -13,7 +27,9 @@
 #
 # Settings (environment): BENCH_DURATION_SECS (per wrk run, default 10), BENCH_ROUNDS (3),
 # BENCH_CONNECTIONS (64), BENCH_WRK_THREADS (2), BENCH_MODULES (100),
-# BENCH_DELAY_MS (300), BENCH_RESULTS, BENCH_KEEP. Cargo honours CARGO_TARGET_DIR as usual.
+# BENCH_DELAY_MS (300), BENCH_MULTI_DELAY_MS (100), BENCH_NOISE (0.10: the least relative
+# difference between merged and single-upstream ratios counted as more than noise),
+# BENCH_RESULTS, BENCH_KEEP. Cargo honours CARGO_TARGET_DIR as usual.
 #
 # Needs: cargo, nginx, wrk, composer (with php-zip, php-curl, php-mbstring), curl, jq,
 # ss. Missing Debian packages are installed with apt-get.
@@ -30,6 +46,8 @@ readonly CONNECTIONS=${BENCH_CONNECTIONS:-64}
 readonly WRK_THREADS=${BENCH_WRK_THREADS:-2}
 readonly MODULES=${BENCH_MODULES:-100}
 readonly DELAY_MS=${BENCH_DELAY_MS:-300}
+readonly MULTI_DELAY_MS=${BENCH_MULTI_DELAY_MS:-100}
+readonly NOISE=${BENCH_NOISE:-0.10}
 readonly SMALL_ARCHIVE_BYTES=$((100 * 1024))
 readonly LARGE_ARCHIVE_BYTES=$((5 * 1024 * 1024))
 # The key pair the mock accepts (tests/support/mock_upstream.rs TEST_PUBLIC_KEY/PRIVATE_KEY).
@@ -37,6 +55,22 @@ readonly PUBLIC_KEY=0123456789abcdef0123456789abcdef
 readonly PRIVATE_KEY=fedcba9876543210fedcba9876543210
 readonly PRODUCT=magento/product-community-edition
 readonly PRODUCT_VERSION=2.4.7
+# The vendor repository (tests/support/upstreams.rs HYVA_PREFIX, HYVA_LICENCE; user `token`).
+readonly HYVA_PREFIX=/hyva-project
+readonly HYVA_USER=token
+readonly HYVA_LICENCE=hyva-licence-0123456789abcdef
+# The three-upstream project (tests/multi_upstream.rs PROJECT): the product and its extension
+# from magento, the theme from hyva (it also needs psr/log), libraries and a `magento/` name
+# from packagist.
+readonly MULTI_REQUIRE='{
+  "magento/product-community-edition": "2.4.7",
+  "hyva-themes/magento2-default-theme": "^1.3",
+  "laminas/laminas-stdlib": "^3.18",
+  "magento/magento-composer-installer": "^0.4"
+}'
+# One installed package from each upstream, checked after every install of that project.
+readonly MULTI_CHECK=(magento/framework hyva-themes/magento2-default-theme
+  laminas/laminas-stdlib psr/log)
 # Upper bounds, so a hung component fails the run instead of stalling it.
 readonly START_TIMEOUT_SECS=30
 readonly COMPOSER_TIMEOUT_SECS=600
@@ -131,25 +165,105 @@ wait_until() {
 
 alive() { kill -0 "$1" 2>/dev/null; }
 
-# Starts the mock upstream; sets mock_url and mock_pid.
+# Starts a mock upstream named $1 with the options that follow (examples/mock_upstream.rs);
+# sets mock_url (the repository URL), mock_dist_url (packagist's dist host, else empty) and
+# mock_pid. Every request it receives is appended to $work/$1.requests.
 start_mock() {
   local name=$1
   shift
-  local url_file=$work/$name.url
+  local url_file=$work/$name.url dist_file=$work/$name.dist-url
+  local dist_args=()
+  [[ " $* " != *" --packagist-like "* ]] || dist_args=(--dist-host-url-file "$dist_file")
   "$bin/mock_upstream" --modules "$MODULES" --url-file "$url_file" \
-    --max-secs "$MOCK_MAX_SECS" "$@" >"$work/$name.log" 2>&1 &
+    --request-log "$work/$name.requests" --max-secs "$MOCK_MAX_SECS" "${dist_args[@]}" "$@" \
+    >"$work/$name.log" 2>&1 &
   mock_pid=$!
   pids+=("$mock_pid")
   wait_until test -s "$url_file" || die "$name did not start; see $work/$name.log"
   mock_url=$(<"$url_file")
-  log "$name: $mock_url (pid $mock_pid)"
+  mock_dist_url=""
+  [[ ! -s $dist_file ]] || mock_dist_url=$(<"$dist_file")
+  log "$name: $mock_url${mock_dist_url:+, dists on $mock_dist_url} (pid $mock_pid)"
 }
 
-# Starts the release proxy in front of $1 with its cache in $2; sets proxy_url and
-# proxy_pid. The environment is cleared so nothing from the caller's COMPOSER_PROXY_* or
-# COMPOSER_AUTH leaks in.
+# Starts the three upstreams of a Magento project (tests/support/upstreams.rs), every
+# request to each (dist host included) delayed by $2 ms; the magento one also takes the
+# options after $2. Names them $1-magento, $1-hyva, $1-packagist and writes the merged
+# proxy's configuration, three [[upstream]] tables in priority order, to $work/$1.toml.
+# Sets magento_url, hyva_url, packagist_url and packagist_dist_url.
+start_three_mocks() {
+  local set=$1 delay=$2
+  shift 2
+  start_mock "$set-magento" --delay-ms "$delay" "$@"
+  magento_url=$mock_url
+  start_mock "$set-hyva" --delay-ms "$delay" --catalogue vendor --protocol p2 \
+    --path-prefix "$HYVA_PREFIX" --public-key "$HYVA_USER" --private-key "$HYVA_LICENCE"
+  hyva_url=$mock_url
+  start_mock "$set-packagist" --delay-ms "$delay" --catalogue packagist --packagist-like
+  packagist_url=$mock_url
+  packagist_dist_url=$mock_dist_url
+  [[ -n $packagist_dist_url ]] || die "$set-packagist published no dist host"
+  cat >"$work/$set.toml" <<EOF
+[[upstream]]
+name = "magento"
+url = "$magento_url"
+public_key = "$PUBLIC_KEY"
+private_key = "$PRIVATE_KEY"
+
+[[upstream]]
+name = "hyva"
+url = "$hyva_url"
+public_key = "$HYVA_USER"
+private_key = "$HYVA_LICENCE"
+
+[[upstream]]
+name = "packagist"
+url = "$packagist_url"
+allowed_hosts = ["$packagist_dist_url"]
+EOF
+}
+
+# Lines in the request logs of the mocks named $@ (all their requests so far, both origins).
+upstream_requests() {
+  local name total=0 n
+  sleep 0.2 # the mocks append their log every 50 ms
+  for name in "$@"; do
+    n=$(wc -l <"$work/$name.requests" 2>/dev/null || echo 0)
+    total=$((total + n))
+  done
+  echo "$total"
+}
+
+# Starts the release proxy in front of the single upstream $2 (the flat configuration) with
+# its cache in $3; sets proxy_url and proxy_pid.
 start_proxy() {
   local name=$1 upstream=$2 cache=$3
+  launch_proxy "$name" "$cache" \
+    COMPOSER_PROXY_UPSTREAM_URL="$upstream" \
+    COMPOSER_PROXY_PUBLIC_KEY="$PUBLIC_KEY" \
+    COMPOSER_PROXY_PRIVATE_KEY="$PRIVATE_KEY"
+}
+
+# Starts the release proxy configured by the [[upstream]] tables in $2 with its cache in $3;
+# sets proxy_url and proxy_pid.
+start_merged_proxy() {
+  local name=$1 config=$2 cache=$3
+  launch_proxy "$name" "$cache" -- --config "$config"
+}
+
+# Starts the release proxy named $1 with its cache in $2, the VAR=value settings that follow
+# and, after `--`, command-line arguments; sets proxy_url and proxy_pid. The environment is
+# cleared so nothing from the caller's COMPOSER_PROXY_* or COMPOSER_AUTH leaks in.
+launch_proxy() {
+  local name=$1 cache=$2
+  shift 2
+  local settings=() args=()
+  while (($# > 0)) && [[ $1 != -- ]]; do
+    settings+=("$1")
+    shift
+  done
+  (($# == 0)) || shift
+  args=("$@")
   local log_file=$work/$name.log
   mkdir -p "$cache"
   # JSON logs, so the bound address can be read reliably from the start-up line.
@@ -157,14 +271,12 @@ start_proxy() {
   # does none either); a short grace lets the run end promptly.
   env -i PATH="$PATH" \
     COMPOSER_PROXY_LISTEN=127.0.0.1:0 \
-    COMPOSER_PROXY_UPSTREAM_URL="$upstream" \
-    COMPOSER_PROXY_PUBLIC_KEY="$PUBLIC_KEY" \
-    COMPOSER_PROXY_PRIVATE_KEY="$PRIVATE_KEY" \
     COMPOSER_PROXY_CACHE_DIR="$cache" \
     COMPOSER_PROXY_LOG_FORMAT=json \
     COMPOSER_PROXY_METADATA_TTL_SECS=86400 \
     COMPOSER_PROXY_SHUTDOWN_GRACE_SECS=2 \
-    "$bin/composer-proxy" >"$log_file" 2>&1 &
+    "${settings[@]}" \
+    "$bin/composer-proxy" "${args[@]}" >"$log_file" 2>&1 &
   proxy_pid=$!
   pids+=("$proxy_pid")
   proxy_url=""
@@ -180,11 +292,28 @@ start_proxy() {
   log "$name: $proxy_url (pid $proxy_pid)"
 }
 
-# Starts nginx (master in the foreground, as our child) serving $1; sets nginx_url and
-# nginx_pid.
+# Stops a process started here (SIGTERM, bounded wait, then SIGKILL).
+stop_pid() {
+  local pid=$1 tries=50
+  kill -TERM "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null && ((tries > 0)); do
+    sleep 0.1
+    tries=$((tries - 1))
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  local kept=() p
+  for p in "${pids[@]}"; do
+    [[ $p == "$pid" ]] || kept+=("$p")
+  done
+  pids=("${kept[@]}")
+}
+
+# Starts nginx (master in the foreground, as our child) named $1 serving $2; sets nginx_url
+# and nginx_pid.
 start_nginx() {
-  local root=$1
-  local dir=$work/nginx
+  local name=$1 root=$2
+  local dir=$work/$name
   mkdir -p "$dir/tmp"
   local low _
   read -r low _ </proc/sys/net/ipv4/ip_local_port_range
@@ -237,7 +366,7 @@ EOF
       if [[ -n $(ss -ltnH "sport = :$port") ]]; then
         nginx_url=http://127.0.0.1:$port
         pids+=("$nginx_pid")
-        log "nginx: $nginx_url (pid $nginx_pid, attempt $attempt)"
+        log "$name: $nginx_url (pid $nginx_pid, attempt $attempt)"
         return 0
       fi
       sleep 0.1
@@ -246,7 +375,7 @@ EOF
     kill -TERM "$nginx_pid" 2>/dev/null || true
     wait "$nginx_pid" 2>/dev/null || true
   done
-  die "nginx did not start; see $dir/error.log"
+  die "$name did not start; see $dir/error.log"
 }
 
 # Peak resident set size of a process, in KiB.
@@ -303,10 +432,46 @@ make_project() {
   fi
 }
 
+# Writes the three-upstream project (MULTI_REQUIRE) into $1, like make_project. With $2
+# "direct" it lists the three upstreams of start_three_mocks itself, in priority order, with
+# their credentials in auth.json (Composer merging them on its own); otherwise $2 is the one
+# repository it lists (the proxy), with no auth.json.
+make_multi_project() {
+  local dir=$1 target=$2
+  mkdir -p "$dir/project" "$dir/home" "$dir/cache" "$dir/user"
+  local repos
+  if [[ $target == direct ]]; then
+    repos=$(jq -n --arg m "$magento_url" --arg h "$hyva_url" --arg p "$packagist_url" \
+      '[{type: "composer", url: $m}, {type: "composer", url: $h}, {type: "composer", url: $p}]')
+    local magento_host=${magento_url#http://} hyva_host=${hyva_url#http://}
+    magento_host=${magento_host%%/*}
+    hyva_host=${hyva_host%%/*}
+    jq -n --arg mh "$magento_host" --arg mu "$PUBLIC_KEY" --arg mp "$PRIVATE_KEY" \
+      --arg hh "$hyva_host" --arg hu "$HYVA_USER" --arg hp "$HYVA_LICENCE" \
+      '{"http-basic": {($mh): {username: $mu, password: $mp}, ($hh): {username: $hu, password: $hp}}}' \
+      >"$dir/home/auth.json"
+  else
+    repos=$(jq -n --arg url "$target" '[{type: "composer", url: $url}]')
+  fi
+  jq -n --argjson repos "$repos" --argjson require "$MULTI_REQUIRE" '{
+    name: "composer-proxy/bench-multi-project",
+    type: "project",
+    license: "proprietary",
+    repositories: ($repos + [{"packagist.org": false}]),
+    require: $require,
+    "minimum-stability": "stable",
+    config: {"secure-http": false, "allow-plugins": false, "platform-check": false}
+  }' >"$dir/project/composer.json"
+}
+
 # Runs `composer install` in the project under $1 with a hermetic environment and prints
-# its wall-clock time in seconds.
+# its wall-clock time in seconds; then checks that the packages named after $1 (default
+# magento/framework) were installed.
 timed_install() {
   local dir=$1
+  shift
+  local check=("$@")
+  ((${#check[@]} > 0)) || check=(magento/framework)
   local started ended
   started=$EPOCHREALTIME
   if ! (cd "$dir/project" && env -i PATH="$PATH" HOME="$dir/user" \
@@ -317,9 +482,17 @@ timed_install() {
     die "composer install failed in $dir; see $dir/composer.log"
   fi
   ended=$EPOCHREALTIME
-  [[ -f $dir/project/vendor/magento/framework/composer.json ]] ||
-    die "composer install in $dir did not install magento/framework"
+  local package
+  for package in "${check[@]}"; do
+    [[ -f $dir/project/vendor/$package/composer.json ]] ||
+      die "composer install in $dir did not install $package"
+  done
   awk -v a="$started" -v b="$ended" 'BEGIN { printf "%.2f", b - a }'
+}
+
+# The locked packages of the project under $1 as "name version" lines, sorted.
+locked_set() {
+  jq -r '.packages[] | "\(.name) \(.version)"' "$1/project/composer.lock" | sort
 }
 
 # Median of the arguments (numbers).
@@ -352,6 +525,38 @@ meets() {
     ok = (op == ">=") ? (a >= b) : (a <= b); print (ok ? "yes" : "**no**") }'
 }
 
+# For object $1: the per-round ratios of server $2 to server $3 on field $4 (1: req/s,
+# 2: p99), separated by spaces.
+round_ratios() {
+  local name=$1 a=$2 b=$3 field=$4 round out=()
+  for ((round = 1; round <= ROUNDS; round++)); do
+    out+=("$(ratio "$(cut -d' ' -f"$field" <<<"${result[$name-$a-$round]}")" \
+      "$(cut -d' ' -f"$field" <<<"${result[$name-$b-$round]}")")")
+  done
+  echo "${out[*]}"
+}
+# The largest relative deviation of the numbers from their median, at least NOISE: how far
+# a ratio moves between rounds of this run by noise alone.
+noise_band() {
+  local m
+  m=$(median "$@")
+  printf '%s\n' "$@" | awk -v m="$m" -v floor="$NOISE" '{
+    d = (m == 0) ? 0 : $1 / m - 1; if (d < 0) d = -d; if (d > s) s = d }
+    END { if (s < floor) s = floor; printf "%.2f", s }'
+}
+# Ratios of the numbers in $1 to those in $2 (space-separated lists), joined with /.
+pairwise_ratios() {
+  local a b i out=()
+  read -ra a <<<"$1"
+  read -ra b <<<"$2"
+  for i in "${!a[@]}"; do
+    out+=("$(ratio "${a[$i]}" "${b[$i]}")")
+  done
+  local joined
+  joined=$(printf '%s / ' "${out[@]}")
+  echo "${joined% / }"
+}
+
 # --- Run -------------------------------------------------------------------------------
 
 ensure_tools
@@ -372,78 +577,110 @@ if awk -v l="$load_before" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
   log "WARNING: load average is $load_before on $(nproc) CPUs; the figures will be noisy"
 fi
 
-# 1. Warm proxy against nginx.
-start_mock mock-fast --archive-bytes "$SMALL_ARCHIVE_BYTES" --archive-bytes "$LARGE_ARCHIVE_BYTES"
-start_proxy proxy-warm "$mock_url" "$work/cache-warm"
+# 1. Warm proxies against nginx: one upstream (the flat configuration, as before tables
+# existed) and the merged repository of three upstreams, both in front of the same fast
+# magento mock; each with an nginx of its own serving exactly the bytes it serves.
+start_three_mocks fast 0 --archive-bytes "$SMALL_ARCHIVE_BYTES" --archive-bytes "$LARGE_ARCHIVE_BYTES"
+start_proxy proxy-warm "$magento_url" "$work/cache-warm"
 warm_pid=$proxy_pid
-warm_url=$proxy_url
+declare -A base_url=([single]=$proxy_url)
+start_merged_proxy proxy-merged-warm "$work/fast.toml" "$work/cache-merged-warm"
+merged_warm_pid=$proxy_pid
+base_url[merged]=$proxy_url
 
-# Proxy-relative paths of the four objects; archive URLs come from the proxy's own
-# rewritten metadata.
+# Proxy-relative paths of the four objects for each set; archive URLs come from the
+# proxy's own rewritten metadata (on the merged repository: `/magento/dists/…`).
 dist_path() {
-  local package=$1 url
-  url=$(curl -fsS "$warm_url/p2/$package.json" |
+  local url_base=$1 package=$2 url
+  url=$(curl -fsS "$url_base/p2/$package.json" |
     jq -er --arg p "$package" '.packages[$p][0].dist.url')
-  echo "${url#"$warm_url"}"
+  echo "${url#"$url_base"}"
 }
 names=(packages.json p2-framework archive-100k archive-5m)
-declare -A paths=(
-  [packages.json]=/packages.json
-  [p2-framework]=/p2/magento/framework.json
-  [archive-100k]=$(dist_path "bench/blob-$SMALL_ARCHIVE_BYTES")
-  [archive-5m]=$(dist_path "bench/blob-$LARGE_ARCHIVE_BYTES")
-)
+sets=(single merged)
+declare -A paths sizes
+for set in "${sets[@]}"; do
+  paths[$set:packages.json]=/packages.json
+  paths[$set:p2-framework]=/p2/magento/framework.json
+  paths[$set:archive-100k]=$(dist_path "${base_url[$set]}" "bench/blob-$SMALL_ARCHIVE_BYTES")
+  paths[$set:archive-5m]=$(dist_path "${base_url[$set]}" "bench/blob-$LARGE_ARCHIVE_BYTES")
+done
 
-# The proxy's packages.json gains the Composer 1 provider chain once that is built in the
-# background after the first upstream listing; measure the final form, the one a warm
-# proxy serves.
-curl -fsS -o /dev/null "$warm_url/packages.json"
+# The single proxy's packages.json gains the Composer 1 provider chain once that is built in
+# the background after the first upstream listing; measure the final form, the one a warm
+# proxy serves. The merged root never offers Composer 1 with several upstreams, but its
+# magento upstream builds the chain for its own URL in the same way: wait for that too, so
+# no background fetching overlaps the measurements, and for every upstream to be ready.
+curl -fsS -o /dev/null "${base_url[single]}/packages.json"
+curl -fsS -o /dev/null "${base_url[merged]}/packages.json"
 composer1_ready() {
-  [[ $(curl -fsS "$warm_url/readyz" | jq -r .composer1) == true ]]
+  [[ $(curl -fsS "${base_url[single]}/readyz" | jq -r .composer1) == true ]]
+}
+merged_ready() {
+  [[ $(curl -fsS "${base_url[merged]}/readyz" |
+    jq -r '.status == "ready" and .upstreams.magento.composer1 == true and
+      ([.upstreams[].status] | all(. == "ok"))') == true ]]
 }
 wait_until composer1_ready || die "the proxy's Composer 1 chain was not ready in time"
+wait_until merged_ready || die "the merged proxy was not ready in time: $(curl -sS "${base_url[merged]}/readyz")"
 
 # Fetch every object until the proxy answers from its cache (the first archive request
 # streams from upstream and stores; the next one must be a hit), and put the same bytes
-# into nginx's document root under the same paths.
-www=$work/www
-declare -A sizes
-for name in "${names[@]}"; do
-  path=${paths[$name]}
-  [[ $path == /* ]] || die "no proxy path for $name: '$path'"
-  mkdir -p "$www$(dirname "$path")"
-  hit=""
-  for _ in 1 2 3 4 5; do
-    cache_status=$(curl -fsS -o "$www$path" -D - "$warm_url$path" |
-      tr -d '\r' | awk -F': ' 'tolower($1) == "x-cache" { print $2 }')
-    if [[ $cache_status == HIT ]]; then
-      hit=yes
-      break
-    fi
+# into that set's nginx document root under the same paths.
+for set in "${sets[@]}"; do
+  www=$work/www-$set
+  for name in "${names[@]}"; do
+    path=${paths[$set:$name]}
+    [[ $path == /* ]] || die "no proxy path for $set $name: '$path'"
+    mkdir -p "$www$(dirname "$path")"
+    hit=""
+    for _ in 1 2 3 4 5; do
+      cache_status=$(curl -fsS -o "$www$path" -D - "${base_url[$set]}$path" |
+        tr -d '\r' | awk -F': ' 'tolower($1) == "x-cache" { print $2 }')
+      if [[ $cache_status == HIT ]]; then
+        hit=yes
+        break
+      fi
+    done
+    [[ -n $hit ]] || die "$set: $path is not served from the proxy's cache after 5 requests"
+    sizes[$set:$name]=$(stat -c %s "$www$path")
+    log "warm $set: $path (${sizes[$set:$name]} bytes, X-Cache: HIT)"
   done
-  [[ -n $hit ]] || die "$path is not served from the proxy's cache after 5 requests"
-  sizes[$name]=$(stat -c %s "$www$path")
-  log "warm: $path (${sizes[$name]} bytes, X-Cache: HIT)"
 done
 
-start_nginx "$www"
-for name in "${names[@]}"; do
-  path=${paths[$name]}
-  proxy_sum=$(curl -fsS "$warm_url$path" | sha256sum)
-  nginx_sum=$(curl -fsS "$nginx_url$path" | sha256sum)
-  [[ $proxy_sum == "$nginx_sum" ]] || die "nginx and the proxy serve different bytes for $path"
+# The servers each round measures, proxy and its nginx taking turns: result keys are
+# <object>-<server>-<round>.
+declare -A nginx_of=([proxy]=nginx [merged]=mnginx)
+declare -A server_url
+server_url[proxy]=${base_url[single]}
+server_url[merged]=${base_url[merged]}
+start_nginx nginx "$work/www-single"
+server_url[nginx]=$nginx_url
+start_nginx nginx-merged "$work/www-merged"
+server_url[mnginx]=$nginx_url
+declare -A set_of=([proxy]=single [nginx]=single [merged]=merged [mnginx]=merged)
+for server in proxy merged; do
+  for name in "${names[@]}"; do
+    path=${paths[${set_of[$server]}:$name]}
+    proxy_sum=$(curl -fsS "${server_url[$server]}$path" | sha256sum)
+    nginx_sum=$(curl -fsS "${server_url[${nginx_of[$server]}]}$path" | sha256sum)
+    [[ $proxy_sum == "$nginx_sum" ]] ||
+      die "nginx and the $server proxy serve different bytes for $path"
+  done
 done
 
 declare -A result
 for ((round = 1; round <= ROUNDS; round++)); do
   for name in "${names[@]}"; do
-    path=${paths[$name]}
-    log "round $round/$ROUNDS, wrk ${DURATION_SECS}s: $name via proxy, then nginx"
-    result[$name-proxy-$round]=$(measure "$name-proxy-$round" "$warm_url$path")
-    result[$name-nginx-$round]=$(measure "$name-nginx-$round" "$nginx_url$path")
+    for server in proxy nginx merged mnginx; do
+      path=${paths[${set_of[$server]}:$name]}
+      log "round $round/$ROUNDS, wrk ${DURATION_SECS}s: $name via $server"
+      result[$name-$server-$round]=$(measure "$name-$server-$round" "${server_url[$server]}$path")
+    done
   done
 done
 warm_rss_kib=$(peak_rss_kib "$warm_pid")
+merged_warm_rss_kib=$(peak_rss_kib "$merged_warm_pid")
 
 # 2. Cold install through a cold proxy against straight to the same slow upstream.
 start_mock mock-slow --delay-ms "$DELAY_MS"
@@ -466,6 +703,56 @@ proxied_count=$(jq '.packages | length' "$work/proxied/project/composer.lock")
 [[ $direct_count == "$proxied_count" ]] ||
   die "direct install locked $direct_count packages, proxied $proxied_count"
 
+# 3. The three-upstream project, every upstream request (dist host too) delayed by
+# MULTI_DELAY_MS: Composer listing the three upstreams itself, with credentials, against a
+# cold merged proxy (fresh cache) and then the same proxy warm (fresh project, vendor
+# directory and Composer cache). Each round starts a new cold proxy; odd rounds run the
+# direct install first, even rounds last, so drift on the machine does not favour one side.
+start_three_mocks slow "$MULTI_DELAY_MS"
+slow_mocks=(slow-magento slow-hyva slow-packagist)
+declare -A multi_secs multi_requests
+multi_proxy_rss_kib=0
+run_multi() {
+  local kind=$1 round=$2 dir=$work/multi-$1-$2 before after
+  case $kind in
+    direct) make_multi_project "$dir" direct ;;
+    cold)
+      start_merged_proxy "proxy-multi-$round" "$work/slow.toml" "$work/cache-multi-$round"
+      multi_pid=$proxy_pid
+      multi_url=$proxy_url
+      make_multi_project "$dir" "$multi_url"
+      ;;
+    warm) make_multi_project "$dir" "$multi_url" ;;
+  esac
+  before=$(upstream_requests "${slow_mocks[@]}")
+  log "round $round/$ROUNDS: three-upstream composer install, $kind"
+  multi_secs[$kind-$round]=$(timed_install "$dir" "${MULTI_CHECK[@]}")
+  after=$(upstream_requests "${slow_mocks[@]}")
+  multi_requests[$kind-$round]=$((after - before))
+  log "$kind: ${multi_secs[$kind-$round]}s, ${multi_requests[$kind-$round]} upstream requests"
+}
+for ((round = 1; round <= ROUNDS; round++)); do
+  if ((round % 2)); then
+    run_multi direct "$round"
+    run_multi cold "$round"
+    run_multi warm "$round"
+  else
+    run_multi cold "$round"
+    run_multi warm "$round"
+    run_multi direct "$round"
+  fi
+  rss=$(peak_rss_kib "$multi_pid")
+  ((rss <= multi_proxy_rss_kib)) || multi_proxy_rss_kib=$rss
+  stop_pid "$multi_pid"
+  # The same packages at the same versions, whichever way Composer went.
+  for kind in cold warm; do
+    diff <(locked_set "$work/multi-direct-$round") <(locked_set "$work/multi-$kind-$round") \
+      >"$work/multi-$kind-$round.lockdiff" ||
+      die "round $round: the $kind install locked other packages than the direct one; see $work/multi-$kind-$round.lockdiff"
+  done
+done
+multi_count=$(jq '.packages | length' "$work/multi-direct-1/project/composer.lock")
+
 # --- Report ----------------------------------------------------------------------------
 
 report() {
@@ -478,6 +765,10 @@ report() {
   echo "median of $ROUNDS rounds (proxy and nginx alternating); wrk shares the CPUs with the"
   echo "server in both cases. Catalogue: $MODULES modules. 1-minute load average before the"
   echo "measurements (other work on the machine): $load_before."
+  echo
+  echo "Reproduce: \`$reproduce\`"
+  echo
+  echo "### Cache hits, one upstream (flat configuration)"
   echo
   echo "| object | bytes | proxy req/s | nginx req/s | req/s ratio | proxy p99 ms | nginx p99 ms | p99 ratio | errors (proxy/nginx) | target | met |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
@@ -500,7 +791,7 @@ report() {
     # The backticks are markdown code spans, not command substitution.
     # shellcheck disable=SC2016
     printf '| %s `%s` | %s | %.0f | %.0f | %s | %.2f | %.2f | %s | %s/%s | %s | %s |\n' \
-      "$name" "${paths[$name]}" "${sizes[$name]}" "$prps" "$nrps" "$rps_ratio" \
+      "$name" "${paths[single:$name]}" "${sizes[single:$name]}" "$prps" "$nrps" "$rps_ratio" \
       "$pp99" "$np99" "$p99_ratio" "$perr" "$nerr" "$target" "$met"
   done
   echo
@@ -510,10 +801,14 @@ report() {
   local large_mbps
   read -r prps _ <<<"$(summarise archive-5m proxy)"
   read -r nrps _ <<<"$(summarise archive-5m nginx)"
-  large_mbps=$(awk -v p="$prps" -v n="$nrps" -v s="${sizes[archive-5m]}" \
+  large_mbps=$(awk -v p="$prps" -v n="$nrps" -v s="${sizes[single:archive-5m]}" \
     'BEGIN { printf "proxy %.0f MB/s, nginx %.0f MB/s", p * s / 1e6, n * s / 1e6 }')
   echo
   echo "5 MB archive throughput: $large_mbps."
+  echo
+  report_merged
+  echo
+  echo "### Cold install, one upstream"
   echo
   local install_ratio
   install_ratio=$(ratio "$proxied_secs" "$direct_secs")
@@ -523,9 +818,91 @@ report() {
   echo "| through a cold proxy | $proxied_secs |"
   echo "| ratio proxy/direct (target ≤ 0.25) | $install_ratio $(meets "$install_ratio" '<=' 0.25) |"
   echo
-  echo "Proxy peak RSS (VmHWM): $((warm_rss_kib / 1024)) MiB after the wrk runs; $((cold_rss_kib / 1024)) MiB after the cold install."
+  echo
+  report_multi
+  echo
+  echo "Proxy peak RSS (VmHWM): $((warm_rss_kib / 1024)) MiB (one upstream) and $((merged_warm_rss_kib / 1024)) MiB (merged) after the wrk runs; $((cold_rss_kib / 1024)) MiB after the cold one-upstream install; at most $((multi_proxy_rss_kib / 1024)) MiB after a round of three-upstream installs."
 }
 
+# Issue 11: hits on the merged root against nginx, next to the one-upstream ratios of the
+# same run. "Within noise": the merged ratio is no worse than the one-upstream ratio by more
+# than that ratio's own spread between rounds (at least NOISE).
+report_merged() {
+  echo "### Cache hits on the merged root (three upstreams), against today's one-upstream ratios"
+  echo
+  echo "| object | bytes | merged req/s | nginx req/s | req/s ratio | one-upstream req/s ratio | merged ÷ one-upstream | merged p99 ms | nginx p99 ms | p99 ratio | one-upstream p99 ratio | merged ÷ one-upstream | errors (merged/nginx) | noise band (req/s, p99) | within noise |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+  local name mrps mp99 merr mall nrps np99 nerr nall srps sp99 snrps snp99 _
+  local m_rps_ratio s_rps_ratio m_p99_ratio s_p99_ratio rel_rps rel_p99 band_rps band_p99 met
+  local rounds_lines=()
+  for name in "${names[@]}"; do
+    read -r mrps mp99 merr mall <<<"$(summarise "$name" merged)"
+    read -r nrps np99 nerr nall <<<"$(summarise "$name" mnginx)"
+    read -r srps sp99 _ <<<"$(summarise "$name" proxy)"
+    read -r snrps snp99 _ <<<"$(summarise "$name" nginx)"
+    m_rps_ratio=$(ratio "$mrps" "$nrps")
+    s_rps_ratio=$(ratio "$srps" "$snrps")
+    m_p99_ratio=$(ratio "$mp99" "$np99")
+    s_p99_ratio=$(ratio "$sp99" "$snp99")
+    rel_rps=$(ratio "$m_rps_ratio" "$s_rps_ratio")
+    rel_p99=$(ratio "$m_p99_ratio" "$s_p99_ratio")
+    # shellcheck disable=SC2046 # one ratio per round
+    band_rps=$(noise_band $(round_ratios "$name" proxy nginx 1))
+    # shellcheck disable=SC2046
+    band_p99=$(noise_band $(round_ratios "$name" proxy nginx 2))
+    met=$(meets "$rel_rps" '>=' "$(awk -v b="$band_rps" 'BEGIN { print 1 - b }')")
+    [[ $(meets "$rel_p99" '<=' "$(awk -v b="$band_p99" 'BEGIN { print 1 + b }')") == yes ]] ||
+      met="**no**"
+    rounds_lines+=("- $name: merged $mall, nginx $nall; req/s ratio merged $(round_ratios "$name" merged mnginx 1 | tr ' ' /), one-upstream $(round_ratios "$name" proxy nginx 1 | tr ' ' /); p99 ratio merged $(round_ratios "$name" merged mnginx 2 | tr ' ' /), one-upstream $(round_ratios "$name" proxy nginx 2 | tr ' ' /)")
+    # The backticks are markdown code spans, not command substitution.
+    # shellcheck disable=SC2016
+    printf '| %s `%s` | %s | %.0f | %.0f | %s | %s | %s | %.2f | %.2f | %s | %s | %s | %s/%s | ±%s, ±%s | %s |\n' \
+      "$name" "${paths[merged:$name]}" "${sizes[merged:$name]}" "$mrps" "$nrps" "$m_rps_ratio" \
+      "$s_rps_ratio" "$rel_rps" "$mp99" "$np99" "$m_p99_ratio" "$s_p99_ratio" "$rel_p99" \
+      "$merr" "$nerr" "$band_rps" "$band_p99" "$met"
+  done
+  echo
+  echo "Each round (req/s; ratios against that round's nginx):"
+  echo
+  printf '%s\n' "${rounds_lines[@]}"
+}
+
+# Issue 11: the three-upstream project, cold and warm through the merged proxy, against
+# Composer going to the three upstreams itself.
+report_multi() {
+  local kind round all reqs
+  declare -A med_of all_of reqs_of
+  for kind in direct cold warm; do
+    all=()
+    reqs=()
+    for ((round = 1; round <= ROUNDS; round++)); do
+      all+=("${multi_secs[$kind-$round]}")
+      reqs+=("${multi_requests[$kind-$round]}")
+    done
+    med_of[$kind]=$(median "${all[@]}")
+    all_of[$kind]="${all[*]}"
+    reqs_of[$kind]="${reqs[*]}"
+  done
+  echo "### Three upstreams behind one URL: \`composer install\`"
+  echo
+  echo "Project: $PRODUCT $PRODUCT_VERSION from magento (v1, keys), hyva-themes/magento2-default-theme from hyva (p2 under $HYVA_PREFIX, user token), laminas/laminas-stdlib and magento/magento-composer-installer from packagist (open-ended, minified, dists on a second origin); $multi_count packages. Every upstream request (the three mocks and the dist host) delayed ${MULTI_DELAY_MS} ms. Empty Composer cache and vendor directory every time; the lock resolved anew every time. Median of $ROUNDS rounds; odd rounds run direct first, even rounds last."
+  echo
+  echo "| install | median s | each round s | upstream requests, each round |"
+  echo "|---|---:|---|---|"
+  echo "| direct to the three upstreams, with credentials (baseline) | ${med_of[direct]} | ${all_of[direct]// / / } | ${reqs_of[direct]// / / } |"
+  echo "| through a cold merged proxy (empty cache) | ${med_of[cold]} | ${all_of[cold]// / / } | ${reqs_of[cold]// / / } |"
+  echo "| through the warm merged proxy (cache filled by the cold install) | ${med_of[warm]} | ${all_of[warm]// / / } | ${reqs_of[warm]// / / } |"
+  echo
+  local cold_ratio warm_ratio
+  cold_ratio=$(ratio "${med_of[cold]}" "${med_of[direct]}")
+  warm_ratio=$(ratio "${med_of[warm]}" "${med_of[direct]}")
+  echo "| ratio of medians | value | each round | target | met |"
+  echo "|---|---:|---|---|---|"
+  echo "| cold proxy ÷ direct | $cold_ratio | $(pairwise_ratios "${all_of[cold]}" "${all_of[direct]}") | ≤ 1.0 | $(meets "$cold_ratio" '<=' 1.0) |"
+  echo "| warm proxy ÷ direct | $warm_ratio | $(pairwise_ratios "${all_of[warm]}" "${all_of[direct]}") | ≤ 0.3 | $(meets "$warm_ratio" '<=' 0.3) |"
+}
+
+reproduce="BENCH_DURATION_SECS=$DURATION_SECS BENCH_ROUNDS=$ROUNDS BENCH_CONNECTIONS=$CONNECTIONS BENCH_WRK_THREADS=$WRK_THREADS BENCH_MODULES=$MODULES BENCH_DELAY_MS=$DELAY_MS BENCH_MULTI_DELAY_MS=$MULTI_DELAY_MS BENCH_NOISE=$NOISE bench/run.sh"
 mkdir -p "$(dirname "$RESULTS")"
 report | tee "$RESULTS"
 log "results written to $RESULTS"
