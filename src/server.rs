@@ -9,9 +9,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,6 +30,10 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::upstream::{Exchanges, EXCHANGE};
 use crate::{routes, AppState};
+
+mod access_log;
+
+use access_log::{AccessBody, AccessRecord};
 
 /// Request headers larger than this are refused (hyper answers 431).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -458,130 +460,6 @@ impl tower::Service<Request<Incoming>> for ProxyService {
                 .boxed_unsync()
             }))
         })
-    }
-}
-
-/// What the access-log line says about one request, known once the response is chosen.
-struct AccessRecord {
-    state: Arc<AppState>,
-    started: Instant,
-    peer: SocketAddr,
-    method: http::Method,
-    path: String,
-    version: http::Version,
-    status: u16,
-    cache: &'static str,
-    route: &'static str,
-    /// Set when a trusted proxy named the client.
-    client: Option<std::net::IpAddr>,
-    token: Option<Arc<str>>,
-    upstream: Exchanges,
-    answered_by: Option<Arc<str>>,
-}
-
-impl AccessRecord {
-    fn write(self, sent: u64, complete: bool) {
-        let duration = self.started.elapsed();
-        self.state
-            .metrics
-            .record_request(self.route, self.status, self.cache, sent, duration);
-        let notes = std::mem::take(&mut *self.upstream.lock().unwrap_or_else(|p| p.into_inner()));
-        // The upstream that answered, else the one last asked; its last exchange is the one the
-        // line shows (a merged request may have asked others before it), and the count says
-        // how many there were.
-        let upstream = self
-            .answered_by
-            .clone()
-            .or_else(|| notes.last().map(|n| n.upstream.clone()));
-        let note = notes
-            .iter()
-            .rev()
-            .find(|n| Some(&n.upstream) == upstream.as_ref())
-            .or(notes.last());
-        let upstream_status = note.and_then(|n| n.status);
-        let upstream_ms = note.map(|n| n.took.as_millis() as u64);
-        let upstream_requests = notes.len();
-        tracing::info!(
-            target: "composer_proxy::access",
-            client = %self.client.unwrap_or(self.peer.ip()),
-            peer = self.client.map(|_| tracing::field::display(self.peer.ip())),
-            token = self.token.as_deref(),
-            method = %self.method,
-            path = %self.path,
-            version = ?self.version,
-            status = self.status,
-            bytes = sent,
-            duration_ms = duration.as_millis() as u64,
-            cache = self.cache,
-            route = self.route,
-            upstream = upstream.as_deref(),
-            upstream_status,
-            upstream_ms,
-            upstream_requests,
-            complete,
-            "request"
-        );
-    }
-}
-
-/// A response body that counts what is sent and writes the access-log line when it ends, fails,
-/// or is dropped (the client went away).
-struct AccessBody {
-    inner: routes::ResponseBody,
-    sent: u64,
-    /// Content-Length: hyper stops polling once that much is sent, so the end may never be
-    /// seen as such.
-    announced: Option<u64>,
-    record: Option<AccessRecord>,
-    /// Dropped with the body: the request is over for [`Activity`].
-    _in_flight: InFlight,
-}
-
-impl AccessBody {
-    fn finish(&mut self, complete: bool) {
-        if let Some(record) = self.record.take() {
-            record.write(self.sent, complete);
-        }
-    }
-}
-
-impl http_body::Body for AccessBody {
-    type Data = bytes::Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.sent += data.len() as u64;
-                }
-            }
-            Poll::Ready(Some(Err(_))) => self.finish(false),
-            Poll::Ready(None) => self.finish(true),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for AccessBody {
-    fn drop(&mut self) {
-        // An empty body may never be polled; a sized one is done once all of it went out.
-        let complete =
-            http_body::Body::is_end_stream(&self.inner) || self.announced == Some(self.sent);
-        self.finish(complete);
     }
 }
 

@@ -5,11 +5,10 @@
 //! connect, read and total timeouts, and decodes gzip metadata. Callers only ever pass URLs the
 //! proxy built from upstream metadata, never one a client supplied.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode};
@@ -25,150 +24,14 @@ use crate::composer::{self, MAX_METADATA_BYTES};
 use crate::config::{Credentials, UpstreamConfig};
 use crate::metrics::{Metrics, UpstreamOutcome};
 
-/// Why an upstream exchange failed; the variants map one-to-one onto what clients are told.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("upstream unreachable: {0}")]
-    Unreachable(String),
-    /// The TLS handshake failed (untrusted or expired certificate, wrong host name, not TLS at
-    /// all): a configuration problem rather than an outage, so it is told apart.
-    #[error("TLS handshake with upstream failed: {0}")]
-    Tls(String),
-    #[error("upstream timed out {0}")]
-    Timeout(&'static str),
-    #[error("upstream followed more than {0} redirects")]
-    TooManyRedirects(u8),
-    #[error("upstream sent an unusable response: {0}")]
-    Invalid(String),
-}
+mod exchange;
+mod keys;
 
-/// Conditional-request validators from a previous response.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Validators {
-    pub last_modified: Option<String>,
-    pub etag: Option<String>,
-}
-
-impl Validators {
-    fn from_headers(headers: &HeaderMap) -> Self {
-        let get = |name| {
-            headers
-                .get(name)
-                .and_then(|v: &HeaderValue| v.to_str().ok())
-                .map(str::to_string)
-        };
-        Self {
-            last_modified: get(header::LAST_MODIFIED),
-            etag: get(header::ETAG),
-        }
-    }
-}
-
-/// A metadata fetch's result, with the status classes callers act on.
-#[derive(Debug)]
-pub enum MetadataResponse {
-    /// 2xx with the decoded body.
-    Fresh { body: Bytes, validators: Validators },
-    /// 304 to a conditional request.
-    NotModified,
-    /// Any other final status (401, 403, 404, 5xx …).
-    Status(StatusCode),
-}
-
-/// A response whose body the caller streams (archives).
-pub struct StreamingResponse {
-    pub status: StatusCode,
-    /// HTTP/1.x bodies without a length end when the connection closes, so a cut looks
-    /// complete; archives need to know.
-    pub version: http::Version,
-    pub headers: HeaderMap,
-    pub body: Incoming,
-}
-
-/// What upstream last said about the key pair.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyVerdict {
-    /// No answer from the upstream origin yet.
-    Unknown,
-    Accepted,
-    Rejected,
-}
-
-/// What kind of upstream request, for metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RequestKind {
-    Metadata,
-    Archive,
-    Notify,
-}
-
-impl RequestKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            RequestKind::Metadata => "metadata",
-            RequestKind::Archive => "archive",
-            RequestKind::Notify => "notify",
-        }
-    }
-}
-
-/// The last upstream exchange made while answering one client request, for its access-log
-/// line: status (none when unreachable) and time to response headers.
-#[derive(Clone, Debug)]
-pub struct UpstreamNote {
-    /// The upstream's configured name.
-    pub upstream: Arc<str>,
-    pub status: Option<u16>,
-    pub took: Duration,
-}
-
-/// Every upstream exchange made for one client request, in order: a request of the merged
-/// repository may ask several upstreams before one owns the name.
-pub type Exchanges = Arc<Mutex<Vec<UpstreamNote>>>;
-
-tokio::task_local! {
-    /// Set by the server around each request (and by a download around its task); upstream
-    /// exchanges made there are recorded in it, for the access-log line.
-    pub static EXCHANGE: Exchanges;
-}
-
-/// Records an exchange for the current request's access-log line, if there is one.
-pub fn note_exchange(note: UpstreamNote) {
-    let _ = EXCHANGE.try_with(|slot| {
-        slot.lock().unwrap_or_else(|p| p.into_inner()).push(note);
-    });
-}
-
-/// The configured key pairs as `Authorization` values, in order of preference, and which one
-/// is in use. A reload swaps the whole ring; requests in flight keep the one they started with.
-struct KeyRing {
-    headers: Vec<HeaderValue>,
-    active: AtomicUsize,
-}
-
-impl KeyRing {
-    fn new(credentials: &[Credentials]) -> Self {
-        let headers = credentials
-            .iter()
-            .map(|c| {
-                let token = base64::engine::general_purpose::STANDARD.encode(format!(
-                    "{}:{}",
-                    c.public_key.expose(),
-                    c.private_key.expose()
-                ));
-                // Validated at start-up to contain no control characters, so this cannot fail.
-                let mut value = HeaderValue::from_str(&format!("Basic {token}"))
-                    .unwrap_or(HeaderValue::from_static(""));
-                value.set_sensitive(true);
-                value
-            })
-            .collect();
-        Self {
-            headers,
-            active: AtomicUsize::new(0),
-        }
-    }
-}
+pub use exchange::{
+    note_exchange, Exchanges, KeyVerdict, MetadataResponse, RequestKind, StreamingResponse,
+    UpstreamError, UpstreamNote, Validators, EXCHANGE,
+};
+use keys::KeyRing;
 
 pub struct UpstreamClient {
     /// The configured name: log fields and metric labels.
