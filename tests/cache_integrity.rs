@@ -19,6 +19,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use serde_json::Value;
+use support::cache_dir::{files_below, stored_archives};
 use support::catalogue::{Catalogue, FixtureVersion};
 use support::composer::{assert_installed_matches, ComposerProject};
 use support::mock_upstream::{ArchiveFault, MockOptions, MockUpstream, Protocol};
@@ -84,30 +85,6 @@ async fn dist_url(proxy_url: &str, archive: &Fixture) -> String {
 
 async fn mock(protocol: Protocol, catalogue: &Arc<Catalogue>) -> MockUpstream {
     MockUpstream::start(MockOptions::new(protocol, catalogue.clone())).await
-}
-
-/// Every file below `dir`, recursively.
-fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for path in entries.flatten().map(|e| e.path()) {
-        if path.is_dir() {
-            out.extend(files_below(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
-/// Stored archive bodies (`archives/<aa>/<key>.bin`).
-fn stored_archives(cache_dir: &Path) -> Vec<PathBuf> {
-    files_below(&cache_dir.join("archives"))
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "bin"))
-        .collect()
 }
 
 /// Files in `tmp/` and their lengths.

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use http::StatusCode;
 use serde_json::Value;
+use support::cache_dir::{files_below, stored_archives};
 use support::catalogue::Catalogue;
 use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
 use support::process::ProxyProcess;
@@ -48,31 +49,6 @@ fn verified_framework(catalogue: &Catalogue) -> (String, String, Bytes) {
         Catalogue::archive_path(FRAMEWORK, &version.version_normalized),
         archive.bytes.clone(),
     )
-}
-
-/// Every file below `dir`, recursively.
-fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_below(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
-/// Stored archive bodies (`<key>.bin`; their `<key>.json` descriptions are not counted).
-fn stored_archives(cache_dir: &Path) -> Vec<PathBuf> {
-    files_below(&cache_dir.join("archives"))
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "bin"))
-        .collect()
 }
 
 fn stored_bytes(cache_dir: &Path) -> u64 {
@@ -136,14 +112,7 @@ async fn fifty_concurrent_cold_requests_for_one_p2_file_make_one_upstream_reques
             assert_eq!(reply.body, first.body, "{protocol:?}: identical bytes");
         }
         if protocol == Protocol::V1 {
-            proxy
-                .state
-                .upstreams
-                .only()
-                .expect("one upstream")
-                .metadata
-                .wait_for_v1_chain()
-                .await;
+            proxy.wait_for_v1_chain().await;
         }
         let upstream = match protocol {
             Protocol::V1 => mock.count_prefix(&format!("/p/{FRAMEWORK}$")),

@@ -462,14 +462,7 @@ async fn cache_commands_work_beside_a_running_proxy() {
     }
     // The Composer 1 chain build writes metadata in the background; let it finish first, so
     // what the commands see is settled.
-    proxy
-        .state
-        .upstreams
-        .only()
-        .expect("one upstream")
-        .metadata
-        .wait_for_v1_chain()
-        .await;
+    proxy.wait_for_v1_chain().await;
     let total: usize = per_package.values().map(Vec::len).sum();
     let env = env_with_cache(&mock.url(), &proxy.cache_dir);
 

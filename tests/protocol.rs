@@ -41,18 +41,9 @@ async fn rewritten_v1_chain_verifies_like_composer_1_walks_it() {
         get(&format!("{}/packages.json", proxy.url)).await.status,
         StatusCode::OK
     );
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        proxy
-            .state
-            .upstreams
-            .only()
-            .expect("one upstream")
-            .metadata
-            .wait_for_v1_chain(),
-    )
-    .await
-    .expect("the v1 chain is built");
+    tokio::time::timeout(Duration::from_secs(30), proxy.wait_for_v1_chain())
+        .await
+        .expect("the v1 chain is built");
 
     let root = get(&format!("{}/packages.json", proxy.url)).await.json();
     let providers_url = root["providers-url"].as_str().expect("providers-url");
@@ -169,18 +160,9 @@ async fn p2_files_are_translated_from_v1_with_dev_versions_split_out() {
 async fn dollar_sign_may_arrive_percent_encoded() {
     let (_catalogue, _mock, proxy) = v1_setup(3).await;
     get(&format!("{}/packages.json", proxy.url)).await;
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        proxy
-            .state
-            .upstreams
-            .only()
-            .expect("one upstream")
-            .metadata
-            .wait_for_v1_chain(),
-    )
-    .await
-    .expect("chain");
+    tokio::time::timeout(Duration::from_secs(30), proxy.wait_for_v1_chain())
+        .await
+        .expect("chain");
     let root = get(&format!("{}/packages.json", proxy.url)).await.json();
     let (template, meta) = root["provider-includes"]
         .as_object()

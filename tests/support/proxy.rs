@@ -119,6 +119,17 @@ impl TestProxy {
         }
     }
 
+    /// Waits until the one upstream's rewritten Composer 1 chain is built.
+    pub async fn wait_for_v1_chain(&self) {
+        self.state
+            .upstreams
+            .only()
+            .expect("one upstream")
+            .metadata
+            .wait_for_v1_chain()
+            .await;
+    }
+
     /// Shuts the proxy down and waits for it to finish draining.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
