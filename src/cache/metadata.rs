@@ -97,7 +97,8 @@ impl MetadataSettings {
     pub fn for_upstream(config: &crate::config::Config, upstream: &UpstreamConfig) -> Self {
         Self {
             ttl: upstream.metadata_ttl,
-            max_bytes: config.metadata_cache_max_bytes,
+            // One bound for all: each upstream's cache gets its share.
+            max_bytes: config.metadata_cache_max_bytes / config.upstreams.len().max(1) as u64,
             prefetch_concurrency: config.v1_prefetch_concurrency,
             negative_ttl: upstream.negative_ttl,
             stale_on_key_rejection: config.stale_on_key_rejection,
