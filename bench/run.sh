@@ -561,7 +561,10 @@ pairwise_ratios() {
 
 ensure_tools
 
-log "building (release)"
+# The commit the binaries are built from, taken now: others may commit while this runs.
+# "-dirty": the working tree had uncommitted changes, which the build includes.
+build_commit=$(git -C "$repo_root" describe --always --dirty 2>/dev/null || echo unknown)
+log "building (release) at $build_commit"
 cargo build --release --locked --bin composer-proxy --example mock_upstream
 target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
 
@@ -679,6 +682,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     done
   done
 done
+load_after_hits=$(cut -d' ' -f1 /proc/loadavg)
 warm_rss_kib=$(peak_rss_kib "$warm_pid")
 merged_warm_rss_kib=$(peak_rss_kib "$merged_warm_pid")
 
@@ -752,19 +756,19 @@ for ((round = 1; round <= ROUNDS; round++)); do
   done
 done
 multi_count=$(jq '.packages | length' "$work/multi-direct-1/project/composer.lock")
+load_at_end=$(cut -d' ' -f1 /proc/loadavg)
 
 # --- Report ----------------------------------------------------------------------------
 
 report() {
-  local commit
-  commit=$(git -C "$repo_root" describe --always --dirty 2>/dev/null || echo unknown)
   echo "## composer-proxy benchmark"
   echo
-  echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), commit $commit, $(nproc) CPUs, $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(composer --version 2>/dev/null | awk '{print $1, $3}')."
+  echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), built from commit $build_commit, $(nproc) CPUs, $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(composer --version 2>/dev/null | awk '{print $1, $3}')."
   echo "wrk -c$CONNECTIONS -t$WRK_THREADS -d${DURATION_SECS}s --latency, keep-alive, identity encoding;"
   echo "median of $ROUNDS rounds (proxy and nginx alternating); wrk shares the CPUs with the"
   echo "server in both cases. Catalogue: $MODULES modules. 1-minute load average before the"
-  echo "measurements (other work on the machine): $load_before."
+  echo "measurements (other work on the machine): $load_before; after the wrk runs: $load_after_hits;"
+  echo "at the end: $load_at_end."
   echo
   echo "Reproduce: \`$reproduce\`"
   echo
