@@ -17,7 +17,9 @@ use std::time::SystemTime;
 
 use crate::composer::is_hex_digest;
 
-pub use health::{cache_verdict, CacheHealth, CacheProbe, DiskSpace, WriteKind};
+pub use health::{
+    cache_verdict, is_network_filesystem, CacheHealth, CacheProbe, DiskSpace, WriteKind,
+};
 pub use sweep::SweepReport;
 
 #[derive(Debug)]
@@ -28,6 +30,8 @@ pub struct CacheDir {
     /// proxies in one process (start time), so shutdown removes only its own.
     instance: String,
     health: CacheHealth,
+    /// On NFS & co. a stat can stall: such calls go through the blocking pool.
+    network_filesystem: bool,
 }
 
 impl CacheDir {
@@ -36,9 +40,10 @@ impl CacheDir {
         for sub in ["metadata", "archives", "locks", "tmp"] {
             tokio::fs::create_dir_all(root.join(sub)).await?;
         }
-        let dir = Self::at(root);
+        let mut dir = Self::at(root);
         // A live replica holds a lock on each of its temporary files; the rest are leftovers.
         let dir = tokio::task::spawn_blocking(move || {
+            dir.network_filesystem = is_network_filesystem(&dir.root);
             dir.sweep_temp().log();
             dir
         })
@@ -59,7 +64,13 @@ impl CacheDir {
             counter: AtomicU64::new(0),
             instance: format!("{}-{started}", std::process::id()),
             health: CacheHealth::default(),
+            network_filesystem: false,
         }
+    }
+
+    /// Whether the directory is on a network filesystem (known after [`CacheDir::open`]).
+    pub fn is_on_network_filesystem(&self) -> bool {
+        self.network_filesystem
     }
 
     /// Write failures, free space and temporary files, for `/readyz` and `/metrics`.

@@ -54,13 +54,17 @@ pub fn owner_of(
     Ok(None)
 }
 
+/// Each upstream's root view, where it has one.
+type Views = Vec<Option<Arc<View>>>;
+
 pub struct Upstreams {
     list: Vec<Arc<Upstream>>,
     /// Where the merged repository is served, without trailing slash.
     public_url: String,
-    /// The merged `packages.json`, and the views (by address) it was built from: rebuilt only
-    /// when an upstream's root changed or was revalidated.
-    merged_root: Mutex<Option<(Vec<usize>, Document)>>,
+    /// The merged `packages.json`, and the views it was built from (held, so a newer view can
+    /// never be taken for one of them): rebuilt only when an upstream's root changed or was
+    /// revalidated.
+    merged_root: Mutex<Option<(Views, Document)>>,
 }
 
 impl Upstreams {
@@ -168,18 +172,21 @@ impl Upstreams {
                 return Err(e);
             }
         }
-        let identity: Vec<usize> = views
-            .iter()
-            .map(|v| v.as_ref().map_or(0, |v| Arc::as_ptr(v) as usize))
-            .collect();
+        let same = |a: &Option<Arc<View>>, b: &Option<Arc<View>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
         let mut cached = self.merged_root.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((built_from, doc)) = cached.as_ref() {
-            if *built_from == identity {
+            if built_from.len() == views.len()
+                && built_from.iter().zip(&views).all(|(a, b)| same(a, b))
+            {
                 return Ok((doc.clone(), status));
             }
         }
         let doc = merged_root_document(&self.public_url, &views);
-        *cached = Some((identity, doc.clone()));
+        *cached = Some((views, doc.clone()));
         Ok((doc, status))
     }
 

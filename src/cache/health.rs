@@ -46,6 +46,27 @@ impl DiskSpace {
     }
 }
 
+/// Whether `path` is on a network filesystem, where a stat may wait on a server: NFS, SMB/CIFS,
+/// FUSE (sshfs, object-store mounts), Ceph, AFS, 9p, Lustre. Local filesystems answer a stat
+/// of a file just used from the inode cache. Blocking (one statfs call); `false` if unknown.
+pub fn is_network_filesystem(path: &Path) -> bool {
+    const NETWORK: [u32; 12] = [
+        0x6969,      // NFS
+        0x517B,      // SMB
+        0xFF53_4D42, // CIFS
+        0xFE53_4D42, // SMB2
+        0x6573_5546, // FUSE
+        0x00C3_6400, // Ceph
+        0x5346_414F, // AFS
+        0x7375_7245, // Coda
+        0x0102_1997, // 9p
+        0x0116_1970, // GFS2
+        0x7461_636F, // OCFS2
+        0x0BD0_0BD0, // Lustre
+    ];
+    rustix::fs::statfs(path).is_ok_and(|s| NETWORK.contains(&(s.f_type as u64 as u32)))
+}
+
 /// How long a failed write keeps the cache reported as degraded after the last failure, when
 /// no write has succeeded since.
 const WRITE_FAILURE_REPORTED_FOR: Duration = Duration::from_secs(300);

@@ -51,12 +51,16 @@ impl Inner {
             return Err(ProxyError::Cache(io::Error::other("bad archive key")));
         };
         if let Some(entry) = self.memory.get(key) {
-            // Through the blocking pool, though a local disk answers from its inode cache: on
-            // a shared (NFS) volume a stat can stall, and must not stall the runtime with it.
+            // A local disk answers this stat of a file just used from its inode cache, in less
+            // time than a hop through the blocking pool takes; on a network filesystem it can
+            // stall, and must not stall the runtime with it.
             let len = entry.bytes.len() as u64;
-            let same = tokio::fs::symlink_metadata(&path)
-                .await
-                .is_ok_and(|m| m.ino() == entry.ino && m.len() == len);
+            let same = |m: std::fs::Metadata| m.ino() == entry.ino && m.len() == len;
+            let same = if self.disk.is_on_network_filesystem() {
+                tokio::fs::symlink_metadata(&path).await.is_ok_and(same)
+            } else {
+                std::fs::symlink_metadata(&path).is_ok_and(same)
+            };
             if same {
                 self.mark_used(key, len);
                 return Ok(Some(Archive::Memory(entry.bytes)));
