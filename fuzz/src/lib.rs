@@ -21,6 +21,8 @@ pub fn rewriter() -> Rewriter {
     Rewriter {
         public_url: PUBLIC_URL.into(),
         upstream: Url::parse("https://repo.magento.com").expect("a valid URL"),
+        // packagist.org's dists on GitHub: rewriting must handle an allowed host too.
+        allowed_hosts: vec![Url::parse("https://codeload.github.com").expect("a valid URL")],
     }
 }
 
