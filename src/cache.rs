@@ -364,4 +364,27 @@ mod tests {
             0
         );
     }
+
+    /// An upgrade takes over the cache of the versions before `[[upstream]]` tables: the flat
+    /// upstream's files are exactly where they were.
+    #[test]
+    fn the_flat_upstream_keeps_the_layout_of_earlier_versions() {
+        let dir = CacheDir::at(Path::new("/cache"));
+        assert_eq!(
+            dir.state_path(None, "root.json"),
+            Path::new("/cache/metadata/root.json")
+        );
+        let url = "https://repo.example/p2/a/b.json";
+        let key = crate::composer::sha256_hex(url.as_bytes());
+        assert_eq!(
+            dir.url_state_path(None, url),
+            Path::new("/cache/metadata/p2")
+                .join(&key[..2])
+                .join(format!("{key}.json"))
+        );
+        assert_eq!(
+            dir.state_path(Some("hyva"), "root.json"),
+            Path::new("/cache/metadata/upstreams/hyva/root.json")
+        );
+    }
 }
