@@ -17,14 +17,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::StatusCode;
-use http_body_util::BodyExt;
 use serde_json::Value;
 use support::cache_dir::{files_below, stored_archives};
 use support::catalogue::{Catalogue, FixtureVersion};
 use support::composer::{assert_installed_matches, ComposerProject};
 use support::mock_upstream::{ArchiveFault, MockOptions, MockUpstream, Protocol};
 use support::process::ProxyProcess;
-use support::proxy::{base_env, get, try_get, TestProxy};
+use support::proxy::{after_first_chunk, base_env, get, try_get, TestProxy};
 use support::small_disk::SmallDisk;
 
 const FRAMEWORK: &str = "magento/framework";
@@ -590,20 +589,8 @@ async fn temp_files_left_by_kill_9_are_swept_while_running() {
     // Upstream sends half the archive, then hangs: a first chunk at the client means the
     // partial download is in tmp/ when the process dies.
     mock.set_stall_archives(true);
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<Bytes>>();
-    let response = client
-        .get(url.parse().expect("uri"))
-        .await
-        .expect("headers arrive");
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
-    let first = body
-        .frame()
-        .await
-        .expect("a first chunk")
-        .expect("no error yet");
-    assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+    // Held open until the end, as a client would be while the process dies.
+    let _transfer = after_first_chunk(&url).await;
     blocking(|| killed.kill_9());
     let partial: Vec<(PathBuf, u64)> = temp_files(cache.path())
         .into_iter()

@@ -17,7 +17,7 @@ use support::cache_dir::{files_below, stored_archives};
 use support::catalogue::Catalogue;
 use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
 use support::process::ProxyProcess;
-use support::proxy::{base_env, get, get_with, request, try_get, TestProxy};
+use support::proxy::{after_first_chunk, base_env, get, get_with, request, try_get, TestProxy};
 
 const FRAMEWORK: &str = "magento/framework";
 
@@ -436,20 +436,7 @@ async fn after_kill_9_during_a_download_no_partial_archive_is_served() {
     // Upstream sends half the archive and then hangs; the client receives what the proxy
     // passed on, so the partial download is certainly on disk when the process is killed.
     mock.set_stall_archives(true);
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<Bytes>>();
-    let response = client
-        .get(url.parse().expect("uri"))
-        .await
-        .expect("headers arrive");
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
-    let first = body
-        .frame()
-        .await
-        .expect("a first chunk")
-        .expect("no error yet");
-    assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+    let body = after_first_chunk(&url).await;
     tokio::task::block_in_place(|| process.kill_9());
     assert!(
         body.collect().await.is_err(),

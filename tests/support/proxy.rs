@@ -215,3 +215,22 @@ pub async fn try_get(
         .map_err(|e| e.to_string());
     (parts.status, parts.headers, body)
 }
+
+/// GETs `url`, expects a 200 and waits for its first non-empty chunk; returns the rest of the
+/// body, for a test to see how it ends (a download the test is about to interrupt).
+pub async fn after_first_chunk(url: &str) -> hyper::body::Incoming {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let response = client
+        .get(url.parse().expect("uri"))
+        .await
+        .expect("headers arrive");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = body
+        .frame()
+        .await
+        .expect("a first chunk")
+        .expect("no error yet");
+    assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+    body
+}
