@@ -18,7 +18,6 @@ mod upstreams;
 
 pub use keys::{Credentials, KeySource, Secret};
 use raw::{validate, RawConfig};
-pub use upstreams::FLAT_NAME;
 
 /// The built-in defaults; `config/default.toml` is the single source of truth for them.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");

@@ -69,17 +69,7 @@ fn fixture(catalogue: &Catalogue, name: &str, pick: impl Fn(&FixtureVersion) -> 
 
 /// The proxy's dist URL for `archive`, from the p2 file it serves.
 async fn dist_url(proxy_url: &str, archive: &Fixture) -> String {
-    let name = &archive.name;
-    let p2 = get(&format!("{proxy_url}/p2/{name}.json")).await;
-    assert_eq!(p2.status, StatusCode::OK, "p2 file of {name}");
-    let json = p2.json();
-    let versions = json["packages"][name].as_array().expect("versions");
-    let found = versions
-        .iter()
-        .find(|v| v["version"] == archive.version.as_str());
-    let url = found.and_then(|v| v["dist"]["url"].as_str());
-    url.unwrap_or_else(|| panic!("no dist URL for {name} {}", archive.version))
-        .to_string()
+    support::proxy::dist_url(proxy_url, &archive.name, &archive.version).await
 }
 
 async fn mock(protocol: Protocol, catalogue: &Arc<Catalogue>) -> MockUpstream {

@@ -17,22 +17,11 @@ use support::cache_dir::{files_below, stored_archives};
 use support::catalogue::Catalogue;
 use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
 use support::process::ProxyProcess;
-use support::proxy::{after_first_chunk, base_env, get, get_with, request, try_get, TestProxy};
+use support::proxy::{
+    after_first_chunk, base_env, dist_url, get, get_with, request, try_get, TestProxy,
+};
 
 const FRAMEWORK: &str = "magento/framework";
-
-/// The proxy's dist URL for `name` at `version`, from the p2 file it serves.
-async fn dist_url(proxy_url: &str, name: &str, version: &str) -> String {
-    let p2 = get(&format!("{proxy_url}/p2/{name}.json")).await;
-    assert_eq!(p2.status, StatusCode::OK, "p2 file of {name}");
-    let json = p2.json();
-    let versions = json["packages"][name].as_array().expect("versions");
-    let found = versions
-        .iter()
-        .find(|v| v["version"] == version)
-        .unwrap_or_else(|| panic!("{name} {version} in the p2 file"));
-    found["dist"]["url"].as_str().expect("dist url").to_string()
-}
 
 /// A framework version whose metadata publishes the archive's sha1, and its archive bytes.
 fn verified_framework(catalogue: &Catalogue) -> (String, String, Bytes) {

@@ -234,3 +234,16 @@ pub async fn after_first_chunk(url: &str) -> hyper::body::Incoming {
     assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
     body
 }
+
+/// The proxy's dist URL for `name` at `version`, from the p2 file it serves.
+pub async fn dist_url(proxy_url: &str, name: &str, version: &str) -> String {
+    let p2 = get(&format!("{proxy_url}/p2/{name}.json")).await;
+    assert_eq!(p2.status, StatusCode::OK, "p2 file of {name}");
+    let json = p2.json();
+    let versions = json["packages"][name].as_array().expect("versions");
+    let found = versions
+        .iter()
+        .find(|v| v["version"] == version)
+        .unwrap_or_else(|| panic!("{name} {version} in the p2 file"));
+    found["dist"]["url"].as_str().expect("dist url").to_string()
+}
