@@ -239,11 +239,15 @@ pub async fn run(
     reload: impl Fn() -> Result<Config, config::ConfigError> + Send + Sync + 'static,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // Taken before anything is served, not when the watcher task first runs: a file replaced
+    // between start and that first poll would otherwise look unchanged and never be applied.
+    let seen = fingerprint(&config.watched_files);
     let proxy = Proxy::bind(&config).await?;
     log_start(&config, &proxy);
     let reloader = tokio::spawn(reload_on_change(
         proxy.state.clone(),
         config.watched_files.clone(),
+        seen,
         reload,
     ));
     proxy.run(shutdown).await;
@@ -266,11 +270,11 @@ fn fingerprint(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
 async fn reload_on_change(
     state: Arc<AppState>,
     mut watched: Vec<PathBuf>,
+    mut seen: Vec<Option<(SystemTime, u64)>>,
     reload: impl Fn() -> Result<Config, config::ConfigError>,
 ) {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut seen = fingerprint(&watched);
     let mut ticker = tokio::time::interval(WATCH_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
