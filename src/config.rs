@@ -12,10 +12,12 @@ use std::time::Duration;
 use ipnet::IpNet;
 use url::Url;
 
+mod github;
 mod keys;
 mod raw;
 mod upstreams;
 
+pub use github::GitHubConfig;
 pub use keys::{Credentials, KeySource, Secret};
 use raw::{validate, RawConfig};
 
@@ -112,6 +114,8 @@ pub struct Config {
     /// How often the scrub starts a pass over the stored archives; `None`: never.
     pub scrub_interval: Option<Duration>,
     pub scrub_max_bytes_per_sec: u64,
+    /// Dists on GitHub (packagist.org's): where they are fetched and with which token.
+    pub github: GitHubConfig,
     pub log_format: LogFormat,
     pub log_level: String,
 }

@@ -237,6 +237,14 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY,
                 format!("The upstream repository redirected more than {n} times."),
             ),
+            ProxyError::Upstream(UpstreamError::RateLimited { retry_after, has_token: false }) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("GitHub's rate limit for this archive's host is used up (retry in {} s). The proxy's administrator can set github_token (or github_token_file) so GitHub dists are fetched with a token.", retry_after.as_secs()),
+            ),
+            ProxyError::Upstream(UpstreamError::RateLimited { retry_after, has_token: true }) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("GitHub's rate limit for composer-proxy's github_token is used up (retry in {} s); archives already cached still install.", retry_after.as_secs()),
+            ),
             ProxyError::Upstream(UpstreamError::Invalid(_)) | ProxyError::Protocol(_) => (
                 StatusCode::BAD_GATEWAY,
                 "The upstream repository sent metadata composer-proxy could not use (see the proxy's log).".into(),
@@ -261,6 +269,22 @@ impl ProxyError {
         }
     }
 
+    /// Seconds to name in `Retry-After` when the answer is "not now".
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ProxyError::Upstream(UpstreamError::RateLimited { retry_after, .. }) => {
+                Some(retry_after.as_secs())
+            }
+            ProxyError::Shared(inner) => inner.retry_after(),
+            _ => None,
+        }
+    }
+
+    /// Not worth asking again at once: the answer would be the same.
+    pub fn is_rate_limit(&self) -> bool {
+        self.retry_after().is_some()
+    }
+
     /// The JSON response Composer shows to its user.
     pub fn to_response(&self) -> Response<bytes::Bytes> {
         let (status, warning) = self.status_and_warning();
@@ -274,6 +298,11 @@ impl ProxyError {
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -339,6 +339,15 @@ fn log_start(config: &Config, proxy: &Proxy) {
         tracing::warn!("public_url is derived from an unspecified listen address; set public_url to the URL clients use");
     }
     warn_if_no_tokens(config, &proxy.state.tokens);
+    match config.github.token_source {
+        Some(source) => {
+            tracing::info!(source, api = %config.github.api, "GitHub token configured: zipballs come through the API")
+        }
+        None => tracing::info!(
+            codeload = %config.github.codeload,
+            "no GitHub token: zipballs come straight from codeload (set github_token for private repositories)"
+        ),
+    }
     let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
     tracing::info!(
         listen = %proxy.local_addr(),

@@ -25,12 +25,14 @@ use crate::config::{Credentials, UpstreamConfig};
 use crate::metrics::{Metrics, UpstreamOutcome};
 
 mod exchange;
+mod github;
 mod keys;
 
 pub use exchange::{
     note_exchange, Exchanges, KeyVerdict, MetadataResponse, RequestKind, StreamingResponse,
     UpstreamError, UpstreamNote, Validators, EXCHANGE,
 };
+pub use github::GitHub;
 use keys::KeyRing;
 
 pub struct UpstreamClient {
@@ -42,6 +44,8 @@ pub struct UpstreamClient {
     key_verdict: AtomicU8,
     keys: RwLock<Arc<KeyRing>>,
     metrics: Arc<Metrics>,
+    /// GitHub, where dists of packagist-style upstreams live; shared by all upstreams.
+    github: Arc<GitHub>,
     /// Since when upstream has been failing (unreachable, timing out or answering 5xx).
     down_since: Mutex<Option<Instant>>,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -54,7 +58,11 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn new(
+        cfg: &UpstreamConfig,
+        github: Arc<GitHub>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = &cfg.ca_file {
@@ -111,6 +119,7 @@ impl UpstreamClient {
             key_verdict: AtomicU8::new(KeyVerdict::Unknown as u8),
             keys: RwLock::new(Arc::new(KeyRing::new(&cfg.key_pairs()))),
             metrics,
+            github,
             down_since: Mutex::new(None),
             client,
             base: cfg.url.clone(),
@@ -132,6 +141,10 @@ impl UpstreamClient {
 
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    pub fn github(&self) -> &GitHub {
+        &self.github
     }
 
     pub fn allowed_hosts(&self) -> &[Url] {
@@ -237,8 +250,9 @@ impl UpstreamClient {
         extra: HeaderMap,
         body: Bytes,
     ) -> Result<StreamingResponse, UpstreamError> {
-        let mut url =
-            Url::parse(url).map_err(|e| UpstreamError::Invalid(format!("bad URL: {e}")))?;
+        let mut url = self
+            .github
+            .route(Url::parse(url).map_err(|e| UpstreamError::Invalid(format!("bad URL: {e}")))?);
         let mut method = method;
         let mut body = body;
         let ring = self.ring();
@@ -256,6 +270,8 @@ impl UpstreamClient {
                 if let Some(auth) = ring.headers.get(key) {
                     headers.insert(header::AUTHORIZATION, auth.clone());
                 }
+            } else if let Some(token) = self.github.authorization(&url) {
+                headers.insert(header::AUTHORIZATION, token);
             }
             let request = builder
                 .body(Full::new(body.clone()))
@@ -332,6 +348,25 @@ impl UpstreamClient {
                 }
                 url = next;
                 continue;
+            }
+            if let Some(limited) = self.github.rate_limited(&url, status, response.headers()) {
+                let has_token = self.github.has_token();
+                tracing::warn!(
+                    event = "github_rate_limited",
+                    upstream = %self.name,
+                    retry_after_secs = limited.retry_after.as_secs(),
+                    has_token,
+                    "GitHub's rate limit is exhausted; {}",
+                    if has_token {
+                        "the github_token's hourly allowance is used up"
+                    } else {
+                        "set github_token (or github_token_file) so GitHub dists are fetched with a token"
+                    }
+                );
+                return Err(UpstreamError::RateLimited {
+                    retry_after: limited.retry_after,
+                    has_token,
+                });
             }
             if origin && status == StatusCode::UNAUTHORIZED && key < ring.headers.len() {
                 self.metrics.record_key_rejection(&self.name, key);

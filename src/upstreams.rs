@@ -17,7 +17,7 @@ use crate::composer::Document;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::upstream::UpstreamClient;
+use crate::upstream::{GitHub, UpstreamClient};
 
 /// One upstream repository.
 pub struct Upstream {
@@ -59,6 +59,8 @@ type Views = Vec<Option<Arc<View>>>;
 
 pub struct Upstreams {
     list: Vec<Arc<Upstream>>,
+    /// Shared by every upstream's client: dists on GitHub, and the token for its API.
+    github: Arc<GitHub>,
     /// Where the merged repository is served, without trailing slash.
     public_url: String,
     /// The merged `packages.json`, and the views it was built from (held, so a newer view can
@@ -77,8 +79,9 @@ impl Upstreams {
         metrics: &Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let mut list = Vec::with_capacity(config.upstreams.len());
+        let github = Arc::new(GitHub::new(&config.github));
         for cfg in &config.upstreams {
-            let client = Arc::new(UpstreamClient::new(cfg, metrics.clone())?);
+            let client = Arc::new(UpstreamClient::new(cfg, github.clone(), metrics.clone())?);
             let base = if cfg.named {
                 format!("{public_url}/{}", cfg.name)
             } else {
@@ -100,6 +103,7 @@ impl Upstreams {
         }
         Ok(Self {
             list,
+            github,
             public_url: public_url.to_string(),
             merged_root: Mutex::new(None),
         })
@@ -131,8 +135,10 @@ impl Upstreams {
         }
     }
 
-    /// Applies reloaded key pairs, upstream by upstream (matched by name).
+    /// Applies reloaded key pairs, upstream by upstream (matched by name), and the GitHub
+    /// token.
     pub fn set_key_pairs(&self, config: &Config) {
+        self.github.set_token(&config.github);
         for cfg in &config.upstreams {
             if let Some(upstream) = self.list.iter().find(|u| *u.name == cfg.name) {
                 upstream.client.set_key_pairs(&cfg.key_pairs());

@@ -32,13 +32,20 @@ use support::proxy::{request, Reply};
 /// URL encoding both change, so each encoding is a distinct needle.
 const PUBLIC: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a0";
 const PRIVATE: &str = "pR1v+tE/k3Y=w1th&sp3c%al$ch4rs!~";
+/// The organisation's GitHub token: configured too, and just as secret.
+const GITHUB_TOKEN: &str = "ghp_k3yHyg13neT0kenNeverPrinted0042";
 
 fn needles() -> Vec<(String, String)> {
     let b64 = &base64::engine::general_purpose::STANDARD;
     let b64url = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let pair = format!("{PUBLIC}:{PRIVATE}");
     let mut needles = Vec::new();
-    for (what, secret) in [("public", PUBLIC), ("private", PRIVATE), ("pair", &pair)] {
+    for (what, secret) in [
+        ("public", PUBLIC),
+        ("private", PRIVATE),
+        ("pair", &pair),
+        ("github token", GITHUB_TOKEN),
+    ] {
         needles.push((format!("{what} raw"), secret.to_string()));
         needles.push((format!("{what} base64"), b64.encode(secret)));
         needles.push((format!("{what} base64url"), b64url.encode(secret)));
@@ -130,6 +137,7 @@ fn keys_never_leave_the_proxy_except_towards_the_upstream() {
         ("COMPOSER_PROXY_UPSTREAM_URL", mock.url()),
         ("COMPOSER_PROXY_PUBLIC_KEY", PUBLIC.into()),
         ("COMPOSER_PROXY_PRIVATE_KEY", PRIVATE.into()),
+        ("COMPOSER_PROXY_GITHUB_TOKEN", GITHUB_TOKEN.into()),
         ("COMPOSER_PROXY_CACHE_DIR", cache.display().to_string()),
         ("COMPOSER_PROXY_LOG_LEVEL", "trace".into()),
         ("COMPOSER_PROXY_UPSTREAM_READ_TIMEOUT_SECS", "1".into()),

@@ -14,9 +14,9 @@ use http::StatusCode;
 
 use crate::commands::{CommandError, EXIT_OK};
 use crate::composer::{self, UpstreamRoot};
-use crate::config::{Config, Credentials, KeySource, UpstreamConfig};
+use crate::config::{Config, Credentials, GitHubConfig, KeySource, UpstreamConfig};
 use crate::metrics::Metrics;
-use crate::upstream::{MetadataResponse, UpstreamClient, UpstreamError};
+use crate::upstream::{GitHub, MetadataResponse, UpstreamClient, UpstreamError};
 
 /// What `check` concluded; each has its own exit status.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,9 +73,9 @@ impl Verdict {
             UpstreamError::Unreachable(detail) => Verdict::Unreachable(detail),
             UpstreamError::Timeout(during) => Verdict::Unreachable(format!("timed out {during}")),
             UpstreamError::Tls(detail) => Verdict::Tls(detail),
-            e @ (UpstreamError::TooManyRedirects(_) | UpstreamError::Invalid(_)) => {
-                Verdict::UpstreamError(e.to_string())
-            }
+            e @ (UpstreamError::TooManyRedirects(_)
+            | UpstreamError::Invalid(_)
+            | UpstreamError::RateLimited { .. }) => Verdict::UpstreamError(e.to_string()),
         }
     }
 }
@@ -121,7 +121,7 @@ pub async fn run(config: &Config) -> Result<u8, CommandError> {
         if i > 0 {
             println!();
         }
-        let verdict = check_upstream(upstream).await?;
+        let verdict = check_upstream(upstream, &config.github).await?;
         if verdict.severity() > worst_severity {
             worst_severity = verdict.severity();
             worst = verdict.exit_status();
@@ -131,7 +131,10 @@ pub async fn run(config: &Config) -> Result<u8, CommandError> {
 }
 
 /// Checks one upstream, prints its verdict, and returns it.
-async fn check_upstream(config: &UpstreamConfig) -> Result<Verdict, CommandError> {
+async fn check_upstream(
+    config: &UpstreamConfig,
+    github: &GitHubConfig,
+) -> Result<Verdict, CommandError> {
     let mut pairs: Vec<Option<Credentials>> = config.key_pairs().into_iter().map(Some).collect();
     // A named upstream may need no credentials (packagist.org): check it as it is.
     if pairs.is_empty() && config.named {
@@ -145,7 +148,8 @@ async fn check_upstream(config: &UpstreamConfig) -> Result<Verdict, CommandError
             ..config.clone()
         };
         // The only failure here is an unusable `upstream_ca_file`, named as a setting.
-        let client = UpstreamClient::new(&upstream, Arc::new(Metrics::default()))
+        let github = Arc::new(GitHub::new(github));
+        let client = UpstreamClient::new(&upstream, github, Arc::new(Metrics::default()))
             .map_err(|e| CommandError::Usage(format!("{e:#}")))?;
         let verdict = probe(&client).await;
         // Only a refusal is about one key pair; anything else would repeat for the others.

@@ -186,6 +186,7 @@ pub fn migrate(config: &Config, options: &MigrateOptions) -> Result<u8, CommandE
             public_url: public_url.clone(),
             upstream: u.url.clone(),
             allowed_hosts: u.allowed_hosts.clone(),
+            github_api: config.github.api.clone(),
         })
         .collect();
     let name = options.lock.display().to_string();

@@ -68,6 +68,8 @@ pub struct Rewriter {
     pub upstream: Url,
     /// Other origins whose dists the proxy fetches on this upstream's behalf.
     pub allowed_hosts: Vec<Url>,
+    /// The GitHub API: its zipballs are fetched for every upstream (packagist.org's dists).
+    pub github_api: Url,
 }
 
 /// A package's metadata in every form the proxy serves, built once per upstream document.
@@ -91,11 +93,13 @@ impl ProcessedPackage {
 }
 
 impl Rewriter {
-    /// The upstream's own origin, or one of its allowed hosts: the only places it fetches from.
+    /// The upstream's own origin, one of its allowed hosts, or a GitHub zipball: the only places
+    /// it fetches from.
     fn fetchable(&self, url: &Url) -> bool {
         std::iter::once(&self.upstream)
             .chain(&self.allowed_hosts)
             .any(|origin| same_origin(origin, url))
+            || super::github::zipball(&self.github_api, url).is_some()
     }
 
     /// Points one version's dist (and notification URL) at the proxy and records where the
@@ -331,6 +335,7 @@ pub(crate) fn test_rewriter(public_url: &str) -> Rewriter {
         public_url: public_url.into(),
         upstream: Url::parse("https://repo.magento.com").expect("url"),
         allowed_hosts: Vec::new(),
+        github_api: Url::parse("https://api.github.com").expect("url"),
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use super::github::github;
 use super::upstreams::{upstreams, RawUpstream};
 use super::{parse_public_url, Config, ConfigError, LogFormat, TlsFiles};
 
@@ -55,6 +56,10 @@ pub(super) struct RawConfig {
     pub(super) cache_sweep_interval_secs: u64,
     pub(super) scrub_interval_secs: u64,
     pub(super) scrub_max_bytes_per_sec: u64,
+    pub(super) github_token: String,
+    pub(super) github_token_file: String,
+    pub(super) github_api_url: String,
+    pub(super) github_codeload_url: String,
     pub(super) log_format: String,
     pub(super) log_level: String,
     /// `[[upstream]]` tables; only in a `--config` file.
@@ -111,6 +116,7 @@ pub(super) fn validate(
     let trusted_proxies = cidrs("trusted_proxies", &raw.trusted_proxies)?;
 
     let (upstreams, key_files) = upstreams(&raw, origin_of, env)?;
+    let github = github(&raw, origin_of, env)?;
 
     let positive = |setting: &str, secs: u64| {
         if secs == 0 {
@@ -200,7 +206,7 @@ pub(super) fn validate(
         upstream_retry: Duration::from_secs(raw.upstream_retry_secs),
         watched_files: key_files
             .iter()
-            .chain([&raw.tls_cert, &raw.tls_key])
+            .chain([&raw.tls_cert, &raw.tls_key, &raw.github_token_file])
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
             .collect(),
@@ -212,6 +218,7 @@ pub(super) fn validate(
         scrub_interval: (raw.scrub_interval_secs > 0)
             .then(|| Duration::from_secs(raw.scrub_interval_secs)),
         scrub_max_bytes_per_sec: raw.scrub_max_bytes_per_sec,
+        github,
         log_format,
         log_level: raw.log_level,
     })

@@ -89,6 +89,12 @@ pub(super) struct RawUpstream {
     archive_timeout_secs: Option<u64>,
 }
 
+impl RawUpstream {
+    pub(super) fn auth_json(&self) -> &str {
+        &self.auth_json
+    }
+}
+
 /// `COMPOSER_PROXY_UPSTREAM_<NAME>_<FIELD>` split into the upstream's name as written in
 /// capitals and the field (lower case), when the variable has that shape.
 pub(super) fn secret_variable(var: &str) -> Option<(&str, String)> {

@@ -24,6 +24,12 @@ pub enum UpstreamError {
     TooManyRedirects(u8),
     #[error("upstream sent an unusable response: {0}")]
     Invalid(String),
+    /// GitHub's rate limit (a dist host, not the upstream itself) is used up.
+    #[error("GitHub rate limit exhausted; retry in {retry_after:?}")]
+    RateLimited {
+        retry_after: Duration,
+        has_token: bool,
+    },
 }
 
 /// Conditional-request validators from a previous response.

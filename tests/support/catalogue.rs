@@ -675,6 +675,32 @@ impl Catalogue {
         catalogue
     }
 
+    /// `count` libraries as packagist.org publishes them (`tooling/lib-000` …), each with two
+    /// tagged releases and a `dev-main` branch, GitHub references and no shasum: enough of them
+    /// to exceed what GitHub's API gives an unauthenticated address in an hour.
+    pub fn packagist_libraries(count: usize) -> Catalogue {
+        const VERSIONS: &[(&str, &[(&str, &str)])] = &[
+            ("1.0.0", &[("php", ">=7.4")]),
+            ("1.1.0", &[("php", ">=7.4")]),
+            ("dev-main", &[("php", ">=8.1")]),
+        ];
+        let names: Vec<String> = (0..count).map(|i| format!("tooling/lib-{i:03}")).collect();
+        let specs: Vec<PackageSpec<'_>> = names
+            .iter()
+            .map(|name| PackageSpec {
+                name,
+                package_type: "library",
+                versions: VERSIONS,
+            })
+            .collect();
+        let mut catalogue = Self::small("packagist", PACKAGIST_FIRST_INDEX + 1_000, &specs);
+        for version in catalogue.packages.iter_mut().flat_map(|p| &mut p.versions) {
+            version.reference_null = false;
+            version.publish_shasum = false;
+        }
+        catalogue
+    }
+
     /// A catalogue of small archives in one listing ("ce"); a dev branch is aliased to `3.x-dev`.
     fn small(origin: &'static str, first_index: u64, specs: &[PackageSpec<'_>]) -> Catalogue {
         let mut builder = Builder {

@@ -80,6 +80,10 @@ pub struct MockOptions {
     /// codeload.github.com), with GitHub's `/{vendor}/{name}/legacy.zip/{reference}` paths
     /// for versions that have a reference; the main host then serves no archives.
     pub dists_on_second_host: bool,
+    /// With `dists_on_second_host`: dist URLs name GitHub's API at this origin
+    /// (`/repos/{vendor}/{name}/zipball/{reference}`), as packagist.org's do; the API (a
+    /// `GitHubApiMock`) redirects them to the second host, which plays codeload.
+    pub github_api: Option<String>,
     /// Absolute URL templates in packages.json (`metadata-url`, `notify-batch`, `search`),
     /// as packagist.org writes them.
     pub absolute_urls: bool,
@@ -100,6 +104,7 @@ impl MockOptions {
             require_credentials: true,
             available_packages: true,
             dists_on_second_host: false,
+            github_api: None,
             absolute_urls: false,
         }
     }
@@ -591,9 +596,15 @@ impl Files {
             _ => Catalogue::archive_path(name, &v.version_normalized),
         };
 
-        let version_metadata = |name: &str, v: &FixtureVersion| {
-            v.metadata(name, &format!("{dist_base}{}", dist_path(name, v)))
+        let dist_url = |name: &str, v: &FixtureVersion| match (&opts.github_api, v.reference(name))
+        {
+            (Some(api), Some(reference)) if dist_host.is_some() => {
+                format!("{api}/repos/{name}/zipball/{reference}")
+            }
+            _ => format!("{dist_base}{}", dist_path(name, v)),
         };
+        let version_metadata =
+            |name: &str, v: &FixtureVersion| v.metadata(name, &dist_url(name, v));
 
         for package in &catalogue.packages {
             for v in &package.versions {
@@ -601,7 +612,7 @@ impl Files {
                     let path = dist_path(&package.name, v);
                     dist_urls.insert(
                         (package.name.clone(), v.version.clone()),
-                        format!("{dist_base}{path}"),
+                        dist_url(&package.name, v),
                     );
                     archives.insert(
                         path,

@@ -8,6 +8,7 @@
 pub mod cache_dir;
 pub mod catalogue;
 pub mod composer;
+pub mod github;
 pub mod mock_upstream;
 pub mod process;
 pub mod proxy;

@@ -250,7 +250,14 @@ impl Download {
                 Bytes::new(),
             )
             .await
-            .map_err(|e| Retry(e.into()))?;
+            .map_err(|e| {
+                let e = ProxyError::from(e);
+                if e.is_rate_limit() {
+                    Fatal(e)
+                } else {
+                    Retry(e)
+                }
+            })?;
         let mismatch = |what: &str| {
             Fatal(ProxyError::ArchiveMismatch(format!(
                 "{}: {what}",
