@@ -16,6 +16,7 @@ use std::sync::Arc;
 use sha1::{Digest, Sha1};
 use support::catalogue::Catalogue;
 use support::composer::{assert_installed_matches, ComposerProject};
+use support::github::GitHubApiMock;
 use support::mock_upstream::{
     MockOptions, MockUpstream, Protocol, TEST_PRIVATE_KEY, TEST_PUBLIC_KEY,
 };
@@ -163,6 +164,54 @@ async fn check_reports_ok_with_the_packages_the_key_sees() {
         );
         assert_eq!(mock.count_without_credentials(), 0);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_asks_github_whether_it_accepts_the_token() {
+    const GOOD: &str = "ghp_accepted0123456789";
+    let (_, mock) = v1_mock(2).await;
+    let api = GitHubApiMock::start(Some(GOOD)).await;
+    let env = |token: &str| {
+        let mut env = base_env(&mock.url());
+        env.push(("COMPOSER_PROXY_GITHUB_API_URL".into(), api.url()));
+        env.push(("COMPOSER_PROXY_GITHUB_TOKEN".into(), token.into()));
+        env
+    };
+    let run = composer_proxy(&["check"], &env(GOOD)).await;
+    run.expect_status(0).assert_no_keys();
+    assert!(
+        run.stdout
+            .contains("github: OK: the API accepts the token; 5000 of 5000 requests left"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains(GOOD));
+
+    let revoked = "ghp_revoked0123456789";
+    let run = composer_proxy(&["check"], &env(revoked)).await;
+    run.expect_status(3).assert_no_keys();
+    assert!(
+        run.stdout.contains("github: TOKEN REJECTED"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains(revoked) && !run.stderr.contains(revoked));
+
+    let asked = api.requests();
+    assert_eq!(asked.len(), 2);
+    assert!(asked.iter().all(|r| r.path == "/rate_limit"));
+    assert!(mock.requests().iter().all(|r| !r
+        .authorization
+        .clone()
+        .unwrap_or_default()
+        .contains("ghp_")));
+
+    let mut without = base_env(&mock.url());
+    without.push(("COMPOSER_PROXY_GITHUB_API_URL".into(), api.url()));
+    let run = composer_proxy(&["check"], &without).await;
+    run.expect_status(0);
+    assert!(run.stdout.contains("github: no token"), "{}", run.stdout);
+    assert_eq!(api.requests().len(), 2, "nothing to ask without a token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use crate::commands::{CommandError, EXIT_OK};
 use crate::composer::{self, UpstreamRoot};
 use crate::config::{Config, Credentials, GitHubConfig, KeySource, UpstreamConfig};
 use crate::metrics::Metrics;
-use crate::upstream::{GitHub, MetadataResponse, UpstreamClient, UpstreamError};
+use crate::upstream::{GitHub, MetadataResponse, RequestKind, UpstreamClient, UpstreamError};
 
 /// What `check` concluded; each has its own exit status.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,7 +127,87 @@ pub async fn run(config: &Config) -> Result<u8, CommandError> {
             worst = verdict.exit_status();
         }
     }
+    println!();
+    if let Some(verdict) = check_github(config).await? {
+        if verdict.severity() > worst_severity {
+            worst = verdict.exit_status();
+        }
+    }
     Ok(worst)
+}
+
+/// Asks the GitHub API whether it accepts `github_token` (its `/rate_limit` endpoint, which
+/// costs nothing of the allowance) and prints how much of the hour's allowance is left. Without
+/// a token there is nothing to check: zipballs come from codeload, which needs none.
+async fn check_github(config: &Config) -> Result<Option<Verdict>, CommandError> {
+    let github = &config.github;
+    let Some(source) = github.token_source else {
+        println!(
+            "github: no token: zipballs come straight from {} (public repositories only)",
+            github.codeload
+        );
+        return Ok(None);
+    };
+    // Any upstream's client will do: the token goes to the API origin whichever sends it.
+    let client = UpstreamClient::new(
+        &config.upstreams[0],
+        Arc::new(GitHub::new(github)),
+        Arc::new(Metrics::default()),
+    )
+    .map_err(|e| CommandError::Usage(format!("{e:#}")))?;
+    let url = format!("{}/rate_limit", github.api.as_str().trim_end_matches('/'));
+    let sent = client
+        .send(
+            RequestKind::Metadata,
+            http::Method::GET,
+            &url,
+            http::HeaderMap::new(),
+            bytes::Bytes::new(),
+        )
+        .await;
+    let verdict = match sent {
+        Ok(response) if response.status.is_success() => {
+            let header = |name: &str| {
+                response
+                    .headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("?")
+                    .to_string()
+            };
+            println!(
+                "github: OK: the API accepts the token; {} of {} requests left this hour",
+                header("x-ratelimit-remaining"),
+                header("x-ratelimit-limit")
+            );
+            println!("  token from: {source}");
+            return Ok(Some(Verdict::Ok { packages: None }));
+        }
+        Ok(response) if response.status == StatusCode::UNAUTHORIZED => Verdict::KeysRejected {
+            status: response.status.as_u16(),
+        },
+        Ok(response) => Verdict::UpstreamError(format!("HTTP {} for {url}", response.status)),
+        Err(e) => Verdict::from_upstream_error(e),
+    };
+    match &verdict {
+        Verdict::KeysRejected { status } => {
+            println!("github: TOKEN REJECTED: the GitHub API answered HTTP {status} to the token");
+            println!("  token from: {source}");
+            println!(
+                "  Create a new token (no scopes are needed for public repositories) and update \
+                 github_token or github_token_file; a rotated file applies without a restart."
+            );
+        }
+        other => {
+            println!("github: {other}");
+            println!("  token from: {source}");
+            println!(
+                "  Check that github_api_url ({}) is reachable from this host.",
+                github.api
+            );
+        }
+    }
+    Ok(Some(verdict))
 }
 
 /// Checks one upstream, prints its verdict, and returns it.

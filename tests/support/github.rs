@@ -144,6 +144,19 @@ fn handle(state: &State, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         Some(given) if Some(given) == expected.as_ref() => {}
         Some(_) => return reply(StatusCode::UNAUTHORIZED),
     }
+    if path == "/rate_limit" {
+        // As GitHub: free of charge, and telling the allowance of whoever asks.
+        let mut response = reply(StatusCode::OK);
+        let limit = if authorization.is_some() {
+            "5000"
+        } else {
+            "60"
+        };
+        let headers = response.headers_mut();
+        headers.insert("x-ratelimit-limit", limit.parse().expect("header"));
+        headers.insert("x-ratelimit-remaining", limit.parse().expect("header"));
+        return response;
+    }
     // /repos/OWNER/REPO/zipball/REF → codeload's /OWNER/REPO/legacy.zip/REF
     let parts: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
     let codeload = state
