@@ -73,6 +73,13 @@ pub enum ProxyError {
         source: Box<ProxyError>,
     },
 
+    /// What went wrong with one upstream of several, named (an account, a vendor repository).
+    #[error("upstream {upstream:?}: {source}")]
+    Via {
+        upstream: String,
+        source: Box<ProxyError>,
+    },
+
     /// One failure shared by every request that waited on the same single-flight fetch.
     #[error(transparent)]
     Shared(std::sync::Arc<ProxyError>),
@@ -112,6 +119,20 @@ impl ProxyError {
                 what: Resource::Metadata,
             } => true,
             ProxyError::Shared(inner) => inner.is_key_rejection(),
+            ProxyError::Via { source, .. } => source.is_key_rejection(),
+            _ => false,
+        }
+    }
+
+    /// What one account of a repository may be refused while another is not: its key pair
+    /// (401, or 403 for metadata) or a missing entitlement (403 or 404 for an archive).
+    pub fn is_account_refusal(&self) -> bool {
+        match self {
+            ProxyError::KeysRejected { .. }
+            | ProxyError::UpstreamForbidden { .. }
+            | ProxyError::UpstreamNotFound { .. } => true,
+            ProxyError::Shared(inner) => inner.is_account_refusal(),
+            ProxyError::Via { source, .. } => source.is_account_refusal(),
             _ => false,
         }
     }
@@ -121,6 +142,7 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamNotFound { .. } => true,
             ProxyError::Shared(inner) => inner.is_not_found(),
+            ProxyError::Via { source, .. } => source.is_not_found(),
             _ => false,
         }
     }
@@ -134,6 +156,10 @@ impl ProxyError {
     fn status_and_warning(&self) -> (StatusCode, String) {
         match self {
             ProxyError::Shared(inner) => inner.status_and_warning(),
+            ProxyError::Via { upstream, source } => {
+                let (status, warning) = source.status_and_warning();
+                (status, format!("Upstream repository \"{upstream}\": {warning}"))
+            }
             ProxyError::OwnerUnknown { upstream, source } => {
                 let (status, warning) = source.status_and_warning();
                 // Whatever the upstream said, the truth for the client is "could not ask": a
@@ -276,6 +302,7 @@ impl ProxyError {
                 Some(retry_after.as_secs())
             }
             ProxyError::Shared(inner) => inner.retry_after(),
+            ProxyError::Via { source, .. } => source.retry_after(),
             _ => None,
         }
     }

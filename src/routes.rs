@@ -236,9 +236,21 @@ async fn answer(
         }
         Route::P2 { file } => {
             let name = file.strip_suffix("~dev").unwrap_or(&file);
-            let upstream = owner(state, single, name).await?;
+            let upstream = owner(state, single.clone(), name).await?;
+            let ((doc, cache), upstream) = if single.is_some() {
+                (upstream.metadata.p2_file(&file).await?, upstream)
+            } else {
+                let file = &file;
+                state
+                    .upstreams
+                    .with_accounts(
+                        upstream,
+                        name,
+                        |u| async move { u.metadata.p2_file(file).await },
+                    )
+                    .await?
+            };
             served_by(&upstream, outcome);
-            let (doc, cache) = upstream.metadata.p2_file(&file).await?;
             Ok((document(headers, &doc, cache, head), Some(cache)))
         }
         Route::V1Listing { path } => {
@@ -256,9 +268,18 @@ async fn answer(
             Ok((document(headers, &doc, hit, head), Some(hit)))
         }
         Route::Dist { package, key } => {
+            // Also under one upstream's own URL (where merged metadata points dists): another
+            // account of the same repository serves the same archive when this one is refused.
             let upstream = owner(state, single, &package).await?;
+            let (package, key) = (&package, &key);
+            let (answer, upstream) = state
+                .upstreams
+                .with_accounts(upstream, package, |u| async move {
+                    archive(state, &u, headers, package, key, head).await
+                })
+                .await?;
             served_by(&upstream, outcome);
-            archive(state, &upstream, headers, &package, &key, head).await
+            Ok(answer)
         }
         Route::Notify => notify(state, single, request.into_body())
             .await

@@ -6,6 +6,7 @@
 //! an error that names it, because a wrong 404 sends Composer to the next repository on the
 //! client's list (dependency confusion).
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -198,10 +199,23 @@ impl Upstreams {
 
     /// The upstream that owns `name` (a package name, without `~dev`), or `None` when every
     /// upstream said it has no such package.
+    ///
+    /// An account whose key pair is rejected cannot say what it lists; another account of the
+    /// same repository that lists the name stands in for it. No other repository may: what the
+    /// rejected account would have owned must not fall to a lower repository (dependency
+    /// confusion), so without such an account the answer stays "could not be asked".
     pub async fn owner(&self, name: &str) -> Result<Option<Arc<Upstream>>, ProxyError> {
         let mut answers = Vec::with_capacity(self.list.len());
-        for upstream in &self.list {
-            let listed = upstream.metadata.lists(name).await;
+        for (i, upstream) in self.list.iter().enumerate() {
+            let listed = match upstream.metadata.lists(name).await {
+                Listed::Unknown(e) if e.is_key_rejection() => {
+                    if let Some(account) = self.account_listing(i, name).await {
+                        return Ok(Some(account.clone()));
+                    }
+                    Listed::Unknown(e)
+                }
+                listed => listed,
+            };
             let settled = !matches!(listed, Listed::No);
             answers.push(listed);
             if settled {
@@ -214,6 +228,86 @@ impl Upstreams {
                 upstream: self.list[i].name.to_string(),
                 source: Box::new(error),
             }),
+        }
+    }
+}
+
+impl Upstreams {
+    /// Later accounts of the repository at `index`, in priority order: upstreams with the same
+    /// URL (and so the same packages and dists), each with its own key pair and entitlements.
+    fn accounts_after(&self, index: usize) -> impl Iterator<Item = &Arc<Upstream>> {
+        let url = self.list[index].client.base();
+        self.list
+            .iter()
+            .skip(index + 1)
+            .filter(move |u| u.client.base() == url)
+    }
+
+    /// The first later account of the repository at `index` that lists `name`.
+    async fn account_listing(&self, index: usize, name: &str) -> Option<&Arc<Upstream>> {
+        for account in self.accounts_after(index) {
+            if matches!(account.metadata.lists(name).await, Listed::Yes) {
+                return Some(account);
+            }
+        }
+        None
+    }
+
+    /// Runs `fetch` with `owner` (the owner of `name`) and, when its account is refused (key
+    /// pair rejected, entitlement missing), with each later account of the same repository
+    /// that lists `name`, until one serves. Returns what was fetched and the account that
+    /// served it. When none can, the owner's refusal is the answer, naming it.
+    pub async fn with_accounts<T, F, Fut>(
+        &self,
+        owner: Arc<Upstream>,
+        name: &str,
+        fetch: F,
+    ) -> Result<(T, Arc<Upstream>), ProxyError>
+    where
+        F: Fn(Arc<Upstream>) -> Fut,
+        Fut: Future<Output = Result<T, ProxyError>>,
+    {
+        let refused = match fetch(owner.clone()).await {
+            Ok(found) => return Ok((found, owner)),
+            Err(e) if e.is_account_refusal() => e,
+            Err(e) => return Err(self.naming(&owner, e)),
+        };
+        let Some(index) = self.list.iter().position(|u| Arc::ptr_eq(u, &owner)) else {
+            return Err(self.naming(&owner, refused));
+        };
+        for account in self.accounts_after(index) {
+            if !matches!(account.metadata.lists(name).await, Listed::Yes) {
+                continue;
+            }
+            match fetch(account.clone()).await {
+                Ok(found) => {
+                    tracing::info!(
+                        event = "account_fallback",
+                        upstream = %owner.name,
+                        served_by = %account.name,
+                        package = name,
+                        reason = %refused,
+                        "another account of the same repository served the package"
+                    );
+                    return Ok((found, account.clone()));
+                }
+                Err(e) if e.is_account_refusal() => {}
+                Err(e) => return Err(self.naming(account, e)),
+            }
+        }
+        Err(self.naming(&owner, refused))
+    }
+
+    /// With several upstreams, an error names the one it came from: which account's key or
+    /// entitlement is at fault is what ops need to know.
+    fn naming(&self, upstream: &Upstream, error: ProxyError) -> ProxyError {
+        if self.list.len() > 1 {
+            ProxyError::Via {
+                upstream: upstream.name.to_string(),
+                source: Box::new(error),
+            }
+        } else {
+            error
         }
     }
 }

@@ -84,6 +84,9 @@ pub struct MockOptions {
     /// (`/repos/{vendor}/{name}/zipball/{reference}`), as packagist.org's do; the API (a
     /// `GitHubApiMock`) redirects them to the second host, which plays codeload.
     pub github_api: Option<String>,
+    /// The origin the documents name instead of the mock's own: a front that stands in front
+    /// of it (several accounts' view of one repository).
+    pub advertised_url: Option<String>,
     /// Absolute URL templates in packages.json (`metadata-url`, `notify-batch`, `search`),
     /// as packagist.org writes them.
     pub absolute_urls: bool,
@@ -105,6 +108,7 @@ impl MockOptions {
             available_packages: true,
             dists_on_second_host: false,
             github_api: None,
+            advertised_url: None,
             absolute_urls: false,
         }
     }
@@ -214,7 +218,11 @@ impl MockUpstream {
 
         let base_url = format!("http://{addr}");
         let archive_base_url = archive_addr.map(|a| format!("http://{a}"));
-        let files = Files::build(&opts, &base_url, archive_base_url.as_deref());
+        let advertised = opts
+            .advertised_url
+            .clone()
+            .unwrap_or_else(|| base_url.clone());
+        let files = Files::build(&opts, &advertised, archive_base_url.as_deref());
         // Whole seconds, because HTTP dates have no finer resolution and the
         // If-Modified-Since comparison must be exact.
         let last_modified = httpdate::parse_http_date(&httpdate::fmt_http_date(SystemTime::now()))
@@ -647,7 +655,12 @@ impl Files {
         match opts.protocol {
             Protocol::V1 => {
                 let mut includes = Map::new();
-                for listing in ["ce", "ext"] {
+                // One provider listing per entitlement the catalogue names ("ce", "ext", …).
+                let mut listings: Vec<&str> =
+                    catalogue.packages.iter().map(|p| p.listing).collect();
+                listings.sort_unstable();
+                listings.dedup();
+                for listing in listings {
                     let mut providers = Map::new();
                     for package in catalogue.packages.iter().filter(|p| p.listing == listing) {
                         let mut versions = Map::new();

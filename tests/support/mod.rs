@@ -5,6 +5,7 @@
 //! and uses only part of it, hence the one crate-wide `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod accounts;
 pub mod cache_dir;
 pub mod catalogue;
 pub mod composer;

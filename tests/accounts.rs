@@ -1,0 +1,208 @@
+//! Issue 13, "Every Marketplace credential the organisation holds": several Commerce
+//! Marketplace accounts as one repository. Two `[[upstream]]` tables share repo.magento.com's
+//! URL with different key pairs; a mock whose listings depend on the key (each account sees
+//! the shared catalogue plus what it bought) counts which account fetched what. The real
+//! Composer client installs through the proxy.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::accounts::{Account, AccountsMock};
+use support::catalogue::Catalogue;
+use support::composer::{assert_installed_matches, ComposerProject};
+use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
+use support::proxy::{get, listen_env, TestProxy};
+
+/// The agency's own account: Commerce and the extension it bought.
+const AGENCY: &str = "agency";
+/// A client's account: Commerce and a module only the client bought.
+const CLIENT: &str = "client";
+const EXTENSION: &str = "vendorx/extension-a";
+const CLIENT_MODULE: &str = "magento/module-m003";
+const SHARED: &[(&str, &str)] = &[("magento/framework", "*"), ("magento/module-m001", "*")];
+const WAIT: Duration = Duration::from_secs(30);
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+struct Setup {
+    catalogue: Arc<Catalogue>,
+    front: AccountsMock,
+    _base: MockUpstream,
+    proxy: TestProxy,
+}
+
+fn account(name: &'static str, seed: char, listings: &[&'static str]) -> Account {
+    Account {
+        name,
+        public_key: std::iter::repeat_n(seed, 32).collect(),
+        private_key: format!("{}", seed.to_ascii_uppercase()).repeat(32),
+        listings: listings.to_vec(),
+    }
+}
+
+/// The Magento catalogue with one module moved to a listing only the client account sees, the
+/// two accounts in front of it, and a proxy with one table per account (agency first).
+async fn setup() -> Setup {
+    let mut catalogue = Catalogue::magento(3);
+    for package in &mut catalogue.packages {
+        if package.name == CLIENT_MODULE {
+            package.listing = "client-only";
+        }
+    }
+    let catalogue = Arc::new(catalogue);
+    let agency = account(AGENCY, 'a', &["ce", "ext"]);
+    let client = account(CLIENT, 'c', &["ce", "client-only"]);
+    let front = AccountsMock::start(&catalogue, vec![agency.clone(), client.clone()]).await;
+    let base = MockUpstream::start(MockOptions {
+        advertised_url: Some(front.url()),
+        ..MockOptions::new(Protocol::V1, catalogue.clone())
+    })
+    .await;
+    front.set_base(&base);
+    let table = |a: &Account| {
+        format!(
+            "[[upstream]]\nname = \"{}\"\nurl = \"{}\"\npublic_key = \"{}\"\nprivate_key = \"{}\"\n\n",
+            a.name,
+            front.url(),
+            a.public_key,
+            a.private_key
+        )
+    };
+    let toml = format!("{}{}", table(&agency), table(&client));
+    let proxy = TestProxy::start_with_file(&toml, listen_env(), None).await;
+    Setup {
+        catalogue,
+        front,
+        _base: base,
+        proxy,
+    }
+}
+
+/// Every locked package is installed byte for byte from the catalogue.
+fn assert_lock_installed(project: &ComposerProject, catalogue: &Catalogue) -> usize {
+    let lock = project.lock();
+    let packages = lock["packages"].as_array().expect("locked packages");
+    let mut checked = 0;
+    for package in packages.iter().filter(|p| p.get("dist").is_some()) {
+        let name = package["name"].as_str().expect("name");
+        let version = package["version"].as_str().expect("version");
+        assert_installed_matches(project, catalogue, name, version);
+        checked += 1;
+    }
+    checked
+}
+
+fn archive_of(catalogue: &Catalogue, name: &str) -> Vec<String> {
+    let package = catalogue.package(name).expect("in the catalogue");
+    package
+        .versions
+        .iter()
+        .map(|v| Catalogue::archive_path(name, &v.version_normalized))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_accounts_install_a_project_that_needs_packages_from_both() {
+    let s = setup().await;
+    // The product needs every module, the client's included, and the agency's extension.
+    let project = ComposerProject::new(
+        &s.proxy.url,
+        &[("magento/product-community-edition", "2.4.7")],
+    );
+    blocking(|| project.run_ok(&["install", "--no-progress"]));
+    assert!(assert_lock_installed(&project, &s.catalogue) > 3);
+
+    let extension = archive_of(&s.catalogue, EXTENSION);
+    let client_module = archive_of(&s.catalogue, CLIENT_MODULE);
+    let by_agency = s.front.archives_by(AGENCY);
+    let by_client = s.front.archives_by(CLIENT);
+    assert!(
+        by_agency.iter().any(|p| extension.contains(p)),
+        "{by_agency:?}"
+    );
+    assert!(
+        by_client.iter().any(|p| client_module.contains(p)),
+        "{by_client:?}"
+    );
+    // Shared archives come with the first account; the second is asked only for its own.
+    assert!(
+        by_client.iter().all(|p| client_module.contains(p)),
+        "{by_client:?}"
+    );
+    assert!(s.front.requests().iter().all(|r| r.account.is_some()));
+
+    // One stored copy per archive, whichever account fetched it: a second install is served
+    // from the store.
+    let before = s.front.requests().len();
+    let again = ComposerProject::new(
+        &s.proxy.url,
+        &[("magento/product-community-edition", "2.4.7")],
+    );
+    blocking(|| again.run_ok(&["install", "--no-progress"]));
+    let archives_after: Vec<_> = s.front.requests()[before..]
+        .iter()
+        .filter(|r| r.path.starts_with("/archives/"))
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(archives_after.is_empty(), "{archives_after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_first_account_leaves_the_shared_packages_to_the_second() {
+    let s = setup().await;
+    // Both accounts' listings are in the proxy before the agency's key is cut off.
+    let root = get(&format!("{}/packages.json", s.proxy.url)).await;
+    assert_eq!(root.status, StatusCode::OK);
+    s.front.disable(AGENCY);
+
+    // Shared packages install, fetched with the client's key pair.
+    let project = ComposerProject::new(&s.proxy.url, SHARED);
+    blocking(|| project.run_ok(&["install", "--no-progress"]));
+    assert_eq!(assert_lock_installed(&project, &s.catalogue), 2);
+    assert!(!s.front.archives_by(CLIENT).is_empty());
+    assert!(s.front.archives_by(AGENCY).is_empty());
+
+    // The client's own module too.
+    let own = ComposerProject::new(&s.proxy.url, &[(CLIENT_MODULE, "*")]);
+    blocking(|| own.run_ok(&["install", "--no-progress"]));
+
+    // What only the agency had fails, with a warning that names the account and what to check.
+    let reply = get(&format!("{}/p2/{EXTENSION}.json", s.proxy.url)).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{:?}", reply.body);
+    let warning = reply.warning();
+    assert!(warning.contains("\"agency\""), "{warning}");
+    assert!(warning.contains("Commerce Marketplace"), "{warning}");
+    let lost = ComposerProject::new(&s.proxy.url, &[(EXTENSION, "*")]);
+    let run = blocking(|| lost.run(&["install", "--no-progress"]));
+    assert!(!run.status.success(), "the extension cannot install");
+
+    // Ready, degraded, the account named; its metric says rejected.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ready = get(&format!("{}/readyz", s.proxy.url)).await;
+        let json = ready.json();
+        assert_eq!(ready.status, StatusCode::OK, "{json}");
+        if json["degraded"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(AGENCY)
+        {
+            assert_eq!(json["upstreams"][CLIENT]["status"], "ok", "{json}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never degraded: {json}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = get(&format!("{}/metrics", s.proxy.url)).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("composer_proxy_upstream_key_accepted{upstream=\"agency\"} 0"),
+        "{text}"
+    );
+    assert!(text.contains("composer_proxy_upstream_key_accepted{upstream=\"client\"} 1"));
+}
