@@ -51,9 +51,16 @@ Exit status:\n  \
 5   TLS PROBLEM: the upstream's certificate is not trusted, expired or for another host\n  \
 6   NO KEYS CONFIGURED: no key pair in any key source\n  \
 7   UPSTREAM ERROR: an answer, but not a usable Composer repository\n  \
-64  the configuration is invalid"
+64  the configuration is invalid\n\n\
+Several accounts of one repository ([[upstream]] tables with the same url) also get an \
+entitlement report: the packages only that account reaches, which is what losing it would \
+cost. With a github_token, GitHub is asked whether it accepts it."
     )]
-    Check,
+    Check {
+        /// Print the verdicts as one JSON document (for monitoring and scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Fetch every archive a composer.lock names into the cache.
     #[command(
         long_about = "Fetch every archive a composer.lock names into the cache.\n\n\
@@ -203,7 +210,7 @@ fn main() -> ExitCode {
     let _log_guard = composer_proxy::telemetry::init(config.log_format, log_level);
     let result = match command {
         Command::Serve => return serve(config, cli.config),
-        Command::Check => block_on(check::run(&config)),
+        Command::Check { json } => block_on(check::run(&config, json)),
         Command::Warm { lock, concurrency } => block_on(warm::run(
             &config,
             &warm::WarmOptions {

@@ -31,6 +31,8 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 struct Setup {
     catalogue: Arc<Catalogue>,
+    /// The proxy's configuration, for the commands run as the real binary.
+    toml: String,
     front: AccountsMock,
     _base: MockUpstream,
     proxy: TestProxy,
@@ -77,6 +79,7 @@ async fn setup() -> Setup {
     let proxy = TestProxy::start_with_file(&toml, listen_env(), None).await;
     Setup {
         catalogue,
+        toml,
         front,
         _base: base,
         proxy,
@@ -205,4 +208,63 @@ async fn a_rejected_first_account_leaves_the_shared_packages_to_the_second() {
         "{text}"
     );
     assert!(text.contains("composer_proxy_upstream_key_accepted{upstream=\"client\"} 1"));
+}
+
+/// `composer-proxy --config <toml> <args>`, run as the real binary.
+async fn command(toml: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().expect("config dir");
+    let file = dir.path().join("composer-proxy.toml");
+    std::fs::write(&file, toml).expect("config file");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_composer-proxy"))
+        .args(["--config", file.to_str().expect("utf-8 path")])
+        .args(args)
+        .env_clear()
+        .env("COMPOSER_PROXY_CACHE_DIR", dir.path().join("cache"))
+        .output()
+        .await
+        .expect("the binary runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_what_only_each_account_reaches() {
+    let s = setup().await;
+    let (status, stdout, stderr) = command(&s.toml, &["check"]).await;
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("only this account reaches 1 package: {EXTENSION}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("only this account reaches 1 package: {CLIENT_MODULE}")),
+        "{stdout}"
+    );
+
+    let (status, stdout, _) = command(&s.toml, &["check", "--json"]).await;
+    assert_eq!(status, Some(0));
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let upstream = |name: &str| {
+        report["upstreams"]
+            .as_array()
+            .and_then(|u| u.iter().find(|u| u["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {report}"))
+    };
+    assert_eq!(upstream(AGENCY)["verdict"], "ok");
+    assert_eq!(upstream(AGENCY)["only_this_account"], serde_json::json!([EXTENSION]));
+    assert_eq!(upstream(CLIENT)["only_this_account"], serde_json::json!([CLIENT_MODULE]));
+    let shared = s.catalogue.packages.len() - 2;
+    assert_eq!(upstream(AGENCY)["packages"], shared + 1);
+
+    // Losing the agency's account: its verdict says so, and the command's exit status too.
+    s.front.disable(AGENCY);
+    let (status, stdout, _) = command(&s.toml, &["check", "--json"]).await;
+    assert_eq!(status, Some(3), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(report["upstreams"][0]["verdict"], "keys_rejected");
+    assert_eq!(report["upstreams"][1]["only_this_account"], serde_json::Value::Null);
 }
