@@ -14,6 +14,7 @@ use support::accounts::{Account, AccountsMock};
 use support::catalogue::Catalogue;
 use support::composer::{assert_installed_matches, ComposerProject};
 use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
+use support::process::ProxyProcess;
 use support::proxy::{get, listen_env, TestProxy};
 
 /// The agency's own account: Commerce and the extension it bought.
@@ -240,7 +241,9 @@ async fn check_reports_what_only_each_account_reaches() {
         "{stdout}"
     );
     assert!(
-        stdout.contains(&format!("only this account reaches 1 package: {CLIENT_MODULE}")),
+        stdout.contains(&format!(
+            "only this account reaches 1 package: {CLIENT_MODULE}"
+        )),
         "{stdout}"
     );
 
@@ -255,8 +258,14 @@ async fn check_reports_what_only_each_account_reaches() {
             .unwrap_or_else(|| panic!("{name} in {report}"))
     };
     assert_eq!(upstream(AGENCY)["verdict"], "ok");
-    assert_eq!(upstream(AGENCY)["only_this_account"], serde_json::json!([EXTENSION]));
-    assert_eq!(upstream(CLIENT)["only_this_account"], serde_json::json!([CLIENT_MODULE]));
+    assert_eq!(
+        upstream(AGENCY)["only_this_account"],
+        serde_json::json!([EXTENSION])
+    );
+    assert_eq!(
+        upstream(CLIENT)["only_this_account"],
+        serde_json::json!([CLIENT_MODULE])
+    );
     let shared = s.catalogue.packages.len() - 2;
     assert_eq!(upstream(AGENCY)["packages"], shared + 1);
 
@@ -266,5 +275,106 @@ async fn check_reports_what_only_each_account_reaches() {
     assert_eq!(status, Some(3), "{stdout}");
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
     assert_eq!(report["upstreams"][0]["verdict"], "keys_rejected");
-    assert_eq!(report["upstreams"][1]["only_this_account"], serde_json::Value::Null);
+    assert_eq!(
+        report["upstreams"][1]["only_this_account"],
+        serde_json::Value::Null
+    );
+}
+
+/// Every account's key pair, as it could leak: raw, and as the Authorization header carries it.
+fn account_needles(accounts: &[Account]) -> Vec<(String, String)> {
+    use base64::Engine as _;
+    let mut needles = Vec::new();
+    for a in accounts {
+        let pair = format!("{}:{}", a.public_key, a.private_key);
+        needles.push((format!("{} public key", a.name), a.public_key.clone()));
+        needles.push((format!("{} private key", a.name), a.private_key.clone()));
+        needles.push((
+            format!("{} basic", a.name),
+            base64::engine::general_purpose::STANDARD.encode(pair),
+        ));
+    }
+    needles
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_account_key_appears_in_anything_the_proxy_emits() {
+    let s = setup().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("composer-proxy.toml");
+    std::fs::write(&file, &s.toml).expect("config");
+    let env = vec![
+        (
+            "COMPOSER_PROXY_CACHE_DIR".to_string(),
+            dir.path().join("cache").display().to_string(),
+        ),
+        ("COMPOSER_PROXY_LOG_LEVEL".to_string(), "trace".to_string()),
+    ];
+    let process = blocking(|| {
+        ProxyProcess::start_with_args(&["--config", file.to_str().expect("utf-8")], &env)
+    });
+    let mut seen = String::new();
+    let project = ComposerProject::new(
+        &process.url,
+        &[("magento/product-community-edition", "2.4.7")],
+    );
+    seen.push_str(&blocking(|| project.run_ok(&["install", "--no-progress"])));
+    assert_eq!(
+        fetch(&mut seen, &process.url, "/p2/nobody/none.json").await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        fetch(
+            &mut seen,
+            &process.url,
+            &format!("/{AGENCY}/dists/{EXTENSION}/00000000000000000000000000000000.zip")
+        )
+        .await,
+        StatusCode::NOT_FOUND
+    );
+    s.front.disable(AGENCY);
+    // A fresh package file of the agency's is refused; its archive too.
+    let fresh = ComposerProject::new(&process.url, &[(EXTENSION, "*")]);
+    fresh.fresh_cache();
+    seen.push_str(&String::from_utf8_lossy(
+        &blocking(|| fresh.run(&["update", "--no-progress"])).stderr,
+    ));
+    for path in [
+        format!("/p2/{EXTENSION}.json"),
+        "/readyz".into(),
+        "/metrics".into(),
+    ] {
+        fetch(&mut seen, &process.url, &path).await;
+    }
+    for args in [&["check"][..], &["check", "--json"][..]] {
+        let (_, stdout, stderr) = command(&s.toml, args).await;
+        seen.push_str(&stdout);
+        seen.push_str(&stderr);
+    }
+    seen.push_str(&process.log_text());
+
+    let accounts = [account(AGENCY, 'a', &[]), account(CLIENT, 'c', &[])];
+    // Positive control: both key pairs really went to the repository.
+    let used: Vec<_> = s
+        .front
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.account)
+        .collect();
+    assert!(used.contains(&AGENCY) && used.contains(&CLIENT));
+    assert!(seen.contains("key_rejected"), "the rejection was logged");
+    for (what, needle) in account_needles(&accounts) {
+        assert!(
+            !seen.contains(&needle),
+            "{what} appears in the proxy's output"
+        );
+    }
+}
+
+/// GETs `path` of the proxy at `url` and adds everything of the answer to `seen`.
+async fn fetch(seen: &mut String, url: &str, path: &str) -> StatusCode {
+    let reply = get(&format!("{url}{path}")).await;
+    seen.push_str(&format!("{path} {} {:?} ", reply.status, reply.headers));
+    seen.push_str(&String::from_utf8_lossy(&reply.body));
+    reply.status
 }
