@@ -20,10 +20,10 @@ use crate::upstream::{GitHub, MetadataResponse, RequestKind, UpstreamClient};
 
 mod report;
 
+use report::{GitHubReport, UpstreamReport};
 pub use report::{
     Verdict, EXIT_KEYS_REJECTED, EXIT_NO_KEYS, EXIT_TLS, EXIT_UNREACHABLE, EXIT_UPSTREAM_ERROR,
 };
-use report::{GitHubReport, UpstreamReport};
 
 /// Runs the check and prints the verdicts (as text, or as JSON with `json`) with what to do.
 ///

@@ -137,7 +137,6 @@ pub fn advice(verdict: &Verdict, config: &UpstreamConfig) -> Vec<String> {
     }
 }
 
-
 impl Verdict {
     /// The verdict as a word for `--json`.
     pub fn code(&self) -> &'static str {
@@ -391,12 +390,21 @@ mod tests {
             report("packagist", "https://repo.packagist.org/", None),
         ];
         entitlements(&mut reports);
-        assert_eq!(reports[0].only_here, Some(vec!["a/agency-only".to_string()]));
-        assert_eq!(reports[1].only_here, Some(vec!["a/client-only".to_string()]));
+        assert_eq!(
+            reports[0].only_here,
+            Some(vec!["a/agency-only".to_string()])
+        );
+        assert_eq!(
+            reports[1].only_here,
+            Some(vec!["a/client-only".to_string()])
+        );
         assert_eq!(reports[0].accounts, vec!["client".to_string()]);
         assert!(reports[2].accounts.is_empty() && reports[2].only_here.is_none());
         let text = text(&reports, None);
-        assert!(text.contains("only this account reaches 1 package: a/agency-only"), "{text}");
+        assert!(
+            text.contains("only this account reaches 1 package: a/agency-only"),
+            "{text}"
+        );
 
         // An account that could not be asked makes the others' report unknown, not empty.
         let mut reports = vec![
