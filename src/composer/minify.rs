@@ -269,6 +269,9 @@ pub fn minify(versions: &[Value]) -> Result<Vec<Value>, PhpError> {
 }
 
 #[cfg(test)]
+mod property;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -277,7 +280,7 @@ mod tests {
     }
 
     /// Key order matters to PHP (and `Value`'s `==` ignores it), so results compare as text.
-    fn text(result: &Result<Vec<Value>, PhpError>) -> String {
+    pub(super) fn text(result: &Result<Vec<Value>, PhpError>) -> String {
         match result {
             Ok(versions) => serde_json::to_string(versions).expect("serialises"),
             Err(e) => e.to_string(),

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use serde_json::{Map, Value};
 use url::Url;
 
+use super::minify::{Expansion, MINIFIED, UNSET};
 use super::{
     canonicalize_url, is_dev_version, is_package_name, parse_json, same_origin, sha256_hex,
     Document, ProtocolError,
@@ -104,8 +105,9 @@ impl Rewriter {
 
     /// Points one version's dist (and notification URL) at the proxy and records where the
     /// archive really lives. Dists on other hosts are left alone: the proxy only fetches from
-    /// its upstream.
-    fn rewrite_version(&self, package: &str, version: &mut Value, dists: &mut Dists) {
+    /// its upstream. `merged`: the version is a difference Composer merges into the one before
+    /// (in a minified file), where `"__unset"` removes a key.
+    fn rewrite_version(&self, package: &str, version: &mut Value, merged: bool, dists: &mut Dists) {
         let Some(obj) = version.as_object_mut() else {
             return;
         };
@@ -113,7 +115,9 @@ impl Rewriter {
         if !is_package_name(package) {
             return;
         }
-        if obj.contains_key("notification-url") {
+        // Rewriting an `"__unset"` would give back a notification URL upstream took away.
+        let removal = |v: &Value| merged && v.as_str() == Some(UNSET);
+        if obj.get("notification-url").is_some_and(|v| !removal(v)) {
             obj.insert(
                 "notification-url".into(),
                 Value::String(self.notify_batch_url()),
@@ -194,14 +198,8 @@ impl Rewriter {
         let mut dev = Vec::new();
         for (pkg_name, versions) in packages.iter_mut() {
             let pkg_lower = pkg_name.to_ascii_lowercase();
-            // PHP encodes an empty map as [], so accept both shapes.
-            let entries: Vec<&mut Value> = match versions {
-                Value::Object(map) => map.values_mut().collect(),
-                Value::Array(list) => list.iter_mut().collect(),
-                _ => Vec::new(),
-            };
-            for version in entries {
-                self.rewrite_version(&pkg_lower, version, &mut dists);
+            for version in version_entries(versions) {
+                self.rewrite_version(&pkg_lower, version, false, &mut dists);
                 if pkg_lower == name {
                     if is_dev_version(version) {
                         dev.push(version.clone());
@@ -228,22 +226,27 @@ impl Rewriter {
         last_modified: SystemTime,
     ) -> Result<(Document, Dists), ProtocolError> {
         let mut json = parse_json(bytes, &format!("p2 file of {name}"))?;
+        let minified = json.get("minified").and_then(Value::as_str) == Some(MINIFIED);
         let mut dists = Dists::new();
-        if let Some(packages) = json.get_mut("packages").and_then(Value::as_object_mut) {
-            for (pkg_name, versions) in packages.iter_mut() {
-                let pkg_lower = pkg_name.to_ascii_lowercase();
-                if let Some(list) = versions.as_array_mut() {
-                    // In minified files a version without `dist` inherits the previous one,
-                    // which has already been rewritten, so rewriting in place is enough.
-                    for version in list {
-                        self.rewrite_version(&pkg_lower, version, &mut dists);
-                    }
-                }
-            }
-        } else {
+        let Some(packages) = json.get_mut("packages").and_then(Value::as_object_mut) else {
             return Err(ProtocolError::Shape(format!(
                 "p2 file of {name} has no packages object"
             )));
+        };
+        for (pkg_name, versions) in packages.iter_mut() {
+            let pkg_lower = pkg_name.to_ascii_lowercase();
+            // Rewriting each version as it stands is enough, minified or not: expansion is
+            // shallow, so a dist is replaced whole or inherited already rewritten. Only which
+            // versions are merged differences needs following (see `rewrite_version`).
+            let mut expansion = Expansion::default();
+            for version in version_entries(versions) {
+                let merged = minified && expansion.merges();
+                if minified {
+                    // Where PHP would throw, Composer gets none of these versions anyway.
+                    let _ = expansion.apply(version);
+                }
+                self.rewrite_version(&pkg_lower, version, merged, &mut dists);
+            }
         }
         Ok((Document::from_json(&json, last_modified), dists))
     }
@@ -304,6 +307,16 @@ pub struct ProxyRoot<'a> {
     pub search: bool,
     /// Listing template → rewritten listing sha256, once the v1 chain is complete.
     pub v1_includes: Option<&'a [(String, String)]>,
+}
+
+/// The versions of one package: Composer reads a map of them as the list of its values (and PHP
+/// encodes an empty map as []).
+fn version_entries(versions: &mut Value) -> Vec<&mut Value> {
+    match versions {
+        Value::Object(map) => map.values_mut().collect(),
+        Value::Array(list) => list.iter_mut().collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn p2_document(name: &str, versions: Vec<Value>) -> Value {
