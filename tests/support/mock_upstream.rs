@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use bytes::{Buf, Bytes, BytesMut};
+use composer_proxy::composer::minify;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -714,7 +715,9 @@ impl Files {
                             .collect();
                         let mut packages = Map::new();
                         let body = if opts.minify_p2 {
-                            packages.insert(package.name.clone(), Value::Array(minify(&versions)));
+                            // As packagist.org does, with Composer's MetadataMinifier.
+                            let minified = minify::minify(&versions).expect("versions are objects");
+                            packages.insert(package.name.clone(), Value::Array(minified));
                             json!({ "packages": packages, "minified": "composer/2.0" })
                         } else {
                             packages.insert(package.name.clone(), Value::Array(versions));
@@ -799,68 +802,9 @@ pub fn gunzip_if_needed(bytes: &[u8]) -> Vec<u8> {
     bytes.to_vec()
 }
 
-/// PHP truthiness of `isset($array[$key])`: false for a missing key and for null.
-fn isset(map: &Map<String, Value>, key: &str) -> bool {
-    map.get(key).is_some_and(|v| !v.is_null())
-}
-
-/// Composer\MetadataMinifier\MetadataMinifier::minify, PHP quirks included.
-pub fn minify(versions: &[Value]) -> Vec<Value> {
-    let mut minified = Vec::with_capacity(versions.len());
-    let mut last: Option<Map<String, Value>> = None;
-    for version in versions {
-        let current = version.as_object().cloned().unwrap_or_default();
-        // `if (!$lastKnownVersionData)`: an empty array counts as "none yet".
-        let Some(last_known) = last.as_mut().filter(|m| !m.is_empty()) else {
-            minified.push(version.clone());
-            last = Some(current);
-            continue;
-        };
-        let mut diff = Map::new();
-        for (key, value) in &current {
-            if !isset(last_known, key) || last_known.get(key) != Some(value) {
-                diff.insert(key.clone(), value.clone());
-                last_known.insert(key.clone(), value.clone());
-            }
-        }
-        let removed: Vec<String> = last_known
-            .keys()
-            .filter(|key| !isset(&current, key))
-            .cloned()
-            .collect();
-        for key in removed {
-            diff.insert(key.clone(), Value::String("__unset".into()));
-            last_known.shift_remove(&key);
-        }
-        minified.push(Value::Object(diff));
-    }
-    minified
-}
-
-/// Composer\MetadataMinifier\MetadataMinifier::expand.
+/// Composer\MetadataMinifier\MetadataMinifier::expand, the proxy's own (PHP quirks included).
 pub fn expand(versions: &[Value]) -> Vec<Value> {
-    let mut expanded = Vec::with_capacity(versions.len());
-    let mut current: Option<Map<String, Value>> = None;
-    for version in versions {
-        let data = version.as_object().cloned().unwrap_or_default();
-        match current.as_mut().filter(|m| !m.is_empty()) {
-            None => {
-                expanded.push(version.clone());
-                current = Some(data);
-            }
-            Some(state) => {
-                for (key, value) in data {
-                    if value.as_str() == Some("__unset") {
-                        state.shift_remove(&key);
-                    } else {
-                        state.insert(key, value);
-                    }
-                }
-                expanded.push(Value::Object(state.clone()));
-            }
-        }
-    }
-    expanded
+    minify::expand(versions).expect("a version list PHP expands")
 }
 
 // ---------------------------------------------------------------------------
