@@ -24,7 +24,7 @@ pub fn rewriter() -> Rewriter {
         // packagist.org's dists on GitHub: rewriting must handle an allowed host too.
         allowed_hosts: vec![Url::parse("https://codeload.github.com").expect("a valid URL")],
         // GitHub zipballs are fetchable for every upstream.
-        github_api: Url::parse("https://api.github.com").expect("a valid URL"),
+        github_api: Some(Url::parse("https://api.github.com").expect("a valid URL")),
     }
 }
 

@@ -165,7 +165,7 @@ impl MetadataCache {
             public_url,
             upstream: upstream.base().clone(),
             allowed_hosts: upstream.allowed_hosts().to_vec(),
-            github_api: upstream.github().api().clone(),
+            github_api: Some(upstream.github().api().clone()),
         };
         Arc::new(Self {
             namespace,

@@ -179,6 +179,14 @@ pub fn migrate(config: &Config, options: &MigrateOptions) -> Result<u8, CommandE
                     .into(),
             )
         })?;
+    // With [[upstream]] tables, GitHub dists (packagist.org's) go to the merged URL, where the
+    // package's owner serves them; one flat upstream is repo.magento.com, and a project's GitHub
+    // dists then come from packagist.org directly, so they are left as they are.
+    let github_api = config
+        .upstreams
+        .iter()
+        .any(|u| u.named)
+        .then(|| config.github.api.clone());
     let rewriters: Vec<Rewriter> = config
         .upstreams
         .iter()
@@ -186,7 +194,7 @@ pub fn migrate(config: &Config, options: &MigrateOptions) -> Result<u8, CommandE
             public_url: public_url.clone(),
             upstream: u.url.clone(),
             allowed_hosts: u.allowed_hosts.clone(),
-            github_api: config.github.api.clone(),
+            github_api: github_api.clone(),
         })
         .collect();
     let name = options.lock.display().to_string();
@@ -219,8 +227,12 @@ pub fn migrate(config: &Config, options: &MigrateOptions) -> Result<u8, CommandE
 mod tests {
     use super::*;
 
+    /// In front of one flat upstream: GitHub dists are not the proxy's.
     fn rewriter() -> Rewriter {
-        crate::composer::test_rewriter("http://proxy.internal:8080")
+        Rewriter {
+            github_api: None,
+            ..crate::composer::test_rewriter("http://proxy.internal:8080")
+        }
     }
 
     const LOCK: &str = r#"{
@@ -312,6 +324,24 @@ mod tests {
         let twice = migrate_text(&once.text, std::slice::from_ref(&r)).expect("migrates");
         assert_eq!(twice.text, once.text);
         assert_eq!((twice.dist_urls, twice.notification_urls), (0, 0));
+    }
+
+    #[test]
+    fn with_upstream_tables_github_dists_go_to_the_merged_url() {
+        let r = crate::composer::test_rewriter("http://proxy.internal:8080");
+        let m = migrate_text(LOCK, std::slice::from_ref(&r)).expect("migrates");
+        assert_eq!((m.dist_urls, m.foreign_dists), (3, 0));
+        let console = r
+            .proxied_dist(
+                "symfony/console",
+                "https://api.github.com/repos/symfony/console/zipball/abc",
+                "zip",
+            )
+            .expect("a GitHub dist is proxied");
+        assert!(console
+            .url
+            .starts_with("http://proxy.internal:8080/dists/symfony/console/"));
+        assert!(m.text.contains(&console.url));
     }
 
     #[test]

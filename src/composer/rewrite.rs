@@ -70,7 +70,9 @@ pub struct Rewriter {
     /// Other origins whose dists the proxy fetches on this upstream's behalf.
     pub allowed_hosts: Vec<Url>,
     /// The GitHub API: its zipballs are fetched for every upstream (packagist.org's dists).
-    pub github_api: Url,
+    /// `None` where GitHub dists are not the proxy's to serve (`lock migrate` in front of one
+    /// flat upstream, which is repo.magento.com, not packagist.org).
+    pub github_api: Option<Url>,
 }
 
 /// A package's metadata in every form the proxy serves, built once per upstream document.
@@ -100,7 +102,10 @@ impl Rewriter {
         std::iter::once(&self.upstream)
             .chain(&self.allowed_hosts)
             .any(|origin| same_origin(origin, url))
-            || super::github::zipball(&self.github_api, url).is_some()
+            || self
+                .github_api
+                .as_ref()
+                .is_some_and(|api| super::github::zipball(api, url).is_some())
     }
 
     /// Points one version's dist (and notification URL) at the proxy and records where the
@@ -348,7 +353,7 @@ pub(crate) fn test_rewriter(public_url: &str) -> Rewriter {
         public_url: public_url.into(),
         upstream: Url::parse("https://repo.magento.com").expect("url"),
         allowed_hosts: Vec::new(),
-        github_api: Url::parse("https://api.github.com").expect("url"),
+        github_api: Some(Url::parse("https://api.github.com").expect("url")),
     }
 }
 
