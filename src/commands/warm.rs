@@ -252,7 +252,17 @@ pub async fn run(config: &Config, options: &WarmOptions) -> Result<u8, CommandEr
             )
         })?;
     }
-    let rewriters: Vec<&Rewriter> = upstreams.iter().map(|u| u.metadata.rewriter()).collect();
+    // As `lock migrate` decides: with one flat upstream (repo.magento.com), a lock's GitHub
+    // dists are packagist.org's, fetched by Composer directly, not the proxy's to store.
+    let named = config.upstreams.iter().any(|u| u.named);
+    let owned: Vec<Rewriter> = upstreams
+        .iter()
+        .map(|u| Rewriter {
+            github_api: u.metadata.rewriter().github_api.clone().filter(|_| named),
+            ..u.metadata.rewriter().clone()
+        })
+        .collect();
+    let rewriters: Vec<&Rewriter> = owned.iter().collect();
 
     let bar = progress_bar(locked.len() as u64, "warming");
     let mut outcomes: Vec<(usize, Outcome)> = futures_util::stream::iter(locked.iter().enumerate())
