@@ -62,6 +62,9 @@ pub struct UpstreamConfig {
     pub max_redirects: u8,
     pub metadata_ttl: Duration,
     pub negative_ttl: Duration,
+    /// How often the upstream's `metadata-changes-url` feed is polled, where its root offers
+    /// one; `None`: never (p2 files are then revalidated per TTL only).
+    pub metadata_changes_poll: Option<Duration>,
 }
 
 impl UpstreamConfig {

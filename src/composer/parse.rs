@@ -37,6 +37,8 @@ pub enum UpstreamRoot {
         available_packages: Option<Vec<String>>,
         available_package_patterns: Option<Vec<String>>,
         notify_batch: Option<Url>,
+        /// `metadata-changes-url`: the feed of changed p2 files, where the upstream offers one.
+        metadata_changes_url: Option<Url>,
     },
 }
 
@@ -112,6 +114,7 @@ pub fn parse_root(bytes: &[u8], repository: &Url) -> Result<UpstreamRoot, Protoc
             available_packages: string_list(obj.get("available-packages")),
             available_package_patterns: string_list(obj.get("available-package-patterns")),
             notify_batch,
+            metadata_changes_url: url_field("metadata-changes-url"),
         });
     }
     let providers_url = url_field("providers-url").ok_or_else(|| {
@@ -263,6 +266,32 @@ mod tests {
                 "{t}"
             );
         }
+    }
+
+    #[test]
+    fn the_changes_feed_is_read_absolute_or_relative_to_the_origin() {
+        let repo = Url::parse("https://repo.example/org/acme").expect("url");
+        let feed = |value: &str| {
+            let root = serde_json::json!({"metadata-url": "/p2/%package%.json",
+                "metadata-changes-url": value});
+            let bytes = serde_json::to_vec(&root).expect("json");
+            match parse_root(&bytes, &repo).expect("parses") {
+                UpstreamRoot::P2 {
+                    metadata_changes_url,
+                    ..
+                } => metadata_changes_url.map(|u| u.to_string()),
+                other => panic!("expected p2, got {other:?}"),
+            }
+        };
+        assert_eq!(
+            feed("https://packagist.org/metadata/changes.json").as_deref(),
+            Some("https://packagist.org/metadata/changes.json")
+        );
+        assert_eq!(
+            feed("/metadata/changes.json").as_deref(),
+            Some("https://repo.example/metadata/changes.json")
+        );
+        assert_eq!(feed(""), None);
     }
 
     #[test]

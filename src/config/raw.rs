@@ -45,6 +45,7 @@ pub(super) struct RawConfig {
     pub(super) upstream_max_redirects: u8,
     pub(super) cache_dir: String,
     pub(super) metadata_ttl_secs: u64,
+    pub(super) metadata_changes_poll_secs: u64,
     pub(super) metadata_cache_max_bytes: u64,
     pub(super) v1_prefetch_concurrency: usize,
     pub(super) negative_ttl_secs: u64,

@@ -83,6 +83,7 @@ pub(super) struct RawUpstream {
     allowed_hosts: Vec<String>,
     metadata_ttl_secs: Option<u64>,
     negative_ttl_secs: Option<u64>,
+    metadata_changes_poll_secs: Option<u64>,
     connect_timeout_secs: Option<u64>,
     read_timeout_secs: Option<u64>,
     metadata_timeout_secs: Option<u64>,
@@ -147,6 +148,12 @@ struct Common {
     archive_timeout: Duration,
     metadata_ttl: Duration,
     negative_ttl: Duration,
+    metadata_changes_poll: Option<Duration>,
+}
+
+/// 0 turns a periodic task off.
+fn interval(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
 }
 
 fn positive(
@@ -190,6 +197,7 @@ fn common(
         )?,
         metadata_ttl: positive("metadata_ttl_secs", raw.metadata_ttl_secs, err)?,
         negative_ttl: positive("negative_ttl_secs", raw.negative_ttl_secs, err)?,
+        metadata_changes_poll: interval(raw.metadata_changes_poll_secs),
     })
 }
 
@@ -345,6 +353,9 @@ pub(super) fn upstreams(
                 table.negative_ttl_secs,
                 common.negative_ttl,
             )?,
+            metadata_changes_poll: table
+                .metadata_changes_poll_secs
+                .map_or(common.metadata_changes_poll, interval),
         };
         list.push(build(
             name,
@@ -411,6 +422,7 @@ fn build(
         archive_timeout: common.archive_timeout,
         metadata_ttl: common.metadata_ttl,
         negative_ttl: common.negative_ttl,
+        metadata_changes_poll: common.metadata_changes_poll,
     })
 }
 
@@ -448,6 +460,7 @@ name = "hyva"
 url = "https://hyva-themes.repo.packagist.com/acme/"
 public_key = "token"
 metadata_ttl_secs = 60
+metadata_changes_poll_secs = 0
 
 [[upstream]]
 name = "packagist"
@@ -474,6 +487,11 @@ allowed_hosts = ["https://codeload.github.com"]
         assert_eq!(hyva.url.path(), "/acme/");
         assert_eq!(hyva.metadata_ttl, Duration::from_secs(60));
         assert_eq!(c.upstreams[0].metadata_ttl, c.metadata_ttl);
+        assert_eq!(hyva.metadata_changes_poll, None, "0 turns the feed off");
+        assert_eq!(
+            c.upstreams[0].metadata_changes_poll,
+            Some(Duration::from_secs(30))
+        );
         assert!(c.upstreams[2].credentials.is_none());
         assert_eq!(
             c.upstreams[2].allowed_hosts[0].as_str(),
