@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod changes;
+
+pub use changes::{ChangesMetrics, PollOutcome};
+
 /// Upper bounds of the latency histograms, in seconds: from a memory hit to a slow archive.
 const BUCKETS: [f64; 13] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -66,6 +70,8 @@ pub struct Metrics {
     connections_open: AtomicU64,
     connections_refused: AtomicU64,
     connections_outside_allowlist: AtomicU64,
+    /// The upstreams' changes feeds.
+    pub changes: ChangesMetrics,
 }
 
 /// Values owned elsewhere, read at scrape time.
@@ -403,6 +409,7 @@ impl Metrics {
             "kind",
             [("archive", gauges.archive_single_flight_waits)],
         );
+        self.changes.render(out);
         render_integrity(out, &gauges.integrity);
         std::mem::take(out)
     }
