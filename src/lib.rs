@@ -209,9 +209,22 @@ impl Proxy {
             let (sweep_every, scrub) = state.maintenance;
             state.archives.maintain(sweep_every, scrub).await;
         });
+        // Upstreams whose root offers a changes feed keep their p2 files fresh by it.
+        let followers: Vec<_> = self
+            .state
+            .upstreams
+            .iter()
+            .map(|u| {
+                let metrics = self.state.metrics.clone();
+                tokio::spawn(u.metadata.clone().follow_changes(metrics))
+            })
+            .collect();
         self.server.run(shutdown).await;
         recorder.abort();
         maintenance.abort();
+        for follower in followers {
+            follower.abort();
+        }
         let tokens = self.state.tokens.clone();
         let _ = tokio::task::spawn_blocking(move || tokens.flush_last_use()).await;
         let removed = self.state.archives.remove_own_temp().await;

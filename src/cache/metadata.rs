@@ -2,7 +2,8 @@
 //! verified against the upstream's sha256 chain, rewritten for the proxy and kept.
 //!
 //! The upstream root is the only thing that needs revalidating (once per TTL, with a
-//! conditional request, in the background while the previous copy is served). v1 listings and
+//! conditional request, in the background while the previous copy is served), besides the p2
+//! files of p2-native upstreams (per TTL, or as their changes feed announces). v1 listings and
 //! per-package files are content-addressed: a hash names exactly one document, so once fetched
 //! and verified they are kept on disk for good and reprocessed from there after a restart.
 //! The rewritten Composer 1 chain (listings naming the rewritten per-package hashes) needs every
@@ -22,6 +23,7 @@ use crate::error::ProxyError;
 use crate::upstream::UpstreamClient;
 use crate::upstreams::Listed;
 
+mod changes;
 mod freshness;
 mod p2;
 mod root;
@@ -73,6 +75,8 @@ pub struct MetadataSettings {
     /// After a failed `packages.json` fetch, requests get that failure (or the cached view)
     /// for this long before upstream is asked again.
     pub retry_after_failure: Duration,
+    /// How often the upstream's changes feed is polled, if at all.
+    pub changes_poll: Option<Duration>,
 }
 
 /// Figures for `/metrics`: rewritten documents held in memory.
@@ -103,6 +107,7 @@ impl MetadataSettings {
             negative_ttl: upstream.negative_ttl,
             stale_on_key_rejection: config.stale_on_key_rejection,
             retry_after_failure: config.upstream_retry,
+            changes_poll: upstream.metadata_changes_poll,
         }
     }
 }
@@ -133,6 +138,8 @@ pub struct MetadataCache {
     p2_files: moka::future::Cache<String, Arc<P2Entry>>,
     /// p2 files being revalidated in the background, so each is asked for once at a time.
     p2_revalidating: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The upstream's changes feed, when its root offers one.
+    feed: changes::Feed,
     /// Upstream URLs that answered 404, remembered for `negative_ttl`.
     not_found: moka::future::Cache<String, ()>,
     /// Counts completed Composer 1 chains, so callers can wait for one instead of polling.
@@ -159,6 +166,7 @@ impl MetadataCache {
             negative_ttl,
             stale_on_key_rejection,
             retry_after_failure,
+            changes_poll,
         } = *settings;
         let weigh = |_: &String, p: &Arc<ProcessedPackage>| p.weight();
         let rewriter = Rewriter {
@@ -193,6 +201,7 @@ impl MetadataCache {
                 })
                 .build(),
             p2_revalidating: std::sync::Mutex::new(std::collections::HashSet::new()),
+            feed: changes::Feed::new(changes_poll),
             not_found: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(negative_ttl)

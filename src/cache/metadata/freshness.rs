@@ -31,6 +31,65 @@ pub(super) fn is_fresh(age: Option<Duration>, ttl: Duration) -> bool {
     age.is_some_and(|age| age < ttl)
 }
 
+/// What an upstream's changes feed vouches for at one moment.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct FeedCover {
+    /// While the feed answers: how long ago it began to report every change (its first answer
+    /// in this process, or its last resync). `None`: no feed, or it is failing.
+    pub covering_for: Option<Duration>,
+    /// How long ago the feed said it had lost track of changes (`resync`).
+    pub resynced_ago: Option<Duration>,
+}
+
+/// What the feed said about one p2 file that is not settled yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Announced {
+    /// Nothing outstanding.
+    Nothing,
+    /// A change was announced and upstream still serves an older file: the poller refetches it.
+    Awaited,
+    /// The poller stopped waiting for that change.
+    GaveUp,
+}
+
+/// What a request for a cached p2 file does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum P2Step {
+    /// Serve it as fresh.
+    Use,
+    /// Serve it as stale and revalidate it in the background.
+    Revalidate,
+    /// Serve it as stale; the feed's poller is already refetching it.
+    Wait,
+}
+
+/// The step for a p2 file upstream confirmed `age` ago (`None`: read back from disk). A healthy
+/// feed vouches for every file confirmed since it began covering; otherwise (and for a file the
+/// poller gave up on) the TTL decides. Nothing confirmed before a resync is fresh.
+pub(super) fn p2_step(
+    age: Option<Duration>,
+    ttl: Duration,
+    feed: FeedCover,
+    announced: Announced,
+) -> P2Step {
+    if announced == Announced::Awaited {
+        return P2Step::Wait;
+    }
+    let before_resync = match (age, feed.resynced_ago) {
+        (Some(age), Some(resync)) => age > resync,
+        _ => false,
+    };
+    let covered = announced == Announced::Nothing
+        && age
+            .zip(feed.covering_for)
+            .is_some_and(|(age, covering)| age <= covering);
+    if !before_resync && (covered || is_fresh(age, ttl)) {
+        P2Step::Use
+    } else {
+        P2Step::Revalidate
+    }
+}
+
 /// The next step of a root refresh. `current` is the freshness of the view at hand, if any;
 /// `failed_ago` the age of the last failed attempt, if it failed; `rejected_now` whether
 /// upstream rejects the keys at this moment (then a view at hand is not good enough).
@@ -68,6 +127,54 @@ mod tests {
         assert!(is_fresh(Some(SECS(299)), TTL));
         assert!(!is_fresh(Some(SECS(300)), TTL));
         assert!(!is_fresh(None, TTL), "loaded from disk: revalidate first");
+    }
+
+    #[test]
+    fn a_healthy_feed_vouches_for_files_confirmed_since_it_began_covering() {
+        let feed = FeedCover {
+            covering_for: Some(SECS(3600)),
+            resynced_ago: None,
+        };
+        let step = |age, announced| p2_step(age, TTL, feed, announced);
+        // Long past the TTL, still fresh: the feed would have announced a change.
+        assert_eq!(step(Some(SECS(3000)), Announced::Nothing), P2Step::Use);
+        // Confirmed before the feed began: only the TTL speaks for it.
+        assert_eq!(
+            step(Some(SECS(4000)), Announced::Nothing),
+            P2Step::Revalidate
+        );
+        assert_eq!(step(None, Announced::Nothing), P2Step::Revalidate);
+        // A change announced and not yet served: the poller is on it, requests do not ask.
+        assert_eq!(step(Some(SECS(1)), Announced::Awaited), P2Step::Wait);
+        // Given up: back to the TTL.
+        assert_eq!(step(Some(SECS(10)), Announced::GaveUp), P2Step::Use);
+        assert_eq!(step(Some(SECS(301)), Announced::GaveUp), P2Step::Revalidate);
+    }
+
+    #[test]
+    fn without_a_healthy_feed_the_ttl_decides_and_a_resync_makes_everything_older_stale() {
+        let none = FeedCover::default();
+        assert_eq!(
+            p2_step(Some(SECS(299)), TTL, none, Announced::Nothing),
+            P2Step::Use
+        );
+        assert_eq!(
+            p2_step(Some(SECS(300)), TTL, none, Announced::Nothing),
+            P2Step::Revalidate
+        );
+        let resynced = FeedCover {
+            covering_for: Some(SECS(5)),
+            resynced_ago: Some(SECS(5)),
+        };
+        assert_eq!(
+            p2_step(Some(SECS(6)), TTL, resynced, Announced::Nothing),
+            P2Step::Revalidate,
+            "within the TTL, but confirmed before the feed lost track"
+        );
+        assert_eq!(
+            p2_step(Some(SECS(4)), TTL, resynced, Announced::Nothing),
+            P2Step::Use
+        );
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! p2 files: translated from v1 packages, or (for p2-native upstreams) fetched, revalidated in
-//! the background and kept on disk.
+//! the background (per TTL, or as the upstream's changes feed announces) and kept on disk.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 
-use super::freshness::is_fresh;
+use super::freshness::{p2_step, P2Step};
 use super::{CacheStatus, MetadataCache, PersistedRoot};
 use crate::composer::{self, Document, UpstreamRoot};
 use crate::error::{ProxyError, Resource};
@@ -72,12 +72,7 @@ impl MetadataCache {
     ) -> Result<(Arc<P2Entry>, CacheStatus), ProxyError> {
         let url = template.replace("%package%", file);
         if let Some(entry) = self.p2_files.get(file).await {
-            if is_fresh(entry.validated_at.map(|t| t.elapsed()), self.ttl) {
-                return Ok((entry, CacheStatus::Hit));
-            }
-            self.clone()
-                .spawn_p2_revalidation(url, file.to_string(), entry.clone());
-            return Ok((entry, CacheStatus::Stale));
+            return Ok(self.clone().serve_cached_p2(url, file, entry));
         }
         if self.not_found.contains_key(&url) {
             return Err(ProxyError::NotFound(format!(
@@ -95,12 +90,30 @@ impl MetadataCache {
             .await
             .map_err(ProxyError::Shared)?;
         if entry.validated_at.is_none() {
-            // Saved by an earlier run: serve it, and ask upstream whether it changed.
-            self.clone()
-                .spawn_p2_revalidation(url, file.to_string(), entry.clone());
-            return Ok((entry, CacheStatus::Stale));
+            // Saved by an earlier run: served, and revalidated unless the feed is on it.
+            return Ok(self.clone().serve_cached_p2(url, file, entry));
         }
         Ok((entry, CacheStatus::Miss))
+    }
+
+    /// A cached p2 file as its freshness allows: as it is, or stale while it is revalidated in
+    /// the background (or refetched by the changes feed's poller).
+    fn serve_cached_p2(
+        self: Arc<Self>,
+        url: String,
+        file: &str,
+        entry: Arc<P2Entry>,
+    ) -> (Arc<P2Entry>, CacheStatus) {
+        let (feed, announced) = self.feed.verdict(file);
+        let age = entry.validated_at.map(|t| t.elapsed());
+        match p2_step(age, self.ttl, feed, announced) {
+            P2Step::Use => (entry, CacheStatus::Hit),
+            P2Step::Wait => (entry, CacheStatus::Stale),
+            P2Step::Revalidate => {
+                self.spawn_p2_revalidation(url, file.to_string(), entry.clone());
+                (entry, CacheStatus::Stale)
+            }
+        }
     }
 
     /// One conditional request for a p2 file; a 404 is remembered for the negative TTL.
@@ -187,36 +200,46 @@ impl MetadataCache {
             .ok()
     }
 
+    /// Marks `file` as being revalidated; false when it already is.
+    pub(super) fn claim_p2_revalidation(&self, file: &str) -> bool {
+        self.p2_revalidating
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(file.to_string())
+    }
+
+    pub(super) fn release_p2_revalidation(&self, file: &str) {
+        self.p2_revalidating
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(file);
+    }
+
     pub(super) fn spawn_p2_revalidation(
         self: Arc<Self>,
         url: String,
         file: String,
         old: Arc<P2Entry>,
     ) {
-        {
-            let mut running = self
-                .p2_revalidating
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if !running.insert(file.clone()) {
-                return;
-            }
+        if !self.claim_p2_revalidation(&file) {
+            return;
         }
         tokio::spawn(async move {
             match self.fetch_p2(&url, &file, Some(&old)).await {
-                Ok(entry) => self.p2_files.insert(file.clone(), entry).await,
+                Ok(entry) => {
+                    self.p2_files.insert(file.clone(), entry).await;
+                    self.feed.settled(&file);
+                }
                 Err(e) if e.is_not_found() => {
                     tracing::info!(file = %file, "p2 file removed upstream; forgetting it");
                     self.p2_files.invalidate(&file).await;
+                    self.feed.settled(&file);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, file = %file, "upstream failed; serving cached p2 file");
                 }
             }
-            self.p2_revalidating
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .remove(&file);
+            self.release_p2_revalidation(&file);
         });
     }
 }
