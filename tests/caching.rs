@@ -1,13 +1,13 @@
 //! The caches, at the HTTP level against the mock repo.magento.com: one upstream fetch per
 //! object however many clients ask, nothing partial ever stored or served as complete, the
-//! size bound, restarts with upstream down, replicas sharing a directory, and the stale
-//! policy when upstream rejects the keys.
+//! size bound, restarts with upstream down, replicas sharing a directory, the stale policy
+//! when upstream rejects the keys, and freshness from a packagist-like changes feed.
 
 mod support;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -15,10 +15,12 @@ use http::StatusCode;
 use serde_json::Value;
 use support::cache_dir::{files_below, stored_archives};
 use support::catalogue::Catalogue;
-use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
+use support::composer::ComposerProject;
+use support::mock_upstream::{expand, MockOptions, MockUpstream, Protocol};
 use support::process::ProxyProcess;
 use support::proxy::{
-    after_first_chunk, base_env, dist_url, get, get_with, request, try_get, TestProxy,
+    after_first_chunk, base_env, dist_url, get, get_with, listen_env, request, try_get, Reply,
+    TestProxy,
 };
 
 const FRAMEWORK: &str = "magento/framework";
@@ -454,5 +456,231 @@ async fn after_kill_9_during_a_download_no_partial_archive_is_served() {
     assert_eq!(reply.headers.get("x-cache").expect("x-cache"), "MISS");
     assert_eq!(reply.body, expected);
     assert_eq!(mock.count(&upstream_path), 2);
+    proxy.stop().await;
+}
+
+const PSR_LOG: &str = "psr/log";
+const PSR_LOG_P2: &str = "/p2/psr/log.json";
+const FEED: &str = "/metadata/changes.json";
+
+/// packagist.org in miniature with its changes feed, and a proxy polling it every second.
+async fn packagist_with_feed(metadata_ttl_secs: u64) -> (MockUpstream, TestProxy) {
+    let mut opts = MockOptions::packagist_like(Arc::new(Catalogue::packagist()));
+    opts.changes_feed = true;
+    let mock = MockUpstream::start(opts).await;
+    let toml = format!(
+        "[[upstream]]\nname = \"packagist\"\nurl = \"{}\"\nallowed_hosts = [\"{}\"]\n",
+        mock.url(),
+        mock.archive_host_url().expect("dist host")
+    );
+    let mut env = listen_env();
+    env.push((
+        "COMPOSER_PROXY_METADATA_CHANGES_POLL_SECS".into(),
+        "1".into(),
+    ));
+    env.push((
+        "COMPOSER_PROXY_METADATA_TTL_SECS".into(),
+        metadata_ttl_secs.to_string(),
+    ));
+    let proxy = TestProxy::start_with_file(&toml, env, None).await;
+    (mock, proxy)
+}
+
+/// Feed polls that carried a position (the first one only asks where to start).
+fn feed_polls(mock: &MockUpstream) -> usize {
+    mock.requests()
+        .iter()
+        .filter(|r| r.path == FEED && r.raw_path_and_query.contains("since="))
+        .count()
+}
+
+/// Waits (at most 30 s) until `done` holds.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited 30 s for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The versions in the proxy's p2 file of `name`, expanded.
+fn versions(reply: &Reply, name: &str) -> Vec<String> {
+    let json = reply.json();
+    let listed = json["packages"][name].as_array().expect("versions").clone();
+    expand(&listed)
+        .iter()
+        .filter_map(|v| v["version"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// GETs the proxy's p2 file of psr/log at `url` until it lists `version` (at most 30 s); with
+/// `only_hits`, every answer must come from the cache as fresh.
+async fn wait_for_version(url: &str, version: &str, only_hits: bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = get(url).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        if only_hits {
+            assert_eq!(
+                x_cache(&reply),
+                "HIT",
+                "no request waits for or asks upstream"
+            );
+        }
+        let seen = versions(&reply, PSR_LOG);
+        if seen.iter().any(|v| v == version) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{version} never served: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn x_cache(reply: &Reply) -> &str {
+    reply
+        .headers
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+fn metric_line(text: &str, prefix: &str) -> Option<String> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_published_upstream_is_served_after_the_next_feed_poll() {
+    // A day-long TTL: only the feed can make the proxy ask for the file again.
+    let (mock, proxy) = packagist_with_feed(86_400).await;
+    let project = ComposerProject::new(&proxy.url, &[(PSR_LOG, "^3.0")]);
+    tokio::task::block_in_place(|| project.run_ok(&["update", "--no-install"]));
+    assert_eq!(project.locked_versions()[PSR_LOG], "3.0.0");
+    assert_eq!(mock.count(PSR_LOG_P2), 1);
+    let polled = feed_polls(&mock);
+    wait_until("two feed polls", || feed_polls(&mock) >= polled + 2).await;
+
+    mock.publish_version(PSR_LOG, "3.0.2", 0);
+    let url = format!("{}/p2/{PSR_LOG}.json", proxy.url);
+    wait_for_version(&url, "3.0.2", true).await;
+
+    // One more upstream request for the file, conditional, made right after a feed poll.
+    let records = mock.requests();
+    let asked: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i].path == PSR_LOG_P2)
+        .collect();
+    assert_eq!(
+        asked.len(),
+        2,
+        "the first fetch and the one the feed caused"
+    );
+    let refetch = &records[asked[1]];
+    assert!(refetch.if_modified_since.is_some(), "a conditional refetch");
+    assert!(
+        records[..asked[1]]
+            .iter()
+            .rev()
+            .find(|r| r.path != PSR_LOG_P2)
+            .is_some_and(|r| r.path == FEED),
+        "the refetch follows a feed poll"
+    );
+
+    // Composer, revalidating its own cache against the proxy, sees the new version.
+    tokio::task::block_in_place(|| project.run_ok(&["update", "--no-install"]));
+    assert_eq!(project.locked_versions()[PSR_LOG], "3.0.2");
+    assert_eq!(
+        mock.count(PSR_LOG_P2),
+        2,
+        "Composer's requests were all hits"
+    );
+    let metrics = get(&format!("{}/metrics", proxy.url)).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert_eq!(
+        metric_line(&text, "composer_proxy_metadata_changes_actions_total{upstream=\"packagist\",type=\"update\"}").as_deref(),
+        Some("composer_proxy_metadata_changes_actions_total{upstream=\"packagist\",type=\"update\"} 1")
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_lagging_behind_the_feed_is_refetched_on_a_later_poll() {
+    let (mock, proxy) = packagist_with_feed(86_400).await;
+    let url = format!("{}/p2/{PSR_LOG}.json", proxy.url);
+    assert_eq!(get(&url).await.status, StatusCode::OK);
+    let polled = feed_polls(&mock);
+    wait_until("two feed polls", || feed_polls(&mock) >= polled + 2).await;
+
+    // The first fetch after the announcement still gets the old file (a CDN behind).
+    mock.publish_version(PSR_LOG, "3.0.2", 1);
+    wait_until("the lagging fetch", || mock.count(PSR_LOG_P2) == 2).await;
+    let reply = get(&url).await;
+    if mock.count(PSR_LOG_P2) == 2 {
+        assert!(
+            !versions(&reply, PSR_LOG).contains(&"3.0.2".to_string()),
+            "the lagging file is not taken for the change"
+        );
+    }
+    wait_until("the retry", || mock.count(PSR_LOG_P2) == 3).await;
+    let records = mock.requests();
+    let asked: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i].path == PSR_LOG_P2)
+        .collect();
+    assert!(
+        records[asked[1]..asked[2]].iter().any(|r| r.path == FEED),
+        "retried on a later poll"
+    );
+    wait_for_version(&url, "3.0.2", false).await;
+    assert_eq!(
+        mock.count(PSR_LOG_P2),
+        3,
+        "no request of its own in between"
+    );
+    let metrics = get(&format!("{}/metrics", proxy.url)).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains(
+            "composer_proxy_metadata_changes_lag_retries_total{upstream=\"packagist\"} 1"
+        ),
+        "{text}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_feed_answers_the_ttl_is_not_needed_and_when_it_fails_it_applies_again() {
+    let (mock, proxy) = packagist_with_feed(1).await;
+    let url = format!("{}/p2/{PSR_LOG}.json", proxy.url);
+    // The feed is followed once the upstream's root is known.
+    assert_eq!(
+        get(&format!("{}/packages.json", proxy.url)).await.status,
+        StatusCode::OK
+    );
+    wait_until("the feed's first poll", || feed_polls(&mock) >= 1).await;
+    assert_eq!(get(&url).await.status, StatusCode::OK);
+    let polled = feed_polls(&mock);
+    wait_until("three more feed polls", || feed_polls(&mock) >= polled + 3).await;
+    let reply = get(&url).await;
+    assert_eq!(
+        x_cache(&reply),
+        "HIT",
+        "past its TTL, vouched for by the feed"
+    );
+    assert_eq!(mock.count(PSR_LOG_P2), 1);
+
+    // The feed fails (so does everything): three intervals on, the TTL rule is back.
+    mock.set_failure(Some(503));
+    let failing_since = mock.count(FEED);
+    wait_until("four failed polls", || {
+        mock.count(FEED) >= failing_since + 4
+    })
+    .await;
+    let reply = get(&url).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(x_cache(&reply), "STALE");
+    wait_until("a TTL revalidation", || mock.count(PSR_LOG_P2) == 2).await;
     proxy.stop().await;
 }

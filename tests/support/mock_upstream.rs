@@ -91,6 +91,9 @@ pub struct MockOptions {
     /// Absolute URL templates in packages.json (`metadata-url`, `notify-batch`, `search`),
     /// as packagist.org writes them.
     pub absolute_urls: bool,
+    /// P2 only: a `metadata-changes-url` feed at `/metadata/changes.json`, as packagist.org
+    /// offers it, announcing what `publish_version` changes.
+    pub changes_feed: bool,
 }
 
 impl MockOptions {
@@ -111,6 +114,7 @@ impl MockOptions {
             github_api: None,
             advertised_url: None,
             absolute_urls: false,
+            changes_feed: false,
         }
     }
 
@@ -249,6 +253,7 @@ impl MockUpstream {
             records: Mutex::new(Vec::new()),
             archive_records: Mutex::new(Vec::new()),
             recorded: tokio::sync::Notify::new(),
+            feed: Mutex::new(FeedLog::default()),
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -452,6 +457,56 @@ impl MockUpstream {
         *revision = Some((number, file));
     }
 
+    /// Publishes `version` of `name` (a copy of its first tagged version) in a new p2 file with a
+    /// later Last-Modified, and announces it on the changes feed, dated in the same second. The
+    /// next `lagging_fetches` requests for the file still get the previous one, as from a CDN
+    /// that has not caught up.
+    pub fn publish_version(&self, name: &str, version: &str, lagging_fetches: u32) {
+        let path = format!("/p2/{name}.json");
+        let mut feed = lock(&self.state.feed);
+        let (current, previous_modified) = match feed.published.get(&path) {
+            Some(p) => (p.file.clone(), p.modified),
+            None => (
+                self.state.file(&path).expect("a published p2 file"),
+                self.last_modified(),
+            ),
+        };
+        let mut body: Value = serde_json::from_slice(&current.plain).expect("p2 JSON");
+        let minified = body["minified"] == "composer/2.0";
+        let listed = body["packages"][name].as_array().expect("versions").clone();
+        let mut versions = if minified { expand(&listed) } else { listed };
+        let mut added = versions[0].clone();
+        added["version"] = json!(version);
+        added["version_normalized"] = json!(format!("{version}.0"));
+        versions.push(added);
+        body["packages"][name] = json!(if minified {
+            minify::minify(&versions).expect("versions are objects")
+        } else {
+            versions
+        });
+        let plain = php_json(&body);
+        let now = httpdate::parse_http_date(&httpdate::fmt_http_date(SystemTime::now()))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let modified = now.max(previous_modified + Duration::from_secs(1));
+        let secs = modified
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let time = feed_time(SystemTime::now()).max(secs * 10_000 + 1234);
+        feed.actions.push(("update", name.to_string(), time));
+        let file = File {
+            gzip: Bytes::from(gzip(&plain)),
+            plain: Bytes::from(plain),
+            kind: FileKind::Revalidated,
+        };
+        let published = Published {
+            file,
+            modified,
+            previous: (current, previous_modified),
+            lagging_fetches,
+        };
+        feed.published.insert(path, published);
+    }
+
     /// Accept this key pair from now on (and only this one).
     pub fn set_accepted_keys(&self, public: &str, private: &str) {
         *lock(&self.state.keys) = (public.to_string(), private.to_string());
@@ -525,6 +580,24 @@ struct State {
     archive_records: Mutex<Vec<RecordedRequest>>,
     /// Woken on every recorded request, so tests can wait for one instead of polling.
     recorded: tokio::sync::Notify,
+    feed: Mutex<FeedLog>,
+}
+
+/// The changes feed: what `publish_version` announced, and the files it published.
+#[derive(Default)]
+struct FeedLog {
+    /// (type, package, time in 10000ths of a second), as packagist.org dates them.
+    actions: Vec<(&'static str, String, u64)>,
+    /// By path.
+    published: HashMap<String, Published>,
+}
+
+struct Published {
+    file: File,
+    modified: SystemTime,
+    /// The file it replaced and its Last-Modified, served while `lagging_fetches` lasts.
+    previous: (File, SystemTime),
+    lagging_fetches: u32,
 }
 
 impl State {
@@ -749,6 +822,12 @@ impl Files {
                     "search".into(),
                     json!(format!("{template_base}/search.json?q=%query%&type=%type%")),
                 );
+                if opts.changes_feed {
+                    root.insert(
+                        "metadata-changes-url".into(),
+                        json!(format!("{template_base}/metadata/changes.json")),
+                    );
+                }
                 let root = Value::Object(root);
                 add(
                     "/packages.json".to_string(),
@@ -986,10 +1065,16 @@ async fn handle_main(
         ("GET" | "HEAD", "/search.json") => {
             json_response(StatusCode::OK, br#"{"results":[],"total":0}"#)
         }
-        ("GET" | "HEAD", _) => match state.file(path) {
-            Some(file) => file_response(state, &file, record),
-            None => json_error(StatusCode::NOT_FOUND, "Not found"),
-        },
+        ("GET" | "HEAD", "/metadata/changes.json") => changes_response(state, raw_path_and_query),
+        ("GET" | "HEAD", _) => {
+            if let Some((file, modified)) = published_file(state, path) {
+                return file_response(&file, modified, record);
+            }
+            match state.file(path) {
+                Some(file) => file_response(&file, *lock(&state.last_modified), record),
+                None => json_error(StatusCode::NOT_FOUND, "Not found"),
+            }
+        }
         _ => json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
     }
 }
@@ -1015,8 +1100,68 @@ fn handle_archive_host(
     }
 }
 
-fn file_response(state: &State, file: &File, record: &RecordedRequest) -> Response<Body> {
-    let modified = *lock(&state.last_modified);
+/// A file `publish_version` replaced: the new one, or the previous while it lags.
+fn published_file(state: &State, path: &str) -> Option<(File, SystemTime)> {
+    let mut feed = lock(&state.feed);
+    let published = feed.published.get_mut(path)?;
+    if published.lagging_fetches > 0 {
+        published.lagging_fetches -= 1;
+        return Some(published.previous.clone());
+    }
+    Some((published.file.clone(), published.modified))
+}
+
+/// packagist.org's unit of feed time: 10000ths of a second.
+fn feed_time(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| (d.as_micros() / 100) as u64)
+}
+
+/// packagist.org's feed: 400 with the current timestamp without `since`, `resync` for a
+/// `since` over 24 h old, else the actions dated after it.
+fn changes_response(state: &State, path_and_query: &str) -> Response<Body> {
+    let now = feed_time(SystemTime::now());
+    let feed = lock(&state.feed);
+    let timestamp = feed.actions.iter().map(|a| a.2).fold(now, u64::max);
+    let since = path_and_query
+        .split_once('?')
+        .and_then(|(_, q)| q.split('&').find_map(|p| p.strip_prefix("since=")))
+        .and_then(|v| v.parse::<u64>().ok());
+    let (status, body) = match since {
+        None => (
+            StatusCode::BAD_REQUEST,
+            json!({"error": "Invalid or missing \"since\" query parameter", "timestamp": timestamp}),
+        ),
+        Some(since) if since + 24 * 3600 * 10_000 < now => (
+            StatusCode::OK,
+            json!({"actions": [{"type": "resync", "package": "*", "time": now}], "timestamp": timestamp}),
+        ),
+        Some(since) => {
+            let actions: Vec<Value> = feed
+                .actions
+                .iter()
+                .filter(|a| a.2 > since)
+                .map(
+                    |(kind, package, time)| json!({"type": kind, "package": package, "time": time}),
+                )
+                .collect();
+            (
+                StatusCode::OK,
+                json!({"actions": actions, "timestamp": timestamp}),
+            )
+        }
+    };
+    let body = Bytes::from(php_json(&body));
+    respond(
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, body.len()),
+        full(body),
+    )
+}
+
+fn file_response(file: &File, modified: SystemTime, record: &RecordedRequest) -> Response<Body> {
     let last_modified = httpdate::fmt_http_date(modified);
     let mut builder = Response::builder().header(header::CONTENT_TYPE, "application/json");
     if file.kind == FileKind::Revalidated {
