@@ -468,6 +468,15 @@ async fn packagist_with_feed(metadata_ttl_secs: u64) -> (MockUpstream, TestProxy
     let mut opts = MockOptions::packagist_like(Arc::new(Catalogue::packagist()));
     opts.changes_feed = true;
     let mock = MockUpstream::start(opts).await;
+    let proxy = proxy_polling(&mock, metadata_ttl_secs, None).await;
+    (mock, proxy)
+}
+
+async fn proxy_polling(
+    mock: &MockUpstream,
+    metadata_ttl_secs: u64,
+    cache: Option<&Path>,
+) -> TestProxy {
     let toml = format!(
         "[[upstream]]\nname = \"packagist\"\nurl = \"{}\"\nallowed_hosts = [\"{}\"]\n",
         mock.url(),
@@ -482,8 +491,7 @@ async fn packagist_with_feed(metadata_ttl_secs: u64) -> (MockUpstream, TestProxy
         "COMPOSER_PROXY_METADATA_TTL_SECS".into(),
         metadata_ttl_secs.to_string(),
     ));
-    let proxy = TestProxy::start_with_file(&toml, env, None).await;
-    (mock, proxy)
+    TestProxy::start_with_file(&toml, env, cache).await
 }
 
 /// Feed polls that carried a position (the first one only asks where to start).
@@ -607,8 +615,13 @@ async fn a_version_published_upstream_is_served_after_the_next_feed_poll() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_lagging_behind_the_feed_is_refetched_on_a_later_poll() {
-    let (mock, proxy) = packagist_with_feed(86_400).await;
+async fn a_file_lagging_behind_the_feed_is_refetched_on_a_later_poll_and_a_restart_resumes_the_feed(
+) {
+    let mut opts = MockOptions::packagist_like(Arc::new(Catalogue::packagist()));
+    opts.changes_feed = true;
+    let mock = MockUpstream::start(opts).await;
+    let cache = tempfile::tempdir().expect("cache dir");
+    let proxy = proxy_polling(&mock, 86_400, Some(cache.path())).await;
     let url = format!("{}/p2/{PSR_LOG}.json", proxy.url);
     assert_eq!(get(&url).await.status, StatusCode::OK);
     let polled = feed_polls(&mock);
@@ -647,6 +660,19 @@ async fn a_file_lagging_behind_the_feed_is_refetched_on_a_later_poll() {
         ),
         "{text}"
     );
+    proxy.stop().await;
+
+    // Restarted, the proxy resumes from the feed's position instead of starting over.
+    let before = mock.count(FEED);
+    let proxy = proxy_polling(&mock, 86_400, Some(cache.path())).await;
+    wait_until("a feed poll", || mock.count(FEED) > before).await;
+    let first = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == FEED)
+        .nth(before)
+        .expect("the poll after the restart");
+    assert!(first.raw_path_and_query.contains("since="), "{first:?}");
     proxy.stop().await;
 }
 
