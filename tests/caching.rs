@@ -521,9 +521,9 @@ fn versions(reply: &Reply, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// GETs the proxy's p2 file of psr/log at `url` until it lists `version` (at most 30 s); with
+/// GETs the proxy's p2 file of `name` at `url` until it lists `version` (at most 30 s); with
 /// `only_hits`, every answer must come from the cache as fresh.
-async fn wait_for_version(url: &str, version: &str, only_hits: bool) {
+async fn wait_for_version(url: &str, name: &str, version: &str, only_hits: bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let reply = get(url).await;
@@ -535,7 +535,7 @@ async fn wait_for_version(url: &str, version: &str, only_hits: bool) {
                 "no request waits for or asks upstream"
             );
         }
-        let seen = versions(&reply, PSR_LOG);
+        let seen = versions(&reply, name);
         if seen.iter().any(|v| v == version) {
             return;
         }
@@ -574,7 +574,7 @@ async fn a_version_published_upstream_is_served_after_the_next_feed_poll() {
 
     mock.publish_version(PSR_LOG, "3.0.2", 0);
     let url = format!("{}/p2/{PSR_LOG}.json", proxy.url);
-    wait_for_version(&url, "3.0.2", true).await;
+    wait_for_version(&url, PSR_LOG, "3.0.2", true).await;
 
     // One more upstream request for the file, conditional, made right after a feed poll.
     let records = mock.requests();
@@ -646,7 +646,7 @@ async fn a_file_lagging_behind_the_feed_is_refetched_on_a_later_poll_and_a_resta
         records[asked[1]..asked[2]].iter().any(|r| r.path == FEED),
         "retried on a later poll"
     );
-    wait_for_version(&url, "3.0.2", false).await;
+    wait_for_version(&url, PSR_LOG, "3.0.2", false).await;
     assert_eq!(
         mock.count(PSR_LOG_P2),
         3,
@@ -659,6 +659,22 @@ async fn a_file_lagging_behind_the_feed_is_refetched_on_a_later_poll_and_a_resta
             "composer_proxy_metadata_changes_lag_retries_total{upstream=\"packagist\"} 1"
         ),
         "{text}"
+    );
+
+    // A file not cached when its change was announced, first asked for while the CDN is still
+    // behind: what it got is checked against the change and refetched all the same.
+    let (stdlib, stdlib_p2) = ("laminas/laminas-stdlib", "/p2/laminas/laminas-stdlib.json");
+    mock.publish_version(stdlib, "3.19.1", 1);
+    let polled = feed_polls(&mock);
+    wait_until("two feed polls", || feed_polls(&mock) >= polled + 2).await;
+    let url = format!("{}/p2/{stdlib}.json", proxy.url);
+    let cold = get(&url).await;
+    assert!(!versions(&cold, stdlib).contains(&"3.19.1".to_string()));
+    wait_for_version(&url, stdlib, "3.19.1", false).await;
+    assert_eq!(
+        mock.count(stdlib_p2),
+        2,
+        "the lagging fetch and the poller's"
     );
     proxy.stop().await;
 

@@ -9,7 +9,8 @@
 //! answers `resync`, and every cached file is then stale). A file fetched after an announced
 //! change can still be the older one (a CDN behind): it is accepted only when its Last-Modified
 //! is not older than the change, else refetched on the next polls; after `MAX_LAG_POLLS` the TTL
-//! takes over for that file.
+//! takes over for that file. Changes announced for files not cached are remembered as long, so
+//! a file first fetched on a request from a CDN still behind is refetched the same way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -65,6 +66,9 @@ struct FeedState {
     /// The feed is out of the upstream's reach and that was logged.
     out_of_reach: bool,
     pending: HashMap<String, Pending>,
+    /// Changes announced lately for files that were not cached: one fetched on a request soon
+    /// after may come from a CDN that is behind, so it is checked against the change.
+    recent: HashMap<String, (u64, Instant)>,
 }
 
 /// One upstream's feed: where it is, whether it answers, what it announced.
@@ -126,11 +130,38 @@ impl Feed {
         }
     }
 
+    /// A change dated `time` was announced for `file`, which is not cached.
+    fn announced_uncached(&self, state: &mut FeedState, file: String, time: u64) {
+        let horizon = self.every.unwrap_or_default() * MAX_LAG_POLLS;
+        state.recent.retain(|_, (_, at)| at.elapsed() < horizon);
+        if state.recent.len() < MAX_PENDING {
+            state.recent.insert(file, (time, Instant::now()));
+        }
+    }
+
+    /// `file` was just fetched on a request: when it is older than a change announced lately,
+    /// the poller refetches it like a file cached when the change was announced.
+    pub(super) fn fetched(&self, file: &str, last_modified: Option<&str>) {
+        let mut state = self.lock();
+        let Some(&(time, _)) = state.recent.get(file) else {
+            return;
+        };
+        if reflects(last_modified, time) {
+            state.recent.remove(file);
+        } else {
+            state
+                .pending
+                .entry(file.to_string())
+                .or_insert(Pending { time, polls: 0 });
+        }
+    }
+
     /// Changes were lost: nothing confirmed before `at` is vouched for.
     fn lost_track(state: &mut FeedState, at: Instant) {
         state.covering_since = Some(at);
         state.resynced_at = Some(at);
         state.pending.clear();
+        state.recent.clear();
     }
 }
 
@@ -293,6 +324,9 @@ impl MetadataCache {
         for (file, cause, time, outcome) in results {
             if outcome == Refreshed::NotCached {
                 state.pending.remove(&file);
+                if cause != Cause::Retry {
+                    self.feed.announced_uncached(&mut state, file, time);
+                }
                 continue;
             }
             if cause != Cause::Retry {
@@ -453,5 +487,49 @@ impl MetadataCache {
         tokio::time::timeout(self.upstream.metadata_timeout, work)
             .await
             .map_err(|_| "timed out".to_string())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: &str = "Tue, 14 Nov 2023 22:13:19 GMT";
+    const NEW: &str = "Tue, 14 Nov 2023 22:13:20 GMT";
+    const EVENT: u64 = 17_000_000_001_234;
+
+    #[test]
+    fn a_file_fetched_soon_after_a_change_was_announced_is_checked_against_it() {
+        let feed = Feed::new(Some(Duration::from_secs(30)));
+        feed.announced_uncached(&mut feed.lock(), "a/b".into(), EVENT);
+        feed.fetched("other/name", Some(OLD));
+        assert_eq!(feed.verdict("other/name").1, Announced::Nothing);
+        // From a CDN still behind: the poller is to refetch it, requests wait for that.
+        feed.fetched("a/b", Some(OLD));
+        assert_eq!(feed.verdict("a/b").1, Announced::Awaited);
+
+        let feed = Feed::new(Some(Duration::from_secs(30)));
+        feed.announced_uncached(&mut feed.lock(), "a/b".into(), EVENT);
+        feed.fetched("a/b", Some(NEW));
+        assert_eq!(feed.verdict("a/b").1, Announced::Nothing);
+        assert!(feed.lock().recent.is_empty(), "settled by the fetch");
+    }
+
+    #[test]
+    fn the_feed_vouches_only_while_it_answers() {
+        let feed = Feed::new(Some(Duration::from_secs(30)));
+        assert_eq!(feed.verdict("a/b").0.covering_for, None, "not polled yet");
+        {
+            let mut state = feed.lock();
+            state.covering_since = Some(Instant::now());
+            state.last_success = Some(Instant::now());
+        }
+        assert!(feed.verdict("a/b").0.covering_for.is_some());
+        feed.lock().last_success = Instant::now().checked_sub(Duration::from_secs(91));
+        assert_eq!(
+            feed.verdict("a/b").0.covering_for,
+            None,
+            "three intervals without an answer"
+        );
     }
 }

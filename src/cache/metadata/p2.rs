@@ -93,6 +93,8 @@ impl MetadataCache {
             // Saved by an earlier run: served, and revalidated unless the feed is on it.
             return Ok(self.clone().serve_cached_p2(url, file, entry));
         }
+        self.feed
+            .fetched(file, entry.validators.last_modified.as_deref());
         Ok((entry, CacheStatus::Miss))
     }
 
@@ -227,8 +229,10 @@ impl MetadataCache {
         tokio::spawn(async move {
             match self.fetch_p2(&url, &file, Some(&old)).await {
                 Ok(entry) => {
-                    self.p2_files.insert(file.clone(), entry).await;
                     self.feed.settled(&file);
+                    self.feed
+                        .fetched(&file, entry.validators.last_modified.as_deref());
+                    self.p2_files.insert(file.clone(), entry).await;
                 }
                 Err(e) if e.is_not_found() => {
                     tracing::info!(file = %file, "p2 file removed upstream; forgetting it");
