@@ -1,5 +1,6 @@
 //! The integration tests' mock upstreams as a standalone program, for `bench/run.sh`:
-//! repo.magento.com (the default), a vendor's Private Packagist repository, or packagist.org.
+//! repo.magento.com (the default), a vendor's Private Packagist repository, or packagist.org
+//! (optionally with its dists on a mock of GitHub's API).
 //!
 //! The benchmark runs the release proxy binary, nginx and Composer as separate processes,
 //! so the upstreams they talk to must be processes too. Rather than a second mock, this
@@ -17,6 +18,11 @@
 //! mock_upstream --catalogue packagist --packagist-like --dist-host-url-file F
 //! ```
 //!
+//! With `--github-api` (packagist-like only) it also starts the tests' mock of api.github.com
+//! (`tests/support/github.rs`): dists are then published as packagist.org publishes them,
+//! `<api>/repos/OWNER/REPO/zipball/REF`, and the API redirects them to the dist host, which
+//! plays codeload.github.com; `--github-api-url-file` writes the API's URL like the others.
+//!
 //! It binds 127.0.0.1:0, prints `listening on <repository URL>` and, with `--url-file`,
 //! writes the repository URL (the origin, plus `/<prefix>/` with `--path-prefix`) to that
 //! file (written whole, then renamed, so a script polling for the file never reads half of
@@ -29,6 +35,9 @@
 #[allow(dead_code)]
 #[path = "../tests/support/catalogue.rs"]
 mod catalogue;
+#[allow(dead_code)]
+#[path = "../tests/support/github.rs"]
+mod github;
 #[allow(dead_code)]
 #[path = "../tests/support/mock_upstream.rs"]
 mod mock_upstream;
@@ -43,6 +52,7 @@ use clap::{Parser, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 
 use catalogue::Catalogue;
+use github::GitHubApiMock;
 use mock_upstream::{MockOptions, MockUpstream, Protocol, RecordedRequest};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,6 +65,9 @@ enum CatalogueChoice {
     /// packagist.org in miniature: psr/log, symfony, laminas, a `magento/` name
     /// (`Catalogue::packagist`).
     Packagist,
+    /// packagist.org's share of a dev-tooling install: phpunit/phpunit 11.5 and its
+    /// dependency tree, 27 packages (`Catalogue::dev_tooling`).
+    DevTooling,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -102,8 +115,13 @@ struct Args {
     /// metadata, absolute URL templates, dists on a second origin named in the metadata.
     #[arg(long)]
     packagist_like: bool,
-    /// Delay before every response, in milliseconds, on both origins (a slow, far-away
-    /// upstream).
+    /// With `--packagist-like`: publish dists as GitHub API zipball URLs on a mock of
+    /// api.github.com (started here, no token, 60 unauthenticated requests in its lifetime
+    /// like the real API's hour) that redirects them to the dist host.
+    #[arg(long)]
+    github_api: bool,
+    /// Delay before every response, in milliseconds, on every origin (a slow, far-away
+    /// upstream and, with `--github-api`, a far-away GitHub).
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
     /// Write the repository URL (no newline) to this file.
@@ -112,9 +130,13 @@ struct Args {
     /// Write the second origin's URL (the dist host; `--packagist-like` only) to this file.
     #[arg(long)]
     dist_host_url_file: Option<PathBuf>,
-    /// Append one line per request received (both origins) to this file:
+    /// Write the GitHub API mock's URL (`--github-api` only) to this file.
+    #[arg(long)]
+    github_api_url_file: Option<PathBuf>,
+    /// Append one line per request received (every origin) to this file:
     /// `<ms since start> <main|dist> <method> <path?query> <credentials ok|none|wrong>
-    /// "<user agent>"`. Written in batches every 50 ms; for counting upstream traffic.
+    /// "<user agent>"`, or for the GitHub API mock `<ms> api <path> <credentials none|sent>`.
+    /// Written in batches every 50 ms; for counting upstream traffic.
     #[arg(long)]
     request_log: Option<PathBuf>,
     /// Stop by itself after this many seconds.
@@ -130,6 +152,12 @@ impl Args {
         if self.dist_host_url_file.is_some() && !self.packagist_like {
             bail!("--dist-host-url-file needs --packagist-like (the only mode with a dist host)");
         }
+        if self.github_api && !self.packagist_like {
+            bail!("--github-api needs --packagist-like (its dists are what the API redirects)");
+        }
+        if self.github_api_url_file.is_some() && !self.github_api {
+            bail!("--github-api-url-file needs --github-api");
+        }
         // Package names are derived from the size, so a size given twice would make two
         // packages with one name.
         self.archive_bytes.sort_unstable();
@@ -140,6 +168,7 @@ impl Args {
             }
             CatalogueChoice::Vendor => Catalogue::vendor(),
             CatalogueChoice::Packagist => Catalogue::packagist(),
+            CatalogueChoice::DevTooling => Catalogue::dev_tooling(),
         });
         let protocol = match self.protocol {
             ProtocolChoice::V1 => Protocol::V1,
@@ -189,6 +218,7 @@ struct RequestLog {
     started: Instant,
     main_seen: usize,
     dist_seen: usize,
+    api_seen: usize,
 }
 
 impl RequestLog {
@@ -203,10 +233,11 @@ impl RequestLog {
             started: Instant::now(),
             main_seen: 0,
             dist_seen: 0,
+            api_seen: 0,
         })
     }
 
-    fn flush_new(&mut self, mock: &MockUpstream) {
+    fn flush_new(&mut self, mock: &MockUpstream, api: Option<&GitHubApiMock>) {
         let ms = self.started.elapsed().as_millis();
         let main = mock.requests();
         for r in main.iter().skip(self.main_seen) {
@@ -218,6 +249,18 @@ impl RequestLog {
             log_line(&mut self.file, ms, "dist", r);
         }
         self.dist_seen = dist.len();
+        if let Some(api) = api {
+            let requests = api.requests();
+            for r in requests.iter().skip(self.api_seen) {
+                let credentials = if r.authorization.is_some() {
+                    "sent"
+                } else {
+                    "none"
+                };
+                let _ = writeln!(self.file, "{ms} api GET {} {credentials}", r.path);
+            }
+            self.api_seen = requests.len();
+        }
         let _ = self.file.flush();
     }
 }
@@ -225,10 +268,28 @@ impl RequestLog {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
-    let opts = args.options()?;
+    let mut opts = args.options()?;
+    let delay = Duration::from_millis(args.delay_ms);
 
+    // The API's URL goes into the dists the mock publishes, and the mock's dist host is where
+    // the API redirects: the API starts first and learns codeload's address afterwards.
+    let api = if args.github_api {
+        let api = GitHubApiMock::start(None).await;
+        api.set_delay(delay);
+        opts.github_api = Some(api.url());
+        Some(api)
+    } else {
+        None
+    };
     let mock = MockUpstream::start(opts).await;
-    mock.set_delay(Duration::from_millis(args.delay_ms));
+    mock.set_delay(delay);
+    if let Some(api) = &api {
+        api.set_codeload(
+            &mock
+                .archive_host_url()
+                .context("the mock has no dist host for the GitHub API to redirect to")?,
+        );
+    }
     let url = mock.repo_url();
     let mut request_log = args
         .request_log
@@ -248,6 +309,10 @@ async fn main() -> anyhow::Result<()> {
         publish(path, &dist)?;
         println!("dist host on {dist}");
     }
+    if let (Some(path), Some(api)) = (&args.github_api_url_file, &api) {
+        publish(path, &api.url())?;
+        println!("GitHub API on {}", api.url());
+    }
     if let Some(path) = &args.url_file {
         publish(path, &url)?;
     }
@@ -263,18 +328,20 @@ async fn main() -> anyhow::Result<()> {
             () = &mut deadline => break "--max-secs elapsed",
             _ = tick.tick(), if request_log.is_some() => {
                 if let Some(log) = request_log.as_mut() {
-                    log.flush_new(&mock);
+                    log.flush_new(&mock, api.as_ref());
                 }
             }
         }
     };
     if let Some(log) = request_log.as_mut() {
-        log.flush_new(&mock);
+        log.flush_new(&mock, api.as_ref());
     }
     eprintln!(
-        "mock_upstream: stopping ({reason}) after {} requests ({} on the dist host)",
+        "mock_upstream: stopping ({reason}) after {} requests ({} on the dist host, {} on the \
+         GitHub API)",
         mock.requests().len(),
-        mock.archive_host_requests().len()
+        mock.archive_host_requests().len(),
+        api.as_ref().map_or(0, |api| api.requests().len())
     );
     mock.stop().await;
     Ok(())

@@ -568,6 +568,9 @@ impl Catalogue {
     }
 }
 
+/// A version's requirements: (name, constraint) pairs.
+type Requires<'a> = &'a [(&'a str, &'a str)];
+
 /// One package of a small catalogue: name, type, and its versions with their requirements.
 struct PackageSpec<'a> {
     name: &'a str,
@@ -694,6 +697,149 @@ impl Catalogue {
             })
             .collect();
         let mut catalogue = Self::small("packagist", PACKAGIST_FIRST_INDEX + 1_000, &specs);
+        for version in catalogue.packages.iter_mut().flat_map(|p| &mut p.versions) {
+            version.reference_null = false;
+            version.publish_shasum = false;
+        }
+        catalogue
+    }
+
+    /// A dev-tooling install as packagist.org serves it: phpunit/phpunit 11.5 and its whole
+    /// dependency tree (27 packages), real names, two releases each with the constraints
+    /// those releases declare (`ext-*` requirements left out: only `php`, which every PHP
+    /// 8.2+ satisfies), GitHub references and no shasum. A project requiring
+    /// `phpunit/phpunit` resolves the tree three levels deep, as the real one does.
+    pub fn dev_tooling() -> Catalogue {
+        const PHP82: (&str, &str) = ("php", ">=8.2");
+        const PHP72: (&str, &str) = ("php", "^7.2 || ^8.0");
+        const PARSER: (&str, &str) = ("nikic/php-parser", "^5.0");
+        const REFLECTOR: (&str, &str) = ("sebastian/object-reflector", "^4.0");
+        const RECURSION: (&str, &str) = ("sebastian/recursion-context", "^6.0");
+        const PHPUNIT: &[(&str, &str)] = &[
+            PHP82,
+            ("myclabs/deep-copy", "^1.12.1"),
+            ("phar-io/manifest", "^2.0.4"),
+            ("phar-io/version", "^3.2.1"),
+            ("phpunit/php-code-coverage", "^11.0.9"),
+            ("phpunit/php-file-iterator", "^5.1.0"),
+            ("phpunit/php-invoker", "^5.0.1"),
+            ("phpunit/php-text-template", "^4.0.1"),
+            ("phpunit/php-timer", "^7.0.1"),
+            ("sebastian/cli-parser", "^3.0.2"),
+            ("sebastian/code-unit", "^3.0.3"),
+            ("sebastian/comparator", "^6.3.1"),
+            ("sebastian/diff", "^6.0.2"),
+            ("sebastian/environment", "^7.2.0"),
+            ("sebastian/exporter", "^6.3.0"),
+            ("sebastian/global-state", "^7.0.2"),
+            ("sebastian/object-enumerator", "^6.0.1"),
+            ("sebastian/type", "^5.1.2"),
+            ("sebastian/version", "^5.0.2"),
+            ("staabm/side-effects-detector", "^1.0.5"),
+        ];
+        const COVERAGE: &[(&str, &str)] = &[
+            PHP82,
+            ("nikic/php-parser", "^5.4.0"),
+            ("phpunit/php-file-iterator", "^5.1.0"),
+            ("phpunit/php-text-template", "^4.0.1"),
+            ("sebastian/code-unit-reverse-lookup", "^4.0.1"),
+            ("sebastian/complexity", "^4.0.1"),
+            ("sebastian/environment", "^7.2.0"),
+            ("sebastian/lines-of-code", "^3.0.1"),
+            ("sebastian/version", "^5.0.2"),
+            ("theseer/tokenizer", "^1.2.3"),
+        ];
+        let releases: &[(&str, &[&str], Requires<'_>)] = &[
+            ("phpunit/phpunit", &["11.5.12", "11.5.15"], PHPUNIT),
+            (
+                "myclabs/deep-copy",
+                &["1.12.1", "1.13.0"],
+                &[("php", "^7.1 || ^8.0")],
+            ),
+            ("nikic/php-parser", &["5.4.0", "5.5.0"], &[("php", ">=7.4")]),
+            (
+                "phar-io/manifest",
+                &["2.0.3", "2.0.4"],
+                &[PHP72, ("phar-io/version", "^3.0.1")],
+            ),
+            ("phar-io/version", &["3.2.0", "3.2.1"], &[PHP72]),
+            (
+                "phpunit/php-code-coverage",
+                &["11.0.9", "11.0.10"],
+                COVERAGE,
+            ),
+            ("phpunit/php-file-iterator", &["5.0.1", "5.1.0"], &[PHP82]),
+            ("phpunit/php-invoker", &["5.0.0", "5.0.1"], &[PHP82]),
+            ("phpunit/php-text-template", &["4.0.0", "4.0.1"], &[PHP82]),
+            ("phpunit/php-timer", &["7.0.0", "7.0.1"], &[PHP82]),
+            ("sebastian/cli-parser", &["3.0.1", "3.0.2"], &[PHP82]),
+            ("sebastian/code-unit", &["3.0.2", "3.0.3"], &[PHP82]),
+            (
+                "sebastian/code-unit-reverse-lookup",
+                &["4.0.0", "4.0.1"],
+                &[PHP82],
+            ),
+            (
+                "sebastian/comparator",
+                &["6.3.0", "6.3.1"],
+                &[
+                    PHP82,
+                    ("sebastian/diff", "^6.0"),
+                    ("sebastian/exporter", "^6.0"),
+                ],
+            ),
+            (
+                "sebastian/complexity",
+                &["4.0.0", "4.0.1"],
+                &[PHP82, PARSER],
+            ),
+            ("sebastian/diff", &["6.0.1", "6.0.2"], &[PHP82]),
+            ("sebastian/environment", &["7.2.0", "7.2.1"], &[PHP82]),
+            (
+                "sebastian/exporter",
+                &["6.3.0", "6.3.2"],
+                &[PHP82, RECURSION],
+            ),
+            (
+                "sebastian/global-state",
+                &["7.0.1", "7.0.2"],
+                &[PHP82, REFLECTOR, RECURSION],
+            ),
+            (
+                "sebastian/lines-of-code",
+                &["3.0.0", "3.0.1"],
+                &[PHP82, PARSER],
+            ),
+            (
+                "sebastian/object-enumerator",
+                &["6.0.0", "6.0.1"],
+                &[PHP82, REFLECTOR, RECURSION],
+            ),
+            ("sebastian/object-reflector", &["4.0.0", "4.0.1"], &[PHP82]),
+            ("sebastian/recursion-context", &["6.0.1", "6.0.2"], &[PHP82]),
+            ("sebastian/type", &["5.1.0", "5.1.2"], &[PHP82]),
+            ("sebastian/version", &["5.0.1", "5.0.2"], &[PHP82]),
+            (
+                "staabm/side-effects-detector",
+                &["1.0.4", "1.0.5"],
+                &[("php", "^7.4 || ^8.0")],
+            ),
+            ("theseer/tokenizer", &["1.2.2", "1.2.3"], &[PHP72]),
+        ];
+        let versions: Vec<Vec<(&str, Requires<'_>)>> = releases
+            .iter()
+            .map(|(_, versions, require)| versions.iter().map(|v| (*v, *require)).collect())
+            .collect();
+        let specs: Vec<PackageSpec<'_>> = releases
+            .iter()
+            .zip(&versions)
+            .map(|((name, _, _), versions)| PackageSpec {
+                name,
+                package_type: "library",
+                versions,
+            })
+            .collect();
+        let mut catalogue = Self::small("packagist", PACKAGIST_FIRST_INDEX + 2_000, &specs);
         for version in catalogue.packages.iter_mut().flat_map(|p| &mut p.versions) {
             version.reference_null = false;
             version.publish_shasum = false;

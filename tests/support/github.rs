@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
@@ -32,6 +33,8 @@ struct State {
     requests: Mutex<Vec<ApiRequest>>,
     /// Every client's allowance is used up, token or not.
     exhausted: AtomicBool,
+    /// Before every answer: a far-away API, as the other mocks' `set_delay`.
+    delay: Mutex<Duration>,
 }
 
 pub struct GitHubApiMock {
@@ -57,7 +60,13 @@ impl GitHubApiMock {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let state = state.clone();
-                        async move { Ok::<_, Infallible>(handle(&state, &request)) }
+                        async move {
+                            let delay = *state.delay.lock().unwrap_or_else(|e| e.into_inner());
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            Ok::<_, Infallible>(handle(&state, &request))
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -83,6 +92,11 @@ impl GitHubApiMock {
             .codeload
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(url.trim_end_matches('/').to_string());
+    }
+
+    /// Delays every answer from now on by `delay`.
+    pub fn set_delay(&self, delay: Duration) {
+        *self.state.delay.lock().unwrap_or_else(|e| e.into_inner()) = delay;
     }
 
     /// From now on every request gets the rate-limit answer, as when a token's 5,000 an hour
