@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Benchmark for issue 3 ("Done means" 2) and issue 11 ("Done means" 2). One run measures,
-# each against a baseline measured in the same run:
+# Benchmark for issue 3 ("Done means" 2), issue 11 ("Done means" 2) and issue 12 ("Done
+# means" 3). One run measures, each against a baseline measured in the same run:
 # 1. cache hits (packages.json, a p2 file, 100 KB and 5 MB archives): the proxy against
 #    nginx serving the same bytes from disk, both for one upstream (flat configuration) and
 #    for the merged repository of three [[upstream]] tables, so the merged ratios can be
@@ -11,13 +11,18 @@
 #    Hyvä theme, packagist libraries) through the merged repository against Composer listing
 #    the three upstreams itself, with credentials; BENCH_MULTI_DELAY_MS on every upstream
 #    request (the three mocks and packagist's dist host). Warm: the proxy's cache filled,
-#    a fresh project, vendor directory and Composer cache. Medians over BENCH_ROUNDS rounds.
+#    a fresh project, vendor directory and Composer cache. Medians over BENCH_ROUNDS rounds;
+# 4. a dev-tooling install (phpunit/phpunit and its dependencies) from a packagist-like
+#    upstream with GitHub API dists, BENCH_TOOLING_DELAY_MS on every request: Composer going
+#    direct against a cold and a warm proxy (bench/tooling.sh). BENCH_ONLY=tooling runs only
+#    this one.
 # It prints markdown tables and the command that reproduces them (also written to
-# $BENCH_RESULTS, default bench/results.md).
+# $BENCH_RESULTS, default bench/results.md, or bench/results-tooling.md with BENCH_ONLY).
 #
 # Everything runs on loopback: the upstreams are the tests' mocks of repo.magento.com, of a
 # vendor repository under a path with user `token`, and of packagist.org (open-ended,
-# minified, dists on a second origin) (examples/mock_upstream.rs, wrapping
+# minified, dists on a second origin; for scenario 4 behind a mock of GitHub's API,
+# tests/support/github.rs) (examples/mock_upstream.rs, wrapping
 # tests/support/mock_upstream.rs and the catalogues of tests/support/catalogue.rs), started
 # as processes; tests/support/upstreams.rs describes the same three. Ports come from the kernel
 # (127.0.0.1:0) for our own programs; nginx cannot bind port 0, so it gets a random free
@@ -27,8 +32,9 @@
 #
 # Settings (environment): BENCH_DURATION_SECS (per wrk run, default 10), BENCH_ROUNDS (3),
 # BENCH_CONNECTIONS (64), BENCH_WRK_THREADS (2), BENCH_MODULES (100),
-# BENCH_DELAY_MS (300), BENCH_MULTI_DELAY_MS (100), BENCH_NOISE (0.10: the least relative
-# difference between merged and single-upstream ratios counted as more than noise),
+# BENCH_DELAY_MS (300), BENCH_MULTI_DELAY_MS (100), BENCH_TOOLING_DELAY_MS (100), BENCH_NOISE
+# (0.10: the least relative difference between merged and single-upstream ratios counted as
+# more than noise), BENCH_ONLY (empty: everything; `tooling`: scenario 4 alone),
 # BENCH_RESULTS, BENCH_KEEP. Cargo honours CARGO_TARGET_DIR as usual.
 #
 # Needs: cargo, nginx, wrk, composer (with php-zip, php-curl, php-mbstring), curl, jq,
@@ -47,6 +53,8 @@ readonly WRK_THREADS=${BENCH_WRK_THREADS:-2}
 readonly MODULES=${BENCH_MODULES:-100}
 readonly DELAY_MS=${BENCH_DELAY_MS:-300}
 readonly MULTI_DELAY_MS=${BENCH_MULTI_DELAY_MS:-100}
+readonly TOOLING_DELAY_MS=${BENCH_TOOLING_DELAY_MS:-100}
+readonly ONLY=${BENCH_ONLY:-}
 readonly NOISE=${BENCH_NOISE:-0.10}
 readonly SMALL_ARCHIVE_BYTES=$((100 * 1024))
 readonly LARGE_ARCHIVE_BYTES=$((5 * 1024 * 1024))
@@ -79,13 +87,14 @@ readonly MOCK_MAX_SECS=1800
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
-readonly RESULTS=${BENCH_RESULTS:-$repo_root/bench/results.md}
+readonly RESULTS=${BENCH_RESULTS:-$repo_root/bench/results${ONLY:+-$ONLY}.md}
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
   log "ERROR: $*"
   exit 1
 }
+[[ -z $ONLY || $ONLY == tooling ]] || die "BENCH_ONLY must be empty or 'tooling', not '$ONLY'"
 
 # --- Tools -----------------------------------------------------------------------------
 
@@ -166,16 +175,18 @@ wait_until() {
 alive() { kill -0 "$1" 2>/dev/null; }
 
 # Starts a mock upstream named $1 with the options that follow (examples/mock_upstream.rs);
-# sets mock_url (the repository URL), mock_dist_url (packagist's dist host, else empty) and
-# mock_pid. Every request it receives is appended to $work/$1.requests.
+# sets mock_url (the repository URL), mock_dist_url (packagist's dist host, else empty),
+# mock_api_url (the GitHub API mock's, with --github-api, else empty) and mock_pid. Every
+# request it receives (on any of its origins) is appended to $work/$1.requests.
 start_mock() {
   local name=$1
   shift
-  local url_file=$work/$name.url dist_file=$work/$name.dist-url
-  local dist_args=()
-  [[ " $* " != *" --packagist-like "* ]] || dist_args=(--dist-host-url-file "$dist_file")
+  local url_file=$work/$name.url dist_file=$work/$name.dist-url api_file=$work/$name.api-url
+  local extra_args=()
+  [[ " $* " != *" --packagist-like "* ]] || extra_args+=(--dist-host-url-file "$dist_file")
+  [[ " $* " != *" --github-api "* ]] || extra_args+=(--github-api-url-file "$api_file")
   "$bin/mock_upstream" --modules "$MODULES" --url-file "$url_file" \
-    --request-log "$work/$name.requests" --max-secs "$MOCK_MAX_SECS" "${dist_args[@]}" "$@" \
+    --request-log "$work/$name.requests" --max-secs "$MOCK_MAX_SECS" "${extra_args[@]}" "$@" \
     >"$work/$name.log" 2>&1 &
   mock_pid=$!
   pids+=("$mock_pid")
@@ -183,7 +194,9 @@ start_mock() {
   mock_url=$(<"$url_file")
   mock_dist_url=""
   [[ ! -s $dist_file ]] || mock_dist_url=$(<"$dist_file")
-  log "$name: $mock_url${mock_dist_url:+, dists on $mock_dist_url} (pid $mock_pid)"
+  mock_api_url=""
+  [[ ! -s $api_file ]] || mock_api_url=$(<"$api_file")
+  log "$name: $mock_url${mock_dist_url:+, dists on $mock_dist_url}${mock_api_url:+, GitHub API on $mock_api_url} (pid $mock_pid)"
 }
 
 # Starts the three upstreams of a Magento project (tests/support/upstreams.rs), every
@@ -557,6 +570,11 @@ pairwise_ratios() {
   echo "${joined% / }"
 }
 
+# Scenario 4, the dev-tooling install: run_tooling_scenario, report_tooling.
+# Followed when both files are given to shellcheck, as .ci/validate-deploy does.
+# shellcheck source=bench/tooling.sh disable=SC1091
+source "$repo_root/bench/tooling.sh"
+
 # --- Run -------------------------------------------------------------------------------
 
 ensure_tools
@@ -578,6 +596,14 @@ cp "$target_dir/release/composer-proxy" "$target_dir/release/examples/mock_upstr
 load_before=$(cut -d' ' -f1 /proc/loadavg)
 if awk -v l="$load_before" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
   log "WARNING: load average is $load_before on $(nproc) CPUs; the figures will be noisy"
+fi
+
+if [[ $ONLY == tooling ]]; then
+  run_tooling_scenario
+  mkdir -p "$(dirname "$RESULTS")"
+  report_tooling_only | tee "$RESULTS"
+  log "results written to $RESULTS"
+  exit 0
 fi
 
 # 1. Warm proxies against nginx: one upstream (the flat configuration, as before tables
@@ -756,6 +782,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
   done
 done
 multi_count=$(jq '.packages | length' "$work/multi-direct-1/project/composer.lock")
+
+# 4. The dev-tooling install from a packagist-like upstream with GitHub dists (bench/tooling.sh).
+run_tooling_scenario
 load_at_end=$(cut -d' ' -f1 /proc/loadavg)
 
 # --- Report ----------------------------------------------------------------------------
@@ -825,7 +854,9 @@ report() {
   echo
   report_multi
   echo
-  echo "Proxy peak RSS (VmHWM): $((warm_rss_kib / 1024)) MiB (one upstream) and $((merged_warm_rss_kib / 1024)) MiB (merged) after the wrk runs; $((cold_rss_kib / 1024)) MiB after the cold one-upstream install; at most $((multi_proxy_rss_kib / 1024)) MiB after a round of three-upstream installs."
+  report_tooling
+  echo
+  echo "Proxy peak RSS (VmHWM): $((warm_rss_kib / 1024)) MiB (one upstream) and $((merged_warm_rss_kib / 1024)) MiB (merged) after the wrk runs; $((cold_rss_kib / 1024)) MiB after the cold one-upstream install; at most $((multi_proxy_rss_kib / 1024)) MiB after a round of three-upstream installs and $(tooling_rss_mib) MiB after a round of dev-tooling installs."
 }
 
 # Issue 11: hits on the merged root against nginx, next to the one-upstream ratios of the
@@ -906,7 +937,7 @@ report_multi() {
   echo "| warm proxy ÷ direct | $warm_ratio | $(pairwise_ratios "${all_of[warm]}" "${all_of[direct]}") | ≤ 0.3 | $(meets "$warm_ratio" '<=' 0.3) |"
 }
 
-reproduce="BENCH_DURATION_SECS=$DURATION_SECS BENCH_ROUNDS=$ROUNDS BENCH_CONNECTIONS=$CONNECTIONS BENCH_WRK_THREADS=$WRK_THREADS BENCH_MODULES=$MODULES BENCH_DELAY_MS=$DELAY_MS BENCH_MULTI_DELAY_MS=$MULTI_DELAY_MS BENCH_NOISE=$NOISE bench/run.sh"
+reproduce="BENCH_DURATION_SECS=$DURATION_SECS BENCH_ROUNDS=$ROUNDS BENCH_CONNECTIONS=$CONNECTIONS BENCH_WRK_THREADS=$WRK_THREADS BENCH_MODULES=$MODULES BENCH_DELAY_MS=$DELAY_MS BENCH_MULTI_DELAY_MS=$MULTI_DELAY_MS BENCH_TOOLING_DELAY_MS=$TOOLING_DELAY_MS BENCH_NOISE=$NOISE bench/run.sh"
 mkdir -p "$(dirname "$RESULTS")"
 report | tee "$RESULTS"
 log "results written to $RESULTS"
