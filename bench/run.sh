@@ -479,7 +479,8 @@ make_multi_project() {
 
 # Runs `composer install` in the project under $1 with a hermetic environment and prints
 # its wall-clock time in seconds; then checks that the packages named after $1 (default
-# magento/framework) were installed.
+# magento/framework) were installed. Writes the CPU seconds the install used to
+# $1/composer-cpu-secs.
 timed_install() {
   local dir=$1
   shift
@@ -495,6 +496,14 @@ timed_install() {
     die "composer install failed in $dir; see $dir/composer.log"
   fi
   ended=$EPOCHREALTIME
+  # User + system time of Composer and everything it ran (its unzip processes): this runs in
+  # a subshell of its own, so the children's times are this install's alone. Far below the
+  # wall-clock time, the install was waiting: on upstreams, or for a CPU that other work
+  # on the machine held. (`times` straight into a file: in a pipeline it would run in a
+  # child of its own, which has no children.)
+  times >"$dir/times"
+  awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/)
+    printf "%.2f\n", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$dir/times" >"$dir/composer-cpu-secs"
   local package
   for package in "${check[@]}"; do
     [[ -f $dir/project/vendor/$package/composer.json ]] ||

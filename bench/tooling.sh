@@ -35,13 +35,24 @@ make_tooling_project() {
   }' >"$dir/project/composer.json"
 }
 
-declare -A tooling_secs tooling_requests
+declare -A tooling_secs tooling_cpu_secs tooling_requests
+# Per round: the seconds the warm proxy spent on the warm install's requests.
+declare -A tooling_warm_proxy_secs
 tooling_proxy_rss_kib=0
+
+# Seconds the proxy spent on the requests it logged after line $2 of its log $1: the sum of
+# their durations.
+proxy_request_secs() {
+  tail -n +"$(($2 + 1))" "$1" |
+    jq -R 'fromjson? | select(.message == "request") | .duration_ms' |
+    awk '{ ms += $1 } END { printf "%.2f", ms / 1000 }'
+}
 
 # One install of kind $1 (direct, cold or warm) in round $2, against the mocks named
 # tooling-$2; cold starts the round's proxy, which warm then reuses.
 run_tooling() {
-  local kind=$1 round=$2 dir=$work/tooling-$1-$2 before after
+  local kind=$1 round=$2 dir=$work/tooling-$1-$2 before after log_lines=0
+  local proxy_log=$work/proxy-tooling-$2.log
   case $kind in
     direct) make_tooling_project "$dir" "$tooling_url" ;;
     cold)
@@ -53,12 +64,19 @@ run_tooling() {
       ;;
     warm) make_tooling_project "$dir" "$tooling_proxy_url" ;;
   esac
+  [[ $kind != warm ]] || log_lines=$(wc -l <"$proxy_log")
   before=$(upstream_requests "tooling-$round")
   log "round $round/$ROUNDS: dev-tooling composer install, $kind"
   tooling_secs[$kind-$round]=$(timed_install "$dir" "${TOOLING_CHECK[@]}")
   after=$(upstream_requests "tooling-$round")
+  tooling_cpu_secs[$kind-$round]=$(<"$dir/composer-cpu-secs")
+  local note=""
+  if [[ $kind == warm ]]; then
+    tooling_warm_proxy_secs[$round]=$(proxy_request_secs "$proxy_log" "$log_lines")
+    note=", in the proxy ${tooling_warm_proxy_secs[$round]}s"
+  fi
   tooling_requests[$kind-$round]=$((after - before))
-  log "$kind: ${tooling_secs[$kind-$round]}s, ${tooling_requests[$kind-$round]} upstream requests"
+  log "$kind: ${tooling_secs[$kind-$round]}s (Composer CPU ${tooling_cpu_secs[$kind-$round]}s$note), ${tooling_requests[$kind-$round]} upstream requests"
 }
 
 # All rounds of the scenario; odd rounds run direct first, even rounds last.
@@ -105,28 +123,43 @@ EOF
 }
 
 report_tooling() {
-  local kind round all reqs
-  declare -A med_of all_of reqs_of
+  local kind round all cpu reqs in_proxy=()
+  declare -A med_of all_of cpu_of reqs_of
+  declare -A label=(
+    [direct]="direct to the upstream and GitHub (baseline)"
+    [cold]="through a cold proxy (empty cache)"
+    [warm]="through the warm proxy (cache filled by the cold install)"
+  )
   for kind in direct cold warm; do
     all=()
+    cpu=()
     reqs=()
     for ((round = 1; round <= ROUNDS; round++)); do
       all+=("${tooling_secs[$kind-$round]}")
+      cpu+=("${tooling_cpu_secs[$kind-$round]}")
       reqs+=("${tooling_requests[$kind-$round]}")
     done
     med_of[$kind]=$(median "${all[@]}")
     all_of[$kind]="${all[*]}"
+    cpu_of[$kind]="${cpu[*]}"
     reqs_of[$kind]="${reqs[*]}"
   done
   echo "### Dev tooling from a packagist-like upstream: \`composer install\`"
   echo
-  echo "Project: \`$TOOLING_PACKAGE\` \`$TOOLING_CONSTRAINT\` (require-dev) from a mock of packagist.org (open-ended, minified p2) whose dists are GitHub API zipball URLs on a mock of api.github.com that redirects to a codeload host; $tooling_count packages. Every request to the three (packagist, API, codeload) delayed ${TOOLING_DELAY_MS} ms. Direct: Composer follows each API redirect (no token). Proxy: no github_token, zipballs straight from codeload. Empty Composer cache and vendor directory every time; the lock resolved anew every time. Fresh mocks every round; median of $ROUNDS rounds; odd rounds run direct first, even rounds last."
+  echo "Project: \`$TOOLING_PACKAGE\` \`$TOOLING_CONSTRAINT\` (require-dev) from a mock of packagist.org (open-ended, minified p2) whose dists are GitHub API zipball URLs on a mock of api.github.com that redirects to a codeload host; $tooling_count packages. Every request to the three (packagist, API, codeload) delayed ${TOOLING_DELAY_MS} ms. Direct: Composer follows each API redirect (no token). Proxy: no github_token, zipballs straight from codeload. Empty Composer cache and vendor directory every time; the lock resolved anew every time. Fresh mocks every round; median of $ROUNDS rounds; odd rounds run direct first, even rounds last. Composer CPU: user + system seconds of Composer and its unzip processes; a warm install much longer than that, and than the time the proxy spent on it (below), waited for a CPU that other work on the machine held."
   echo
-  echo "| install | median s | each round s | upstream requests, each round |"
-  echo "|---|---:|---|---|"
-  echo "| direct to the upstream and GitHub (baseline) | ${med_of[direct]} | ${all_of[direct]// / / } | ${reqs_of[direct]// / / } |"
-  echo "| through a cold proxy (empty cache) | ${med_of[cold]} | ${all_of[cold]// / / } | ${reqs_of[cold]// / / } |"
-  echo "| through the warm proxy (cache filled by the cold install) | ${med_of[warm]} | ${all_of[warm]// / / } | ${reqs_of[warm]// / / } |"
+  echo "| install | median s | each round s | Composer CPU s, each round | upstream requests, each round |"
+  echo "|---|---:|---|---|---|"
+  for kind in direct cold warm; do
+    echo "| ${label[$kind]} | ${med_of[$kind]} | ${all_of[$kind]// / / } | ${cpu_of[$kind]// / / } | ${reqs_of[$kind]// / / } |"
+  done
+  for ((round = 1; round <= ROUNDS; round++)); do
+    in_proxy+=("${tooling_warm_proxy_secs[$round]}")
+  done
+  local joined="${in_proxy[*]}"
+  echo
+  echo "Time the warm proxy spent on the warm install's requests (the sum of their durations in its access log), each round: ${joined// / / } s."
+
   echo
   local cold_ratio warm_ratio
   cold_ratio=$(ratio "${med_of[cold]}" "${med_of[direct]}")
