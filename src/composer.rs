@@ -12,6 +12,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+pub mod apis;
 pub mod github;
 pub mod minify;
 mod parse;

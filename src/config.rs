@@ -103,6 +103,9 @@ pub struct Config {
     pub v1_prefetch_concurrency: usize,
     /// How long an upstream 404 for a package's metadata is remembered.
     pub negative_ttl: Duration,
+    /// How long upstream answers on security advisories, filter lists and name lists are used
+    /// before upstream is asked again (the last one is kept for when it fails).
+    pub advisories_ttl: Duration,
     pub upstream_retry: Duration,
     /// Files whose change triggers a reload (key files, auth.json, fallback keys, TLS).
     pub watched_files: Vec<PathBuf>,
@@ -394,6 +397,7 @@ mod tests {
         assert_eq!(c.upstreams[0].url.as_str(), "https://repo.magento.com/");
         assert!(c.upstreams[0].credentials.is_none());
         assert_eq!(c.metadata_ttl, Duration::from_secs(300));
+        assert_eq!(c.advisories_ttl, Duration::from_secs(600));
         assert_eq!(c.allow.len(), 6);
         assert!(c.tls.is_none());
     }

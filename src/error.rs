@@ -80,6 +80,15 @@ pub enum ProxyError {
         source: Box<ProxyError>,
     },
 
+    /// An upstream's answer to an API (security advisories, filter lists, names) was needed
+    /// and it could not be asked, with no earlier answer to serve instead.
+    #[error("upstream {upstream:?} could not be asked for {what}: {source}")]
+    ApiUnavailable {
+        upstream: String,
+        what: &'static str,
+        source: Box<ProxyError>,
+    },
+
     /// One failure shared by every request that waited on the same single-flight fetch.
     #[error(transparent)]
     Shared(std::sync::Arc<ProxyError>),
@@ -174,11 +183,25 @@ impl ProxyError {
                     format!("Upstream repository \"{upstream}\" could not be asked whether it has this package, so composer-proxy cannot tell which repository owns it: {warning}"),
                 )
             }
+            ProxyError::ApiUnavailable { upstream, what, source } => {
+                let (status, warning) = source.status_and_warning();
+                // A 4xx would tell Composer the repository has nothing to say; it has not
+                // been asked.
+                let status = if status.is_server_error() {
+                    status
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                (
+                    status,
+                    format!("Upstream repository \"{upstream}\" could not be asked for {what} and composer-proxy has no earlier answer to serve instead: {warning}"),
+                )
+            }
             ProxyError::BadRequest(why) => (StatusCode::BAD_REQUEST, format!("Bad request: {why}")),
             ProxyError::NotFound(what) => (StatusCode::NOT_FOUND, format!("Not found: {what}")),
             ProxyError::MethodNotAllowed { .. } => (
                 StatusCode::METHOD_NOT_ALLOWED,
-                "Method not allowed: this proxy accepts GET and HEAD, and POST for install notifications".into(),
+                "Method not allowed: this proxy accepts GET and HEAD, and POST for install notifications and the security advisory and filter list APIs".into(),
             ),
             ProxyError::Forbidden(ip) => (
                 StatusCode::FORBIDDEN,
@@ -214,7 +237,7 @@ impl ProxyError {
             ),
             ProxyError::BodyTooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("Request body too large: install notifications are limited to {limit} bytes"),
+                format!("Request body too large: composer-proxy accepts at most {limit} bytes here"),
             ),
             ProxyError::BodyTimeout(limit) => (
                 StatusCode::REQUEST_TIMEOUT,

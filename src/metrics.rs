@@ -323,7 +323,7 @@ impl Metrics {
             out,
             "composer_proxy_upstream_requests_total",
             "counter",
-            "Upstream requests by kind (metadata, archive, notify) and outcome.",
+            "Upstream requests by kind (metadata, archive, notify, advisories, filter, list) and outcome.",
         );
         for ((upstream, kind, outcome), n) in &families.upstream {
             let _ = writeln!(

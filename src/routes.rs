@@ -8,8 +8,8 @@
 //! targets, chunked bodies).
 //!
 //! `path` parses, `respond` builds documents with their validators and encodings, `handlers`
-//! answers the archive, notification and search routes, `ops` the health, readiness and
-//! metrics endpoints.
+//! answers the archive, notification and search routes, `apis` the security advisory, filter
+//! list and name list routes, `ops` the health, readiness and metrics endpoints.
 
 use std::convert::Infallible;
 use std::io;
@@ -33,6 +33,7 @@ use crate::AppState;
 
 pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
 
+mod apis;
 mod handlers;
 mod ops;
 mod path;
@@ -187,7 +188,9 @@ pub async fn handle(
     }
     let method = request.method().clone();
     let (allowed, allow) = match route {
-        Route::Notify => (method == Method::POST, "POST"),
+        Route::Notify | Route::Advisories | Route::FilterEntries => {
+            (method == Method::POST, "POST")
+        }
         _ => (method == Method::GET || method == Method::HEAD, "GET, HEAD"),
     };
     if !allowed {
@@ -287,6 +290,19 @@ async fn answer(
         Route::Search => {
             let query = request.uri().query().unwrap_or_default();
             search(state, single, query).await
+        }
+        Route::Advisories => {
+            let (parts, body) = request.into_parts();
+            apis::advisories(state, single, &parts.headers, body).await
+        }
+        Route::FilterEntries => {
+            let (parts, body) = request.into_parts();
+            apis::filter_entries(state, single, &parts.headers, body).await
+        }
+        Route::FilterSummary => apis::filter_summary(state, single, headers, head).await,
+        Route::List => {
+            let query = request.uri().query().unwrap_or_default();
+            apis::list(state, single, headers, query, head).await
         }
         Route::Health => Ok((
             json_response(StatusCode::OK, &json!({"status": "ok"})).map(full),

@@ -14,11 +14,16 @@ use serde_json::json;
 
 use crate::cache::metadata::{CacheStatus, MetadataCache, MetadataSettings, View};
 use crate::cache::CacheDir;
+use crate::composer::apis::{advertise_apis, RootApis};
 use crate::composer::Document;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::upstream::{GitHub, UpstreamClient};
+
+mod apis;
+
+pub use apis::Merged;
 
 /// One upstream repository.
 pub struct Upstream {
@@ -68,6 +73,8 @@ pub struct Upstreams {
     /// never be taken for one of them): rebuilt only when an upstream's root changed or was
     /// revalidated.
     merged_root: Mutex<Option<(Views, Document)>>,
+    /// Upstream answers on advisories, filter lists and names.
+    apis: apis::ApiCache,
 }
 
 impl Upstreams {
@@ -107,6 +114,7 @@ impl Upstreams {
             github,
             public_url: public_url.to_string(),
             merged_root: Mutex::new(None),
+            apis: apis::ApiCache::new(config.advisories_ttl),
         })
     }
 
@@ -149,9 +157,9 @@ impl Upstreams {
 
     /// The merged repository's `packages.json` (with several upstreams; one upstream's own
     /// root serves for just one). Composer 2 only: `metadata-url`, and `available-packages` when
-    /// every upstream is finite, so Composer asks for no other name; install notifications and
-    /// search at the proxy. Advisories and malware filters are not offered (yet): an upstream's
-    /// own URLs for them would be out of reach for clients on a closed network.
+    /// every upstream is finite, so Composer asks for no other name; install notifications,
+    /// search, and the upstreams' security advisories, malware filter lists and name lists, all
+    /// at the proxy (an upstream's own URLs would be out of reach on a closed network).
     pub async fn merged_root(&self) -> Result<(Document, CacheStatus), ProxyError> {
         let mut views = Vec::with_capacity(self.list.len());
         let mut status = CacheStatus::Hit;
@@ -339,6 +347,8 @@ fn merged_root_document(public_url: &str, views: &[Option<Arc<View>>]) -> Docume
         "search".into(),
         json!(format!("{public_url}/search.json?q=%query%&type=%type%")),
     );
+    let apis: Vec<&RootApis> = views.iter().flatten().map(|v| v.apis()).collect();
+    advertise_apis(&mut root, public_url, &apis);
     let last_modified = views
         .iter()
         .flatten()

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use serde_json::{Map, Value};
 use url::Url;
 
+use super::apis::{advertise_apis, RootApis};
 use super::minify::{Expansion, MINIFIED, UNSET};
 use super::{
     canonicalize_url, is_dev_version, is_package_name, parse_json, same_origin, sha256_hex,
@@ -300,6 +301,7 @@ impl Rewriter {
             }
             out.insert("provider-includes".into(), Value::Object(map));
         }
+        advertise_apis(&mut out, p, &[root.apis]);
         Document::from_json(&Value::Object(out), last_modified)
     }
 }
@@ -312,6 +314,8 @@ pub struct ProxyRoot<'a> {
     pub search: bool,
     /// Listing template → rewritten listing sha256, once the v1 chain is complete.
     pub v1_includes: Option<&'a [(String, String)]>,
+    /// The upstream's APIs (advisories, filter lists, names), offered at the proxy.
+    pub apis: &'a RootApis,
 }
 
 /// The versions of one package: Composer reads a map of them as the list of its values (and PHP

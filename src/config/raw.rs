@@ -49,6 +49,7 @@ pub(super) struct RawConfig {
     pub(super) metadata_cache_max_bytes: u64,
     pub(super) v1_prefetch_concurrency: usize,
     pub(super) negative_ttl_secs: u64,
+    pub(super) advisories_ttl_secs: u64,
     pub(super) upstream_retry_secs: u64,
     pub(super) stale_on_key_rejection: bool,
     pub(super) archive_cache_max_bytes: u64,
@@ -204,6 +205,7 @@ pub(super) fn validate(
         metadata_cache_max_bytes: raw.metadata_cache_max_bytes,
         v1_prefetch_concurrency: raw.v1_prefetch_concurrency,
         negative_ttl: positive("negative_ttl_secs", raw.negative_ttl_secs)?,
+        advisories_ttl: positive("advisories_ttl_secs", raw.advisories_ttl_secs)?,
         upstream_retry: Duration::from_secs(raw.upstream_retry_secs),
         watched_files: key_files
             .iter()

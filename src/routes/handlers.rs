@@ -94,28 +94,7 @@ pub(super) async fn notify(
     single: Option<Arc<Upstream>>,
     body: Incoming,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let too_large = ProxyError::BodyTooLarge {
-        limit: MAX_NOTIFY_BYTES,
-    };
-    // A declared length is checked before any byte is read (and before hyper would send a
-    // `100 Continue`), so the body is never transferred.
-    if body.size_hint().lower() > MAX_NOTIFY_BYTES as u64 {
-        return Err(too_large);
-    }
-    let limit = state.client_limits.body_timeout;
-    let collected =
-        tokio::time::timeout(limit, Limited::new(body, MAX_NOTIFY_BYTES).collect()).await;
-    let payload = match collected {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => return Err(too_large),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "install notification body unreadable");
-            return Err(ProxyError::BadRequest(
-                "the request body could not be read".into(),
-            ));
-        }
-        Err(_) => return Err(ProxyError::BodyTimeout(limit)),
-    };
+    let payload = read_body(state, body, MAX_NOTIFY_BYTES).await?;
     let state = state.clone();
     tokio::spawn(async move {
         match single {
@@ -124,6 +103,32 @@ pub(super) async fn notify(
         }
     });
     Ok(json_response(StatusCode::OK, &json!({"status": "success"})).map(full))
+}
+
+/// Reads a whole request body of at most `limit` bytes within `client_body_timeout_secs`.
+pub(super) async fn read_body(
+    state: &AppState,
+    body: Incoming,
+    limit: usize,
+) -> Result<bytes::Bytes, ProxyError> {
+    let too_large = ProxyError::BodyTooLarge { limit };
+    // A declared length is checked before any byte is read (and before hyper would send a
+    // `100 Continue`), so the body is never transferred.
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large);
+    }
+    let timeout = state.client_limits.body_timeout;
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "request body unreadable");
+            Err(ProxyError::BadRequest(
+                "the request body could not be read".into(),
+            ))
+        }
+        Err(_) => Err(ProxyError::BodyTimeout(timeout)),
+    }
 }
 
 /// Sends each owning upstream the downloads of its packages. Owners come from the same rule

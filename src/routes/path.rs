@@ -28,6 +28,14 @@ pub enum Route {
     },
     Notify,
     Search,
+    /// The security advisory API (POST).
+    Advisories,
+    /// The malware filter summary.
+    FilterSummary,
+    /// The malware filter API (POST).
+    FilterEntries,
+    /// The package name list.
+    List,
     Health,
     Ready,
     Metrics,
@@ -44,6 +52,10 @@ impl Route {
             Route::Dist { .. } => "archive",
             Route::Notify => "notify",
             Route::Search => "search",
+            Route::Advisories => "advisories",
+            Route::FilterSummary => "filter_summary",
+            Route::FilterEntries => "filter",
+            Route::List => "list",
             Route::Health => "health",
             Route::Ready => "ready",
             Route::Metrics => "metrics",
@@ -166,6 +178,10 @@ fn route_of(path: &str) -> Result<Route, RouteError> {
         ["metrics"] => Route::Metrics,
         ["search.json"] => Route::Search,
         ["downloads"] | ["downloads", ""] => Route::Notify,
+        ["api", "security-advisories"] | ["api", "security-advisories", ""] => Route::Advisories,
+        ["api", "filter", "summary.json"] => Route::FilterSummary,
+        ["api", "filter"] | ["api", "filter", ""] => Route::FilterEntries,
+        ["packages", "list.json"] => Route::List,
         ["p2", vendor, file] => {
             let stem = file.strip_suffix(".json").ok_or(RouteError::NotFound)?;
             let (project, dev) = match stem.strip_suffix("~dev") {
@@ -261,6 +277,29 @@ mod tests {
             })
         );
         assert_eq!(parse_route("/downloads/", ""), Ok(Route::Notify));
+    }
+
+    #[test]
+    fn the_api_urls_the_proxy_advertises_route() {
+        use crate::composer::apis::{
+            ADVISORIES_PATH, FILTER_API_PATH, FILTER_SUMMARY_PATH, LIST_PATH,
+        };
+        for (path, route) in [
+            (ADVISORIES_PATH, Route::Advisories),
+            (FILTER_SUMMARY_PATH, Route::FilterSummary),
+            (FILTER_API_PATH, Route::FilterEntries),
+            (LIST_PATH, Route::List),
+        ] {
+            assert_eq!(parse_route(path, ""), Ok(route.clone()), "{path}");
+            assert_eq!(
+                parse_target(&format!("/proxy/packagist{path}"), "/proxy"),
+                Ok(Target {
+                    upstream: Some("packagist".into()),
+                    route
+                }),
+                "{path}"
+            );
+        }
     }
 
     #[test]

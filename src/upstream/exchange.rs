@@ -90,6 +90,12 @@ pub enum RequestKind {
     Metadata,
     Archive,
     Notify,
+    /// The security advisory API.
+    Advisories,
+    /// The malware filter list summary and API.
+    Filter,
+    /// The package name list.
+    List,
 }
 
 impl RequestKind {
@@ -98,6 +104,9 @@ impl RequestKind {
             RequestKind::Metadata => "metadata",
             RequestKind::Archive => "archive",
             RequestKind::Notify => "notify",
+            RequestKind::Advisories => "advisories",
+            RequestKind::Filter => "filter",
+            RequestKind::List => "list",
         }
     }
 }

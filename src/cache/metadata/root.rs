@@ -12,6 +12,7 @@ use bytes::Bytes;
 use super::freshness::{next_step, Refresh, Step};
 use super::v1::{Listing, V1Chain};
 use super::{CacheStatus, MetadataCache, PersistedRoot};
+use crate::composer::apis::RootApis;
 use crate::composer::{self, Document, ProxyRoot, UpstreamRoot};
 use crate::error::{ProxyError, Resource};
 use crate::upstream::{KeyVerdict, MetadataResponse, Validators};
@@ -30,6 +31,8 @@ pub struct View {
     /// Every package name the upstream offers, when it says (always for v1).
     pub(super) names: Option<Arc<Vec<String>>>,
     pub(super) v1_chain: Option<Arc<V1Chain>>,
+    /// The APIs beside the metadata that the proxy may ask on the upstream's behalf.
+    pub(super) apis: Arc<RootApis>,
     pub root: Document,
 }
 
@@ -47,6 +50,10 @@ impl View {
                 .as_ref()
                 .map(|n| n.binary_search_by(|x| x.as_str().cmp(name)).is_ok()),
         }
+    }
+
+    pub fn apis(&self) -> &RootApis {
+        &self.apis
     }
 
     pub fn names(&self) -> &[String] {
@@ -85,6 +92,7 @@ impl View {
             packages: self.packages.clone(),
             names: self.names.clone(),
             v1_chain: self.v1_chain.clone(),
+            apis: self.apis.clone(),
             root: self.root.clone(),
         }
     }
@@ -345,10 +353,32 @@ impl MetadataCache {
             packages: Arc::new(packages),
             names,
             v1_chain,
+            apis: Arc::new(self.reachable_apis(&body)),
             root: Document::new(Bytes::new(), now),
         };
         view.root = self.root_document(&view, now);
         Ok(view)
+    }
+
+    /// The root's APIs the proxy may ask: those on the upstream's origin or an allowed host.
+    /// Each other one is named in the log when a root is read (at start and when it changes).
+    fn reachable_apis(&self, body: &[u8]) -> RootApis {
+        let apis = composer::apis::parse_root_apis(body, self.upstream.base());
+        let (apis, refused) =
+            apis.reachable(|url| self.rewriter.upstream_url(url.as_str()).is_some());
+        for (key, url) in refused {
+            tracing::warn!(
+                event = "upstream_api_not_allowed",
+                upstream = %self.upstream.name(),
+                key,
+                %url,
+                "the upstream's packages.json points {key} at {}, which is neither its url nor \
+                 one of its allowed_hosts: clients of the proxy are not offered it; add that \
+                 origin to allowed_hosts to offer it",
+                url.origin().ascii_serialization()
+            );
+        }
+        apis
     }
 
     pub(super) fn root_document(&self, view: &View, now: SystemTime) -> Document {
@@ -365,6 +395,7 @@ impl MetadataCache {
                 available_package_patterns: patterns,
                 search: view.names.is_some(),
                 v1_includes: view.v1_chain.as_ref().map(|c| c.includes.as_slice()),
+                apis: &view.apis,
             },
             now,
         )
