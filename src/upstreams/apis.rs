@@ -98,7 +98,7 @@ impl ApiCache {
     /// none. An item the upstream's answer leaves out is remembered as `null`.
     async fn lookup<F, Fut>(
         &self,
-        upstream: &Upstream,
+        upstream: &Arc<str>,
         api: Api,
         items: &[String],
         fetch: F,
@@ -107,7 +107,7 @@ impl ApiCache {
         F: FnOnce(Vec<String>) -> Fut,
         Fut: Future<Output = Result<BTreeMap<String, Value>, ProxyError>>,
     {
-        let key = |item: &str| (upstream.name.clone(), api, item.to_string());
+        let key = |item: &str| (upstream.clone(), api, item.to_string());
         let mut answers = Answers {
             by_item: BTreeMap::new(),
             cache: CacheStatus::Hit,
@@ -140,7 +140,7 @@ impl ApiCache {
                 Ok(answers)
             }
             Err(error) if due.iter().all(|(_, known)| known.is_some()) => {
-                tracing::warn!(event = "upstream_api_stale", upstream = %upstream.name, api = api.what(), error = %error, "upstream could not be asked; serving its last answer");
+                tracing::warn!(event = "upstream_api_stale", upstream = %upstream, api = api.what(), error = %error, "upstream could not be asked; serving its last answer");
                 answers.cache = CacheStatus::Stale;
                 for (item, known) in due {
                     if let Some(known) = known {
@@ -150,7 +150,7 @@ impl ApiCache {
                 Ok(answers)
             }
             Err(error) => Err(ProxyError::ApiUnavailable {
-                upstream: upstream.name.to_string(),
+                upstream: upstream.to_string(),
                 what: api.what(),
                 source: Box::new(error),
             }),
@@ -158,9 +158,12 @@ impl ApiCache {
     }
 }
 
+/// Answers by item.
+type ByItem = BTreeMap<String, Value>;
+
 /// One upstream's answers about some items.
 struct Answers {
-    by_item: BTreeMap<String, Value>,
+    by_item: ByItem,
     cache: CacheStatus,
     fetched: SystemTime,
 }
@@ -178,7 +181,7 @@ pub type Merged = (Value, CacheStatus, SystemTime);
 /// The answers of several upstreams (in priority order): each one's, or the first failure.
 fn settle(
     answers: Vec<Result<Answers, ProxyError>>,
-) -> Result<(Vec<BTreeMap<String, Value>>, CacheStatus, SystemTime), ProxyError> {
+) -> Result<(Vec<ByItem>, CacheStatus, SystemTime), ProxyError> {
     let mut out = Vec::with_capacity(answers.len());
     let mut cache = CacheStatus::Hit;
     let mut fetched = SystemTime::UNIX_EPOCH;
@@ -241,7 +244,7 @@ impl Upstreams {
                     protocol::advisory_answer(&json).map_err(shape)
                 };
                 self.apis
-                    .lookup(upstream, Api::Advisories, names, fetch)
+                    .lookup(&upstream.name, Api::Advisories, names, fetch)
                     .await
             })
         });
@@ -296,7 +299,7 @@ impl Upstreams {
                             protocol::filter_answer(&json).map_err(shape)
                         };
                         self.apis
-                            .lookup(upstream, Api::FilterEntries, names, fetch)
+                            .lookup(&upstream.name, Api::FilterEntries, names, fetch)
                             .await
                     }
                     FilterSource::Summary(url) => {
@@ -326,7 +329,7 @@ impl Upstreams {
             Ok(BTreeMap::from([(String::new(), summary)]))
         };
         self.apis
-            .lookup(upstream, Api::FilterSummary, &[String::new()], fetch)
+            .lookup(&upstream.name, Api::FilterSummary, &[String::new()], fetch)
             .await
     }
 
@@ -353,7 +356,9 @@ impl Upstreams {
                     let names = protocol::list_answer(&json).map_err(shape)?;
                     Ok(asked.into_iter().map(|q| (q, json!(names))).collect())
                 };
-                self.apis.lookup(upstream, Api::List, &item, fetch).await
+                self.apis
+                    .lookup(&upstream.name, Api::List, &item, fetch)
+                    .await
             })
         });
         let (answers, cache, fetched) = settle(join_all(asks).await)?;
@@ -441,4 +446,142 @@ async fn ask(
     tokio::time::timeout(API_TIMEOUT.min(client.metadata_timeout), work)
         .await
         .map_err(|_| ProxyError::Upstream(UpstreamError::Timeout("answering an API request")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(items: &[&str], value: &str) -> BTreeMap<String, Value> {
+        items
+            .iter()
+            .map(|i| (i.to_string(), json!([value])))
+            .collect()
+    }
+
+    fn down() -> ProxyError {
+        ProxyError::Upstream(UpstreamError::Unreachable("refused".into()))
+    }
+
+    fn items(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn fresh_answers_are_not_asked_again_and_only_missing_items_are_asked() {
+        let cache = ApiCache::new(Duration::from_secs(600));
+        let name: Arc<str> = Arc::from("packagist");
+        let first = cache
+            .lookup(
+                &name,
+                Api::Advisories,
+                &items(&["a/b"]),
+                |asked| async move {
+                    assert_eq!(asked, ["a/b"]);
+                    Ok(answer(&["a/b"], "one"))
+                },
+            )
+            .await
+            .expect("answered");
+        assert_eq!(first.cache, CacheStatus::Miss);
+        assert_eq!(first.by_item["a/b"], json!(["one"]));
+        let second = cache
+            .lookup(
+                &name,
+                Api::Advisories,
+                &items(&["a/b", "c/d"]),
+                |asked| async move {
+                    assert_eq!(asked, ["c/d"], "a/b is fresh");
+                    Ok(BTreeMap::new())
+                },
+            )
+            .await
+            .expect("answered");
+        assert_eq!(second.by_item["a/b"], json!(["one"]));
+        assert_eq!(
+            second.by_item["c/d"],
+            Value::Null,
+            "left out: remembered as none"
+        );
+        let hit = cache
+            .lookup(&name, Api::Advisories, &items(&["a/b", "c/d"]), |_| async {
+                Err::<BTreeMap<String, Value>, _>(down())
+            })
+            .await
+            .expect("all fresh: upstream not asked");
+        assert_eq!(hit.cache, CacheStatus::Hit);
+        // Per upstream and API: the same item elsewhere is not known.
+        let other: Arc<str> = Arc::from("vendor");
+        let e = cache
+            .lookup(&other, Api::Advisories, &items(&["a/b"]), |_| async {
+                Err::<BTreeMap<String, Value>, _>(down())
+            })
+            .await;
+        assert!(e.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_failing_upstream_is_answered_for_from_its_last_answer_or_is_an_error_naming_it() {
+        // Nothing is ever fresh: every lookup asks.
+        let cache = ApiCache::new(Duration::ZERO);
+        let name: Arc<str> = Arc::from("packagist");
+        cache
+            .lookup(&name, Api::Advisories, &items(&["a/b"]), |_| async {
+                Ok(answer(&["a/b"], "one"))
+            })
+            .await
+            .expect("answered");
+        let stale = cache
+            .lookup(&name, Api::Advisories, &items(&["a/b"]), |_| async {
+                Err::<BTreeMap<String, Value>, _>(down())
+            })
+            .await
+            .expect("the last answer");
+        assert_eq!(stale.cache, CacheStatus::Stale);
+        assert_eq!(stale.by_item["a/b"], json!(["one"]));
+
+        let never = cache
+            .lookup(&name, Api::Advisories, &items(&["a/b", "c/d"]), |_| async {
+                Err::<BTreeMap<String, Value>, _>(down())
+            })
+            .await;
+        let Err(e) = never else {
+            panic!("c/d was never answered for")
+        };
+        assert!(e.status().is_server_error(), "{e}");
+        assert!(e.to_string().contains("packagist"), "{e}");
+        // Not found upstream is still "could not ask", never a 404 to the client.
+        let missing = ProxyError::UpstreamNotFound {
+            what: Resource::Metadata,
+            detail: "x".into(),
+        };
+        let e = cache
+            .lookup(&name, Api::List, &items(&[""]), |_| async { Err(missing) })
+            .await
+            .err()
+            .expect("an error");
+        assert_eq!(e.status(), http::StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn merged_answers_are_as_stale_as_their_stalest_part() {
+        let part = |cache| {
+            Ok(Answers {
+                by_item: BTreeMap::new(),
+                cache,
+                fetched: SystemTime::UNIX_EPOCH,
+            })
+        };
+        let status = |parts| settle(parts).expect("settled").1;
+        assert_eq!(status(vec![part(CacheStatus::Hit)]), CacheStatus::Hit);
+        assert_eq!(
+            status(vec![part(CacheStatus::Hit), part(CacheStatus::Miss)]),
+            CacheStatus::Miss
+        );
+        assert_eq!(
+            status(vec![part(CacheStatus::Stale), part(CacheStatus::Miss)]),
+            CacheStatus::Stale
+        );
+        assert!(settle(vec![part(CacheStatus::Hit), Err(down())]).is_err());
+    }
 }
