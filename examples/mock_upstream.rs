@@ -31,7 +31,11 @@
 //! cannot leave it running for ever.
 
 // Only the mock and its catalogue: the rest of the test support drives Composer and the
-// proxy binary, which an example has no use for. (The mock refers to `super::catalogue`.)
+// proxy binary, which an example has no use for. (The mock refers to `super::catalogue` and,
+// for packagist.org's APIs, `super::advisories`.)
+#[allow(dead_code)]
+#[path = "../tests/support/advisories.rs"]
+mod advisories;
 #[allow(dead_code)]
 #[path = "../tests/support/catalogue.rs"]
 mod catalogue;

@@ -15,6 +15,10 @@
 
 mod support;
 
+/// `composer audit`, filter lists and the name list through the proxy.
+#[path = "multi_upstream/advisories.rs"]
+mod advisories;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -247,7 +251,10 @@ async fn composer_installs_the_project_straight_from_the_three_mocks_with_creden
         .all(|p| !magento_names.contains(p.name.as_str())));
 
     let project = up.direct_project(PROJECT);
-    composer(&project, &["update", "--no-progress"]);
+    // Resolution is what is checked here: the audit after an update reads every installed
+    // name's p2 file from each repository whose advisories are in its metadata (packagist.org's
+    // are), owned or not.
+    composer(&project, &["update", "--no-progress", "--no-audit"]);
     let counts = assert_locked_installed(&project, |name, version| {
         let owner = up.owner(name);
         let url = owner

@@ -94,6 +94,8 @@ pub struct MockOptions {
     /// P2 only: a `metadata-changes-url` feed at `/metadata/changes.json`, as packagist.org
     /// offers it, announcing what `publish_version` changes.
     pub changes_feed: bool,
+    /// P2 only: packagist.org's advisory, filter and list APIs (`super::advisories`).
+    pub apis: bool,
 }
 
 impl MockOptions {
@@ -115,6 +117,7 @@ impl MockOptions {
             advertised_url: None,
             absolute_urls: false,
             changes_feed: false,
+            apis: false,
         }
     }
 
@@ -134,10 +137,11 @@ impl MockOptions {
     }
 
     /// packagist.org: minified p2, no `available-packages` (a 404 for every name it lacks),
-    /// no credentials asked for, absolute URL templates, and dists on a second origin that
-    /// the metadata names directly (no redirect).
+    /// no credentials asked for, absolute URL templates, dists on a second origin that the
+    /// metadata names directly (no redirect), and its advisory, filter and list APIs.
     pub fn packagist_like(catalogue: Arc<Catalogue>) -> MockOptions {
         MockOptions {
+            apis: true,
             public_key: String::new(),
             private_key: String::new(),
             minify_p2: true,
@@ -238,6 +242,15 @@ impl MockUpstream {
             base_url,
             path_prefix: opts.path_prefix.clone(),
             require_credentials: opts.require_credentials,
+            api_names: match opts.apis {
+                true => opts
+                    .catalogue
+                    .packages
+                    .iter()
+                    .map(|p| p.name.clone())
+                    .collect(),
+                false => Vec::new(),
+            },
             archive_base_url,
             files,
             last_modified: Mutex::new(last_modified),
@@ -561,6 +574,8 @@ struct State {
     /// See `MockOptions::path_prefix`.
     path_prefix: String,
     require_credentials: bool,
+    /// With `MockOptions::apis`, the names its list API lists; else empty.
+    api_names: Vec<String>,
     archive_base_url: Option<String>,
     files: Files,
     /// Moves forward when `change_root` publishes a new packages.json.
@@ -828,6 +843,11 @@ impl Files {
                         json!(format!("{template_base}/metadata/changes.json")),
                     );
                 }
+                if opts.apis {
+                    root.extend(super::advisories::root_entries(&format!(
+                        "{base_url}{prefix}"
+                    )));
+                }
                 let root = Value::Object(root);
                 add(
                     "/packages.json".to_string(),
@@ -1060,6 +1080,20 @@ async fn handle_main(
         return archive_response(state, tap, record, entry);
     }
 
+    let query = raw_path_and_query.split_once('?').map_or("", |(_, q)| q);
+    let api = (!state.api_names.is_empty()).then(|| {
+        super::advisories::answer(&record.method, path, query, &record.body, &state.api_names)
+    });
+    if let Some((status, body)) = api.flatten() {
+        let body = Bytes::from(php_json(&body));
+        return respond(
+            Response::builder()
+                .status(status)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CONTENT_LENGTH, body.len()),
+            full(body),
+        );
+    }
     match (record.method.as_str(), path) {
         ("POST", "/downloads/") => json_response(StatusCode::OK, br#"{"status":"success"}"#),
         ("GET" | "HEAD", "/search.json") => {

@@ -1,11 +1,13 @@
 //! Test support shared by the integration tests: a fixture catalogue shaped like
 //! repo.magento.com's, an in-process mock of that upstream (and of vendor repositories and
-//! packagist.org), a harness that runs the real Composer client, a small disk to fill up, and
-//! the three upstreams of a Magento project. Each test file includes this with `mod support;`
-//! and uses only part of it, hence the one crate-wide `dead_code` allowance.
+//! packagist.org, with its advisory, filter and list APIs), a harness that runs the real
+//! Composer client, a small disk to fill up, and the three upstreams of a Magento project.
+//! Each test file includes this with `mod support;` and uses only part of it, hence the one
+//! crate-wide `dead_code` allowance.
 #![allow(dead_code)]
 
 pub mod accounts;
+pub mod advisories;
 pub mod cache_dir;
 pub mod catalogue;
 pub mod composer;
