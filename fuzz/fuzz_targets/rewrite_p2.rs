@@ -1,7 +1,8 @@
 //! p2 metadata from a hostile or broken packagist-style upstream: the root (`metadata-url`,
 //! `available-packages`) and a p2 file, minified or not, parsed and rewritten from the same
-//! arbitrary bytes (gzip-decoded first when they look gzipped). Never a panic; whatever is
-//! accepted comes out as a consistent, routable, idempotent document.
+//! arbitrary bytes (gzip-decoded first when they look gzipped), and the root's advisory,
+//! filter and list APIs. Never a panic; whatever is accepted comes out as a consistent,
+//! routable, idempotent document.
 #![no_main]
 
 use composer_proxy::composer::{self, is_package_name, UpstreamRoot};
@@ -25,6 +26,30 @@ fuzz_target!(|data: &[u8]| {
         assert!(names
             .iter()
             .all(|n| !n.bytes().any(|b| b.is_ascii_uppercase())));
+    }
+    // The root's APIs: only what the proxy may fetch is kept, and only its own URLs advertised.
+    let (apis, _) = composer::apis::parse_root_apis(&body, &rewriter.upstream)
+        .reachable(|u| rewriter.upstream_url(u.as_str()).is_some());
+    let filter = apis.filter.as_ref();
+    let kept = [
+        apis.advisories.as_ref().map(|a| &a.api_url),
+        filter.and_then(|f| f.summary_url.as_ref()),
+        filter.and_then(|f| f.api_url.as_ref()),
+        apis.list.as_ref(),
+    ];
+    for url in kept.into_iter().flatten() {
+        assert!(rewriter.upstream_url(url.as_str()).is_some(), "{url}");
+    }
+    let mut advertised = serde_json::Map::new();
+    composer::apis::advertise_apis(&mut advertised, &rewriter.public_url, &[&apis]);
+    let urls = [
+        &advertised.get("security-advisories").map(|a| a["api-url"].clone()),
+        &advertised.get("filter").map(|f| f["api-url"].clone()),
+        &advertised.get("filter").map(|f| f["summary-url"].clone()),
+        &advertised.get("list").cloned(),
+    ];
+    for url in urls.into_iter().flatten().filter_map(Value::as_str) {
+        assert!(url.starts_with(&rewriter.public_url), "{url}");
     }
 
     let Ok((doc, dists)) = rewriter.process_p2_file(PACKAGE, &body, EPOCH) else {

@@ -103,6 +103,10 @@ fn check_route(route: &Route) {
         Route::Root
         | Route::Notify
         | Route::Search
+        | Route::Advisories
+        | Route::FilterSummary
+        | Route::FilterEntries
+        | Route::List
         | Route::Health
         | Route::Ready
         | Route::Metrics => {}
