@@ -147,6 +147,15 @@ async fn composer_audit_through_the_proxy_reports_what_going_direct_reports() {
         .collect();
     assert_eq!(ids, ["PKSA-mage-2024-1", "PKSA-mage-2019-1"]);
     assert_eq!(up.packagist.mock.count(ADVISORIES_PATH), before);
+
+    let metrics = get(&format!("{}/metrics", proxy.url)).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for sample in [
+        r#"composer_proxy_upstream_requests_total{upstream="packagist",kind="advisories",outcome="ok"}"#,
+        r#"composer_proxy_requests_total{route="advisories",status="2xx",cache="HIT"}"#,
+    ] {
+        assert!(text.contains(sample), "no {sample} in\n{text}");
+    }
     proxy.stop().await;
 }
 
