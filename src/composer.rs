@@ -25,8 +25,8 @@ pub use parse::{
 #[cfg(test)]
 pub(crate) use rewrite::test_rewriter;
 pub use rewrite::{
-    dist_key, listing_document, DistSource, Dists, ProcessedPackage, ProxiedDist, ProxyRoot,
-    Rewriter,
+    dist_key, listing_document, Checksum, DistSource, Dists, ProcessedPackage, ProxiedDist,
+    ProxyRoot, Rewriter,
 };
 
 /// Largest decompressed metadata document accepted from upstream; a gzip bomb or a runaway

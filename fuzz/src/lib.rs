@@ -115,7 +115,7 @@ pub fn check_dists(rewriter: &Rewriter, upstream: &Value, rewritten: &Value, dis
         );
     }
     for source in dists.values() {
-        if let Some(shasum) = &source.shasum {
+        if let Some(shasum) = source.checksum.as_ref().and_then(|c| c.sha1()) {
             assert!(!shasum.is_empty() && *shasum == shasum.to_ascii_lowercase());
         }
     }

@@ -38,7 +38,7 @@ use tokio::sync::watch;
 
 use crate::cache::metadata::CacheStatus;
 use crate::cache::{CacheDir, DiskSpace};
-use crate::composer::{sha256_hex, DistSource};
+use crate::composer::{sha256_hex, Checksum, DistSource};
 use crate::error::ProxyError;
 use crate::upstream::{Exchanges, UpstreamClient, UpstreamNote, EXCHANGE};
 
@@ -285,9 +285,15 @@ impl ArchiveStore {
         tokio::join!(sweeper, scrubber);
     }
 
-    /// The store key: the upstream URL plus the promised checksum.
+    /// The store key: the upstream URL plus the promised checksum. A sha1 (or none) is written
+    /// bare, as before md5s existed, so archives stored by earlier versions keep their keys.
     pub fn store_key(source: &DistSource) -> String {
-        sha256_hex(format!("{}\n{}", source.url, source.shasum.as_deref().unwrap_or("")).as_bytes())
+        let promised = match &source.checksum {
+            None => String::new(),
+            Some(Checksum::Sha1(sha1)) => sha1.clone(),
+            Some(Checksum::Md5(md5)) => format!("md5:{md5}"),
+        };
+        sha256_hex(format!("{}\n{promised}", source.url).as_bytes())
     }
 
     /// The free-space floor in force (see [`effective_floor`]).
@@ -483,6 +489,29 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_keys_of_sha1_promises_are_unchanged_and_md5_promises_differ() {
+        let source = |checksum| DistSource {
+            package: "a/b".into(),
+            url: "https://repo.example/a.zip".into(),
+            checksum,
+            is_zip: true,
+        };
+        let sha1 = "0123456789abcdef0123456789abcdef01234567";
+        // The key earlier versions computed: `url\nshasum`, or `url\n` without one.
+        assert_eq!(
+            ArchiveStore::store_key(&source(Some(Checksum::Sha1(sha1.into())))),
+            sha256_hex(format!("https://repo.example/a.zip\n{sha1}").as_bytes())
+        );
+        assert_eq!(
+            ArchiveStore::store_key(&source(None)),
+            sha256_hex(b"https://repo.example/a.zip\n")
+        );
+        let md5 = ArchiveStore::store_key(&source(Some(Checksum::Md5(sha1[..32].into()))));
+        let bare = ArchiveStore::store_key(&source(Some(Checksum::Sha1(sha1[..32].into()))));
+        assert_ne!(md5, bare);
+    }
 
     #[test]
     fn the_free_space_floor_is_at_most_a_quarter_of_the_volume() {

@@ -18,12 +18,39 @@ use super::{
 /// Where an archive the proxy serves really comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DistSource {
+    /// What it is, for logs and the stored description: a package name, or `releases/<file>`.
     pub package: String,
     pub url: String,
-    /// sha1 the metadata promises, when it promises one.
-    pub shasum: Option<String>,
+    /// The digest its publisher promises, when it promises one.
+    pub checksum: Option<Checksum>,
     /// The dist type is `zip` (Composer's default), so its structure can be checked.
     pub is_zip: bool,
+}
+
+/// A published digest of an archive, lower-case hex: Composer metadata's `shasum` (sha1), or
+/// the md5 the legacy release-download endpoint lists in `info/json`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Checksum {
+    Sha1(String),
+    Md5(String),
+}
+
+impl Checksum {
+    /// The published sha1, if that is what this is.
+    pub fn sha1(&self) -> Option<&str> {
+        match self {
+            Checksum::Sha1(sha1) => Some(sha1),
+            Checksum::Md5(_) => None,
+        }
+    }
+
+    /// The published md5, if that is what this is.
+    pub fn md5(&self) -> Option<&str> {
+        match self {
+            Checksum::Md5(md5) => Some(md5),
+            Checksum::Sha1(_) => None,
+        }
+    }
 }
 
 /// The proxy's key for an upstream archive URL: stable for a given URL, so URLs in lock files
@@ -149,7 +176,7 @@ impl Rewriter {
             DistSource {
                 package: package.to_string(),
                 url: proxied.upstream_url,
-                shasum,
+                checksum: shasum.map(Checksum::Sha1),
                 is_zip: dist_type == "zip",
             },
         );
@@ -442,7 +469,7 @@ mod tests {
             None
         );
         let source = &p.dists[&("magento/framework".to_string(), key)];
-        assert_eq!(source.shasum.as_deref(), Some("abcdef"));
+        assert_eq!(source.checksum, Some(Checksum::Sha1("abcdef".into())));
         assert_eq!(p.dists.len(), 1);
     }
 

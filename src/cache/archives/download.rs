@@ -24,7 +24,7 @@ use super::index::EvictionTrigger;
 use super::integrity::{check_zip, Assembled, Digests, StoredArchive};
 use super::{lock, Inner, Progress, MAX_ATTEMPTS, PEER_POLL, WRITE_CHUNK};
 use crate::cache::{create_temp, WriteKind};
-use crate::composer::DistSource;
+use crate::composer::{Checksum, DistSource};
 use crate::error::{ProxyError, Resource};
 use crate::upstream::{RequestKind, UpstreamClient, UpstreamError};
 
@@ -121,7 +121,7 @@ impl Download {
         let mut received = Received {
             file: None,
             temp: self.inner.disk.temp_path(),
-            digests: Digests::default(),
+            digests: Digests::for_checksum(self.source.checksum.as_ref()),
             written: 0,
             spill: None,
             len: None,
@@ -237,7 +237,7 @@ impl Download {
         let resume_from = received.written;
         let resume = framing::resume_headers(
             resume_from,
-            self.source.shasum.is_some(),
+            self.source.checksum.is_some(),
             received.validator.as_ref(),
         );
         let resumed = resume.is_some();
@@ -289,7 +289,7 @@ impl Download {
                 if framing::content_range_start(&response.headers) != Some(resume_from) {
                     return Err(mismatch("upstream resumed at the wrong offset"));
                 }
-                if self.source.shasum.is_none()
+                if self.source.checksum.is_none()
                     && framing::strong_validator(&response.headers) != received.validator
                 {
                     return Err(mismatch(
@@ -311,7 +311,7 @@ impl Download {
         }
         // Without a checksum, nothing else tells a cut from the end; any attempt counts.
         let close = framing::framing(response.version, &response.headers) == Framing::Close;
-        if close && self.source.shasum.is_none() {
+        if close && self.source.checksum.is_none() {
             received.unstorable =
                 Some("upstream sent it with no length (a close-delimited body)".into());
         }
@@ -475,17 +475,14 @@ impl Download {
         Ok(())
     }
 
-    /// Checks what arrived: the published sha1, or (for a zip without one) its structure.
+    /// Checks what arrived: the published checksum, or (for a zip without one) its structure.
     async fn verify(&self, received: &Received) -> Result<(), ProxyError> {
         let package = &self.source.package;
-        if let Some(expected) = &self.source.shasum {
-            let actual = received.digests.sha1_hex();
-            if !actual.eq_ignore_ascii_case(expected) {
-                return Err(ProxyError::ArchiveMismatch(format!(
-                    "{package}: sha1 {actual}, metadata promises {expected}"
-                )));
-            }
-            return Ok(());
+        if let Some(expected) = &self.source.checksum {
+            return received
+                .digests
+                .check(expected)
+                .map_err(|why| ProxyError::ArchiveMismatch(format!("{package}: {why}")));
         }
         if !self.source.is_zip {
             return Ok(());
@@ -508,10 +505,12 @@ impl Download {
     /// store, then keeps the store in bounds.
     async fn commit(&self, received: &Received, path: &Path) -> io::Result<()> {
         let (sha1, sha256, crc32) = received.digests.finish();
+        let checksum = self.source.checksum.as_ref();
         let meta = StoredArchive {
             package: self.source.package.clone(),
             url: self.source.url.clone(),
-            shasum: self.source.shasum.clone(),
+            shasum: checksum.and_then(Checksum::sha1).map(str::to_string),
+            md5: checksum.and_then(Checksum::md5).map(str::to_string),
             len: received.written,
             sha1: Some(sha1),
             sha256: Some(sha256),

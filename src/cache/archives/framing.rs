@@ -59,15 +59,15 @@ pub fn strong_validator(headers: &HeaderMap) -> Option<HeaderValue> {
 /// The headers of a request that resumes after `received` bytes, or `None` to ask for the
 /// whole archive again (its first `received` bytes are then re-read and compared).
 ///
-/// With a published sha1 any resume is safe: the whole is checked in the end. Without one,
+/// With a published checksum any resume is safe: the whole is checked in the end. Without one,
 /// nothing but the validator ties the rest to the part already received, so a resume is
 /// asked for only with a strong validator, under `If-Range`.
 pub fn resume_headers(
     received: u64,
-    has_shasum: bool,
+    has_checksum: bool,
     validator: Option<&HeaderValue>,
 ) -> Option<HeaderMap> {
-    if received == 0 || (!has_shasum && validator.is_none()) {
+    if received == 0 || (!has_checksum && validator.is_none()) {
         return None;
     }
     let mut headers = HeaderMap::new();

@@ -1,8 +1,8 @@
 //! What makes a stored archive trustworthy, and the checks that keep it so.
 //!
-//! | when | archives with a published sha1 | archives without (GitHub dists, ~10 % of Magento's) |
+//! | when | archives with a published checksum | archives without (GitHub dists, ~10 % of Magento's) |
 //! |---|---|---|
-//! | download | length as announced, sha1 as published | length as announced (a close-delimited body is never stored), zip structure and every entry's CRC |
+//! | download | length as announced, sha1 (or a release file's md5) as published | length as announced (a close-delimited body is never stored), zip structure and every entry's CRC |
 //! | every serve | length against the description before headers; CRC-32 of the bytes sent before the last byte | the same |
 //! | scrub, `cache verify` | sha256 recorded at download (older descriptions: sha1) | the same, plus the zip check |
 //!
@@ -15,8 +15,11 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use md5::Md5;
 use sha1::{Digest, Sha1};
 use sha2::Sha256;
+
+use crate::composer::Checksum;
 
 /// What is stored beside each archive (`<key>.json`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -26,6 +29,10 @@ pub struct StoredArchive {
     pub url: String,
     /// The sha1 upstream's metadata promised, if any.
     pub shasum: Option<String>,
+    /// The md5 the release-download endpoint promised, if any. Absent (not `null`) otherwise,
+    /// so descriptions of dists keep the shape older versions read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
     pub len: u64,
     /// Digests of the bytes stored. Absent from descriptions written by older versions
     /// (`sha256` and `crc32`) or older still (`sha1`).
@@ -38,6 +45,11 @@ pub struct StoredArchive {
 }
 
 impl StoredArchive {
+    /// Whether its publisher promised a checksum that the download was verified against.
+    pub fn had_published_checksum(&self) -> bool {
+        self.shasum.is_some() || self.md5.is_some()
+    }
+
     /// The check every serve makes over the bytes it sends.
     pub fn serve_check(&self) -> ServeCheck {
         match (self.crc32, self.sha1.as_ref().or(self.shasum.as_ref())) {
@@ -105,17 +117,46 @@ pub struct Digests {
     pub sha1: Sha1,
     sha256: Sha256,
     crc32: crc32fast::Hasher,
+    /// Only for a download promised by an md5: no other archive pays for it.
+    md5: Option<Md5>,
 }
 
 impl Digests {
+    /// The digests a download promised `checksum` needs.
+    pub fn for_checksum(checksum: Option<&Checksum>) -> Self {
+        Self {
+            md5: checksum.and_then(Checksum::md5).map(|_| Md5::new()),
+            ..Self::default()
+        }
+    }
+
     pub fn update(&mut self, data: &[u8]) {
         self.sha1.update(data);
         self.sha256.update(data);
         self.crc32.update(data);
+        if let Some(md5) = &mut self.md5 {
+            md5.update(data);
+        }
     }
 
     pub fn sha1_hex(&self) -> String {
         hex::encode(self.sha1.clone().finalize())
+    }
+
+    /// Whether the bytes so far have the promised digest: `Err` says what they have instead.
+    pub fn check(&self, checksum: &Checksum) -> Result<(), String> {
+        let (name, actual, expected) = match checksum {
+            Checksum::Sha1(expected) => ("sha1", self.sha1_hex(), expected),
+            Checksum::Md5(expected) => {
+                let actual = self.md5.as_ref().map(|m| hex::encode(m.clone().finalize()));
+                ("md5", actual.unwrap_or_default(), expected)
+            }
+        };
+        if actual.eq_ignore_ascii_case(expected) {
+            Ok(())
+        } else {
+            Err(format!("{name} {actual}, {expected} promised"))
+        }
     }
 
     /// (sha1, sha256, crc32) of everything so far.
@@ -262,15 +303,16 @@ pub fn check_stored(file: &mut std::fs::File, stored: &StoredArchive) -> io::Res
     } else {
         None
     };
+    let published = stored.had_published_checksum();
     let problem = match problem {
         Some(problem) => Some(problem),
-        None if stored.shasum.is_none() && starts_like_zip(file)? => {
+        None if !published && starts_like_zip(file)? => {
             file.seek(SeekFrom::Start(0))?;
             check_zip(&mut *file).err()
         }
         // Stored by a version that checked nothing but the length: its sha1 is of whatever
         // arrived, garbage included. Only a zip's own structure could vouch for it.
-        None if stored.shasum.is_none() && stored.sha256.is_none() => Some(
+        None if !published && stored.sha256.is_none() => Some(
             "stored by an older version without any check, and not a zip that can be checked"
                 .into(),
         ),
@@ -322,6 +364,7 @@ pub(crate) mod tests {
             package: "a/b".into(),
             url: "https://example.test/a.zip".into(),
             shasum: shasum.then(|| sha1.clone()),
+            md5: None,
             len: bytes.len() as u64,
             sha1: Some(sha1),
             sha256: Some(sha256),
@@ -402,6 +445,38 @@ pub(crate) mod tests {
         let mut altered = good.clone();
         altered[10] ^= 1;
         assert!(!ServeHasher::check(&check, &altered));
+    }
+
+    #[test]
+    fn an_md5_promise_is_checked_and_recorded_without_changing_older_descriptions() {
+        let good = sample_zip();
+        let md5 = hex::encode(Md5::digest(&good));
+        let mut digests = Digests::for_checksum(Some(&Checksum::Md5(md5.clone())));
+        digests.update(&good);
+        assert_eq!(digests.check(&Checksum::Md5(md5.to_uppercase())), Ok(()));
+        let why = digests
+            .check(&Checksum::Md5("0".repeat(32)))
+            .expect_err("wrong md5");
+        assert!(why.starts_with(&format!("md5 {md5}")), "{why}");
+        // Without an md5 promise none is computed, so none can match.
+        let mut plain = Digests::default();
+        plain.update(&good);
+        assert!(plain.check(&Checksum::Md5(md5.clone())).is_err());
+
+        let mut stored = stored_for(&good, false);
+        let old = serde_json::to_string(&stored).expect("serialises");
+        assert!(!old.contains("md5"), "{old}");
+        stored.md5 = Some(md5);
+        let read: StoredArchive =
+            serde_json::from_str(&serde_json::to_string(&stored).expect("json")).expect("reads");
+        assert!(read.had_published_checksum());
+        let older: StoredArchive = serde_json::from_str(&old).expect("older shape reads");
+        assert_eq!(older.md5, None);
+        // Verified by its md5 when stored: no zip check, as with a sha1.
+        let tarball = vec![b'P'; 300];
+        let mut release = stored_for(&tarball, false);
+        release.md5 = Some(hex::encode(Md5::digest(&tarball)));
+        assert_eq!(check_file(&tarball, &release), None);
     }
 
     #[test]
