@@ -12,11 +12,13 @@ use std::time::Duration;
 use ipnet::IpNet;
 use url::Url;
 
+mod downloads;
 mod github;
 mod keys;
 mod raw;
 mod upstreams;
 
+pub use downloads::RELEASES_NAME;
 pub use github::GitHubConfig;
 pub use keys::{Credentials, KeySource, Secret};
 use raw::{validate, RawConfig};
@@ -122,6 +124,9 @@ pub struct Config {
     pub scrub_max_bytes_per_sec: u64,
     /// Dists on GitHub (packagist.org's): where they are fetched and with which token.
     pub github: GitHubConfig,
+    /// The legacy release-download endpoint (`[downloads]`), when MAGEID and token are set:
+    /// its client's settings, the MAGEID and token as its key pair.
+    pub downloads: Option<UpstreamConfig>,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -215,6 +220,10 @@ impl Config {
                         message: "unknown setting (see config/default.toml for the list)".into(),
                     });
                 }
+                if key == downloads::TABLE {
+                    downloads::merge_file(&mut merged, value, &origin, &mut origins)?;
+                    continue;
+                }
                 origins.insert(key.clone(), origin.clone());
                 merged.insert(key, value);
             }
@@ -223,6 +232,16 @@ impl Config {
         for (key, default) in &defaults {
             let var = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase());
             if let Some(text) = sources.env.get(&var) {
+                if key == downloads::TABLE {
+                    return Err(ConfigError {
+                        setting: key.clone(),
+                        origin: format!("from {var}"),
+                        message: "set the [downloads] fields one by one, e.g. \
+                                  COMPOSER_PROXY_DOWNLOADS_MAGE_ID and \
+                                  COMPOSER_PROXY_DOWNLOADS_TOKEN_FILE"
+                            .into(),
+                    });
+                }
                 if key == "upstream" {
                     return Err(ConfigError {
                         setting: key.clone(),
@@ -243,11 +262,12 @@ impl Config {
                 merged.insert(key.clone(), value);
             }
         }
+        downloads::merge_env(&mut merged, &sources.env, &mut origins);
         // An unknown COMPOSER_PROXY_* variable is almost always a typo of a real one.
         for var in sources.env.keys() {
             if let Some(name) = var.strip_prefix(ENV_PREFIX) {
                 // Secrets of a named upstream; checked against the tables in validation.
-                if upstreams::secret_variable(var).is_some() {
+                if upstreams::secret_variable(var).is_some() || downloads::variable(var).is_some() {
                     continue;
                 }
                 if !defaults.contains_key(&name.to_ascii_lowercase()) {

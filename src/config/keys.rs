@@ -215,7 +215,7 @@ pub(super) fn read_fallback_keys(
     Ok(pairs)
 }
 
-fn check_key(key: &str) -> Result<(), String> {
+pub(super) fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty() {
         return Err("is empty".into());
     }

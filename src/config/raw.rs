@@ -9,6 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use super::downloads::{downloads, RawDownloads};
 use super::github::github;
 use super::upstreams::{upstreams, RawUpstream};
 use super::{parse_public_url, Config, ConfigError, LogFormat, TlsFiles};
@@ -66,6 +67,8 @@ pub(super) struct RawConfig {
     pub(super) log_level: String,
     /// `[[upstream]]` tables; only in a `--config` file.
     pub(super) upstream: Vec<RawUpstream>,
+    /// The legacy release-download endpoint.
+    pub(super) downloads: RawDownloads,
 }
 
 pub(super) fn validate(
@@ -119,6 +122,7 @@ pub(super) fn validate(
 
     let (upstreams, key_files) = upstreams(&raw, origin_of, env)?;
     let github = github(&raw, origin_of, env)?;
+    let (downloads, download_files) = downloads(&raw, origin_of)?;
 
     let positive = |setting: &str, secs: u64| {
         if secs == 0 {
@@ -209,6 +213,7 @@ pub(super) fn validate(
         upstream_retry: Duration::from_secs(raw.upstream_retry_secs),
         watched_files: key_files
             .iter()
+            .chain(&download_files)
             .chain([&raw.tls_cert, &raw.tls_key, &raw.github_token_file])
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
@@ -222,6 +227,7 @@ pub(super) fn validate(
             .then(|| Duration::from_secs(raw.scrub_interval_secs)),
         scrub_max_bytes_per_sec: raw.scrub_max_bytes_per_sec,
         github,
+        downloads,
         log_format,
         log_level: raw.log_level,
     })
