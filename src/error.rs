@@ -52,6 +52,9 @@ pub enum ProxyError {
     // Upstream problems.
     #[error("upstream rejected the key pair with HTTP {status}")]
     KeysRejected { status: u16, keys_configured: bool },
+    /// The legacy release-download endpoint refused the MAGEID and download access token.
+    #[error("the release-download endpoint rejected the download access token with HTTP {status}")]
+    DownloadTokenRejected { status: u16 },
     #[error("upstream refused access to {what:?} with HTTP 403")]
     UpstreamForbidden { what: Resource },
     #[error("upstream has no {what:?} at {detail}")]
@@ -123,7 +126,7 @@ impl ProxyError {
     /// Upstream refused the key pair itself (not one package): what the stale policy is about.
     pub fn is_key_rejection(&self) -> bool {
         match self {
-            ProxyError::KeysRejected { .. } => true,
+            ProxyError::KeysRejected { .. } | ProxyError::DownloadTokenRejected { .. } => true,
             ProxyError::UpstreamForbidden {
                 what: Resource::Metadata,
             } => true,
@@ -250,6 +253,10 @@ impl ProxyError {
             ProxyError::KeysRejected { status, keys_configured: false } => (
                 StatusCode::BAD_GATEWAY,
                 format!("The upstream repository requires credentials (HTTP {status}) but composer-proxy has no key pair configured. Set COMPOSER_PROXY_PUBLIC_KEY and COMPOSER_PROXY_PRIVATE_KEY (or a key file or auth.json) on the proxy."),
+            ),
+            ProxyError::DownloadTokenRejected { status } => (
+                StatusCode::BAD_GATEWAY,
+                format!("Magento's release-download endpoint rejected the organisation's download access token (HTTP {status}). Check in the magento.com account (My Account > Account Settings > Downloads Access Token) that the MAGEID and token configured in composer-proxy ([downloads] mage_id and token) are current: generating a new token disables the old one. Then update the proxy's setting."),
             ),
             ProxyError::UpstreamForbidden { what: Resource::Archive } => (
                 StatusCode::FORBIDDEN,
@@ -415,6 +422,19 @@ mod tests {
         });
         assert_eq!(status, 502);
         assert!(warning.contains("no key pair configured"), "{warning}");
+    }
+
+    #[test]
+    fn a_rejected_download_token_is_a_502_that_says_what_to_check() {
+        let e = ProxyError::Shared(std::sync::Arc::new(ProxyError::DownloadTokenRejected {
+            status: 401,
+        }));
+        let (status, warning) = body(&e);
+        assert_eq!(status, 502);
+        for words in ["download access token", "MAGEID", "disables the old one"] {
+            assert!(warning.contains(words), "{warning}");
+        }
+        assert!(e.is_key_rejection());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod composer;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod releases;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
@@ -30,6 +31,7 @@ use crate::cache::archives::{ArchiveStore, ScrubSettings, StoreSettings};
 use crate::cache::CacheDir;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::releases::Releases;
 use crate::tokens::Tokens;
 use crate::upstreams::Upstreams;
 
@@ -38,6 +40,8 @@ pub struct AppState {
     /// The upstream repositories in priority order.
     pub upstreams: Upstreams,
     pub archives: ArchiveStore,
+    /// Legacy release downloads, when `[downloads]` is configured.
+    pub releases: Option<Arc<Releases>>,
     access: RwLock<Arc<Access>>,
     pub tokens: Arc<Tokens>,
     /// `None` without TLS; replaced when certificates are reloaded.
@@ -72,6 +76,13 @@ impl AppState {
     /// are named in the log.
     pub fn apply(self: &Arc<Self>, config: &Config) {
         self.upstreams.set_key_pairs(config);
+        match (&self.releases, &config.downloads) {
+            (Some(releases), Some(downloads)) => releases.set_credentials(downloads),
+            (None, None) => {}
+            _ => {
+                tracing::warn!("turning release downloads ([downloads]) on or off needs a restart")
+            }
+        }
         let key_pairs: usize = config.upstreams.iter().map(|u| u.key_pairs().len()).sum();
         *self.access.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(Access::from_config(config));
@@ -140,12 +151,26 @@ impl Proxy {
         for upstream in upstreams.iter() {
             upstream.metadata.restore().await;
         }
+        let releases = match &config.downloads {
+            Some(downloads) => Some(Arc::new(
+                Releases::open(
+                    downloads,
+                    &config.github,
+                    disk.clone(),
+                    &metrics,
+                    config.stale_on_key_rejection,
+                )
+                .await?,
+            )),
+            None => None,
+        };
         let archives = ArchiveStore::open(disk, StoreSettings::from(config))
             .await
             .context("cannot read the archive store in `cache_dir`")?;
         let state = Arc::new(AppState {
             archives,
             upstreams,
+            releases,
             access: RwLock::new(Arc::new(Access::from_config(config))),
             tokens: Arc::new(Tokens::open(config.tokens_file.clone())),
             tls: tls.map(RwLock::new),
@@ -352,6 +377,13 @@ fn log_start(config: &Config, proxy: &Proxy) {
         tracing::warn!("public_url is derived from an unspecified listen address; set public_url to the URL clients use");
     }
     warn_if_no_tokens(config, &proxy.state.tokens);
+    if let Some(downloads) = &config.downloads {
+        let from_files = downloads
+            .credentials
+            .as_ref()
+            .is_some_and(|c| c.source == config::KeySource::KeyFiles);
+        tracing::info!(url = %downloads.url, from_files, "release downloads configured: served under <public_url>/releases/");
+    }
     match config.github.token_source {
         Some(source) => {
             tracing::info!(source, api = %config.github.api, "GitHub token configured: zipballs come through the API")

@@ -9,7 +9,8 @@
 //!
 //! `path` parses, `respond` builds documents with their validators and encodings, `handlers`
 //! answers the archive, notification and search routes, `apis` the security advisory, filter
-//! list and name list routes, `ops` the health, readiness and metrics endpoints.
+//! list and name list routes, `releases` the legacy release downloads, `ops` the health,
+//! readiness and metrics endpoints.
 
 use std::convert::Infallible;
 use std::io;
@@ -37,13 +38,16 @@ mod apis;
 mod handlers;
 mod ops;
 mod path;
+mod releases;
 mod respond;
 
 use handlers::{archive, notify, search};
 use ops::{metrics, ready};
 pub use path::{
-    normalize_path, parse_route, parse_target, Route, RouteError, Target, MAX_PATH_BYTES,
+    is_release_file_name, normalize_path, parse_route, parse_target, Route, RouteError, Target,
+    MAX_PATH_BYTES,
 };
+use releases::{release_file, release_info};
 use respond::document;
 
 /// Outcome details the access log and metrics record.
@@ -310,6 +314,14 @@ async fn answer(
         )),
         Route::Ready => Ok((ready(state).await, None)),
         Route::Metrics => Ok((metrics(state).await, None)),
+        Route::ReleaseInfo { path } => {
+            outcome.upstream = Some(crate::config::RELEASES_NAME.into());
+            release_info(state, &path, head).await
+        }
+        Route::ReleaseFile { name } => {
+            outcome.upstream = Some(crate::config::RELEASES_NAME.into());
+            release_file(state, headers, &name, head).await
+        }
     }
 }
 

@@ -33,7 +33,7 @@ pub use exchange::{
     UpstreamError, UpstreamNote, Validators, EXCHANGE,
 };
 pub use github::GitHub;
-use keys::KeyRing;
+use keys::{KeyRing, MARKETPLACE_ADVICE};
 
 pub struct UpstreamClient {
     /// The configured name: log fields and metric labels.
@@ -48,6 +48,8 @@ pub struct UpstreamClient {
     github: Arc<GitHub>,
     /// Since when upstream has been failing (unreachable, timing out or answering 5xx).
     down_since: Mutex<Option<Instant>>,
+    /// What ops should check when the credentials are rejected, for the log.
+    rejection_advice: &'static str,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: Url,
     user_agent: HeaderValue,
@@ -121,6 +123,7 @@ impl UpstreamClient {
             metrics,
             github,
             down_since: Mutex::new(None),
+            rejection_advice: MARKETPLACE_ADVICE,
             client,
             base: cfg.url.clone(),
             user_agent: HeaderValue::from_static(concat!(
@@ -133,6 +136,13 @@ impl UpstreamClient {
             metadata_timeout: cfg.metadata_timeout,
             archive_timeout: cfg.archive_timeout,
         })
+    }
+
+    /// The same client whose rejected credentials the log explains with `advice` (what to
+    /// check, and where) instead of the Marketplace's access keys.
+    pub fn with_rejection_advice(mut self, advice: &'static str) -> Self {
+        self.rejection_advice = advice;
+        self
     }
 
     pub fn base(&self) -> &Url {
@@ -214,8 +224,8 @@ impl UpstreamClient {
             KeyVerdict::Rejected => tracing::error!(
                 event = "key_rejected",
                 upstream = %self.name,
-                "upstream rejected the key pair: check that it is enabled in the Commerce \
-                 Marketplace account (My Profile > Access Keys)"
+                "upstream rejected the key pair: {}",
+                self.rejection_advice
             ),
             KeyVerdict::Accepted if previous == KeyVerdict::Rejected as u8 => tracing::info!(
                 event = "key_accepted",

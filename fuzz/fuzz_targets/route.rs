@@ -6,7 +6,7 @@
 #![no_main]
 
 use composer_proxy::composer::is_package_name;
-use composer_proxy::routes::{normalize_path, parse_route, Route};
+use composer_proxy::routes::{is_release_file_name, normalize_path, parse_route, Route};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -99,6 +99,31 @@ fn check_route(route: &Route) {
         Route::Dist { package, key } => {
             assert!(is_package_name(package), "{package:?}");
             assert!(hex(key, 32), "{key:?}");
+        }
+        Route::ReleaseFile { name } => {
+            // A plain file name: joined to the endpoint's `file/`, it must stay there.
+            assert!(
+                is_release_file_name(name) && !name.contains('/') && !name.contains(".."),
+                "{name:?}"
+            );
+        }
+        Route::ReleaseInfo { path } => {
+            let segments: Vec<&str> = path.split('/').collect();
+            assert!(
+                matches!(segments[0], "help" | "files" | "versions" | "json" | "filter"),
+                "{path:?}"
+            );
+            assert!(segments.len() <= 4, "{path:?}");
+            for segment in segments {
+                assert!(
+                    !segment.is_empty()
+                        && segment.bytes().all(|b| b.is_ascii_alphanumeric()
+                            || matches!(b, b'.' | b'_' | b'-' | b'*'))
+                        && segment != "."
+                        && segment != "..",
+                    "{path:?}"
+                );
+            }
         }
         Route::Root
         | Route::Notify

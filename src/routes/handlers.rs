@@ -13,8 +13,9 @@ use super::respond::{etag_matches, set};
 use super::{empty, full, ResponseBody};
 use crate::cache::archives::{Archive, ArchiveStore};
 use crate::cache::metadata::CacheStatus;
+use crate::composer::DistSource;
 use crate::error::{json_response, ProxyError};
-use crate::upstream::RequestKind;
+use crate::upstream::{RequestKind, UpstreamClient};
 use crate::upstreams::Upstream;
 use crate::AppState;
 
@@ -30,7 +31,34 @@ pub(super) async fn archive(
     head: bool,
 ) -> Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError> {
     let source = upstream.metadata.dist_source(package, key).await?;
-    let key = ArchiveStore::store_key(&source);
+    // From the dist type, as the URL's extension is: GitHub's zipball URLs have none.
+    let content_type = if source.is_zip {
+        "application/zip"
+    } else {
+        "application/octet-stream"
+    };
+    serve_archive(
+        state,
+        &upstream.client,
+        &source,
+        headers,
+        head,
+        content_type,
+    )
+    .await
+}
+
+/// An archive from the store (fetched with `client` if it must be), with its ETag, 304 and
+/// HEAD: dists and release files alike.
+pub(super) async fn serve_archive(
+    state: &Arc<AppState>,
+    client: &Arc<UpstreamClient>,
+    source: &DistSource,
+    headers: &HeaderMap,
+    head: bool,
+    content_type: &str,
+) -> Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError> {
+    let key = ArchiveStore::store_key(source);
     let etag = format!("\"{}\"", &key[..32]);
     let mut response = Response::new(empty());
     let h = response.headers_mut();
@@ -39,14 +67,8 @@ pub(super) async fn archive(
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok((response, Some(CacheStatus::Hit)));
     }
-    let (archive, cache) = state.archives.get(&upstream.client, &source, &key).await?;
+    let (archive, cache) = state.archives.get(client, source, &key).await?;
     let h = response.headers_mut();
-    // From the dist type, as the URL's extension is: GitHub's zipball URLs have none.
-    let content_type = if source.is_zip {
-        "application/zip"
-    } else {
-        "application/octet-stream"
-    };
     set(h, header::CONTENT_TYPE, content_type);
     set(
         h,

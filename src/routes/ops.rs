@@ -122,13 +122,24 @@ pub(super) async fn ready(state: &Arc<AppState>) -> Response<ResponseBody> {
         }
         upstreams.insert(upstream.name.to_string(), entry);
     }
+    // Release downloads are an extra: at worst a degradation, whatever their state.
+    let releases = state
+        .releases
+        .as_ref()
+        .map(|releases| match releases.degraded() {
+            None => json!({"status": "ok"}),
+            Some(why) => {
+                degraded.push(format!("release downloads: {why}"));
+                json!({"status": "degraded", "reason": why})
+            }
+        });
     // Some upstreams serve: the others are a degradation, not a reason to stop taking traffic.
     if down.len() < state.upstreams.len() {
         degraded.extend(down);
     } else {
         reasons.extend(down);
     }
-    let (status, body) = if reasons.is_empty() {
+    let (status, mut body) = if reasons.is_empty() {
         let mut body = json!({"status": "ready", "packages": packages, "upstreams": upstreams});
         if let Some(only) = state.upstreams.only() {
             body["composer1"] = json!(only.metadata.v1_ready());
@@ -143,6 +154,9 @@ pub(super) async fn ready(state: &Arc<AppState>) -> Response<ResponseBody> {
             json!({"status": "not ready", "reason": reasons.join("; "), "upstreams": upstreams}),
         )
     };
+    if let Some(releases) = releases {
+        body["releases"] = releases;
+    }
     json_response(status, &body).map(full)
 }
 

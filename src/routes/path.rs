@@ -39,6 +39,15 @@ pub enum Route {
     Health,
     Ready,
     Metrics,
+    /// `releases/info/<path>` of the release-download endpoint: `help`, `files`, `versions`,
+    /// `json`, or `filter/…`.
+    ReleaseInfo {
+        path: String,
+    },
+    /// `releases/file/<name>`: a plain file name (see [`is_release_file_name`]).
+    ReleaseFile {
+        name: String,
+    },
 }
 
 impl Route {
@@ -59,6 +68,8 @@ impl Route {
             Route::Health => "health",
             Route::Ready => "ready",
             Route::Metrics => "metrics",
+            Route::ReleaseInfo { .. } => "release_info",
+            Route::ReleaseFile { .. } => "release_file",
         }
     }
 }
@@ -146,7 +157,11 @@ pub fn parse_target(raw: &str, prefix: &str) -> Result<Target, RouteError> {
                 return Err(RouteError::NotFound);
             }
             match route_of(&format!("/{rest}"))? {
-                Route::Health | Route::Ready | Route::Metrics => Err(RouteError::NotFound),
+                Route::Health
+                | Route::Ready
+                | Route::Metrics
+                | Route::ReleaseInfo { .. }
+                | Route::ReleaseFile { .. } => Err(RouteError::NotFound),
                 route => Ok(Target {
                     upstream: Some(name.to_string()),
                     route,
@@ -228,9 +243,45 @@ fn route_of(path: &str) -> Result<Route, RouteError> {
                 key: key.to_string(),
             }
         }
+        ["releases", "info", rest @ ..] => Route::ReleaseInfo {
+            path: release_info_path(rest).ok_or(RouteError::NotFound)?,
+        },
+        ["releases", "file", name] if is_release_file_name(name) => Route::ReleaseFile {
+            name: name.to_string(),
+        },
         _ => return Err(RouteError::NotFound),
     };
     Ok(route)
+}
+
+/// The `info/…` sub-paths the release-download endpoint has: four plain documents, and
+/// `filter/` with up to three segments of a conservative charset (versions, `*` wildcards).
+fn release_info_path(segments: &[&str]) -> Option<String> {
+    let filter_segment = |s: &&str| {
+        (1..=64).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'*'))
+    };
+    match segments {
+        [doc @ ("help" | "files" | "versions" | "json")] => Some(doc.to_string()),
+        ["filter", rest @ ..]
+            if (1..=3).contains(&rest.len()) && rest.iter().all(filter_segment) =>
+        {
+            Some(segments.join("/"))
+        }
+        _ => None,
+    }
+}
+
+/// A release file name as the endpoint's are (`Magento-CE-2.4.6.tar.gz`): 1 to 128 letters,
+/// digits, `.`, `_`, `-` and `+`, starting with a letter or digit, without `..`. Never a path.
+pub fn is_release_file_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && !name.contains("..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
 }
 
 #[cfg(test)]
@@ -355,6 +406,60 @@ mod tests {
         ] {
             assert!(parse_route(path, "").is_err(), "{path}");
         }
+    }
+
+    #[test]
+    fn release_paths_route_strictly() {
+        for (path, expected) in [
+            ("/releases/info/help", "help"),
+            ("/releases/info/json", "json"),
+            (
+                "/releases/info/filter/version/2.4.*",
+                "filter/version/2.4.*",
+            ),
+        ] {
+            assert_eq!(
+                parse_route(path, ""),
+                Ok(Route::ReleaseInfo {
+                    path: expected.into()
+                }),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            parse_route("/magento/releases/file/Magento-CE-2.4.6.tar.gz", "/magento"),
+            Ok(Route::ReleaseFile {
+                name: "Magento-CE-2.4.6.tar.gz".into()
+            })
+        );
+        for path in [
+            "/releases/info/",
+            "/releases/info/other",
+            "/releases/info/help/more",
+            "/releases/info/filter",
+            "/releases/info/filter/a/b/c/d",
+            "/releases/info/filter/a:b",
+            "/releases/file/",
+            "/releases/file/a/b.zip",
+            "/releases/file/.hidden",
+            "/releases/file/-flag",
+            "/releases/file/a..zip",
+            "/releases/file/a$b.zip",
+            "/releases/file/a~b.zip",
+            "/releases/x",
+        ] {
+            assert!(parse_route(path, "").is_err(), "{path}");
+        }
+        assert!(matches!(
+            parse_route("/releases/file/..", ""),
+            Err(RouteError::BadPath(_))
+        ));
+        assert!(parse_route(&format!("/releases/file/{}", "a".repeat(129)), "").is_err());
+        // Only at the top: not in an upstream's own repository.
+        assert_eq!(
+            parse_target("/magento/releases/info/help", ""),
+            Err(RouteError::NotFound)
+        );
     }
 
     #[test]

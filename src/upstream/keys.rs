@@ -37,3 +37,7 @@ impl KeyRing {
         }
     }
 }
+
+/// What a rejected key pair of a Composer repository usually means, for the log.
+pub(super) const MARKETPLACE_ADVICE: &str =
+    "check that it is enabled in the Commerce Marketplace account (My Profile > Access Keys)";
