@@ -1,7 +1,8 @@
 //! The caches, at the HTTP level against the mock repo.magento.com: one upstream fetch per
 //! object however many clients ask, nothing partial ever stored or served as complete, the
 //! size bound, restarts with upstream down, replicas sharing a directory, the stale policy
-//! when upstream rejects the keys, and freshness from a packagist-like changes feed.
+//! when upstream rejects the keys, freshness from a packagist-like changes feed, and release
+//! files of the legacy download endpoint.
 
 mod support;
 
@@ -16,11 +17,12 @@ use serde_json::Value;
 use support::cache_dir::{files_below, stored_archives};
 use support::catalogue::Catalogue;
 use support::composer::ComposerProject;
+use support::downloads::{DownloadsMock, Listed, ReleaseFile};
 use support::mock_upstream::{expand, MockOptions, MockUpstream, Protocol};
 use support::process::ProxyProcess;
 use support::proxy::{
-    after_first_chunk, base_env, dist_url, get, get_with, listen_env, request, try_get, Reply,
-    TestProxy,
+    after_first_chunk, base_env, dist_url, downloads_env, get, get_with, listen_env, request,
+    try_get, Reply, TestProxy,
 };
 
 const FRAMEWORK: &str = "magento/framework";
@@ -725,4 +727,77 @@ async fn while_the_feed_answers_the_ttl_is_not_needed_and_when_it_fails_it_appli
     assert_eq!(x_cache(&reply), "STALE");
     wait_until("a TTL revalidation", || mock.count(PSR_LOG_P2) == 2).await;
     proxy.stop().await;
+}
+
+const MAGE_ID: &str = "MAG000111222";
+const DOWNLOAD_TOKEN: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3";
+
+/// A proxy in front of `mock` with release downloads from `downloads`.
+async fn releases_proxy(mock: &MockUpstream, downloads: &DownloadsMock) -> TestProxy {
+    let mut env = base_env(&mock.url());
+    env.extend(downloads_env(&downloads.url(), MAGE_ID, DOWNLOAD_TOKEN));
+    TestProxy::start_with(env, None).await
+}
+
+#[tokio::test]
+async fn a_release_file_arrives_byte_exact_once_from_upstream_then_from_the_store() {
+    let catalogue = Arc::new(Catalogue::magento(1));
+    let mock = v1_mock(&catalogue).await;
+    let current = ReleaseFile::new("Magento-CE-2.4.6.tar.gz", 700_000, Listed::Md5);
+    let old = ReleaseFile::new("magento-1.9.4.5.tar.bz2", 90_000, Listed::NoMd5);
+    let downloads =
+        DownloadsMock::start(MAGE_ID, DOWNLOAD_TOKEN, vec![current.clone(), old.clone()]).await;
+    let proxy = releases_proxy(&mock, &downloads).await;
+    let url = format!("{}/releases/file/{}", proxy.url, current.name);
+    // A slow endpoint keeps the first fetch in progress while every client asks.
+    downloads.set_delay(Duration::from_millis(300));
+    let replies = join_all((0..10).map(|_| get(&url))).await;
+    downloads.set_delay(Duration::ZERO);
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(reply.body == current.bytes, "byte-exact release file");
+        assert_eq!(reply.headers["content-type"], "application/gzip");
+    }
+    assert_eq!(downloads.count(&format!("file/{}", current.name)), 1);
+    assert_eq!(downloads.count("info/json"), 1, "the listing, fetched once");
+
+    let again = get(&url).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.headers["x-cache"], "HIT");
+    assert!(again.body == current.bytes);
+    assert_eq!(downloads.count(&format!("file/{}", current.name)), 1);
+    assert_eq!(stored_archives(&proxy.cache_dir).len(), 1);
+
+    // An old file without an md5 in the listing still comes through whole.
+    let old_url = format!("{}/releases/file/{}", proxy.url, old.name);
+    let reply = get(&old_url).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.body == old.bytes);
+    assert_eq!(stored_archives(&proxy.cache_dir).len(), 2);
+    let missing = get(&format!("{}/releases/file/no-such-release.zip", proxy.url)).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.warning().contains("no-such-release.zip"));
+}
+
+#[tokio::test]
+async fn a_release_file_that_fails_its_md5_is_never_stored_nor_served_complete() {
+    let catalogue = Arc::new(Catalogue::magento(1));
+    let mock = v1_mock(&catalogue).await;
+    let damaged = ReleaseFile::new("Magento-CE-2.4.7.tar.gz", 500_000, Listed::WrongMd5);
+    let downloads = DownloadsMock::start(MAGE_ID, DOWNLOAD_TOKEN, vec![damaged.clone()]).await;
+    let proxy = releases_proxy(&mock, &downloads).await;
+    let url = format!("{}/releases/file/{}", proxy.url, damaged.name);
+    for attempt in 1..=2 {
+        let (status, headers, body) = try_get(&url, &[]).await;
+        if status == StatusCode::OK {
+            // Headers went out while it was fetched: the body announced breaks off instead.
+            assert_eq!(headers["content-length"], damaged.bytes.len().to_string());
+            assert!(body.is_err(), "a transfer that does not complete");
+        } else {
+            assert_eq!(status, StatusCode::BAD_GATEWAY);
+        }
+        assert!(stored_archives(&proxy.cache_dir).is_empty());
+        // Nothing stored: the next request fetches it again.
+        assert_eq!(downloads.count(&format!("file/{}", damaged.name)), attempt);
+    }
 }

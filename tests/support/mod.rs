@@ -1,9 +1,9 @@
 //! Test support shared by the integration tests: a fixture catalogue shaped like
-//! repo.magento.com's, an in-process mock of that upstream (and of vendor repositories and
-//! packagist.org, with its advisory, filter and list APIs), a harness that runs the real
-//! Composer client, a small disk to fill up, and the three upstreams of a Magento project.
-//! Each test file includes this with `mod support;` and uses only part of it, hence the one
-//! crate-wide `dead_code` allowance.
+//! repo.magento.com's, an in-process mock of that upstream (and of vendor repositories,
+//! packagist.org with its advisory, filter and list APIs, and Magento's legacy release
+//! downloads), a harness that runs the real Composer client, a small disk to fill up, and the
+//! three upstreams of a Magento project. Each test file includes this with `mod support;` and
+//! uses only part of it, hence the one crate-wide `dead_code` allowance.
 #![allow(dead_code)]
 
 pub mod accounts;
@@ -11,6 +11,7 @@ pub mod advisories;
 pub mod cache_dir;
 pub mod catalogue;
 pub mod composer;
+pub mod downloads;
 pub mod github;
 pub mod mock_upstream;
 pub mod process;

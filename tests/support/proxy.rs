@@ -43,6 +43,15 @@ pub fn base_env(upstream_url: &str) -> Vec<(String, String)> {
     ]
 }
 
+/// A proxy's settings for the release-download endpoint at `url`.
+pub fn downloads_env(url: &str, mage_id: &str, token: &str) -> Vec<(String, String)> {
+    vec![
+        ("COMPOSER_PROXY_DOWNLOADS_URL".into(), url.into()),
+        ("COMPOSER_PROXY_DOWNLOADS_MAGE_ID".into(), mage_id.into()),
+        ("COMPOSER_PROXY_DOWNLOADS_TOKEN".into(), token.into()),
+    ]
+}
+
 /// Loopback and an ephemeral port: the only settings a file-configured test proxy needs from
 /// the environment.
 pub fn listen_env() -> Vec<(String, String)> {
