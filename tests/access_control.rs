@@ -16,9 +16,10 @@ use http::StatusCode;
 use serde_json::Value;
 use support::catalogue::Catalogue;
 use support::composer::ComposerProject;
+use support::downloads::{DownloadsMock, Listed, ReleaseFile};
 use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
 use support::process::{created_secret, ProxyProcess};
-use support::proxy::{base_env, get, get_with, Reply, TestProxy};
+use support::proxy::{base_env, downloads_env, get, get_with, Reply, TestProxy};
 
 const PRODUCT: &str = "magento/product-community-edition";
 
@@ -155,6 +156,62 @@ async fn within_a_second(url: &str, headers: &[(&str, &str)], expected: StatusCo
             reply.status
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn release_downloads_are_behind_the_allowlist_and_client_tokens_too() {
+    let catalogue = Arc::new(Catalogue::magento(1));
+    let mock = MockUpstream::start(MockOptions::new(Protocol::V1, catalogue)).await;
+    let file = ReleaseFile::new("Magento-CE-2.4.6.tar.gz", 2000, Listed::Md5);
+    let downloads = DownloadsMock::start("MAG1", "tok3n", vec![file.clone()]).await;
+    let releases = downloads_env(&downloads.url(), "MAG1", "tok3n");
+    let settings = |extra: &[(&str, &str)]| {
+        let mut env = base_env(&mock.url());
+        env.extend(releases.clone());
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    };
+    let paths = [
+        "/releases/info/json".to_string(),
+        format!("/releases/file/{}", file.name),
+    ];
+
+    let outside =
+        TestProxy::start_with(settings(&[("COMPOSER_PROXY_ALLOW", "10.0.0.0/8")]), None).await;
+    for path in &paths {
+        let reply = get(&format!("{}{path}", outside.url)).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{path}");
+    }
+    assert!(
+        downloads.authorizations().is_empty(),
+        "nothing was asked upstream"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens_file = dir.path().join("tokens.json");
+    let file_setting = tokens_file.to_str().expect("utf-8");
+    let guarded = TestProxy::start_with(
+        settings(&[
+            ("COMPOSER_PROXY_REQUIRE_TOKENS", "true"),
+            ("COMPOSER_PROXY_TOKENS_FILE", file_setting),
+        ]),
+        None,
+    )
+    .await;
+    let secret = created_secret(&tokens_ok(
+        &tokens_file,
+        &guarded.url,
+        &["create", "--name", "ci"],
+    ));
+    let bearer = format!("Bearer {secret}");
+    for path in &paths {
+        let url = format!("{}{path}", guarded.url);
+        let refused = get(&url).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(refused.warning().contains("client token"), "{path}");
+        let allowed = within_a_second(&url, &[("authorization", &bearer)], StatusCode::OK).await;
+        assert!(!allowed.body.is_empty(), "{path}");
     }
 }
 

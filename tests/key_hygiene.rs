@@ -1,9 +1,11 @@
-//! The key pair never leaves the proxy except towards the upstream.
+//! The key pair never leaves the proxy except towards the upstream, nor the download access
+//! token except towards the release-download endpoint.
 //!
 //! The real binary runs with every crate logging at trace level. A full Composer install goes
 //! through it, then every error path we can provoke: unknown packages and routes, bad paths
 //! and methods, truncated and corrupt archives, upstream errors, timeouts, rejected keys, an
-//! unreachable upstream, the `check` command and configuration errors; then a second replica
+//! unreachable upstream, release downloads (an answer quoting the token, an md5 mismatch, a
+//! rejected token), the `check` command and configuration errors; then a second replica
 //! with client tokens required, a fallback key pair and a trusted proxy, reloaded by SIGHUP:
 //! token and allowlist refusals, a bad X-Forwarded-For, 405/413/414/431. Then every byte the
 //! proxy printed, every response (status line, headers, body), what Composer printed and
@@ -24,6 +26,7 @@ use http::{Method, StatusCode};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use support::catalogue::Catalogue;
 use support::composer::ComposerProject;
+use support::downloads::{DownloadsMock, Listed, ReleaseFile};
 use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
 use support::process::{created_secret, ProxyProcess};
 use support::proxy::{request, Reply};
@@ -34,17 +37,24 @@ const PUBLIC: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a0";
 const PRIVATE: &str = "pR1v+tE/k3Y=w1th&sp3c%al$ch4rs!~";
 /// The organisation's GitHub token: configured too, and just as secret.
 const GITHUB_TOKEN: &str = "ghp_k3yHyg13neT0kenNeverPrinted0042";
+/// The account behind release downloads, and its download access token (secret; the MAGEID
+/// alone is an account number, secret only together with the token).
+const MAGE_ID: &str = "MAG004242424";
+const DOWNLOAD_TOKEN: &str = "dL+t0k3n/w1th=sp3c&al%ch4rs~0042";
 
 fn needles() -> Vec<(String, String)> {
     let b64 = &base64::engine::general_purpose::STANDARD;
     let b64url = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let pair = format!("{PUBLIC}:{PRIVATE}");
+    let download_pair = format!("{MAGE_ID}:{DOWNLOAD_TOKEN}");
     let mut needles = Vec::new();
     for (what, secret) in [
         ("public", PUBLIC),
         ("private", PRIVATE),
         ("pair", &pair),
         ("github token", GITHUB_TOKEN),
+        ("download token", DOWNLOAD_TOKEN),
+        ("download pair", &download_pair),
     ] {
         needles.push((format!("{what} raw"), secret.to_string()));
         needles.push((format!("{what} base64"), b64.encode(secret)));
@@ -131,6 +141,13 @@ fn keys_never_leave_the_proxy_except_towards_the_upstream() {
     // Archives are answered with a redirect to a second origin, which must never see the keys.
     opts.redirect_archives = true;
     let mock = runtime.block_on(MockUpstream::start(opts));
+    let release = ReleaseFile::new("Magento-CE-2.4.6.tar.gz", 300_000, Listed::Md5);
+    let damaged = ReleaseFile::new("Magento-CE-2.4.7.tar.gz", 300_000, Listed::WrongMd5);
+    let downloads = runtime.block_on(DownloadsMock::start(
+        MAGE_ID,
+        DOWNLOAD_TOKEN,
+        vec![release.clone(), damaged.clone()],
+    ));
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("cache");
     let env: Vec<(String, String)> = [
@@ -138,6 +155,9 @@ fn keys_never_leave_the_proxy_except_towards_the_upstream() {
         ("COMPOSER_PROXY_PUBLIC_KEY", PUBLIC.into()),
         ("COMPOSER_PROXY_PRIVATE_KEY", PRIVATE.into()),
         ("COMPOSER_PROXY_GITHUB_TOKEN", GITHUB_TOKEN.into()),
+        ("COMPOSER_PROXY_DOWNLOADS_URL", downloads.url()),
+        ("COMPOSER_PROXY_DOWNLOADS_MAGE_ID", MAGE_ID.into()),
+        ("COMPOSER_PROXY_DOWNLOADS_TOKEN", DOWNLOAD_TOKEN.into()),
         ("COMPOSER_PROXY_CACHE_DIR", cache.display().to_string()),
         ("COMPOSER_PROXY_LOG_LEVEL", "trace".into()),
         ("COMPOSER_PROXY_UPSTREAM_READ_TIMEOUT_SECS", "1".into()),
@@ -267,6 +287,42 @@ fn keys_never_leave_the_proxy_except_towards_the_upstream() {
     ));
     seen.add_reply("POST /downloads/", &notify);
 
+    // Release downloads: an answer quoting the token, a file whole and one failing its md5,
+    // an unknown file, then every path again with the token rejected.
+    let release_paths = [
+        "/releases/info/help".to_string(),
+        "/releases/info/files".to_string(),
+        "/releases/info/versions".to_string(),
+        "/releases/info/json".to_string(),
+        "/releases/info/filter/version/2.4.*".to_string(),
+        format!("/releases/file/{}", release.name),
+        "/releases/file/no-such-release.zip".to_string(),
+        "/releases/file/..%2f..%2fetc%2fpasswd".to_string(),
+    ];
+    for path in &release_paths {
+        fetch(&mut seen, Method::GET, path, &[]);
+    }
+    let whole = fetch(&mut seen, Method::GET, &release_paths[5], &[]);
+    assert!(whole.status == StatusCode::OK && whole.body == release.bytes);
+    fetch(&mut seen, Method::HEAD, &release_paths[5], &[]);
+    let url = format!("{}/releases/file/{}", proxy.url, damaged.name);
+    let (status, _, body) = runtime.block_on(support::proxy::try_get(&url, &[]));
+    assert!(status != StatusCode::OK || body.is_err(), "md5 mismatch");
+    downloads.set_reject(true);
+    for path in release_paths
+        .iter()
+        .chain([&format!("/releases/file/{}", damaged.name)])
+    {
+        fetch(&mut seen, Method::GET, path, &[]);
+    }
+    let refused = fetch(&mut seen, Method::GET, "/releases/info/filter/x", &[]);
+    assert_eq!(refused.status, StatusCode::BAD_GATEWAY);
+    assert!(proxy
+        .wait_for_log(|v| v["event"] == "key_rejected" && v["upstream"] == "releases")
+        .is_some());
+    fetch(&mut seen, Method::GET, "/readyz", &[]);
+    downloads.set_reject(false);
+
     // Upstream rejects the key pair: the proxy explains it without quoting it.
     let purge = binary()
         .args(["cache", "purge", &module(1)])
@@ -309,6 +365,11 @@ fn keys_never_leave_the_proxy_except_towards_the_upstream() {
             "COMPOSER_PROXY_UPSTREAM_URL",
             format!("http://{PUBLIC}:{PRIVATE}@127.0.0.1/"),
         ),
+        (
+            "COMPOSER_PROXY_DOWNLOADS_URL",
+            format!("http://{MAGE_ID}:{DOWNLOAD_TOKEN}@127.0.0.1/"),
+        ),
+        ("COMPOSER_PROXY_DOWNLOADS_MAGE_ID", String::new()),
     ] {
         let out = binary()
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -444,6 +505,20 @@ fn keys_never_leave_the_proxy_except_towards_the_upstream() {
             413,
         ),
         (Method::PUT, "/packages.json", vec![], Bytes::new(), 405),
+        (
+            Method::GET,
+            "/releases/info/json",
+            vec![],
+            Bytes::new(),
+            401,
+        ),
+        (
+            Method::GET,
+            "/releases/info/json",
+            vec![("authorization", bearer.as_str())],
+            Bytes::new(),
+            200,
+        ),
     ] {
         let reply = guarded_fetch(&mut seen, method.clone(), path, &headers, body);
         assert_eq!(
@@ -539,6 +614,16 @@ fn keys_never_leave_the_proxy_except_towards_the_upstream() {
     assert!(upstream
         .iter()
         .all(|r| r.authorization.as_deref() == Some(&expected)));
+    // The download endpoint received the MAGEID and token on every request, nothing else did.
+    let download_basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{MAGE_ID}:{DOWNLOAD_TOKEN}"))
+    );
+    let received = downloads.authorizations();
+    assert!(!received.is_empty());
+    assert!(received
+        .iter()
+        .all(|a| a.as_deref() == Some(&download_basic)));
     let elsewhere = mock.archive_host_requests();
     assert!(
         !elsewhere.is_empty(),

@@ -1,6 +1,6 @@
 //! What ops teams see and do: access-log fields, every metric family moving, `/readyz` with
-//! reasons, key rotation by SIGHUP with a download in flight, fallback key pairs, and SIGTERM
-//! letting a download finish. Signals and logs need the real binary (`ProxyProcess`).
+//! reasons, key rotation by SIGHUP with a download in flight, fallback key pairs, SIGTERM
+//! letting a download finish, and release downloads' info answers, stale and refused. Signals and logs need the real binary (`ProxyProcess`).
 
 mod support;
 
@@ -15,9 +15,10 @@ use futures_util::future::join_all;
 use http::StatusCode;
 use serde_json::Value;
 use support::catalogue::Catalogue;
+use support::downloads::{DownloadsMock, Listed, ReleaseFile};
 use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
 use support::process::ProxyProcess;
-use support::proxy::{base_env, get, TestProxy};
+use support::proxy::{base_env, downloads_env, get, TestProxy};
 
 const FRAMEWORK: &str = "magento/framework";
 const KEY_A: (&str, &str) = (
@@ -491,4 +492,97 @@ async fn sigterm_lets_a_download_in_flight_finish_and_leaves_no_temporary_files(
         .expect("tmp")
         .count();
     assert_eq!(leftovers, 0, "no temporary files left behind");
+}
+
+#[tokio::test]
+async fn release_info_is_cached_served_stale_and_a_rejected_token_is_a_clear_502() {
+    const MAGE_ID: &str = "MAG000333444";
+    const TOKEN: &str = "f00dfeedf00dfeedf00dfeedf00dfeedf00dfeed";
+    let (_, mock) = v1_mock().await;
+    let file = ReleaseFile::new("Magento-CE-2.4.6.zip", 1000, Listed::Md5);
+    let downloads = DownloadsMock::start(MAGE_ID, TOKEN, vec![file]).await;
+    let mut env = base_env(&mock.url());
+    env.extend(downloads_env(&downloads.url(), MAGE_ID, TOKEN));
+    env.push(("COMPOSER_PROXY_METADATA_TTL_SECS".into(), "1".into()));
+    let proxy = TestProxy::start_with(env, None).await;
+    let files = format!("{}/releases/info/files", proxy.url);
+
+    let first = get(&files).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.body, "Magento-CE-2.4.6.zip");
+    assert_eq!(first.headers["x-cache"], "MISS");
+    assert_eq!(get(&files).await.headers["x-cache"], "HIT");
+    assert_eq!(downloads.count("info/files"), 1);
+    let json = get(&format!("{}/releases/info/json", proxy.url)).await;
+    assert_eq!(json.headers["content-type"], "application/json");
+    assert_eq!(json.json(), downloads.listing());
+    let help = get(&format!("{}/releases/info/help", proxy.url)).await;
+    let help = String::from_utf8_lossy(&help.body);
+    assert!(help.contains(&format!("{MAGE_ID}:<token>@")) && !help.contains(TOKEN));
+
+    // Once the answer is older than the TTL, a failing endpoint gets the last one, marked.
+    downloads.set_failing(true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let stale = loop {
+        let reply = get(&files).await;
+        if reply.headers["x-cache"] == "STALE" {
+            break reply;
+        }
+        assert!(std::time::Instant::now() < deadline, "never served stale");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(stale.status, StatusCode::OK);
+    assert_eq!(stale.body, first.body);
+    assert!(stale.headers.contains_key("warning"));
+    let ready = get(&format!("{}/readyz", proxy.url)).await;
+    assert_eq!(ready.json()["releases"]["status"], "degraded");
+
+    // A rejected token: 502 with what to check, never 401; degraded, not unready.
+    downloads.set_failing(false);
+    downloads.set_reject(true);
+    let refused = get(&format!("{}/releases/info/versions", proxy.url)).await;
+    assert_eq!(refused.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(refused.headers["content-type"], "application/json");
+    let warning = refused.warning();
+    assert!(
+        warning.contains("download access token") && warning.contains("disables the old one"),
+        "{warning}"
+    );
+    let file = get(&format!("{}/releases/file/Magento-CE-2.4.6.zip", proxy.url)).await;
+    assert_eq!(file.status, StatusCode::BAD_GATEWAY);
+    let ready = get(&format!("{}/readyz", proxy.url)).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    let reason = ready.json()["releases"]["reason"].to_string();
+    assert!(
+        reason.contains("rejected the download access token"),
+        "{reason}"
+    );
+    assert!(ready.json()["degraded"]
+        .to_string()
+        .contains("release downloads"));
+
+    let metrics = scrape(&proxy).await;
+    for route in ["release_info", "release_file"] {
+        assert!(
+            metrics.keys().any(
+                |k| k.starts_with(&format!("composer_proxy_requests_total{{route=\"{route}\""))
+            ),
+            "{route}"
+        );
+    }
+    assert!(value(
+        &metrics,
+        "composer_proxy_upstream_requests_total{upstream=\"releases\",kind=\"metadata\",outcome=\"ok\"}"
+    ) >= 1.0);
+
+    // Without [downloads] nothing is served there.
+    let plain = TestProxy::start(&mock.url()).await;
+    let none = get(&format!("{}/releases/info/help", plain.url)).await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
+    assert!(
+        none.warning().contains("not configured"),
+        "{}",
+        none.warning()
+    );
+    assert!(get(&format!("{}/readyz", plain.url)).await.json()["releases"].is_null());
 }
