@@ -16,6 +16,7 @@ use std::sync::Arc;
 use sha1::{Digest, Sha1};
 use support::catalogue::Catalogue;
 use support::composer::{assert_installed_matches, ComposerProject};
+use support::downloads::DownloadsMock;
 use support::github::GitHubApiMock;
 use support::mock_upstream::{
     MockOptions, MockUpstream, Protocol, TEST_PRIVATE_KEY, TEST_PUBLIC_KEY,
@@ -212,6 +213,32 @@ async fn check_asks_github_whether_it_accepts_the_token() {
     run.expect_status(0);
     assert!(run.stdout.contains("github: no token"), "{}", run.stdout);
     assert_eq!(api.requests().len(), 2, "nothing to ask without a token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_asks_the_release_endpoint_whether_it_takes_the_token() {
+    const MAGE_ID: &str = "MAG000111222";
+    const TOKEN: &str = "dl-token-0123456789abcdef";
+    let (_, mock) = v1_mock(2).await;
+    let downloads = DownloadsMock::start(MAGE_ID, TOKEN, Vec::new()).await;
+    let mut env = base_env(&mock.url());
+    env.push(("COMPOSER_PROXY_DOWNLOADS_URL".into(), downloads.url()));
+    env.push(("COMPOSER_PROXY_DOWNLOADS_MAGE_ID".into(), MAGE_ID.into()));
+    env.push(("COMPOSER_PROXY_DOWNLOADS_TOKEN".into(), TOKEN.into()));
+    let run = composer_proxy(&["check"], &env).await;
+    run.expect_status(0);
+    assert!(
+        run.stdout
+            .contains("downloads: OK: the release-download endpoint accepts"),
+        "{}",
+        run.stdout
+    );
+    downloads.set_reject(true);
+    let run = composer_proxy(&["check", "--json"], &env).await;
+    run.expect_status(3);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(report["services"]["downloads"]["verdict"], "keys_rejected");
+    assert!(!run.stdout.contains(TOKEN) && !run.stderr.contains(TOKEN));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,13 +14,13 @@ use http::StatusCode;
 
 use crate::commands::{CommandError, EXIT_OK};
 use crate::composer::{self, UpstreamRoot};
-use crate::config::{Config, Credentials, GitHubConfig, UpstreamConfig};
+use crate::config::{Config, Credentials, GitHubConfig, KeySource, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::upstream::{GitHub, MetadataResponse, RequestKind, UpstreamClient};
 
 mod report;
 
-use report::{GitHubReport, UpstreamReport};
+use report::{ServiceReport, UpstreamReport};
 pub use report::{
     Verdict, EXIT_KEYS_REJECTED, EXIT_NO_KEYS, EXIT_TLS, EXIT_UNREACHABLE, EXIT_UPSTREAM_ERROR,
 };
@@ -36,21 +36,25 @@ pub async fn run(config: &Config, json: bool) -> Result<u8, CommandError> {
         reports.push(check_upstream(upstream, &config.github).await?);
     }
     report::entitlements(&mut reports);
-    let github = check_github(config).await?;
+    let services: Vec<ServiceReport> =
+        [check_github(config).await?, check_downloads(config).await?]
+            .into_iter()
+            .flatten()
+            .collect();
     let worst = reports
         .iter()
         .map(|r| &r.verdict)
-        .chain(github.as_ref().map(|g| &g.verdict))
+        .chain(services.iter().map(|s| &s.verdict))
         .max_by_key(|v| v.severity())
         .map_or(EXIT_OK, Verdict::exit_status);
     if json {
-        let value = report::json(&reports, github.as_ref(), worst);
+        let value = report::json(&reports, &services, worst);
         println!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
         );
     } else {
-        print!("{}", report::text(&reports, github.as_ref()));
+        print!("{}", report::text(&reports, &services));
     }
     Ok(worst)
 }
@@ -97,10 +101,11 @@ async fn check_upstream(
 /// Asks the GitHub API whether it accepts `github_token` (its `/rate_limit` endpoint, which
 /// costs nothing of the allowance), and how much of the hour's allowance is left. Without a
 /// token there is nothing to ask: zipballs come from codeload, which needs none.
-async fn check_github(config: &Config) -> Result<Option<GitHubReport>, CommandError> {
+async fn check_github(config: &Config) -> Result<Option<ServiceReport>, CommandError> {
     let github = &config.github;
     let Some(source) = github.token_source else {
-        return Ok(Some(GitHubReport {
+        return Ok(Some(ServiceReport {
+            name: "github",
             verdict: Verdict::Ok { packages: None },
             line: format!(
                 "github: no token: zipballs come straight from {} (public repositories only)",
@@ -127,7 +132,8 @@ async fn check_github(config: &Config) -> Result<Option<GitHubReport>, CommandEr
             bytes::Bytes::new(),
         )
         .await;
-    let report = |verdict: Verdict, line: String, advice: Vec<String>| GitHubReport {
+    let report = |verdict: Verdict, line: String, advice: Vec<String>| ServiceReport {
+        name: "github",
         verdict,
         line,
         token_source: Some(source),
@@ -178,6 +184,68 @@ async fn check_github(config: &Config) -> Result<Option<GitHubReport>, CommandEr
                 )],
             )
         }
+    }))
+}
+
+/// Asks the release-download endpoint (`[downloads]`) for `info/help` with the MAGEID and
+/// token, when they are configured: a rejected token shows here before a client needs a file.
+async fn check_downloads(config: &Config) -> Result<Option<ServiceReport>, CommandError> {
+    let Some(downloads) = &config.downloads else {
+        return Ok(None);
+    };
+    let client = UpstreamClient::new(
+        downloads,
+        Arc::new(GitHub::new(&config.github)),
+        Arc::new(Metrics::default()),
+    )
+    .map_err(|e| CommandError::Usage(format!("{e:#}")))?;
+    let url = format!("{}/info/help", downloads.url.as_str().trim_end_matches('/'));
+    let source = downloads.credentials.as_ref().map(|c| match c.source {
+        KeySource::KeyFiles => "[downloads] mage_id_file/token_file",
+        _ => "[downloads] mage_id/token",
+    });
+    let (verdict, line, advice) = match client.get_metadata(&url, None).await {
+        Ok(MetadataResponse::Fresh { .. }) => (
+            Verdict::Ok { packages: None },
+            "downloads: OK: the release-download endpoint accepts the MAGEID and token".to_string(),
+            Vec::new(),
+        ),
+        Ok(MetadataResponse::Status(StatusCode::UNAUTHORIZED)) => (
+            Verdict::KeysRejected { status: 401 },
+            "downloads: TOKEN REJECTED: the release-download endpoint answered HTTP 401"
+                .to_string(),
+            vec![
+                "Check the MAGEID and the download access token (magento.com: My Account > \
+                 Account Settings > Downloads Access Token); generating a new token disables \
+                 the old one."
+                    .to_string(),
+            ],
+        ),
+        other => {
+            let verdict = match other {
+                Ok(MetadataResponse::Status(status)) => {
+                    Verdict::UpstreamError(format!("HTTP {status} for {url}"))
+                }
+                Ok(_) => Verdict::UpstreamError(format!("an unexpected answer for {url}")),
+                Err(e) => Verdict::from_upstream_error(e),
+            };
+            let line = format!("downloads: {verdict}");
+            (
+                verdict,
+                line,
+                vec![format!(
+                    "Check that [downloads] url ({}) is reachable from this host.",
+                    downloads.url
+                )],
+            )
+        }
+    };
+    Ok(Some(ServiceReport {
+        name: "downloads",
+        verdict,
+        line,
+        token_source: source,
+        advice,
     }))
 }
 

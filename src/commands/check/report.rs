@@ -194,9 +194,12 @@ impl UpstreamReport {
     }
 }
 
-/// GitHub's answer about `github_token`.
+/// A service checked beside the upstreams: GitHub about `github_token`, the release-download
+/// endpoint about the MAGEID and token.
 #[derive(Debug)]
-pub struct GitHubReport {
+pub struct ServiceReport {
+    /// `github` or `downloads`: its key in `--json`.
+    pub name: &'static str,
     pub verdict: Verdict,
     /// The verdict line as printed.
     pub line: String,
@@ -232,7 +235,7 @@ pub fn entitlements(reports: &mut [UpstreamReport]) {
 }
 
 /// The text `check` prints.
-pub fn text(reports: &[UpstreamReport], github: Option<&GitHubReport>) -> String {
+pub fn text(reports: &[UpstreamReport], services: &[ServiceReport]) -> String {
     let mut out = String::new();
     let source = |s: &Option<KeySource>| s.map_or("none", KeySource::as_str);
     for (i, r) in reports.iter().enumerate() {
@@ -279,7 +282,7 @@ pub fn text(reports: &[UpstreamReport], github: Option<&GitHubReport>) -> String
             out.push_str(&format!("  {line}\n"));
         }
     }
-    if let Some(g) = github {
+    for g in services {
         out.push_str(&format!("\n{}\n", g.line));
         if let Some(source) = g.token_source {
             out.push_str(&format!("  token from: {source}\n"));
@@ -292,7 +295,7 @@ pub fn text(reports: &[UpstreamReport], github: Option<&GitHubReport>) -> String
 }
 
 /// The same, for `--json`.
-pub fn json(reports: &[UpstreamReport], github: Option<&GitHubReport>, exit: u8) -> Value {
+pub fn json(reports: &[UpstreamReport], services: &[ServiceReport], exit: u8) -> Value {
     let upstreams: Vec<Value> = reports
         .iter()
         .map(|r| {
@@ -317,14 +320,15 @@ pub fn json(reports: &[UpstreamReport], github: Option<&GitHubReport>, exit: u8)
     json!({
         "exit_status": exit,
         "upstreams": upstreams,
-        "github": github.map(|g| json!({
+        "services": services.iter().map(|g| (g.name.to_string(), json!({
             "verdict": g.verdict.code(),
             "message": g.line,
             "token_source": g.token_source,
             "advice": g.advice,
-        })),
+        }))).collect::<serde_json::Map<_, _>>(),
     })
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,7 +404,7 @@ mod tests {
         );
         assert_eq!(reports[0].accounts, vec!["client".to_string()]);
         assert!(reports[2].accounts.is_empty() && reports[2].only_here.is_none());
-        let text = text(&reports, None);
+        let text = text(&reports, &[]);
         assert!(
             text.contains("only this account reaches 1 package: a/agency-only"),
             "{text}"
@@ -413,7 +417,7 @@ mod tests {
         ];
         entitlements(&mut reports);
         assert_eq!(reports[0].only_here, None);
-        let json = json(&reports, None, 3);
+        let json = json(&reports, &[], 3);
         assert_eq!(json["upstreams"][0]["only_this_account"], Value::Null);
         assert_eq!(json["exit_status"], 3);
     }
