@@ -43,7 +43,9 @@ fuzz_target!(|data: &[u8]| {
     let mut advertised = serde_json::Map::new();
     composer::apis::advertise_apis(&mut advertised, &rewriter.public_url, &[&apis]);
     let urls = [
-        &advertised.get("security-advisories").map(|a| a["api-url"].clone()),
+        &advertised
+            .get("security-advisories")
+            .map(|a| a["api-url"].clone()),
         &advertised.get("filter").map(|f| f["api-url"].clone()),
         &advertised.get("filter").map(|f| f["summary-url"].clone()),
         &advertised.get("list").cloned(),

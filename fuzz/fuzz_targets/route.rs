@@ -110,15 +110,20 @@ fn check_route(route: &Route) {
         Route::ReleaseInfo { path } => {
             let segments: Vec<&str> = path.split('/').collect();
             assert!(
-                matches!(segments[0], "help" | "files" | "versions" | "json" | "filter"),
+                matches!(
+                    segments[0],
+                    "help" | "files" | "versions" | "json" | "filter"
+                ),
                 "{path:?}"
             );
             assert!(segments.len() <= 4, "{path:?}");
             for segment in segments {
                 assert!(
                     !segment.is_empty()
-                        && segment.bytes().all(|b| b.is_ascii_alphanumeric()
-                            || matches!(b, b'.' | b'_' | b'-' | b'*'))
+                        && segment
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric()
+                                || matches!(b, b'.' | b'_' | b'-' | b'*'))
                         && segment != "."
                         && segment != "..",
                     "{path:?}"
