@@ -8,7 +8,6 @@
 //! case of an answer that repeats a secret, which the proxy must not pass on.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +18,6 @@ use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use md5::{Digest, Md5};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -101,20 +99,8 @@ impl DownloadsMock {
             failing: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
         });
-        let served = state.clone();
-        let server = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = served.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(handle(&state, &request).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let server = super::serve::spawn(listener, state.clone(), |state, request| async move {
+            handle(&state, &request).await
         });
         DownloadsMock {
             addr,

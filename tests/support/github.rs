@@ -2,7 +2,6 @@
 //! host is known), counts every request and the Authorization it carried, and behaves like the
 //! real API's limit for unauthenticated clients: 60, then 403 with `X-RateLimit-Remaining: 0`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +11,6 @@ use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -53,26 +51,8 @@ impl GitHubApiMock {
         let addr = listener.local_addr().expect("its address");
         let state = Arc::new(State::default());
         *state.token.lock().unwrap_or_else(|e| e.into_inner()) = token.map(str::to_string);
-        let served = state.clone();
-        let server = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = served.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let state = state.clone();
-                        async move {
-                            let delay = *state.delay.lock().unwrap_or_else(|e| e.into_inner());
-                            if !delay.is_zero() {
-                                tokio::time::sleep(delay).await;
-                            }
-                            Ok::<_, Infallible>(handle(&state, &request))
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let server = super::serve::spawn(listener, state.clone(), |state, request| async move {
+            handle(&state, &request)
         });
         GitHubApiMock {
             addr,

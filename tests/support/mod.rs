@@ -16,5 +16,6 @@ pub mod github;
 pub mod mock_upstream;
 pub mod process;
 pub mod proxy;
+pub mod serve;
 pub mod small_disk;
 pub mod upstreams;
