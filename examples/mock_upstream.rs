@@ -45,6 +45,8 @@ mod github;
 #[allow(dead_code)]
 #[path = "../tests/support/mock_upstream.rs"]
 mod mock_upstream;
+#[path = "../tests/support/serve.rs"]
+mod serve;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
