@@ -21,7 +21,7 @@ mod upstreams;
 pub use downloads::RELEASES_NAME;
 pub use github::GitHubConfig;
 pub use keys::{Credentials, KeySource, Secret};
-use raw::{validate, RawConfig};
+use raw::{deserialize, validate};
 
 /// The built-in defaults; `config/default.toml` is the single source of truth for them.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -280,20 +280,13 @@ impl Config {
             }
         }
 
-        let raw: RawConfig =
-            toml::Value::Table(merged)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError {
-                    setting: "configuration".into(),
-                    origin: "merged settings".into(),
-                    message: e.message().to_string(),
-                })?;
         let origin_of = |key: &str| {
             origins
                 .get(key)
                 .cloned()
                 .unwrap_or_else(|| "default".to_string())
         };
+        let raw = deserialize(merged, &defaults, &origin_of)?;
         validate(raw, &origin_of, &sources.env)
     }
 }
@@ -358,6 +351,7 @@ fn redact_userinfo(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::raw::RawConfig;
     use super::*;
 
     pub(super) fn load(file: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -475,6 +469,54 @@ mod tests {
 
         let e = load(None, &[("COMPOSER_PROXY_PUBLIC_KEY", "abc")]).unwrap_err();
         assert_eq!(e.setting, "private_key");
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_name_their_setting_or_table_and_field() {
+        for (file, env, setting) in [
+            (Some("max_connections = \"lots\""), None, "max_connections"),
+            (None, Some(("COMPOSER_PROXY_MAX_CONNECTIONS", "-1")), "max_connections"),
+            (
+                None,
+                Some(("COMPOSER_PROXY_UPSTREAM_MAX_REDIRECTS", "300")),
+                "upstream_max_redirects",
+            ),
+            (Some("allow = 5"), None, "allow"),
+            (
+                Some("[[upstream]]\nname = \"a\"\nurl = \"https://a.example\"\n\n[[upstream]]\nname = \"b\"\nurl = \"https://b.example\"\nmetadata_ttl_secs = \"x\""),
+                None,
+                "upstream.b.metadata_ttl_secs",
+            ),
+            (
+                Some("[[upstream]]\nname = \"a\"\nurl = \"https://a.example\"\nbogus = 1"),
+                None,
+                "upstream.a.bogus",
+            ),
+            (Some("[[upstream]]\nname = 7\nurl = \"https://a.example\""), None, "upstream #1.name"),
+            (Some("[[upstream]]\nname = \"a\""), None, "upstream.a"),
+        ] {
+            let e = load(file, env.as_slice()).expect_err(setting);
+            assert_eq!(e.setting, setting, "{e}");
+            let origin = if file.is_some() { "test.toml" } else { "COMPOSER_PROXY_" };
+            assert!(e.origin.contains(origin), "{e}");
+        }
+    }
+
+    #[test]
+    fn keys_of_the_wrong_type_are_not_quoted() {
+        let e = load(Some("private_key = 98765432123"), &[]).expect_err("a number");
+        assert_eq!(e.setting, "private_key");
+        let e2 = load(
+            Some(
+                "[[upstream]]\nname = \"a\"\nurl = \"https://a.example\"\npublic_key = 98765432123",
+            ),
+            &[],
+        )
+        .expect_err("a number");
+        assert_eq!(e2.setting, "upstream.a.public_key");
+        for e in [e, e2] {
+            assert!(!e.to_string().contains("98765432123"), "{e}");
+        }
     }
 
     #[test]

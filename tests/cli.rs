@@ -30,6 +30,10 @@ fn bad_settings_exit_64_naming_the_setting() {
             &[("COMPOSER_PROXY_TLS_CERT", "/nonexistent.pem")],
             "`tls_key`",
         ),
+        (
+            &[("COMPOSER_PROXY_MAX_CONNECTIONS", "-1")],
+            "`max_connections`",
+        ),
     ];
     for (env, setting) in cases {
         let out = run_with_env(env, &[]);
@@ -49,6 +53,26 @@ fn unreadable_config_file_and_unknown_keys_exit_64() {
     let out = run_with_env(&[], &["serve", "--config", file.to_str().expect("utf8")]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`upstream`"));
+}
+
+#[test]
+fn values_of_the_wrong_type_in_the_file_name_the_setting_or_table_and_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("c.toml");
+    for (toml, setting) in [
+        ("max_connections = \"lots\"\n", "`max_connections`"),
+        (
+            "[[upstream]]\nname = \"agency\"\nurl = \"https://repo.example\"\nread_timeout_secs = \"soon\"\n",
+            "`upstream.agency.read_timeout_secs`",
+        ),
+    ] {
+        std::fs::write(&file, toml).expect("write");
+        let out = run_with_env(&[], &["serve", "--config", file.to_str().expect("utf8")]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{toml}: {stderr}");
+        assert!(stderr.contains(setting), "{toml}: {stderr}");
+        assert!(stderr.contains("c.toml"), "{toml}: {stderr}");
+    }
 }
 
 #[test]

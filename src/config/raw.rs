@@ -71,6 +71,100 @@ pub(super) struct RawConfig {
     pub(super) downloads: RawDownloads,
 }
 
+/// Deserializes the merged settings. serde's error for the whole table names no setting, so on
+/// failure the value to blame is found by trying each one alone among the defaults (which
+/// deserialize, as a unit test checks), and each field of an `[[upstream]]` table alone in a
+/// minimal table. Only the error path pays for this, and without a dependency.
+pub(super) fn deserialize(
+    merged: toml::Table,
+    defaults: &toml::Table,
+    origin_of: &dyn Fn(&str) -> String,
+) -> Result<RawConfig, ConfigError> {
+    let error = match RawConfig::deserialize(toml::Value::Table(merged.clone())) {
+        Ok(raw) => return Ok(raw),
+        Err(e) => e,
+    };
+    Err(
+        blame(&merged, defaults, origin_of).unwrap_or_else(|| ConfigError {
+            setting: "configuration".into(),
+            origin: "merged settings".into(),
+            message: error.message().to_string(),
+        }),
+    )
+}
+
+fn blame(
+    merged: &toml::Table,
+    defaults: &toml::Table,
+    origin_of: &dyn Fn(&str) -> String,
+) -> Option<ConfigError> {
+    for (key, value) in merged {
+        let mut probe = defaults.clone();
+        probe.insert(key.clone(), value.clone());
+        if let Err(e) = RawConfig::deserialize(toml::Value::Table(probe)) {
+            let tables = value.as_array().map(Vec::as_slice).unwrap_or_default();
+            return Some(
+                tables
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, table)| blame_table(i, table, origin_of))
+                    .unwrap_or_else(|| ConfigError {
+                        setting: key.clone(),
+                        origin: origin_of(key),
+                        message: message(key, &e),
+                    }),
+            );
+        }
+    }
+    None
+}
+
+/// The field of one `[[upstream]]` table that does not deserialize, named
+/// `upstream.<name>.<field>` as validation names them (`upstream #<n>` without a usable name).
+fn blame_table(
+    index: usize,
+    table: &toml::Value,
+    origin_of: &dyn Fn(&str) -> String,
+) -> Option<ConfigError> {
+    let fields = table.as_table()?;
+    let name = fields
+        .get("name")
+        .and_then(toml::Value::as_str)
+        .map_or_else(
+            || format!("upstream #{}", index + 1),
+            |n| format!("upstream.{n}"),
+        );
+    let error = |field: &str, setting: String, e: toml::de::Error| ConfigError {
+        setting,
+        origin: origin_of("upstream"),
+        message: message(field, &e),
+    };
+    let minimal: toml::Table = [("name", "x"), ("url", "https://repo.example")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), toml::Value::String(v.to_string())))
+        .collect();
+    for (field, value) in fields {
+        let mut probe = minimal.clone();
+        probe.insert(field.clone(), value.clone());
+        if let Err(e) = RawUpstream::deserialize(toml::Value::Table(probe)) {
+            return Some(error(field, format!("{name}.{field}"), e));
+        }
+    }
+    // Every field is fine alone: one the table lacks (`name`, `url`).
+    RawUpstream::deserialize(table.clone())
+        .err()
+        .map(|e| error("", name, e))
+}
+
+/// serde's message quotes the value, which for a key or token is the secret itself.
+fn message(field: &str, e: &toml::de::Error) -> String {
+    if matches!(field, "public_key" | "private_key" | "github_token") {
+        "must be a string".into()
+    } else {
+        e.message().to_string()
+    }
+}
+
 pub(super) fn validate(
     raw: RawConfig,
     origin_of: &dyn Fn(&str) -> String,
