@@ -34,6 +34,14 @@ fn bad_settings_exit_64_naming_the_setting() {
             &[("COMPOSER_PROXY_MAX_CONNECTIONS", "-1")],
             "`max_connections`",
         ),
+        // With a later mistake too, so a COMPOSER_AUTH let through fails here, not by serving.
+        (
+            &[
+                ("COMPOSER_AUTH", "{not json"),
+                ("COMPOSER_PROXY_LOG_FORMAT", "xml"),
+            ],
+            "`COMPOSER_AUTH`",
+        ),
     ];
     for (env, setting) in cases {
         let out = run_with_env(env, &[]);

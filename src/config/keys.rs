@@ -169,17 +169,46 @@ pub(super) fn resolve_credentials(
     if !raw.auth_json.is_empty() {
         let text = std::fs::read_to_string(&raw.auth_json)
             .map_err(|e| err("auth_json", format!("cannot read {}: {e}", raw.auth_json)))?;
-        let (public, private) = http_basic_for(&text, upstream).map_err(|m| err("auth_json", m))?;
+        let (public, private) = http_basic_for(&text, upstream)
+            .and_then(|entry| entry.ok_or_else(|| no_entry_for(upstream)))
+            .map_err(|m| err("auth_json", m))?;
         return pair(public, private, KeySource::AuthJson, "auth_json");
     }
 
     if let Some(text) = env.get("COMPOSER_AUTH") {
-        // COMPOSER_AUTH often holds tokens for other hosts only; that is not an error here.
-        if let Ok((public, private)) = http_basic_for(text, upstream) {
+        // COMPOSER_AUTH often holds tokens for other hosts only; that is not an error here, but
+        // an entry for this host that cannot be used is.
+        let entry = http_basic_for(text, upstream).map_err(composer_auth_error)?;
+        if let Some((public, private)) = entry {
             return pair(public, private, KeySource::ComposerAuthEnv, "COMPOSER_AUTH");
         }
     }
     Ok(None)
+}
+
+/// COMPOSER_AUTH is read for key pairs and for the GitHub token, each looking for its own
+/// entry: a value that is not a JSON object is checked here, once, and stops the start as an
+/// unreadable `auth_json` does, instead of being taken for one without entries.
+pub(super) fn check_composer_auth(env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    let Some(text) = env.get("COMPOSER_AUTH") else {
+        return Ok(());
+    };
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(json) if json.is_object() => Ok(()),
+        Ok(_) => Err(composer_auth_error(
+            "must be a JSON object, as Composer's auth.json is".into(),
+        )),
+        // serde_json's messages give a position, never the text (which holds secrets).
+        Err(e) => Err(composer_auth_error(format!("not valid JSON: {e}"))),
+    }
+}
+
+fn composer_auth_error(message: String) -> ConfigError {
+    ConfigError {
+        setting: "COMPOSER_AUTH".into(),
+        origin: "from the environment".into(),
+        message,
+    }
 }
 
 /// Reads `public:private` lines (blank lines and `#` comments ignored). Errors name the line,
@@ -225,19 +254,28 @@ pub(super) fn check_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads `http-basic.<host>` (or `<host>:<port>`) from Composer's auth.json format.
-fn http_basic_for(text: &str, upstream: &Url) -> Result<(String, String), String> {
-    let json: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+/// `<host>:<port>` then `<host>`, as Composer looks them up.
+fn auth_hosts(upstream: &Url) -> Vec<String> {
     let host = upstream.host_str().unwrap_or_default();
-    let candidates = match upstream.port() {
+    match upstream.port() {
         Some(port) => vec![format!("{host}:{port}"), host.to_string()],
         None => vec![host.to_string()],
+    }
+}
+
+fn no_entry_for(upstream: &Url) -> String {
+    format!("has no http-basic entry for {}", auth_hosts(upstream)[0])
+}
+
+/// Reads `http-basic.<host>` (or `<host>:<port>`) from Composer's auth.json format: `None`
+/// when there is no entry for the upstream, an error when the text or the entry is unusable.
+fn http_basic_for(text: &str, upstream: &Url) -> Result<Option<(String, String)>, String> {
+    let json: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let Some(basic) = json.get("http-basic") else {
+        return Ok(None);
     };
-    let basic = json
-        .get("http-basic")
-        .ok_or_else(|| "has no \"http-basic\" section".to_string())?;
-    for name in &candidates {
+    for name in &auth_hosts(upstream) {
         if let Some(entry) = basic.get(name) {
             let field = |f: &str| {
                 entry
@@ -246,10 +284,10 @@ fn http_basic_for(text: &str, upstream: &Url) -> Result<(String, String), String
                     .map(str::to_string)
                     .ok_or_else(|| format!("http-basic.{name} has no string \"{f}\""))
             };
-            return Ok((field("username")?, field("password")?));
+            return Ok(Some((field("username")?, field("password")?)));
         }
     }
-    Err(format!("has no http-basic entry for {}", candidates[0]))
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -322,6 +360,39 @@ mod tests {
         let k = c.upstreams[0].credentials.clone().expect("keys");
         assert_eq!(k.source, KeySource::ComposerAuthEnv);
         assert_eq!(k.public_key.expose(), "u");
+    }
+
+    #[test]
+    fn composer_auth_that_is_not_json_stops_the_start_and_one_without_our_entry_does_not() {
+        let other_hosts = r#"{"http-basic":{"other.example":{"username":"u","password":"p"}},
+                              "github-oauth":{"github.com":"ghp_x"}}"#;
+        let c = load(None, &[("COMPOSER_AUTH", other_hosts)]).expect("valid");
+        assert!(c.upstreams[0].credentials.is_none());
+        let c = load(None, &[("COMPOSER_AUTH", "{}")]).expect("valid");
+        assert!(c.upstreams[0].credentials.is_none());
+
+        let broken_entry = r#"{"http-basic":{"repo.magento.com":{"username":"u"}}}"#;
+        for bad in [
+            "{\"http-basic\": {\"repo.magento.com\": secretvalue",
+            "secretvalue",
+            "[\"secretvalue\"]",
+            broken_entry,
+        ] {
+            let e = load(None, &[("COMPOSER_AUTH", bad)]).expect_err(bad);
+            assert_eq!(e.setting, "COMPOSER_AUTH", "{e}");
+            assert!(!e.to_string().contains("secretvalue"), "{e}");
+        }
+        // Also where COMPOSER_AUTH would only be read for the GitHub token.
+        let e = load(
+            None,
+            &[
+                ("COMPOSER_PROXY_PUBLIC_KEY", "pub"),
+                ("COMPOSER_PROXY_PRIVATE_KEY", "priv"),
+                ("COMPOSER_AUTH", "not json"),
+            ],
+        )
+        .expect_err("not JSON");
+        assert_eq!(e.setting, "COMPOSER_AUTH");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::downloads::{downloads, RawDownloads};
 use super::github::github;
+use super::keys::check_composer_auth;
 use super::upstreams::{upstreams, RawUpstream};
 use super::{parse_public_url, Config, ConfigError, LogFormat, TlsFiles};
 
@@ -214,6 +215,7 @@ pub(super) fn validate(
     let allow = cidrs("allow", &raw.allow)?;
     let trusted_proxies = cidrs("trusted_proxies", &raw.trusted_proxies)?;
 
+    check_composer_auth(env)?;
     let (upstreams, key_files) = upstreams(&raw, origin_of, env)?;
     let github = github(&raw, origin_of, env)?;
     let (downloads, download_files) = downloads(&raw, origin_of)?;
