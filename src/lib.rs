@@ -408,8 +408,18 @@ fn log_start(config: &Config, proxy: &Proxy) {
 }
 
 /// Requiring tokens with none issued refuses every client: almost certainly a step forgotten.
+/// A token file that cannot be used is said apart, since clients are then told 503, not 401.
 fn warn_if_no_tokens(config: &Config, tokens: &Tokens) {
-    if config.require_tokens && tokens.active() == 0 {
+    if !config.require_tokens {
+        return;
+    }
+    if !tokens.usable() {
+        tracing::warn!(
+            tokens_file = %tokens.path().display(),
+            "require_tokens is on but the token file cannot be used: every request with a token \
+             is answered 503 (and one without a token 401) until the file is fixed"
+        );
+    } else if tokens.active() == 0 {
         tracing::warn!(
             tokens_file = %tokens.path().display(),
             "require_tokens is on but no active token exists: every Composer request is refused \

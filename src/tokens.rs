@@ -208,6 +208,12 @@ impl Tokens {
             .clone()
     }
 
+    /// Whether the file as last looked at could be used (a missing file can: it holds no
+    /// tokens yet).
+    pub fn usable(&self) -> bool {
+        self.snapshot().by_digest.is_some()
+    }
+
     /// Active tokens in the file as last read.
     pub fn active(&self) -> usize {
         self.snapshot().by_digest.as_ref().map_or(0, |tokens| {
@@ -266,7 +272,7 @@ impl Tokens {
             }
             Err(e) => {
                 if !watch.failing {
-                    tracing::error!(error = %e, "token file unusable; refusing every token until it is fixed");
+                    tracing::error!(error = %e, "token file unusable: every request with a token is answered 503 until it is fixed");
                 }
                 watch.failing = true;
                 watch.read_at = None;
@@ -512,6 +518,7 @@ mod tests {
         let path = dir.path().join("tokens.json");
         let secret = create(&path, "ci");
         let tokens = Tokens::open(path.clone());
+        assert!(tokens.usable());
         assert!(matches!(
             tokens.check(&bearer(secret.expose())),
             Verdict::Valid(_)
@@ -520,6 +527,7 @@ mod tests {
         tokens.refresh();
         assert_eq!(tokens.check(&bearer(secret.expose())), Verdict::Unavailable);
         assert_eq!(tokens.active(), 0);
+        assert!(!tokens.usable());
         // Fixed: accepted again.
         fs::remove_file(&path).expect("remove");
         let again = create(&path, "ci");

@@ -18,7 +18,7 @@ use support::catalogue::Catalogue;
 use support::downloads::{DownloadsMock, Listed, ReleaseFile};
 use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
 use support::process::ProxyProcess;
-use support::proxy::{base_env, downloads_env, get, TestProxy};
+use support::proxy::{base_env, downloads_env, get, get_with, TestProxy};
 
 const FRAMEWORK: &str = "magento/framework";
 const KEY_A: (&str, &str) = (
@@ -585,4 +585,32 @@ async fn release_info_is_cached_served_stale_and_a_rejected_token_is_a_clear_502
         none.warning()
     );
     assert!(get(&format!("{}/readyz", plain.url)).await.json()["releases"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_token_file_at_start_is_logged_as_the_503_clients_get() {
+    let (_catalogue, mock) = v1_mock().await;
+    let cache = tempfile::tempdir().expect("tempdir");
+    std::fs::write(cache.path().join("tokens.json"), b"{not json").expect("write");
+    let mut env = env_with_cache(&mock, cache.path());
+    env.push(("COMPOSER_PROXY_REQUIRE_TOKENS".into(), "true".into()));
+    let process = tokio::task::block_in_place(|| ProxyProcess::start(&env));
+    let warning = process
+        .wait_for_log(|v| {
+            v["level"] == "WARN"
+                && v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("require_tokens"))
+        })
+        .unwrap_or_else(|| panic!("no require_tokens warning: {}", process.log_text()));
+    let message = warning["message"].as_str().expect("message");
+    assert!(message.contains("503"), "{message}");
+    assert!(!process.log_text().contains("refused with 401"));
+
+    let with_token = get_with(
+        &format!("{}/packages.json", process.url),
+        &[("Authorization", "Bearer cpt_anything")],
+    )
+    .await;
+    assert_eq!(with_token.status, StatusCode::SERVICE_UNAVAILABLE);
 }
