@@ -149,6 +149,16 @@ impl ProxyError {
         }
     }
 
+    /// Upstream answered, with a body that cannot be used: it is up, but misbehaving.
+    pub fn is_bad_answer(&self) -> bool {
+        match self {
+            ProxyError::Protocol(_) | ProxyError::Upstream(UpstreamError::Invalid(_)) => true,
+            ProxyError::Shared(inner) => inner.is_bad_answer(),
+            ProxyError::Via { source, .. } => source.is_bad_answer(),
+            _ => false,
+        }
+    }
+
     /// Upstream said the thing does not exist (so the answer may be remembered briefly).
     pub fn is_not_found(&self) -> bool {
         match self {

@@ -6,7 +6,7 @@
 //! proxy built from upstream metadata, never one a client supplied.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -22,10 +22,12 @@ use url::Url;
 
 use crate::composer::{self, MAX_METADATA_BYTES};
 use crate::config::{Credentials, UpstreamConfig};
+use crate::error::ProxyError;
 use crate::metrics::{Metrics, UpstreamOutcome};
 
 mod exchange;
 mod github;
+mod health;
 mod keys;
 
 pub use exchange::{
@@ -33,6 +35,7 @@ pub use exchange::{
     UpstreamError, UpstreamNote, Validators, EXCHANGE,
 };
 pub use github::GitHub;
+use health::Health;
 use keys::{KeyRing, MARKETPLACE_ADVICE};
 
 pub struct UpstreamClient {
@@ -46,8 +49,7 @@ pub struct UpstreamClient {
     metrics: Arc<Metrics>,
     /// GitHub, where dists of packagist-style upstreams live; shared by all upstreams.
     github: Arc<GitHub>,
-    /// Since when upstream has been failing (unreachable, timing out or answering 5xx).
-    down_since: Mutex<Option<Instant>>,
+    health: Health,
     /// What ops should check when the credentials are rejected, for the log.
     rejection_advice: &'static str,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -122,7 +124,7 @@ impl UpstreamClient {
             keys: RwLock::new(Arc::new(KeyRing::new(&cfg.key_pairs()))),
             metrics,
             github,
-            down_since: Mutex::new(None),
+            health: Health::default(),
             rejection_advice: MARKETPLACE_ADVICE,
             client,
             base: cfg.url.clone(),
@@ -179,30 +181,30 @@ impl UpstreamClient {
 
     /// How long upstream has been failing, if it is.
     pub fn down_for(&self) -> Option<Duration> {
-        self.down_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|since| since.elapsed())
+        self.health.down_for()
     }
 
-    /// Tracks upstream health from each exchange; each change is an event in the log.
+    /// How long the metadata upstream sends has been unusable, if it is.
+    pub fn misbehaving_for(&self) -> Option<Duration> {
+        self.health.misbehaving_for()
+    }
+
     fn note_health(&self, up: bool, detail: &str) {
-        let mut since = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
-        match (up, *since) {
-            (false, None) => {
-                *since = Some(Instant::now());
-                tracing::warn!(event = "upstream_down", upstream = %self.name, url = %self.base, detail, "upstream is failing; serving from cache where possible");
+        self.health
+            .note_reachable(&self.name, &self.base, up, detail);
+    }
+
+    /// Records what came of parsing a metadata body upstream sent. Only a bad answer (not
+    /// JSON, wrong shape, wrong hash) counts against it; other failures on the way (a second
+    /// fetch, the disk) say nothing about the body.
+    pub fn note_body<T>(&self, parsed: &Result<T, ProxyError>) {
+        match parsed {
+            Ok(_) => self.health.note_answer(&self.name, &self.base, Ok(())),
+            Err(e) if e.is_bad_answer() => {
+                self.health
+                    .note_answer(&self.name, &self.base, Err(&e.to_string()))
             }
-            (true, Some(started)) => {
-                *since = None;
-                tracing::info!(
-                    event = "upstream_up",
-                    upstream = %self.name,
-                    down_secs = started.elapsed().as_secs(),
-                    "upstream answers again"
-                );
-            }
-            _ => {}
+            Err(_) => {}
         }
     }
 
@@ -455,8 +457,12 @@ impl UpstreamClient {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             let raw = self.read_body(response.body, MAX_METADATA_BYTES).await?;
-            let body = composer::decode_body(raw, encoding.as_deref())
-                .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+            let body = composer::decode_body(raw, encoding.as_deref()).map_err(|e| {
+                let e = UpstreamError::Invalid(e.to_string());
+                self.health
+                    .note_answer(&self.name, &self.base, Err(&e.to_string()));
+                e
+            })?;
             Ok(MetadataResponse::Fresh { body, validators })
         };
         let result = tokio::time::timeout(self.metadata_timeout, work)

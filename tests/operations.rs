@@ -16,7 +16,7 @@ use http::StatusCode;
 use serde_json::Value;
 use support::catalogue::Catalogue;
 use support::downloads::{DownloadsMock, Listed, ReleaseFile};
-use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
+use support::mock_upstream::{MetadataFault, MockOptions, MockUpstream, Protocol};
 use support::process::ProxyProcess;
 use support::proxy::{base_env, downloads_env, get, get_with, TestProxy};
 
@@ -613,4 +613,59 @@ async fn a_corrupt_token_file_at_start_is_logged_as_the_503_clients_get() {
     )
     .await;
     assert_eq!(with_token.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answering_garbage_is_up_but_misbehaving_and_does_not_flap() {
+    let (_catalogue, mock) = v1_mock().await;
+    let cache = tempfile::tempdir().expect("tempdir");
+    let mut env = env_with_cache(&mock, cache.path());
+    // Every request asks upstream again, so each fault below is met.
+    env.push(("COMPOSER_PROXY_UPSTREAM_RETRY_SECS".into(), "0".into()));
+    mock.set_failure(Some(500));
+    let process = tokio::task::block_in_place(|| ProxyProcess::start(&env));
+    let root = format!("{}/packages.json", process.url);
+    assert_eq!(get(&root).await.status, StatusCode::BAD_GATEWAY);
+    mock.set_failure(None);
+
+    for fault in [
+        MetadataFault::NotJson,
+        MetadataFault::BadGzip,
+        MetadataFault::WrongShape,
+        MetadataFault::NotJson,
+    ] {
+        mock.set_metadata_fault(Some(fault));
+        let reply = get(&root).await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{fault:?}");
+        let warning = reply.warning();
+        assert!(warning.contains("could not use"), "{fault:?}: {warning}");
+        assert!(!warning.contains("unreachable"), "{fault:?}: {warning}");
+    }
+    let ready = get(&format!("{}/readyz", process.url)).await.json();
+    let reason = ready["upstreams"]["default"]["reason"]
+        .as_str()
+        .expect("a reason");
+    assert!(
+        reason.contains("cannot use") && !reason.contains("unreachable"),
+        "{reason}"
+    );
+
+    mock.set_metadata_fault(None);
+    assert_eq!(get(&root).await.status, StatusCode::OK);
+    let event = |name: &'static str| move |v: &Value| v["event"] == name;
+    tokio::task::block_in_place(|| {
+        process
+            .wait_for_log(event("upstream_answers_usable"))
+            .unwrap_or_else(|| panic!("no upstream_answers_usable: {}", process.log_text()));
+        // The log is written in order: every event before that one is in by now.
+        for (name, expected) in [
+            ("upstream_down", 1),
+            ("upstream_up", 1),
+            ("upstream_misbehaving", 1),
+            ("upstream_answers_usable", 1),
+        ] {
+            let found = process.wait_for_logs(1, event(name)).unwrap_or_default();
+            assert_eq!(found.len(), expected, "{name}: {}", process.log_text());
+        }
+    });
 }

@@ -47,6 +47,7 @@ fn upstream_health(
     rejected: bool,
     stale_on_rejection: bool,
     failing_for: Option<Duration>,
+    misbehaving_for: Option<Duration>,
     metadata: Result<(), String>,
 ) -> Health {
     if rejected {
@@ -56,7 +57,17 @@ fn upstream_health(
             Health::Down("rejected the key pair".into())
         };
     }
-    let failing = failing_for.map(|d| format!("unreachable or failing for {} s", d.as_secs()));
+    // Answering garbage is not being unreachable: the reason says which it is.
+    let failing = failing_for
+        .map(|d| format!("unreachable or failing for {} s", d.as_secs()))
+        .or_else(|| {
+            misbehaving_for.map(|d| {
+                format!(
+                    "answering with metadata composer-proxy cannot use for {} s",
+                    d.as_secs()
+                )
+            })
+        });
     match (metadata, failing) {
         (Ok(()), Some(failing)) => Health::Degraded(format!("{failing}; serving from cache")),
         (Err(_), Some(failing)) => Health::Down(failing),
@@ -95,6 +106,7 @@ pub(super) async fn ready(state: &Arc<AppState>) -> Response<ResponseBody> {
             upstream.client.key_verdict() == KeyVerdict::Rejected,
             upstream.metadata.stale_on_key_rejection(),
             upstream.client.down_for(),
+            upstream.client.misbehaving_for(),
             view.as_ref().map(|_| ()).map_err(|e| e.to_string()),
         );
         let mut entry = json!({"status": health.as_str()});
@@ -233,17 +245,20 @@ mod tests {
     #[test]
     fn an_upstream_with_a_cache_is_degraded_when_failing_and_down_without_one() {
         let minute = Some(Duration::from_secs(60));
-        assert_eq!(upstream_health(false, false, None, Ok(())), Health::Ok);
+        assert_eq!(
+            upstream_health(false, false, None, None, Ok(())),
+            Health::Ok
+        );
         assert!(matches!(
-            upstream_health(false, false, minute, Ok(())),
+            upstream_health(false, false, minute, None, Ok(())),
             Health::Degraded(_)
         ));
         assert!(matches!(
-            upstream_health(false, false, minute, Err("x".into())),
+            upstream_health(false, false, minute, None, Err("x".into())),
             Health::Down(_)
         ));
         assert!(matches!(
-            upstream_health(false, false, None, Err("x".into())),
+            upstream_health(false, false, None, None, Err("x".into())),
             Health::Down(_)
         ));
     }
@@ -251,12 +266,31 @@ mod tests {
     #[test]
     fn a_rejected_key_pair_is_down_unless_the_cache_may_be_served() {
         assert_eq!(
-            upstream_health(true, false, None, Ok(())),
+            upstream_health(true, false, None, None, Ok(())),
             Health::Down("rejected the key pair".into())
         );
         assert!(matches!(
-            upstream_health(true, true, None, Ok(())),
+            upstream_health(true, true, None, None, Ok(())),
             Health::Degraded(_)
         ));
+    }
+
+    #[test]
+    fn an_upstream_answering_garbage_is_not_called_unreachable() {
+        let minute = Some(Duration::from_secs(60));
+        let Health::Degraded(why) = upstream_health(false, false, None, minute, Ok(())) else {
+            panic!("degraded while the cache serves");
+        };
+        assert!(
+            why.contains("cannot use") && !why.contains("unreachable"),
+            "{why}"
+        );
+        let Health::Down(why) = upstream_health(false, false, None, minute, Err("x".into())) else {
+            panic!("down without metadata");
+        };
+        assert!(
+            why.contains("cannot use") && !why.contains("unreachable"),
+            "{why}"
+        );
     }
 }

@@ -176,6 +176,16 @@ pub enum ArchiveFault {
     CloseDelimitedCut,
 }
 
+/// Metadata answers (every main-host GET outside `/archives/`) that are 200 and unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataFault {
+    NotJson,
+    /// JSON, but not the object Composer documents are.
+    WrongShape,
+    /// `Content-Encoding: gzip` over bytes that start like gzip and do not inflate.
+    BadGzip,
+}
+
 /// One request as the mock received it.
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
@@ -263,6 +273,7 @@ impl MockUpstream {
             stall_archives: AtomicBool::new(false),
             corrupt_archives: AtomicBool::new(false),
             archive_fault: Mutex::new(None),
+            metadata_fault: Mutex::new(None),
             records: Mutex::new(Vec::new()),
             archive_records: Mutex::new(Vec::new()),
             recorded: tokio::sync::Notify::new(),
@@ -440,6 +451,10 @@ impl MockUpstream {
     /// Archives whose metadata publishes no shasum are answered with `fault` (both hosts,
     /// whatever the Range); archives with a published shasum are served as usual.
     /// `CloseDelimitedCut` assumes HTTP/1.1, as the proxy's upstream client speaks it.
+    pub fn set_metadata_fault(&self, fault: Option<MetadataFault>) {
+        *lock(&self.state.metadata_fault) = fault;
+    }
+
     pub fn set_archive_fault(&self, fault: Option<ArchiveFault>) {
         *lock(&self.state.archive_fault) = fault;
     }
@@ -591,6 +606,7 @@ struct State {
     stall_archives: AtomicBool,
     corrupt_archives: AtomicBool,
     archive_fault: Mutex<Option<ArchiveFault>>,
+    metadata_fault: Mutex<Option<MetadataFault>>,
     records: Mutex<Vec<RecordedRequest>>,
     archive_records: Mutex<Vec<RecordedRequest>>,
     /// Woken on every recorded request, so tests can wait for one instead of polling.
@@ -1028,6 +1044,25 @@ async fn handle(
                 status.as_u16()
             ),
         );
+    }
+
+    let fault = *lock(&state.metadata_fault);
+    if let (Some(fault), Host::Main) = (fault, host) {
+        if !record.path.starts_with("/archives/") {
+            let (body, gzip): (&'static [u8], bool) = match fault {
+                MetadataFault::NotJson => (b"<html>maintenance</html>", false),
+                MetadataFault::WrongShape => (b"[\"a list\"]", false),
+                MetadataFault::BadGzip => (b"\x1f\x8b\x08\x00not a deflate stream", true),
+            };
+            let mut builder = Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CONTENT_LENGTH, body.len());
+            if gzip {
+                builder = builder.header(header::CONTENT_ENCODING, "gzip");
+            }
+            return respond(builder, full(Bytes::from_static(body)));
+        }
     }
 
     match host {

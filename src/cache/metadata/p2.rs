@@ -137,8 +137,13 @@ impl MetadataCache {
                 validators: old.validators.clone(),
             })),
             (MetadataResponse::Fresh { body, validators }, _) => {
-                self.save_p2(url, &body, &validators).await;
-                self.p2_entry(file, &body, validators, Some(Instant::now()))
+                let entry = self.p2_entry(file, &body, validators.clone(), Some(Instant::now()));
+                self.upstream.note_body(&entry);
+                // Kept only when usable: a restart must not load the garbage back.
+                if entry.is_ok() {
+                    self.save_p2(url, &body, &validators).await;
+                }
+                entry
             }
             (MetadataResponse::Status(status), _) => {
                 let e = ProxyError::from_upstream_status(

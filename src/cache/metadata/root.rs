@@ -254,12 +254,15 @@ impl MetadataCache {
             MetadataResponse::Fresh { body, validators } => {
                 if let Some(view) = current {
                     if view.upstream_sha256 == composer::sha256_hex(&body) {
+                        self.upstream.note_body(&Ok(()));
                         return Ok(view.with_validation(validators));
                     }
                 }
                 let view = self
                     .build_view(body.clone(), validators.clone(), current, true)
-                    .await?;
+                    .await;
+                self.upstream.note_body(&view);
+                let view = view?;
                 let saved = PersistedRoot {
                     body: String::from_utf8_lossy(&body).into_owned(),
                     last_modified: validators.last_modified,

@@ -54,7 +54,10 @@ impl MetadataCache {
         }
         match self.upstream.get_metadata(url, None).await? {
             MetadataResponse::Fresh { body, .. } => {
-                composer::verify_sha256(&body, sha256, what)?;
+                let verified =
+                    composer::verify_sha256(&body, sha256, what).map_err(ProxyError::from);
+                self.upstream.note_body(&verified);
+                verified?;
                 // A full or read-only disk must not stop serving what was just fetched.
                 self.disk.save_metadata(&path, &body, what).await;
                 Ok(body)
