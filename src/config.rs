@@ -97,6 +97,8 @@ pub struct Config {
     pub max_connections: usize,
     pub client_header_timeout: Duration,
     pub client_body_timeout: Duration,
+    /// A response body that makes no progress for this long is cut off (stream or connection).
+    pub client_send_timeout: Duration,
     /// In priority order; never empty.
     pub upstreams: Vec<UpstreamConfig>,
     pub cache_dir: PathBuf,
@@ -527,12 +529,14 @@ mod tests {
                 ("COMPOSER_PROXY_MAX_CONNECTIONS", "2"),
                 ("COMPOSER_PROXY_CLIENT_HEADER_TIMEOUT_SECS", "1"),
                 ("COMPOSER_PROXY_CLIENT_BODY_TIMEOUT_SECS", "3"),
+                ("COMPOSER_PROXY_CLIENT_SEND_TIMEOUT_SECS", "4"),
             ],
         )
         .expect("valid");
         assert_eq!(c.max_connections, 2);
         assert_eq!(c.client_header_timeout, Duration::from_secs(1));
         assert_eq!(c.client_body_timeout, Duration::from_secs(3));
+        assert_eq!(c.client_send_timeout, Duration::from_secs(4));
         let too_many = (tokio::sync::Semaphore::MAX_PERMITS + 1).to_string();
         for (var, value, setting) in [
             ("COMPOSER_PROXY_MAX_CONNECTIONS", "0", "max_connections"),
@@ -550,6 +554,11 @@ mod tests {
                 "COMPOSER_PROXY_CLIENT_BODY_TIMEOUT_SECS",
                 "0",
                 "client_body_timeout_secs",
+            ),
+            (
+                "COMPOSER_PROXY_CLIENT_SEND_TIMEOUT_SECS",
+                "0",
+                "client_send_timeout_secs",
             ),
         ] {
             let e = load(None, &[(var, value)]).unwrap_err();

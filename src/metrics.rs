@@ -12,8 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod changes;
+mod limits;
 
 pub use changes::{ChangesMetrics, PollOutcome};
+pub use limits::{LimitMetrics, NotifyOutcome};
 
 /// Upper bounds of the latency histograms, in seconds: from a memory hit to a slow archive.
 const BUCKETS: [f64; 13] = [
@@ -72,6 +74,8 @@ pub struct Metrics {
     connections_outside_allowlist: AtomicU64,
     /// The upstreams' changes feeds.
     pub changes: ChangesMetrics,
+    /// Stalled responses and install notifications.
+    pub limits: LimitMetrics,
 }
 
 /// Values owned elsewhere, read at scrape time.
@@ -410,6 +414,7 @@ impl Metrics {
             [("archive", gauges.archive_single_flight_waits)],
         );
         self.changes.render(out);
+        self.limits.render(out);
         render_integrity(out, &gauges.integrity);
         std::mem::take(out)
     }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{header, Request};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
@@ -32,11 +32,17 @@ use crate::upstream::{Exchanges, EXCHANGE};
 use crate::{routes, AppState};
 
 mod access_log;
+mod stall;
 
 use access_log::{AccessBody, AccessRecord};
+use stall::{SendProgress, StallExecutor};
 
 /// Request headers larger than this are refused (hyper answers 431).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Streams one HTTP/2 connection may have open at once. Composer opens up to 12 per connection
+/// by default (`COMPOSER_MAX_PARALLEL_HTTP`, at most 50); more is no install's need, and each
+/// open stream can hold a file handle and a read chunk.
+const MAX_CONCURRENT_STREAMS: u32 = 64;
 /// How long a connection over `max_connections` may take to receive its 503 and go away.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Refused connections are logged at most this often (see [`RefusalLog`]).
@@ -50,6 +56,8 @@ pub struct ClientLimits {
     pub header_timeout: Duration,
     /// For a whole request body (only install notifications have one).
     pub body_timeout: Duration,
+    /// For each step of a response body; see [`stall`].
+    pub send_timeout: Duration,
 }
 
 impl From<&Config> for ClientLimits {
@@ -58,6 +66,7 @@ impl From<&Config> for ClientLimits {
             max_connections: config.max_connections,
             header_timeout: config.client_header_timeout,
             body_timeout: config.client_body_timeout,
+            send_timeout: config.client_send_timeout,
         }
     }
 }
@@ -86,7 +95,10 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let limits = self.state.client_limits;
         let graceful = GracefulShutdown::new();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(StallExecutor {
+            limit: limits.send_timeout,
+            metrics: self.state.metrics.clone(),
+        });
         builder
             .http1()
             .timer(TokioTimer::new())
@@ -96,7 +108,7 @@ impl Server {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEADER_BYTES as u32)
-            .max_concurrent_streams(256);
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
         let builder = Arc::new(builder);
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         let refusal = refusal_response();
@@ -144,34 +156,20 @@ impl Server {
             let service = service(self.state.clone(), peer, activity.clone());
             let builder = builder.clone();
             let watcher = graceful.watcher();
+            let conn = Connection {
+                activity,
+                peer,
+                limits,
+                metrics: self.state.metrics.clone(),
+            };
             tokio::spawn(async move {
                 let _open = open;
                 let Some(acceptor) = acceptor else {
-                    serve(
-                        &builder,
-                        TokioIo::new(stream),
-                        service,
-                        watcher,
-                        activity,
-                        limits.header_timeout,
-                        peer,
-                    )
-                    .await;
+                    serve(&builder, TokioIo::new(stream), service, watcher, conn).await;
                     return;
                 };
                 match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        serve(
-                            &builder,
-                            TokioIo::new(tls),
-                            service,
-                            watcher,
-                            activity,
-                            limits.header_timeout,
-                            peer,
-                        )
-                        .await
-                    }
+                    Ok(Ok(tls)) => serve(&builder, TokioIo::new(tls), service, watcher, conn).await,
                     Ok(Err(e)) => {
                         tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
                     }
@@ -193,25 +191,41 @@ impl Server {
     }
 }
 
-/// Serves one connection until it ends, or until it has been idle for `idle_timeout`.
+/// What serving one accepted connection needs besides hyper.
+struct Connection {
+    activity: Activity,
+    peer: SocketAddr,
+    limits: ClientLimits,
+    metrics: Arc<Metrics>,
+}
+
+/// Serves one connection until it ends, until it has been idle for `client_header_timeout_secs`,
+/// or until an HTTP/1 response has stalled for `client_send_timeout_secs` (HTTP/2 streams are
+/// watched each in its own task: see [`stall`]).
 async fn serve<I>(
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &auto::Builder<StallExecutor>,
     io: I,
     service: Service,
     watcher: Watcher,
-    activity: Activity,
-    idle_timeout: Duration,
-    peer: SocketAddr,
+    conn: Connection,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let conn = watcher.watch(builder.serve_connection(io, service).into_owned());
+    let Connection {
+        activity,
+        peer,
+        limits,
+        metrics,
+    } = conn;
+    let served = watcher.watch(builder.serve_connection(io, service).into_owned());
+    let progress = SendProgress::new();
+    let watched = progress.watch(served, limits.send_timeout, &metrics, false);
     tokio::select! {
-        ended = conn => if let Err(e) = ended {
+        ended = watched => if let Some(Err(e)) = ended {
             tracing::debug!(client = %peer, error = %e, "connection ended with an error");
         },
         // Dropping the connection closes it; nothing is in flight to lose.
-        () = activity.idle_for(idle_timeout) => {
+        () = activity.idle_for(limits.header_timeout) => {
             tracing::debug!(client = %peer, "closed an idle connection");
         }
     }
@@ -416,6 +430,8 @@ impl tower::Service<Request<Incoming>> for ProxyService {
         let (state, peer) = (self.state.clone(), self.peer);
         let in_flight = self.activity.begin();
         Box::pin(async move {
+            // Read here, not in `call`: for HTTP/2 this future runs in the stream's own task.
+            let progress = SendProgress::current();
             let started = Instant::now();
             let method = request.method().clone();
             let path = request.uri().path().to_string();
@@ -449,12 +465,16 @@ impl tower::Service<Request<Incoming>> for ProxyService {
                 .and_then(|v| v.parse::<u64>().ok());
             // The line is written when the body ends, so it has the bytes really sent and the
             // whole duration (an archive download, not just its headers).
+            if let Some(progress) = &progress {
+                progress.begin(peer, record.path.clone());
+            }
             Ok(response.map(|inner| {
                 AccessBody {
                     inner,
                     sent: 0,
                     announced,
                     record: Some(record),
+                    progress,
                     _in_flight: in_flight,
                 }
                 .boxed_unsync()

@@ -6,6 +6,9 @@
 
 mod support;
 
+#[path = "hostile_input/stalls.rs"]
+mod stalls;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -34,7 +37,15 @@ struct Setup {
 
 /// `settings` are `COMPOSER_PROXY_*` names without the prefix.
 async fn setup(settings: &[(&str, &str)]) -> Setup {
-    let catalogue = Arc::new(Catalogue::magento(2));
+    setup_with(None, settings).await
+}
+
+/// As [`setup`], with a package `bench/blob-<n>` per entry of `blobs`.
+async fn setup_with(blobs: Option<&[usize]>, settings: &[(&str, &str)]) -> Setup {
+    let catalogue = Arc::new(match blobs {
+        Some(lens) => Catalogue::with_sized_archives(2, lens),
+        None => Catalogue::magento(2),
+    });
     let mock = MockUpstream::start(MockOptions::new(Protocol::V1, catalogue)).await;
     let parent = tempfile::tempdir().expect("tempdir");
     let mut env = base_env(&mock.url());

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use super::stall::SendProgress;
 use super::InFlight;
 use crate::upstream::Exchanges;
 use crate::{routes, AppState};
@@ -83,12 +84,17 @@ pub(super) struct AccessBody {
     /// seen as such.
     pub(super) announced: Option<u64>,
     pub(super) record: Option<AccessRecord>,
+    /// Told of each frame taken, for the send-stall limit.
+    pub(super) progress: Option<SendProgress>,
     /// Dropped with the body: the request is over for [`Activity`].
     pub(super) _in_flight: InFlight,
 }
 
 impl AccessBody {
     fn finish(&mut self, complete: bool) {
+        if let Some(progress) = &self.progress {
+            progress.end();
+        }
         if let Some(record) = self.record.take() {
             record.write(self.sent, complete);
         }
@@ -108,6 +114,9 @@ impl http_body::Body for AccessBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.sent += data.len() as u64;
+                }
+                if let Some(progress) = &self.progress {
+                    progress.progressed();
                 }
             }
             Poll::Ready(Some(Err(_))) => self.finish(false),
