@@ -46,6 +46,8 @@ pub enum ProxyError {
     UriTooLong { limit: usize },
     #[error("request body declared or found larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("request body of a type other than JSON")]
+    UnsupportedMediaType,
     #[error("request body not received within {0:?}")]
     BodyTimeout(std::time::Duration),
 
@@ -251,6 +253,10 @@ impl ProxyError {
             ProxyError::BodyTooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("Request body too large: composer-proxy accepts at most {limit} bytes here"),
+            ),
+            ProxyError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported media type: install notifications must be application/json".into(),
             ),
             ProxyError::BodyTimeout(limit) => (
                 StatusCode::REQUEST_TIMEOUT,
@@ -478,6 +484,7 @@ mod tests {
     fn oversized_and_slow_requests_get_their_own_statuses() {
         assert_eq!(body(&ProxyError::UriTooLong { limit: 1024 }).0, 414);
         assert_eq!(body(&ProxyError::BodyTooLarge { limit: 1 }).0, 413);
+        assert_eq!(body(&ProxyError::UnsupportedMediaType).0, 415);
         let (status, warning) = body(&ProxyError::BodyTimeout(std::time::Duration::from_secs(30)));
         assert_eq!(status, 408);
         assert!(warning.contains("client_body_timeout_secs"), "{warning}");

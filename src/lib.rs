@@ -55,6 +55,8 @@ pub struct AppState {
     pub path_prefix: String,
     pub public_url: String,
     pub client_limits: server::ClientLimits,
+    /// Install notifications waiting to be forwarded, and those being sent.
+    pub notifications: routes::Notifications,
 }
 
 impl AppState {
@@ -186,6 +188,7 @@ impl Proxy {
             path_prefix,
             public_url,
             client_limits: server::ClientLimits::from(config),
+            notifications: routes::Notifications::default(),
         });
         Ok(Proxy {
             server: server::Server::new(listener, state.clone(), config.shutdown_grace),

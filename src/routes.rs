@@ -36,12 +36,15 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
 
 mod apis;
 mod handlers;
+mod notify;
 mod ops;
 mod path;
 mod releases;
 mod respond;
 
-use handlers::{archive, notify, search};
+use handlers::{archive, search};
+use notify::notify;
+pub use notify::Notifications;
 use ops::{metrics, ready};
 pub use path::{
     is_release_file_name, normalize_path, parse_route, parse_target, Route, RouteError, Target,
@@ -288,7 +291,7 @@ async fn answer(
             served_by(&upstream, outcome);
             Ok(answer)
         }
-        Route::Notify => notify(state, single, request.into_body())
+        Route::Notify => notify(state, single, request)
             .await
             .map(|response| (response, None)),
         Route::Search => {

@@ -6,6 +6,8 @@
 
 mod support;
 
+#[path = "hostile_input/notifications.rs"]
+mod notifications;
 #[path = "hostile_input/stalls.rs"]
 mod stalls;
 

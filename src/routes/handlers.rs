@@ -1,9 +1,9 @@
-//! The archive, install-notification and search routes.
+//! The archive and search routes, and reading a bounded request body.
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Response, StatusCode};
+use http::header::{self, HeaderMap};
+use http::{Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -15,12 +15,9 @@ use crate::cache::archives::{Archive, ArchiveStore};
 use crate::cache::metadata::CacheStatus;
 use crate::composer::DistSource;
 use crate::error::{json_response, ProxyError};
-use crate::upstream::{RequestKind, UpstreamClient};
+use crate::upstream::UpstreamClient;
 use crate::upstreams::Upstream;
 use crate::AppState;
-
-/// Largest install-notification body accepted; Composer sends a few hundred bytes per package.
-pub const MAX_NOTIFY_BYTES: usize = 1024 * 1024;
 
 pub(super) async fn archive(
     state: &Arc<AppState>,
@@ -106,27 +103,6 @@ pub(super) async fn serve_archive(
     Ok((response, Some(cache)))
 }
 
-/// Accepts Composer's install notification and forwards it upstream in the background: a
-/// statistics ping must never fail or slow down an install. Its body is bounded in size and in
-/// time (`client_body_timeout_secs`); anything else is not a ping from Composer. In the merged
-/// repository the downloads are split by owning upstream, and each upstream that takes
-/// notifications gets its own.
-pub(super) async fn notify(
-    state: &Arc<AppState>,
-    single: Option<Arc<Upstream>>,
-    body: Incoming,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let payload = read_body(state, body, MAX_NOTIFY_BYTES).await?;
-    let state = state.clone();
-    tokio::spawn(async move {
-        match single {
-            Some(upstream) => forward_notification(&upstream, payload).await,
-            None => split_notification(&state, &payload).await,
-        }
-    });
-    Ok(json_response(StatusCode::OK, &json!({"status": "success"})).map(full))
-}
-
 /// Reads a whole request body of at most `limit` bytes within `client_body_timeout_secs`.
 pub(super) async fn read_body(
     state: &AppState,
@@ -150,63 +126,6 @@ pub(super) async fn read_body(
             ))
         }
         Err(_) => Err(ProxyError::BodyTimeout(timeout)),
-    }
-}
-
-/// Sends each owning upstream the downloads of its packages. Owners come from the same rule
-/// as everything else (from cache, for packages just installed); a package whose owner cannot
-/// be told is left out.
-async fn split_notification(state: &AppState, payload: &[u8]) {
-    let Ok(body) = serde_json::from_slice::<serde_json::Value>(payload) else {
-        tracing::debug!("install notification is not JSON; not forwarded");
-        return;
-    };
-    let Some(downloads) = body.get("downloads").and_then(|d| d.as_array()) else {
-        return;
-    };
-    let mut by_owner: Vec<(Arc<Upstream>, Vec<serde_json::Value>)> = Vec::new();
-    for download in downloads {
-        let Some(name) = download.get("name").and_then(|n| n.as_str()) else {
-            continue;
-        };
-        let Ok(Some(owner)) = state.upstreams.owner(&name.to_ascii_lowercase()).await else {
-            continue;
-        };
-        match by_owner.iter_mut().find(|(u, _)| Arc::ptr_eq(u, &owner)) {
-            Some((_, list)) => list.push(download.clone()),
-            None => by_owner.push((owner, vec![download.clone()])),
-        }
-    }
-    for (upstream, list) in by_owner {
-        let part = json!({ "downloads": list });
-        let bytes = serde_json::to_vec(&part).unwrap_or_default();
-        forward_notification(&upstream, bytes.into()).await;
-    }
-}
-
-async fn forward_notification(upstream: &Upstream, payload: bytes::Bytes) {
-    let Some(url) = upstream.metadata.notify_url().await else {
-        return;
-    };
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    match upstream
-        .client
-        .send(RequestKind::Notify, Method::POST, &url, headers, payload)
-        .await
-    {
-        Ok(r) if r.status.is_success() => {
-            tracing::debug!(upstream = %upstream.name, "install notification forwarded")
-        }
-        Ok(r) => {
-            tracing::warn!(upstream = %upstream.name, status = %r.status, "upstream refused the install notification")
-        }
-        Err(e) => {
-            tracing::warn!(upstream = %upstream.name, error = %e, "install notification not forwarded")
-        }
     }
 }
 
