@@ -260,7 +260,22 @@ fn block_on(
     runtime.block_on(command)
 }
 
-fn serve(config: Config, config_file: Option<std::path::PathBuf>) -> ExitCode {
+fn serve(mut config: Config, config_file: Option<std::path::PathBuf>) -> ExitCode {
+    let configured = config.max_connections;
+    config.max_connections = match composer_proxy::server::open_files::apply(configured) {
+        Ok(serving) => serving,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("composer-proxy: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // A reload is held to the same cap, so an unchanged setting is not taken for a change.
+    let cap = if config.max_connections < configured {
+        config.max_connections
+    } else {
+        usize::MAX
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -269,8 +284,14 @@ fn serve(config: Config, config_file: Option<std::path::PathBuf>) -> ExitCode {
         }
     };
     // A reload reads the same sources again: the file given at start and the environment.
-    let reload =
-        move || Sources::from_process(config_file.as_deref()).and_then(|s| Config::load(&s));
+    let reload = move || {
+        Sources::from_process(config_file.as_deref())
+            .and_then(|s| Config::load(&s))
+            .map(|mut c| {
+                c.max_connections = c.max_connections.min(cap);
+                c
+            })
+    };
     match runtime.block_on(composer_proxy::run(config, reload, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -32,6 +32,7 @@ use crate::upstream::{Exchanges, EXCHANGE};
 use crate::{routes, AppState};
 
 mod access_log;
+pub mod open_files;
 mod stall;
 
 use access_log::{AccessBody, AccessRecord};

@@ -669,3 +669,27 @@ async fn an_upstream_answering_garbage_is_up_but_misbehaving_and_does_not_flap()
         }
     });
 }
+
+#[tokio::test]
+async fn an_open_file_limit_too_low_for_max_connections_lowers_it_or_refuses_the_start() {
+    let (_catalogue, mock) = v1_mock().await;
+    let cache = tempfile::tempdir().expect("cache dir");
+    let env = env_with_cache(&mock, cache.path());
+    // 1024 descriptors: 256 kept back, 2 per connection, so 384 of the default 4096.
+    let mut lowered = ProxyProcess::start_with_open_files(1024, &env);
+    let warning = lowered
+        .wait_for_log(|v| v["serving"].is_number())
+        .unwrap_or_else(|| panic!("no warning: {}", lowered.log_text()));
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert_eq!(warning["serving"], 384, "{warning}");
+    assert_eq!(warning["max_connections"], 4096, "{warning}");
+    assert_eq!(
+        get(&format!("{}/healthz", lowered.url)).await.status,
+        StatusCode::OK
+    );
+    lowered.kill_9();
+
+    let (status, output) = ProxyProcess::refused_with_open_files(200, &env);
+    assert_eq!(status.code(), Some(64), "{output}");
+    assert!(output.contains("open-file limit (200)"), "{output}");
+}

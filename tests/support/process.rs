@@ -49,8 +49,52 @@ impl ProxyProcess {
     /// Like `start`, with command-line arguments, e.g. `["--config", path]`.
     pub fn start_with_args(args: &[&str], env: &[(String, String)]) -> ProxyProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_composer-proxy"));
-        cmd.args(args)
-            .env_clear()
+        cmd.args(args);
+        Self::spawn(cmd, env)
+    }
+
+    /// Like `start`, under an open-file limit of `nofile` (soft and hard), set by `prlimit`.
+    pub fn start_with_open_files(nofile: u64, env: &[(String, String)]) -> ProxyProcess {
+        Self::spawn(Self::with_open_files(nofile), env)
+    }
+
+    /// Runs the binary under an open-file limit of `nofile` expecting it not to start: its
+    /// exit status and everything it wrote, within the safety net.
+    pub fn refused_with_open_files(nofile: u64, env: &[(String, String)]) -> (ExitStatus, String) {
+        let mut cmd = Self::with_open_files(nofile);
+        cmd.env_clear()
+            .env("COMPOSER_PROXY_LISTEN", "127.0.0.1:0")
+            .env("COMPOSER_PROXY_LOG_FORMAT", "json")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("prlimit starts");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the proxy started under a limit it should refuse");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().expect("output");
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        (output.status, text)
+    }
+
+    /// prlimit sets the limit on itself and execs the proxy, so the pid is the proxy's.
+    fn with_open_files(nofile: u64) -> Command {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_composer-proxy"));
+        cmd
+    }
+
+    fn spawn(mut cmd: Command, env: &[(String, String)]) -> ProxyProcess {
+        cmd.env_clear()
             .env("COMPOSER_PROXY_LISTEN", "127.0.0.1:0")
             .env("COMPOSER_PROXY_LOG_FORMAT", "json")
             .stdin(Stdio::null())
