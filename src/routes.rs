@@ -373,13 +373,24 @@ fn check_token(
     let Some(reason) = verdict.refusal() else {
         return Ok(());
     };
+    // Logged at most once a minute per client and token (`unlogged` says how many were not).
+    let log = || {
+        state
+            .tokens
+            .refusals
+            .admit(client, verdict.name(), std::time::Instant::now())
+    };
     if !access.require_tokens {
         if reason != "missing" {
-            tracing::warn!(event = "token_refused", reason, token = verdict.name().map(|n| &**n), %client, enforced = false, "client token would be refused (require_tokens is off)");
+            if let Some(unlogged) = log() {
+                tracing::warn!(event = "token_refused", reason, token = verdict.name().map(|n| &**n), %client, unlogged, enforced = false, "client token would be refused (require_tokens is off)");
+            }
         }
         return Ok(());
     }
-    tracing::warn!(event = "token_refused", reason, token = verdict.name().map(|n| &**n), %client, "client token refused");
+    if let Some(unlogged) = log() {
+        tracing::warn!(event = "token_refused", reason, token = verdict.name().map(|n| &**n), %client, unlogged, "client token refused");
+    }
     Err(match verdict {
         Verdict::Disabled(name) => ProxyError::TokenDisabled(name),
         Verdict::Deleted(name) => ProxyError::TokenDeleted(name),

@@ -26,7 +26,10 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Secret;
 
+mod refusals;
 mod store;
+
+pub use refusals::RefusalLog;
 
 use store::merge_last_use;
 pub use store::{
@@ -180,6 +183,8 @@ pub struct Tokens {
     /// Last use (minute precision) per token hash, not yet written out.
     pending_use: Mutex<HashMap<String, u64>>,
     recorded_use: Mutex<HashMap<String, u64>>,
+    /// Rate limit of the `token_refused` warnings.
+    pub refusals: RefusalLog,
 }
 
 impl Tokens {
@@ -192,6 +197,7 @@ impl Tokens {
             watch: Mutex::default(),
             pending_use: Mutex::default(),
             recorded_use: Mutex::default(),
+            refusals: RefusalLog::default(),
         };
         tokens.refresh();
         tokens
