@@ -89,6 +89,7 @@ pub struct Gauges {
     pub archive_max_bytes: u64,
     pub archive_evictions: u64,
     pub archive_single_flight_waits: u64,
+    pub response_buffer_bytes: u64,
     /// Per upstream: `None` until it has answered with the keys once.
     pub key_accepted: Vec<(Arc<str>, Option<bool>)>,
     pub integrity: IntegrityGauges,
@@ -415,6 +416,17 @@ impl Metrics {
         );
         self.changes.render(out);
         self.limits.render(out);
+        header(
+            out,
+            "composer_proxy_response_buffer_bytes",
+            "gauge",
+            "Bytes of archive chunks read for clients and not yet sent (bounded; read sizes shrink as it fills).",
+        );
+        let _ = writeln!(
+            out,
+            "composer_proxy_response_buffer_bytes {}",
+            gauges.response_buffer_bytes
+        );
         render_integrity(out, &gauges.integrity);
         std::mem::take(out)
     }

@@ -42,6 +42,7 @@ use crate::composer::{sha256_hex, Checksum, DistSource};
 use crate::error::ProxyError;
 use crate::upstream::{Exchanges, UpstreamClient, UpstreamNote, EXCHANGE};
 
+mod budget;
 mod download;
 mod flight;
 mod framing;
@@ -151,6 +152,8 @@ pub struct ArchiveStats {
     pub memory_bytes: u64,
     pub evictions: u64,
     pub single_flight_waits: u64,
+    /// Bytes of chunks read for clients and not yet sent.
+    pub response_buffer_bytes: u64,
     pub downloads_failed: u64,
     /// Downloads served complete but not stored (the cache write failed).
     pub unstored: u64,
@@ -184,6 +187,8 @@ struct Inner {
     scrubbed_bytes: AtomicU64,
     /// Bytes all downloads hold in memory after a failed write (see `flight::Spill`).
     spilled: Arc<AtomicU64>,
+    /// Memory of the chunks being sent to clients.
+    read_budget: budget::ReadBudget,
 }
 
 type NoteSlot = Exchanges;
@@ -243,6 +248,7 @@ impl ArchiveStore {
             scrubbed_archives: AtomicU64::new(0),
             scrubbed_bytes: AtomicU64::new(0),
             spilled: Arc::new(AtomicU64::new(0)),
+            read_budget: budget::ReadBudget::default(),
         });
         let start = inner.clone();
         tokio::task::spawn_blocking(move || {
@@ -319,6 +325,7 @@ impl ArchiveStore {
             memory_bytes: self.inner.memory.weighted_size(),
             evictions: self.inner.evictions.load(Ordering::Relaxed),
             single_flight_waits: self.inner.single_flight_waits.load(Ordering::Relaxed),
+            response_buffer_bytes: self.inner.read_budget.in_use(),
             downloads_failed: self.inner.downloads_failed.load(Ordering::Relaxed),
             unstored: self.inner.unstored.load(Ordering::Relaxed),
             damaged_on_serve: self.inner.damaged_on_serve.load(Ordering::Relaxed),
@@ -359,6 +366,7 @@ impl ArchiveStore {
                         progress,
                         pos: 0,
                         crc: crc32fast::Hasher::new(),
+                        budget: self.inner.read_budget.clone(),
                     };
                     return Ok((Archive::Streaming { reader, len }, CacheStatus::Miss));
                 }

@@ -215,6 +215,7 @@ pub(super) async fn metrics(state: &Arc<AppState>) -> Response<ResponseBody> {
         archive_max_bytes: archives.max_bytes,
         archive_evictions: archives.evictions,
         archive_single_flight_waits: archives.single_flight_waits,
+        response_buffer_bytes: archives.response_buffer_bytes,
         key_accepted: state
             .upstreams
             .iter()

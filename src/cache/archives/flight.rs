@@ -6,15 +6,14 @@
 //! stored.
 
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use super::budget::ReadBudget;
 use super::integrity::chunk_at;
-use super::READ_CHUNK;
 use crate::error::ProxyError;
 
 /// What a flight has done so far; readers watch it.
@@ -109,6 +108,7 @@ pub struct FlightReader {
     pub(super) progress: watch::Receiver<Progress>,
     pub(super) pos: u64,
     pub(super) crc: crc32fast::Hasher,
+    pub(super) budget: ReadBudget,
 }
 
 impl FlightReader {
@@ -138,7 +138,10 @@ impl FlightReader {
                         .ok_or_else(|| io::Error::other("a received chunk is missing")),
                     None => {
                         let file_end = spill.as_ref().map_or(limit, |s| s.start.min(limit));
-                        read_file(file, pos, (file_end - pos).min(READ_CHUNK)).await
+                        match file {
+                            Some(file) => self.budget.read_at(file, pos, file_end - pos).await,
+                            None => Err(io::Error::other("no temporary file")),
+                        }
                     }
                 };
                 if let Ok(bytes) = &read {
@@ -161,16 +164,6 @@ impl FlightReader {
             }
         }
     }
-}
-
-async fn read_file(file: Option<Arc<std::fs::File>>, pos: u64, n: u64) -> io::Result<Bytes> {
-    let file = file.ok_or_else(|| io::Error::other("no temporary file"))?;
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0; usize::try_from(n).map_err(io::Error::other)?];
-        file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
-    })
-    .await
-    .unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
 #[cfg(test)]
@@ -200,6 +193,7 @@ mod tests {
             progress: rx,
             pos: 0,
             crc: crc32fast::Hasher::new(),
+            budget: ReadBudget::default(),
         };
         let mut got = Vec::new();
         // Everything but the last byte, while the download is not verified yet.
@@ -250,6 +244,7 @@ mod tests {
             progress: rx,
             pos: 0,
             crc: crc32fast::Hasher::new(),
+            budget: ReadBudget::default(),
         };
         assert!(reader.next_chunk().await.expect("a result").is_err());
     }

@@ -9,7 +9,7 @@
 //! eviction or scrub take it out of every running proxy.
 
 use std::io::{self, Read};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::integrity::{ServeCheck, ServeHasher, StoredArchive};
-use super::{Archive, Inner, MemoryEntry, MEMORY_OBJECT_MAX, READ_CHUNK};
+use super::{Archive, Inner, MemoryEntry, MEMORY_OBJECT_MAX};
 use crate::error::ProxyError;
 
 /// What is found under a key on disk.
@@ -210,14 +210,11 @@ impl StoredReader {
         if self.pos >= self.len {
             return None;
         }
-        let (file, pos) = (self.file.clone(), self.pos);
-        let n = (self.len - pos).min(READ_CHUNK);
-        let read = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0; usize::try_from(n).map_err(io::Error::other)?];
-            file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
-        })
-        .await
-        .unwrap_or_else(|e| Err(io::Error::other(e)));
+        let read = self
+            .inner
+            .read_budget
+            .read_at(self.file.clone(), self.pos, self.len - self.pos)
+            .await;
         let bytes = match read {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
@@ -227,7 +224,7 @@ impl StoredReader {
             }
             Err(e) => return Some(Err(e)),
         };
-        self.pos += n;
+        self.pos += bytes.len() as u64;
         if let Some(hasher) = self.hasher.as_mut() {
             hasher.update(&bytes);
         }
