@@ -415,18 +415,7 @@ impl Metrics {
             [("archive", gauges.archive_single_flight_waits)],
         );
         self.changes.render(out);
-        self.limits.render(out);
-        header(
-            out,
-            "composer_proxy_response_buffer_bytes",
-            "gauge",
-            "Bytes of archive chunks read for clients and not yet sent (bounded; read sizes shrink as it fills).",
-        );
-        let _ = writeln!(
-            out,
-            "composer_proxy_response_buffer_bytes {}",
-            gauges.response_buffer_bytes
-        );
+        self.limits.render(out, gauges.response_buffer_bytes);
         render_integrity(out, &gauges.integrity);
         std::mem::take(out)
     }

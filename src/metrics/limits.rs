@@ -1,10 +1,11 @@
 //! Counters of the bounds that keep one client from taking the proxy down: responses cut off
 //! because the client stopped taking them (`client_send_timeout_secs`), and install
-//! notifications refused or dropped.
+//! notifications refused or dropped; and the memory of response chunks in flight.
 
+use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::single_label;
+use super::{header, single_label};
 
 /// What became of an install notification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +47,18 @@ impl LimitMetrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(super) fn render(&self, out: &mut String) {
+    /// With the gauge of archive chunks read for clients and not yet sent (owned by the store).
+    pub(super) fn render(&self, out: &mut String, response_buffer_bytes: u64) {
+        header(
+            out,
+            "composer_proxy_response_buffer_bytes",
+            "gauge",
+            "Bytes of archive chunks read for clients and not yet sent (bounded; read sizes shrink as it fills).",
+        );
+        let _ = writeln!(
+            out,
+            "composer_proxy_response_buffer_bytes {response_buffer_bytes}"
+        );
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         single_label(
             out,
@@ -86,12 +98,13 @@ mod tests {
         m.record_stalled(false);
         m.record_notification(NotifyOutcome::Dropped);
         let mut out = String::new();
-        m.render(&mut out);
+        m.render(&mut out, 7);
         for expected in [
             "composer_proxy_responses_stalled_total{protocol=\"http1\"} 1\n",
             "composer_proxy_responses_stalled_total{protocol=\"http2\"} 2\n",
             "composer_proxy_install_notifications_total{outcome=\"dropped\"} 1\n",
             "composer_proxy_install_notifications_total{outcome=\"queued\"} 0\n",
+            "composer_proxy_response_buffer_bytes 7\n",
         ] {
             assert!(out.contains(expected), "missing {expected} in\n{out}");
         }
