@@ -373,12 +373,13 @@ fn check_token(
     let Some(reason) = verdict.refusal() else {
         return Ok(());
     };
-    // Logged at most once a minute per client and token (`unlogged` says how many were not).
+    // Logged at most once a minute per client, token and reason (`unlogged` says how many were
+    // not).
     let log = || {
         state
             .tokens
             .refusals
-            .admit(client, verdict.name(), std::time::Instant::now())
+            .admit(client, verdict.name(), reason, std::time::Instant::now())
     };
     if !access.require_tokens {
         if reason != "missing" {
