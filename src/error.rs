@@ -188,13 +188,8 @@ impl ProxyError {
                 let (status, warning) = source.status_and_warning();
                 // Whatever the upstream said, the truth for the client is "could not ask": a
                 // 4xx here would let Composer look elsewhere.
-                let status = if status.is_server_error() {
-                    status
-                } else {
-                    StatusCode::BAD_GATEWAY
-                };
                 (
-                    status,
+                    could_not_ask(status),
                     format!("Upstream repository \"{upstream}\" could not be asked whether it has this package, so composer-proxy cannot tell which repository owns it: {warning}"),
                 )
             }
@@ -202,13 +197,8 @@ impl ProxyError {
                 let (status, warning) = source.status_and_warning();
                 // A 4xx would tell Composer the repository has nothing to say; it has not
                 // been asked.
-                let status = if status.is_server_error() {
-                    status
-                } else {
-                    StatusCode::BAD_GATEWAY
-                };
                 (
-                    status,
+                    could_not_ask(status),
                     format!("Upstream repository \"{upstream}\" could not be asked for {what} and composer-proxy has no earlier answer to serve instead: {warning}"),
                 )
             }
@@ -378,6 +368,15 @@ impl ProxyError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+/// The status for "an upstream could not be asked": the upstream's own 5xx, else 502.
+fn could_not_ask(status: StatusCode) -> StatusCode {
+    if status.is_server_error() {
+        status
+    } else {
+        StatusCode::BAD_GATEWAY
     }
 }
 

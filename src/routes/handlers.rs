@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::json;
 
-use super::respond::{etag_matches, set};
+use super::respond::{etag_matches, set, set_cache_status};
 use super::{empty, full, ResponseBody};
 use crate::cache::archives::{Archive, ArchiveStore};
 use crate::cache::metadata::CacheStatus;
@@ -67,11 +67,7 @@ pub(super) async fn serve_archive(
     let (archive, cache) = state.archives.get(client, source, &key).await?;
     let h = response.headers_mut();
     set(h, header::CONTENT_TYPE, content_type);
-    set(
-        h,
-        header::HeaderName::from_static("x-cache"),
-        cache.as_str(),
-    );
+    set_cache_status(h, cache);
     let (len, body) = match archive {
         Archive::Memory(bytes) => (Some(bytes.len() as u64), full(bytes)),
         Archive::File(reader) => {

@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap};
 use http::{Response, StatusCode};
 
 use super::handlers::serve_archive;
-use super::respond::set;
+use super::respond::{set, set_cache_status};
 use super::{empty, full, ResponseBody};
 use crate::cache::metadata::CacheStatus;
 use crate::error::ProxyError;
@@ -41,18 +41,7 @@ pub(super) async fn release_info(
     // The endpoint's answers are passed on as text or JSON, never sniffed into something else.
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(h, header::CONTENT_LENGTH, &answer.body.len().to_string());
-    set(
-        h,
-        header::HeaderName::from_static("x-cache"),
-        cache.as_str(),
-    );
-    if cache == CacheStatus::Stale {
-        set(
-            h,
-            header::WARNING,
-            "110 composer-proxy \"Response is Stale\"",
-        );
-    }
+    set_cache_status(h, cache);
     if !head {
         *response.body_mut() = full(answer.body.clone());
     }

@@ -55,6 +55,22 @@ pub(super) fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
         })
 }
 
+/// `X-Cache`, and for a stale answer the `Warning` that says so.
+pub(super) fn set_cache_status(headers: &mut HeaderMap, cache: CacheStatus) {
+    set(
+        headers,
+        header::HeaderName::from_static("x-cache"),
+        cache.as_str(),
+    );
+    if cache == CacheStatus::Stale {
+        set(
+            headers,
+            header::WARNING,
+            "110 composer-proxy \"Response is Stale\"",
+        );
+    }
+}
+
 pub(super) fn set(headers: &mut HeaderMap, name: header::HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);
@@ -80,18 +96,7 @@ pub(super) fn document(
     h.insert(header::LAST_MODIFIED, doc.last_modified_header.clone());
     h.insert(header::ETAG, doc.etag.clone());
     set(h, header::VARY, "Accept-Encoding");
-    set(
-        h,
-        header::HeaderName::from_static("x-cache"),
-        cache.as_str(),
-    );
-    if cache == CacheStatus::Stale {
-        set(
-            h,
-            header::WARNING,
-            "110 composer-proxy \"Response is Stale\"",
-        );
-    }
+    set_cache_status(h, cache);
     if not_modified {
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return response;
