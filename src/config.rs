@@ -12,12 +12,14 @@ use std::time::Duration;
 use ipnet::IpNet;
 use url::Url;
 
+mod bucket;
 mod downloads;
 mod github;
 mod keys;
 mod raw;
 mod upstreams;
 
+pub use bucket::{parse_bucket_url, BucketKind, BucketUrl};
 pub use downloads::RELEASES_NAME;
 pub use github::GitHubConfig;
 pub use keys::{Credentials, KeySource, Secret};
@@ -102,6 +104,8 @@ pub struct Config {
     /// In priority order; never empty.
     pub upstreams: Vec<UpstreamConfig>,
     pub cache_dir: PathBuf,
+    /// The bucket shared state lives in (`object_store_url`); `None`: `cache_dir` alone.
+    pub object_store: Option<BucketUrl>,
     pub metadata_ttl: Duration,
     pub metadata_cache_max_bytes: u64,
     pub v1_prefetch_concurrency: usize,

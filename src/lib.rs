@@ -2,6 +2,7 @@
 //! repo.magento.com. See ARCHITECTURE.md for where each concern lives.
 
 pub mod access;
+pub mod bucket;
 pub mod cache;
 pub mod commands;
 pub mod composer;
@@ -40,6 +41,8 @@ pub struct AppState {
     /// The upstream repositories in priority order.
     pub upstreams: Upstreams,
     pub archives: ArchiveStore,
+    /// The shared bucket (`object_store_url`), when one is configured.
+    pub bucket: Option<Arc<bucket::Bucket>>,
     /// Legacy release downloads, when `[downloads]` is configured.
     pub releases: Option<Arc<Releases>>,
     access: RwLock<Arc<Access>>,
@@ -149,6 +152,11 @@ impl Proxy {
             )
         })?);
         let metrics = Arc::new(Metrics::default());
+        let bucket = config
+            .object_store
+            .as_ref()
+            .map(|url| bucket::Bucket::open(url, metrics.clone()))
+            .transpose()?;
         let upstreams = Upstreams::new(config, &public_url, &disk, &metrics)?;
         for upstream in upstreams.iter() {
             upstream.metadata.restore().await;
@@ -171,6 +179,7 @@ impl Proxy {
             .context("cannot read the archive store in `cache_dir`")?;
         let state = Arc::new(AppState {
             archives,
+            bucket,
             upstreams,
             releases,
             access: RwLock::new(Arc::new(Access::from_config(config))),
@@ -406,6 +415,7 @@ fn log_start(config: &Config, proxy: &Proxy) {
         require_tokens = config.require_tokens,
         trusted_proxies = config.trusted_proxies.len(),
         cache_dir = %config.cache_dir.display(),
+        object_store = %config.object_store.as_ref().map(ToString::to_string).unwrap_or_default(),
         "composer-proxy listening"
     );
 }

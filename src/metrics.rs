@@ -11,9 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod bucket;
 mod changes;
 mod limits;
 
+pub use bucket::{BucketMetrics, BucketOp, LeaseOutcome, UploadOutcome};
 pub use changes::{ChangesMetrics, PollOutcome};
 pub use limits::{LimitMetrics, NotifyOutcome};
 
@@ -76,6 +78,8 @@ pub struct Metrics {
     pub changes: ChangesMetrics,
     /// Stalled responses and install notifications.
     pub limits: LimitMetrics,
+    /// The shared bucket, when `object_store_url` is set.
+    pub bucket: BucketMetrics,
 }
 
 /// Values owned elsewhere, read at scrape time.
@@ -93,6 +97,8 @@ pub struct Gauges {
     /// Per upstream: `None` until it has answered with the keys once.
     pub key_accepted: Vec<(Arc<str>, Option<bool>)>,
     pub integrity: IntegrityGauges,
+    /// Whether the bucket answers; `None` without `object_store_url`.
+    pub bucket_up: Option<bool>,
 }
 
 /// The cache directory's health and the checks on stored archives.
@@ -417,6 +423,9 @@ impl Metrics {
         self.changes.render(out);
         self.limits.render(out, gauges.response_buffer_bytes);
         render_integrity(out, &gauges.integrity);
+        if let Some(up) = gauges.bucket_up {
+            self.bucket.render(out, up);
+        }
         std::mem::take(out)
     }
 }

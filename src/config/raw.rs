@@ -9,6 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use super::bucket::parse_bucket_url;
 use super::downloads::{downloads, RawDownloads};
 use super::github::github;
 use super::keys::check_composer_auth;
@@ -47,6 +48,7 @@ pub(super) struct RawConfig {
     pub(super) upstream_archive_timeout_secs: u64,
     pub(super) upstream_max_redirects: u8,
     pub(super) cache_dir: String,
+    pub(super) object_store_url: String,
     pub(super) metadata_ttl_secs: u64,
     pub(super) metadata_changes_poll_secs: u64,
     pub(super) metadata_cache_max_bytes: u64,
@@ -281,6 +283,12 @@ pub(super) fn validate(
         ));
     }
 
+    let object_store = if raw.object_store_url.trim().is_empty() {
+        None
+    } else {
+        Some(parse_bucket_url(&raw.object_store_url).map_err(|m| err("object_store_url", m))?)
+    };
+
     let optional_path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
     let cache_dir = PathBuf::from(&raw.cache_dir);
 
@@ -303,6 +311,7 @@ pub(super) fn validate(
         client_send_timeout: positive("client_send_timeout_secs", raw.client_send_timeout_secs)?,
         upstreams,
         cache_dir,
+        object_store,
         metadata_ttl: positive("metadata_ttl_secs", raw.metadata_ttl_secs)?,
         metadata_cache_max_bytes: raw.metadata_cache_max_bytes,
         v1_prefetch_concurrency: raw.v1_prefetch_concurrency,

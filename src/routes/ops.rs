@@ -134,6 +134,15 @@ pub(super) async fn ready(state: &Arc<AppState>) -> Response<ResponseBody> {
         }
         upstreams.insert(upstream.name.to_string(), entry);
     }
+    // Without the bucket, archives still come from the local tiers and upstream.
+    if let Some(bucket) = &state.bucket {
+        if !bucket.check().await {
+            degraded.push(format!(
+                "bucket {} unreachable or failing; archives are served from the local tiers and fetched from upstream without being stored in it",
+                bucket.describe()
+            ));
+        }
+    }
     // Release downloads are an extra: at worst a degradation, whatever their state.
     let releases = state
         .releases
@@ -229,6 +238,7 @@ pub(super) async fn metrics(state: &Arc<AppState>) -> Response<ResponseBody> {
             })
             .collect(),
         integrity,
+        bucket_up: state.bucket.as_ref().map(|b| b.down_for().is_none()),
     };
     let mut response = Response::new(full(state.metrics.render(&gauges)));
     set(

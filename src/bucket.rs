@@ -1,0 +1,474 @@
+//! The shared bucket (`object_store_url`): one `ObjectStore` (S3 and compatibles, GCS, Azure)
+//! under a key prefix, with the few operations shared state needs: reads, a create that never
+//! overwrites, an update conditional on the version read, and whether the bucket answers.
+//!
+//! Reachability is one state logged once per change (`bucket_down` / `bucket_up`) and a
+//! metric. While the bucket is down, callers skip it (serving from local tiers) except for
+//! one attempt per [`RETRY_DOWN`], so recovery is noticed without a restart; `/readyz` also
+//! probes it through [`Bucket::check`].
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::path::{Path, PathPart};
+use object_store::{
+    ClientConfigKey, GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload, RetryConfig, UpdateVersion,
+};
+
+use crate::config::{BucketKind, BucketUrl};
+use crate::metrics::{BucketOp, Metrics};
+
+pub use object_store::Error as StoreError;
+
+/// While the bucket is down, how often one caller still tries it.
+pub const RETRY_DOWN: Duration = Duration::from_secs(3);
+/// How long a probe's answer is trusted by [`Bucket::check`].
+const PROBE_TTL: Duration = Duration::from_secs(5);
+/// A probe that takes longer counts as a failure: readiness must answer promptly.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The kinds of shared state, each under its own folder of the prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Area {
+    Archives,
+    Leases,
+    Metadata,
+    Tokens,
+}
+
+impl Area {
+    fn folder(self) -> &'static str {
+        match self {
+            Area::Archives => "archives",
+            Area::Leases => "leases",
+            Area::Metadata => "metadata",
+            Area::Tokens => "tokens",
+        }
+    }
+}
+
+/// An object read whole, with the version a conditional update must name.
+#[derive(Clone, Debug)]
+pub struct Object {
+    pub bytes: Bytes,
+    pub version: UpdateVersion,
+}
+
+/// The answer to a conditional create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// Written; its version for a later conditional update.
+    New(UpdateVersion),
+    /// Something was there already and was left alone.
+    Exists,
+}
+
+/// The answer to a conditional update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Updated {
+    Done(UpdateVersion),
+    /// The object changed (or vanished) since it was read: read it again and redo the change.
+    Conflict,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BucketError {
+    #[error("invalid setting `object_store_url`: {0}")]
+    Config(String),
+    /// The bucket failed or could not be reached; the text names no credential.
+    #[error("bucket {op}: {source}")]
+    Store {
+        op: &'static str,
+        #[source]
+        source: StoreError,
+    },
+}
+
+pub struct Bucket {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    /// `s3://bucket/prefix`, for logs.
+    describe: String,
+    metrics: Arc<Metrics>,
+    /// Since when requests have been failing, and when one was last let through meanwhile.
+    down: Mutex<Option<Down>>,
+    /// When [`Bucket::check`] last asked, and what it learnt.
+    probed: Mutex<Option<(Instant, bool)>>,
+}
+
+#[derive(Clone, Copy)]
+struct Down {
+    since: Instant,
+    last_try: Instant,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bucket")
+            .field("url", &self.describe)
+            .finish()
+    }
+}
+
+impl Bucket {
+    /// Builds the provider's client from `url` and the standard environment (credentials,
+    /// region, endpoint, workload identity). Makes no request: an unreachable bucket is a
+    /// degradation at run time, not a reason not to start.
+    pub fn open(url: &BucketUrl, metrics: Arc<Metrics>) -> Result<Arc<Bucket>, BucketError> {
+        // Retries are few and short: a caller waiting on a failing bucket is a client waiting
+        // for an archive it could get from upstream instead.
+        let retry = RetryConfig {
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(10),
+            ..RetryConfig::default()
+        };
+        let (connect, timeout) = (ClientConfigKey::ConnectTimeout, ClientConfigKey::Timeout);
+        let built = match url.kind {
+            BucketKind::S3 => AmazonS3Builder::from_env()
+                .with_url(url.root())
+                // Compare-and-swap on the ETag (If-Match / If-None-Match), which S3, MinIO
+                // and R2 honour; the crate's default today, stated so no upgrade changes it.
+                .with_conditional_put(S3ConditionalPut::ETagMatch)
+                .with_config(AmazonS3ConfigKey::Client(connect), "5s")
+                .with_config(AmazonS3ConfigKey::Client(timeout), "300s")
+                .with_retry(retry)
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            BucketKind::Gcs => GoogleCloudStorageBuilder::from_env()
+                .with_url(url.root())
+                .with_config(GoogleConfigKey::Client(connect), "5s")
+                .with_config(GoogleConfigKey::Client(timeout), "300s")
+                .with_retry(retry)
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            BucketKind::Azure => MicrosoftAzureBuilder::from_env()
+                .with_url(url.root())
+                .with_config(AzureConfigKey::Client(connect), "5s")
+                .with_config(AzureConfigKey::Client(timeout), "300s")
+                .with_retry(retry)
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+        };
+        let store = built.map_err(|e| BucketError::Config(format!("{url}: {e}")))?;
+        Ok(Self::with_store(
+            store,
+            &url.prefix,
+            url.to_string(),
+            metrics,
+        ))
+    }
+
+    /// Over any store (tests use `object_store::memory::InMemory`).
+    pub fn with_store(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        describe: String,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Bucket> {
+        Arc::new(Bucket {
+            store,
+            prefix: prefix
+                .split('/')
+                .filter(|p| !p.is_empty())
+                .map(PathPart::from)
+                .collect(),
+            describe,
+            metrics,
+            down: Mutex::new(None),
+            probed: Mutex::new(None),
+        })
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The store itself, for what the helpers here do not cover (listing, multipart).
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// `PREFIX/<area>/<name>`; `/` in `name` makes folders, and each segment is escaped by
+    /// the crate, so no name reaches outside its area.
+    pub fn path(&self, area: Area, name: &str) -> Path {
+        let base = self.prefix.clone().join(area.folder());
+        name.split('/')
+            .filter(|p| !p.is_empty())
+            .fold(base, |path, part| path.join(part))
+    }
+
+    /// The whole object, or `None` when there is none.
+    pub async fn get(&self, path: &Path) -> Result<Option<Object>, BucketError> {
+        let result = async {
+            let got = self.store.get_opts(path, GetOptions::default()).await?;
+            let version = UpdateVersion {
+                e_tag: got.meta.e_tag.clone(),
+                version: got.meta.version.clone(),
+            };
+            Ok::<_, StoreError>(Object {
+                bytes: got.bytes().await?,
+                version,
+            })
+        }
+        .await;
+        match self.answered(BucketOp::Get, "get", result)? {
+            Answer::Value(object) => Ok(Some(object)),
+            Answer::Missing | Answer::Exists | Answer::Changed => Ok(None),
+        }
+    }
+
+    /// The object's description and its body as a stream, or `None` when there is none. A
+    /// failure partway through the body reaches the caller as an error in the stream.
+    pub async fn get_stream(
+        &self,
+        path: &Path,
+    ) -> Result<Option<(ObjectMeta, BoxStream<'static, Result<Bytes, StoreError>>)>, BucketError>
+    {
+        let result = self.store.get_opts(path, GetOptions::default()).await;
+        match self.answered(BucketOp::Get, "get", result)? {
+            Answer::Value(got) => Ok(Some((got.meta.clone(), got.into_stream().boxed()))),
+            Answer::Missing | Answer::Exists | Answer::Changed => Ok(None),
+        }
+    }
+
+    /// Writes `payload` only if nothing is at `path` (S3 `If-None-Match: *`): replicas never
+    /// overwrite each other, and the object appears whole or not at all.
+    pub async fn create(&self, path: &Path, payload: PutPayload) -> Result<Created, BucketError> {
+        let result = self
+            .store
+            .put_opts(path, payload, PutOptions::from(PutMode::Create))
+            .await;
+        match self.answered(BucketOp::Put, "create", result)? {
+            Answer::Value(put) => Ok(Created::New(put.into())),
+            Answer::Exists | Answer::Changed => Ok(Created::Exists),
+            // A create has nothing to miss; a store saying so has failed.
+            Answer::Missing => Ok(Created::Exists),
+        }
+    }
+
+    /// Replaces the object only if it is still at `version` (S3 `If-Match`).
+    pub async fn update(
+        &self,
+        path: &Path,
+        payload: PutPayload,
+        version: UpdateVersion,
+    ) -> Result<Updated, BucketError> {
+        let result = self
+            .store
+            .put_opts(path, payload, PutOptions::from(PutMode::Update(version)))
+            .await;
+        match self.answered(BucketOp::Put, "update", result)? {
+            Answer::Value(put) => Ok(Updated::Done(put.into())),
+            Answer::Missing | Answer::Exists | Answer::Changed => Ok(Updated::Conflict),
+        }
+    }
+
+    /// Removes the object; one already gone is fine.
+    pub async fn delete(&self, path: &Path) -> Result<(), BucketError> {
+        let result = self.store.delete(path).await;
+        self.answered(BucketOp::Delete, "delete", result)
+            .map(|_| ())
+    }
+
+    /// Whether callers should use the bucket now: yes while it answers; while it fails, only
+    /// one caller per [`RETRY_DOWN`], whose answer decides for the others.
+    pub fn usable(&self) -> bool {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        match down.as_mut() {
+            None => true,
+            Some(d) if d.last_try.elapsed() >= RETRY_DOWN => {
+                d.last_try = Instant::now();
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// `None` while the bucket answers, else for how long it has been failing.
+    pub fn down_for(&self) -> Option<Duration> {
+        self.down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|d| d.since.elapsed())
+    }
+
+    /// Asks the bucket (a HEAD of a key that need not exist) unless it was asked in the last
+    /// few seconds; `true` when it answers. For `/readyz`, which must notice both an outage
+    /// nobody's request has hit yet and a recovery.
+    pub async fn check(&self) -> bool {
+        if let Some((at, up)) = *self.probed.lock().unwrap_or_else(|p| p.into_inner()) {
+            if at.elapsed() < PROBE_TTL {
+                return up;
+            }
+        }
+        let path = self.prefix.clone().join("probe");
+        let result = match tokio::time::timeout(PROBE_TIMEOUT, self.store.head(&path)).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Generic {
+                store: "bucket",
+                source: "no answer within 5 s".into(),
+            }),
+        };
+        let up = self.answered(BucketOp::Probe, "probe", result).is_ok();
+        *self.probed.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), up));
+        up
+    }
+
+    /// Sorts a store answer into a value, an expected refusal, or a failure; a failure marks
+    /// the bucket down, anything else (a refusal too: the bucket answered) marks it up.
+    fn answered<T>(
+        &self,
+        op: BucketOp,
+        name: &'static str,
+        result: Result<T, StoreError>,
+    ) -> Result<Answer<T>, BucketError> {
+        let answer = match result {
+            Ok(value) => Answer::Value(value),
+            Err(StoreError::NotFound { .. }) => Answer::Missing,
+            Err(StoreError::AlreadyExists { .. }) => Answer::Exists,
+            Err(StoreError::Precondition { .. } | StoreError::NotModified { .. }) => {
+                Answer::Changed
+            }
+            Err(source) => {
+                self.metrics.bucket.record_error(op);
+                self.note(false, &source.to_string());
+                return Err(BucketError::Store { op: name, source });
+            }
+        };
+        self.note(true, "");
+        Ok(answer)
+    }
+
+    fn note(&self, up: bool, detail: &str) {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        match (up, *down) {
+            (false, None) => {
+                let now = Instant::now();
+                *down = Some(Down {
+                    since: now,
+                    last_try: now,
+                });
+                tracing::warn!(event = "bucket_down", bucket = %self.describe, detail, "the bucket is failing; serving from local tiers and upstream without storing in it");
+            }
+            (true, Some(d)) => {
+                *down = None;
+                tracing::info!(
+                    event = "bucket_up",
+                    bucket = %self.describe,
+                    down_secs = d.since.elapsed().as_secs(),
+                    "the bucket answers again"
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+enum Answer<T> {
+    Value(T),
+    Missing,
+    Exists,
+    Changed,
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+
+    use super::*;
+
+    fn bucket() -> Arc<Bucket> {
+        Bucket::with_store(
+            Arc::new(InMemory::new()),
+            "/team/proxy/",
+            "memory://".into(),
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    #[test]
+    fn paths_stay_inside_their_area() {
+        let b = bucket();
+        assert_eq!(
+            b.path(Area::Archives, "ab/cdef").as_ref(),
+            "team/proxy/archives/ab/cdef"
+        );
+        assert_eq!(
+            b.path(Area::Tokens, "tokens.json").as_ref(),
+            "team/proxy/tokens/tokens.json"
+        );
+        let escaped = b.path(Area::Metadata, "../../x");
+        assert!(
+            escaped.as_ref().starts_with("team/proxy/metadata/"),
+            "{escaped}"
+        );
+        assert_eq!(escaped.parts().count(), 6, "{escaped}");
+    }
+
+    #[tokio::test]
+    async fn create_never_overwrites_and_update_needs_the_current_version() {
+        let b = bucket();
+        let path = b.path(Area::Tokens, "t");
+        assert!(b.get(&path).await.expect("answers").is_none());
+        let Created::New(first) = b.create(&path, "one".into()).await.expect("create") else {
+            panic!("the first create writes");
+        };
+        assert_eq!(
+            b.create(&path, "two".into()).await.expect("answers"),
+            Created::Exists
+        );
+        let read = b.get(&path).await.expect("answers").expect("present");
+        assert_eq!(&read.bytes[..], b"one");
+        let Updated::Done(second) = b
+            .update(&path, "three".into(), read.version.clone())
+            .await
+            .expect("update")
+        else {
+            panic!("an update at the current version applies");
+        };
+        assert_ne!(first, second);
+        // The version read before that update is stale now: the change is refused, not lost.
+        assert_eq!(
+            b.update(&path, "lost".into(), read.version)
+                .await
+                .expect("answers"),
+            Updated::Conflict
+        );
+        let read = b.get(&path).await.expect("answers").expect("present");
+        assert_eq!(&read.bytes[..], b"three");
+        b.delete(&path).await.expect("delete");
+        b.delete(&path).await.expect("deleting twice is fine");
+        assert!(b.get(&path).await.expect("answers").is_none());
+        assert!(b.check().await);
+        assert!(b.usable() && b.down_for().is_none());
+    }
+
+    #[test]
+    fn a_failing_bucket_is_tried_once_per_interval_and_recovers_on_an_answer() {
+        let b = bucket();
+        b.note(false, "refused");
+        assert!(b.down_for().is_some());
+        assert!(!b.usable(), "just failed: callers skip it");
+        b.down
+            .lock()
+            .expect("lock")
+            .as_mut()
+            .expect("down")
+            .last_try = Instant::now().checked_sub(RETRY_DOWN).expect("up for 3 s");
+        assert!(b.usable(), "one caller tries again");
+        assert!(!b.usable(), "and only one");
+        b.note(true, "");
+        assert!(b.usable() && b.down_for().is_none());
+    }
+}
