@@ -18,8 +18,8 @@ use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::path::{Path, PathPart};
 use object_store::{
-    ClientConfigKey, GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
-    PutPayload, RetryConfig, UpdateVersion,
+    Attributes, ClientConfigKey, GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode,
+    PutOptions, PutPayload, RetryConfig, UpdateVersion,
 };
 
 use crate::config::{BucketKind, BucketUrl};
@@ -59,6 +59,14 @@ impl Area {
 pub struct Object {
     pub bytes: Bytes,
     pub version: UpdateVersion,
+}
+
+/// An object being read: its description, its attributes (user metadata) and its body, where
+/// a failure partway through reaches the reader as an error in the stream.
+pub struct Reading {
+    pub meta: ObjectMeta,
+    pub attributes: Attributes,
+    pub body: BoxStream<'static, Result<Bytes, StoreError>>,
 }
 
 /// The answer to a conditional create.
@@ -228,27 +236,47 @@ impl Bucket {
         }
     }
 
-    /// The object's description and its body as a stream, or `None` when there is none. A
-    /// failure partway through the body reaches the caller as an error in the stream.
-    pub async fn get_stream(
-        &self,
-        path: &Path,
-    ) -> Result<Option<(ObjectMeta, BoxStream<'static, Result<Bytes, StoreError>>)>, BucketError>
-    {
+    /// The object as a stream, or `None` when there is none.
+    pub async fn get_stream(&self, path: &Path) -> Result<Option<Reading>, BucketError> {
         let result = self.store.get_opts(path, GetOptions::default()).await;
         match self.answered(BucketOp::Get, "get", result)? {
-            Answer::Value(got) => Ok(Some((got.meta.clone(), got.into_stream().boxed()))),
+            Answer::Value(got) => Ok(Some(Reading {
+                meta: got.meta.clone(),
+                attributes: got.attributes.clone(),
+                body: got.into_stream().boxed(),
+            })),
             Answer::Missing | Answer::Exists | Answer::Changed => Ok(None),
         }
+    }
+
+    /// Whether an object is at `path` (a HEAD).
+    pub async fn exists(&self, path: &Path) -> Result<bool, BucketError> {
+        let result = self.store.head(path).await;
+        Ok(matches!(
+            self.answered(BucketOp::Get, "head", result)?,
+            Answer::Value(_)
+        ))
     }
 
     /// Writes `payload` only if nothing is at `path` (S3 `If-None-Match: *`): replicas never
     /// overwrite each other, and the object appears whole or not at all.
     pub async fn create(&self, path: &Path, payload: PutPayload) -> Result<Created, BucketError> {
-        let result = self
-            .store
-            .put_opts(path, payload, PutOptions::from(PutMode::Create))
-            .await;
+        self.create_with(path, payload, Attributes::new()).await
+    }
+
+    /// [`Bucket::create`] with attributes (user metadata such as a digest).
+    pub async fn create_with(
+        &self,
+        path: &Path,
+        payload: PutPayload,
+        attributes: Attributes,
+    ) -> Result<Created, BucketError> {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            attributes,
+            ..PutOptions::default()
+        };
+        let result = self.store.put_opts(path, payload, options).await;
         match self.answered(BucketOp::Put, "create", result)? {
             Answer::Value(put) => Ok(Created::New(put.into())),
             Answer::Exists | Answer::Changed => Ok(Created::Exists),

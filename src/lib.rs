@@ -174,7 +174,7 @@ impl Proxy {
             )),
             None => None,
         };
-        let archives = ArchiveStore::open(disk, StoreSettings::from(config))
+        let archives = ArchiveStore::open(disk, StoreSettings::from(config), bucket.clone())
             .await
             .context("cannot read the archive store in `cache_dir`")?;
         let state = Arc::new(AppState {

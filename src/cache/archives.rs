@@ -36,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::bucket::Bucket;
 use crate::cache::metadata::CacheStatus;
 use crate::cache::{CacheDir, DiskSpace};
 use crate::composer::{sha256_hex, Checksum, DistSource};
@@ -49,6 +50,7 @@ mod framing;
 mod index;
 pub mod integrity;
 mod scrub;
+mod shared;
 mod stored;
 
 use download::Download;
@@ -189,6 +191,12 @@ struct Inner {
     spilled: Arc<AtomicU64>,
     /// Memory of the chunks being sent to clients.
     read_budget: budget::ReadBudget,
+    /// The bucket tier between this disk and upstream (`object_store_url`).
+    bucket: Option<Arc<Bucket>>,
+    /// Bounds the uploads to the bucket in progress, each holding its archive in memory.
+    uploads: Arc<tokio::sync::Semaphore>,
+    /// This process, as named in the bucket's leases.
+    holder: String,
 }
 
 type NoteSlot = Exchanges;
@@ -207,7 +215,12 @@ fn lock(mutex: &Mutex<Index>) -> MutexGuard<'_, Index> {
 
 impl ArchiveStore {
     /// Opens the store and reads the sizes and ages of what is already on disk.
-    pub async fn open(disk: Arc<CacheDir>, settings: StoreSettings) -> io::Result<Self> {
+    /// With `bucket`, it is the tier between the disk and upstream.
+    pub async fn open(
+        disk: Arc<CacheDir>,
+        settings: StoreSettings,
+        bucket: Option<Arc<Bucket>>,
+    ) -> io::Result<Self> {
         let root = disk.archives_root();
         let scanned = tokio::task::spawn_blocking(move || scan(&root))
             .await
@@ -249,6 +262,9 @@ impl ArchiveStore {
             scrubbed_bytes: AtomicU64::new(0),
             spilled: Arc::new(AtomicU64::new(0)),
             read_budget: budget::ReadBudget::default(),
+            bucket,
+            uploads: Arc::new(tokio::sync::Semaphore::new(shared::UPLOADS_AT_ONCE)),
+            holder: shared::holder_name(),
         });
         let start = inner.clone();
         tokio::task::spawn_blocking(move || {

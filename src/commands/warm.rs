@@ -165,7 +165,7 @@ async fn open_caches(config: &Config) -> Result<(Upstreams, ArchiveStore), Comma
         memory_bytes: 0,
         ..StoreSettings::from(config)
     };
-    let archives = ArchiveStore::open(disk, settings)
+    let archives = ArchiveStore::open(disk, settings, None)
         .await
         .map_err(|e| anyhow::anyhow!("cannot read the archive store in `cache_dir`: {e}"))?;
     Ok((upstreams, archives))

@@ -77,7 +77,9 @@ pub fn parse_bucket_url(text: &str) -> Result<BucketUrl, String> {
     let prefix = url.path().trim_matches('/').to_string();
     // The URL parser resolves dot segments, so the text as written is what to look at: a
     // prefix that reads differently from the one used would surprise whoever set it.
-    let dotted = text.split(['/', '?', '#']).any(|part| matches!(part, "." | ".."));
+    let dotted = text
+        .split(['/', '?', '#'])
+        .any(|part| matches!(part, "." | ".."));
     if dotted || prefix.contains("//") {
         return Err("the prefix must not contain empty, `.` or `..` segments".into());
     }

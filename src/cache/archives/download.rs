@@ -22,7 +22,8 @@ use super::flight::{Spill, SPILL_BUDGET_BYTES};
 use super::framing::{self, Framing};
 use super::index::EvictionTrigger;
 use super::integrity::{check_zip, Assembled, Digests, StoredArchive};
-use super::{lock, Inner, Progress, MAX_ATTEMPTS, PEER_POLL, WRITE_CHUNK};
+use super::shared::Origin;
+use super::{lock, Inner, Progress, MAX_ATTEMPTS, WRITE_CHUNK};
 use crate::cache::{create_temp, WriteKind};
 use crate::composer::{Checksum, DistSource};
 use crate::error::{ProxyError, Resource};
@@ -55,14 +56,14 @@ enum Fetched {
 }
 
 /// State of the bytes received so far, across attempts.
-struct Received {
+pub(super) struct Received {
     file: Option<Arc<std::fs::File>>,
     temp: PathBuf,
-    digests: Digests,
-    written: u64,
+    pub(super) digests: Digests,
+    pub(super) written: u64,
     /// Set once a write failed: bytes from its `start` on are in memory.
     spill: Option<Arc<Spill>>,
-    len: Option<u64>,
+    pub(super) len: Option<u64>,
     /// The first answer's strong validator, which a resumed request must match.
     validator: Option<HeaderValue>,
     /// Why these bytes must not be stored even when they verify.
@@ -128,10 +129,7 @@ impl Download {
             validator: None,
             unstorable: None,
         };
-        let verified = match self.transfer(&mut received).await {
-            Ok(()) => self.verify(&received).await,
-            Err(e) => Err(e),
-        };
+        let (verified, origin) = self.fetch_tiers(&mut received).await;
         if verified.is_ok() {
             let (_, _, crc32) = received.digests.finish();
             self.tx.send_modify(|p| p.crc32 = Some(crc32));
@@ -141,7 +139,12 @@ impl Download {
             Ok(()) => match received.unstorable.take() {
                 Some(why) => Ok(Fetched::NotStored(why)),
                 None => match self.commit(&received, &path).await {
-                    Ok(()) => return Ok(Fetched::Stored(received.written)),
+                    Ok(()) => {
+                        if let Origin::Upstream(lease) = origin {
+                            self.offer(&path, &received, lease);
+                        }
+                        return Ok(Fetched::Stored(received.written));
+                    }
                     Err(e) => {
                         self.inner.disk.health().write_failed(
                             WriteKind::Archives,
@@ -161,55 +164,7 @@ impl Download {
         outcome
     }
 
-    /// Takes the per-archive lock shared with other processes; while another holds it, waits
-    /// (it is fetching the same archive). Locking is an optimisation: where the filesystem
-    /// cannot lock, every process fetches for itself, and atomic renames keep that safe.
-    async fn wait_for_peers(&self, path: &Path) -> Result<Option<std::fs::File>, ProxyError> {
-        let Some(lock_path) = self.inner.disk.archive_lock_path(&self.key) else {
-            return Ok(None);
-        };
-        let deadline = Instant::now() + self.upstream.archive_timeout;
-        let mut logged = false;
-        loop {
-            let attempt = lock_path.clone();
-            let taken =
-                tokio::task::spawn_blocking(move || -> io::Result<Option<std::fs::File>> {
-                    if let Some(parent) = attempt.parent() {
-                        std::fs::create_dir_all(parent)?;
-                    }
-                    let file = std::fs::OpenOptions::new()
-                        .create(true)
-                        .truncate(false)
-                        .write(true)
-                        .open(&attempt)?;
-                    match file.try_lock() {
-                        Ok(()) => Ok(Some(file)),
-                        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-                        Err(std::fs::TryLockError::Error(e)) => Err(e),
-                    }
-                })
-                .await
-                .map_err(io::Error::other)?;
-            match taken {
-                Ok(Some(file)) => return Ok(Some(file)),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "archive lock unavailable; fetching without it");
-                    return Ok(None);
-                }
-            }
-            if !logged {
-                tracing::debug!(package = %self.source.package, "another process is fetching this archive; waiting for it");
-                logged = true;
-            }
-            if Instant::now() >= deadline || tokio::fs::try_exists(path).await.unwrap_or(false) {
-                return Ok(None);
-            }
-            tokio::time::sleep(PEER_POLL).await;
-        }
-    }
-
-    async fn transfer(&self, received: &mut Received) -> Result<(), ProxyError> {
+    pub(super) async fn transfer(&self, received: &mut Received) -> Result<(), ProxyError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -390,7 +345,7 @@ impl Download {
 
     /// Creates the temporary file once upstream has answered, and lets clients follow. If it
     /// cannot be created, every byte goes to memory.
-    async fn open_temp(&self, received: &mut Received) {
+    pub(super) async fn open_temp(&self, received: &mut Received) {
         if !(received.file.is_none() && received.spill.is_none()) {
             return;
         }
@@ -434,7 +389,7 @@ impl Download {
 
     /// Appends `pending` to what was received and lets readers see it. Fails only when the
     /// disk failed and the memory budget for streaming through is used up.
-    async fn write(
+    pub(super) async fn write(
         &self,
         received: &mut Received,
         pending: &mut BytesMut,
@@ -476,7 +431,7 @@ impl Download {
     }
 
     /// Checks what arrived: the published checksum, or (for a zip without one) its structure.
-    async fn verify(&self, received: &Received) -> Result<(), ProxyError> {
+    pub(super) async fn verify(&self, received: &Received) -> Result<(), ProxyError> {
         let package = &self.source.package;
         if let Some(expected) = &self.source.checksum {
             return received
