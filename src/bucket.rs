@@ -107,8 +107,8 @@ pub struct Bucket {
     metrics: Arc<Metrics>,
     /// Since when requests have been failing, and when one was last let through meanwhile.
     down: Mutex<Option<Down>>,
-    /// When [`Bucket::check`] last asked, and what it learnt.
-    probed: Mutex<Option<(Instant, bool)>>,
+    /// When [`Bucket::check`] last asked.
+    probed: Mutex<Option<Instant>>,
 }
 
 #[derive(Clone, Copy)]
@@ -335,9 +335,10 @@ impl Bucket {
     /// few seconds; `true` when it answers. For `/readyz`, which must notice both an outage
     /// nobody's request has hit yet and a recovery.
     pub async fn check(&self) -> bool {
-        if let Some((at, up)) = *self.probed.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(at) = *self.probed.lock().unwrap_or_else(|p| p.into_inner()) {
+            // Requests since the probe may have learnt better; the state has what they learnt.
             if at.elapsed() < PROBE_TTL {
-                return up;
+                return self.down_for().is_none();
             }
         }
         let path = self.prefix.clone().join("probe");
@@ -349,7 +350,7 @@ impl Bucket {
             }),
         };
         let up = self.answered(BucketOp::Probe, "probe", result).is_ok();
-        *self.probed.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), up));
+        *self.probed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         up
     }
 

@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod advisories;
+pub mod bucket;
 pub mod cache_dir;
 pub mod catalogue;
 pub mod composer;
