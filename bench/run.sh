@@ -15,9 +15,12 @@
 # 4. a dev-tooling install (phpunit/phpunit and its dependencies) from a packagist-like
 #    upstream with GitHub API dists, BENCH_TOOLING_DELAY_MS on every request: Composer going
 #    direct against a cold and a warm proxy (bench/tooling.sh). BENCH_ONLY=tooling runs only
-#    this one.
+#    this one;
+# 5. warm archive throughput of a proxy keeping archives in a bucket (moto's S3 server) behind
+#    its local tier against one with a local directory only, as a ratio (bench/bucket.sh).
+#    BENCH_ONLY=bucket runs only this one.
 # It prints markdown tables and the command that reproduces them (also written to
-# $BENCH_RESULTS, default bench/results.md, or bench/results-tooling.md with BENCH_ONLY).
+# $BENCH_RESULTS, default bench/results.md, or bench/results-<BENCH_ONLY>.md with BENCH_ONLY).
 #
 # Everything runs on loopback: the upstreams are the tests' mocks of repo.magento.com, of a
 # vendor repository under a path with user `token`, and of packagist.org (open-ended,
@@ -34,11 +37,13 @@
 # BENCH_CONNECTIONS (64), BENCH_WRK_THREADS (2), BENCH_MODULES (100),
 # BENCH_DELAY_MS (300), BENCH_MULTI_DELAY_MS (100), BENCH_TOOLING_DELAY_MS (100), BENCH_NOISE
 # (0.10: the least relative difference between merged and single-upstream ratios counted as
-# more than noise), BENCH_ONLY (empty: everything; `tooling`: scenario 4 alone),
+# more than noise), BENCH_ONLY (empty: everything; `tooling`: scenario 4 alone; `bucket`:
+# scenario 5 alone),
 # BENCH_RESULTS, BENCH_KEEP. Cargo honours CARGO_TARGET_DIR as usual.
 #
 # Needs: cargo, nginx, wrk, composer (with php-zip, php-curl, php-mbstring), curl, jq,
-# ss. Missing Debian packages are installed with apt-get.
+# ss, python3 with moto[server] (scenario 5). Missing Debian packages are installed with
+# apt-get.
 
 set -euo pipefail
 # Decimal points in wrk's output, awk and printf, whatever the caller's locale.
@@ -94,7 +99,8 @@ die() {
   log "ERROR: $*"
   exit 1
 }
-[[ -z $ONLY || $ONLY == tooling ]] || die "BENCH_ONLY must be empty or 'tooling', not '$ONLY'"
+[[ -z $ONLY || $ONLY == tooling || $ONLY == bucket ]] ||
+  die "BENCH_ONLY must be empty, 'tooling' or 'bucket', not '$ONLY'"
 
 # --- Tools -----------------------------------------------------------------------------
 
@@ -583,6 +589,9 @@ pairwise_ratios() {
 # Followed when both files are given to shellcheck, as .ci/validate-deploy does.
 # shellcheck source=bench/tooling.sh disable=SC1091
 source "$repo_root/bench/tooling.sh"
+# Scenario 5, archives in a bucket: run_bucket_scenario, report_bucket.
+# shellcheck source=bench/bucket.sh disable=SC1091
+source "$repo_root/bench/bucket.sh"
 
 # --- Run -------------------------------------------------------------------------------
 
@@ -611,6 +620,13 @@ if [[ $ONLY == tooling ]]; then
   run_tooling_scenario
   mkdir -p "$(dirname "$RESULTS")"
   report_tooling_only | tee "$RESULTS"
+  log "results written to $RESULTS"
+  exit 0
+fi
+if [[ $ONLY == bucket ]]; then
+  run_bucket_scenario
+  mkdir -p "$(dirname "$RESULTS")"
+  report_bucket_only | tee "$RESULTS"
   log "results written to $RESULTS"
   exit 0
 fi
@@ -794,6 +810,9 @@ multi_count=$(jq '.packages | length' "$work/multi-direct-1/project/composer.loc
 
 # 4. The dev-tooling install from a packagist-like upstream with GitHub dists (bench/tooling.sh).
 run_tooling_scenario
+
+# 5. Archives in a bucket against a local directory only (bench/bucket.sh).
+run_bucket_scenario
 load_at_end=$(cut -d' ' -f1 /proc/loadavg)
 
 # --- Report ----------------------------------------------------------------------------
@@ -864,6 +883,8 @@ report() {
   report_multi
   echo
   report_tooling
+  echo
+  report_bucket
   echo
   echo "Proxy peak RSS (VmHWM): $((warm_rss_kib / 1024)) MiB (one upstream) and $((merged_warm_rss_kib / 1024)) MiB (merged) after the wrk runs; $((cold_rss_kib / 1024)) MiB after the cold one-upstream install; at most $((multi_proxy_rss_kib / 1024)) MiB after a round of three-upstream installs and $(tooling_rss_mib) MiB after a round of dev-tooling installs."
 }
