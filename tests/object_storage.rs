@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use support::bucket::{Moto, SlowRelay};
+use support::bucket::{Moto, SlowRelay, SECRET};
 use support::catalogue::{Catalogue, FixtureVersion};
 use support::composer::{assert_installed_matches, ComposerProject};
 use support::mock_upstream::{
@@ -132,6 +132,12 @@ async fn warm_installs_through_other_replicas_make_no_upstream_archive_requests(
         "composer_proxy_bucket_uploads_total{outcome=\"created\"} ",
     );
     assert_eq!(created, fetched as u64, "{text}");
+    for replica in &replicas {
+        assert!(
+            !replica.log_text().contains(SECRET),
+            "the bucket's secret key was logged"
+        );
+    }
 }
 
 /// The release of `name` whose archive a test fetches directly.
@@ -176,9 +182,22 @@ async fn a_cold_storm_over_three_replicas_fetches_an_archive_at_most_once_per_re
         assert_eq!(reply.body, expected, "a client got other bytes");
     }
     let fetches = mock.count_prefix("/archives/");
+    let mut leases = Vec::new();
+    for replica in &replicas {
+        let text = metrics(&replica.url).await;
+        let outcomes: Vec<String> = ["acquired", "waited", "taken_over", "unavailable"]
+            .iter()
+            .map(|o| {
+                let line = format!("composer_proxy_bucket_leases_total{{outcome=\"{o}\"}} ");
+                format!("{o} {}", metric(&text, &line))
+            })
+            .collect();
+        leases.push(outcomes.join(", "));
+    }
     eprintln!(
-        "object storage: {REQUESTS} concurrent cold requests for one archive over {} replicas made {fetches} upstream fetch(es)",
-        replicas.len()
+        "object storage: {REQUESTS} concurrent cold requests for one archive over {} replicas made {fetches} upstream fetch(es); leases per replica: {}",
+        replicas.len(),
+        leases.join(" | ")
     );
     assert!(
         (1..=replicas.len()).contains(&fetches),

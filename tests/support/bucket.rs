@@ -16,6 +16,8 @@ use object_store::ObjectStore;
 
 /// The bucket every test uses (moto keeps each server's buckets apart).
 pub const BUCKET: &str = "composer";
+/// The proxies' secret key (moto takes any): distinctive, so a test can look for it in logs.
+pub const SECRET: &str = "bucket-secret-5f3a9c0d";
 /// The prefix the proxies are given.
 pub const PREFIX: &str = "proxy";
 pub const MOTO_MISSING: &str =
@@ -93,7 +95,7 @@ impl Moto {
             ("AWS_ENDPOINT_URL", endpoint.to_string()),
             ("AWS_ALLOW_HTTP", "true".into()),
             ("AWS_ACCESS_KEY_ID", "test".into()),
-            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET.into()),
             ("AWS_REGION", "us-east-1".into()),
         ]
         .into_iter()
@@ -108,7 +110,7 @@ impl Moto {
             .with_allow_http(true)
             .with_bucket_name(BUCKET)
             .with_access_key_id("test")
-            .with_secret_access_key("test")
+            .with_secret_access_key(SECRET)
             .with_region("us-east-1")
             .build()
             .expect("S3 client");

@@ -174,9 +174,13 @@ async fn claim(bucket: &Arc<Bucket>, key: &str, holder: &str, max_wait: Duration
         if let Some((version, outcome)) = taken {
             let lease = Lease::hold(bucket, path, version, holder);
             if matches!(stored, Ok(true)) {
+                if waited {
+                    metrics.record_lease(LeaseOutcome::Waited);
+                }
                 return Claim::InBucket;
             }
             metrics.record_lease(outcome);
+            tracing::debug!(key, holder, outcome = ?outcome, "fetching under the lease");
             return Claim::Fetch(Some(lease));
         }
         match stored {
@@ -279,7 +283,13 @@ impl Download {
             .map(|v| v.as_ref().to_string());
         let mut body = reading.body;
         let mut pending = BytesMut::new();
-        while let Some(chunk) = body.next().await {
+        loop {
+            // A bucket that stops sending is treated like an upstream that does.
+            let chunk = match tokio::time::timeout(self.upstream.read_timeout, body.next()).await {
+                Ok(None) => break,
+                Ok(Some(chunk)) => chunk.map_err(|e| e.to_string()),
+                Err(_) => Err("no data within the read timeout".to_string()),
+            };
             match chunk {
                 Ok(data) => {
                     pending.extend_from_slice(&data);
@@ -432,5 +442,98 @@ impl Download {
             }
             tokio::time::sleep(PEER_POLL).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn bucket() -> Arc<Bucket> {
+        Bucket::with_store(
+            Arc::new(InMemory::new()),
+            "p",
+            "memory://".into(),
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    const KEY: &str = "ab12";
+    const SHORT: Duration = Duration::from_millis(300);
+
+    #[tokio::test]
+    async fn one_replica_takes_the_lease_and_the_others_wait_for_the_archive() {
+        let b = bucket();
+        let Claim::Fetch(Some(lease)) = claim(&b, KEY, "one", SHORT).await else {
+            panic!("a free lease is taken");
+        };
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { claim(&b, KEY, "two", Duration::from_secs(30)).await }
+        });
+        tokio::time::sleep(LEASE_POLL * 3).await;
+        assert!(
+            !waiter.is_finished(),
+            "the second replica waits while the lease is held"
+        );
+        let archive = b.path(Area::Archives, KEY);
+        b.create(&archive, "zip".into()).await.expect("stored");
+        drop(lease);
+        assert!(matches!(waiter.await.expect("task"), Claim::InBucket));
+        let text = render(&b);
+        assert!(text.contains("outcome=\"acquired\"} 1"), "{text}");
+        assert!(text.contains("outcome=\"waited\"} 1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_held_lease_makes_others_fetch_themselves_only_after_their_wait() {
+        let b = bucket();
+        let Claim::Fetch(Some(_held)) = claim(&b, KEY, "one", SHORT).await else {
+            panic!("a free lease is taken");
+        };
+        let started = Instant::now();
+        assert!(matches!(
+            claim(&b, KEY, "two", SHORT).await,
+            Claim::Fetch(None)
+        ));
+        assert!(started.elapsed() >= SHORT);
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_and_a_released_one_is_gone() {
+        let b = bucket();
+        let path = b.path(Area::Leases, KEY);
+        let stale = serde_json::to_vec(&LeaseBody {
+            holder: "killed".into(),
+            expires_ms: unix_ms(SystemTime::now()) - 1,
+        })
+        .expect("json");
+        b.create(&path, stale.into()).await.expect("lease");
+        let Claim::Fetch(Some(lease)) = claim(&b, KEY, "two", SHORT).await else {
+            panic!("an expired lease is taken over");
+        };
+        let held = b.get(&path).await.expect("answers").expect("present");
+        let body: LeaseBody = serde_json::from_slice(&held.bytes).expect("lease body");
+        assert!(body.holder == "two" && body.expires_ms > unix_ms(SystemTime::now()));
+        assert!(render(&b).contains("outcome=\"taken_over\"} 1"));
+        drop(lease);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.get(&path).await.expect("answers").is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "the released lease is still there"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn render(b: &Bucket) -> String {
+        b.metrics().render(&crate::metrics::Gauges {
+            bucket_up: Some(true),
+            ..Default::default()
+        })
     }
 }
