@@ -94,6 +94,10 @@ impl AppState {
         if config.tokens_file != self.tokens.path() {
             tracing::warn!("a new tokens_file needs a restart");
         }
+        let bucket = config.object_store.as_ref().map(ToString::to_string);
+        if bucket.as_deref() != self.bucket.as_ref().map(|b| b.describe()) {
+            tracing::warn!("a new object_store_url needs a restart");
+        }
         warn_if_no_tokens(config, &self.tokens);
         match (&self.tls, &config.tls) {
             (Some(slot), Some(files)) => match tls::acceptor(files) {
