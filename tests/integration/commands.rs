@@ -6,7 +6,7 @@
 //! The binary is a child process, so tests run on a multi-threaded runtime: the mock and the
 //! in-process proxy keep serving while a test awaits the child or blocks on Composer.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -11,7 +11,7 @@
 //! the log waits block, so the runtime is multi-threaded and they run in `block_in_place`,
 //! leaving the mock upstream free to serve.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
