@@ -203,3 +203,42 @@ fn describe(e: &UpstreamError) -> String {
         UpstreamError::RateLimited { .. } => e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sources;
+
+    #[test]
+    fn archives_are_asked_for_under_the_prefix_of_the_upstream_the_lock_names() {
+        let file = "[[upstream]]\nname = \"magento\"\nurl = \"https://repo.magento.com\"\n\
+                    [[upstream]]\nname = \"hyva\"\nurl = \"https://hyva-themes.repo.packagist.com\"\n";
+        let sources = Sources {
+            file: Some(("test.toml".into(), file.into())),
+            env: Default::default(),
+        };
+        let config = Config::load(&sources).expect("valid");
+        let proxy = Proxy::new(&config, "https://proxy.example/composer", None).expect("client");
+        let key = "a".repeat(32);
+        let url = |served: ServedBy| proxy.dist_url("vendor/x", &key, "zip", &served);
+        let tail = format!("dists/vendor/x/{key}.zip");
+        assert_eq!(
+            url(ServedBy::Upstream(1)),
+            format!("https://proxy.example/composer/hyva/{tail}")
+        );
+        assert_eq!(
+            url(ServedBy::Named(Some("magento".into()))),
+            format!("https://proxy.example/composer/magento/{tail}")
+        );
+        // A prefix no upstream has (the path of another public URL), or none: the merged URL.
+        for served in [
+            ServedBy::Named(Some("elsewhere".into())),
+            ServedBy::Named(None),
+        ] {
+            assert_eq!(
+                url(served),
+                format!("https://proxy.example/composer/{tail}")
+            );
+        }
+    }
+}
