@@ -264,7 +264,6 @@ impl Catalogue {
             name.replace('/', "-")
         )
     }
-
 }
 
 impl FixtureVersion {
