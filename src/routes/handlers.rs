@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::json;
 
-use super::respond::{etag_matches, set, set_cache_status};
+use super::respond::{etag_matches, set, set_cache_status, set_length};
 use super::{empty, full, ResponseBody};
 use crate::cache::archives::{Archive, ArchiveStore};
 use crate::cache::metadata::CacheStatus;
@@ -53,13 +53,15 @@ pub(super) async fn serve_archive(
     source: &DistSource,
     headers: &HeaderMap,
     head: bool,
-    content_type: &str,
+    content_type: &'static str,
 ) -> Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError> {
     let key = ArchiveStore::store_key(source);
     let etag = format!("\"{}\"", &key[..32]);
     let mut response = Response::new(empty());
     let h = response.headers_mut();
-    set(h, header::ETAG, &etag);
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, value);
+    }
     if etag_matches(headers, &etag) {
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok((response, Some(CacheStatus::Hit)));
@@ -91,7 +93,7 @@ pub(super) async fn serve_archive(
         }
     };
     if let Some(len) = len {
-        set(h, header::CONTENT_LENGTH, &len.to_string());
+        set_length(h, len);
     }
     if !head {
         *response.body_mut() = body;
