@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::Body as _;
@@ -45,6 +46,24 @@ pub(super) async fn archive(
     .await
 }
 
+/// Slices of an archive held in memory handed to hyper at a time.
+const MEMORY_FRAME: usize = 256 * 1024;
+
+/// An archive held in memory, handed to hyper in slices of the one shared copy. hyper asks
+/// for the next slice only once the last is on its way, and that is the progress the
+/// send-stall watchdog counts: one frame of a whole large archive would end the body at once,
+/// and a client that then stopped reading would never be found out.
+fn memory_body(bytes: Bytes) -> ResponseBody {
+    if bytes.len() <= MEMORY_FRAME {
+        return full(bytes);
+    }
+    let len = bytes.len();
+    let frames = (0..len).step_by(MEMORY_FRAME).map(move |at| {
+        Ok::<_, std::io::Error>(Frame::data(bytes.slice(at..(at + MEMORY_FRAME).min(len))))
+    });
+    StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+}
+
 /// An archive from the store (fetched with `client` if it must be), with its ETag, 304 and
 /// HEAD: dists and release files alike.
 pub(super) async fn serve_archive(
@@ -71,7 +90,7 @@ pub(super) async fn serve_archive(
     set(h, header::CONTENT_TYPE, content_type);
     set_cache_status(h, cache);
     let (len, body) = match archive {
-        Archive::Memory(bytes) => (Some(bytes.len() as u64), full(bytes)),
+        Archive::Memory(bytes) => (Some(bytes.len() as u64), memory_body(bytes)),
         Archive::File(reader) => {
             let len = reader.byte_len();
             let stream = futures_util::stream::unfold(reader, |mut reader| async move {
