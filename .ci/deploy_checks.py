@@ -89,13 +89,33 @@ def check_deployment(where, doc, known):
             problem(name, "seccompProfile must be RuntimeDefault")
 
 
+def check_storage(path, docs):
+    """One rendering either shares a ReadWriteMany claim or a bucket, never neither: with
+    COMPOSER_PROXY_OBJECT_STORE_URL the cache volume is a per-pod emptyDir and no claim is
+    rendered; without it the cache volume is the shared claim."""
+    bucket = any(
+        d["kind"] == "ConfigMap" and "COMPOSER_PROXY_OBJECT_STORE_URL" in d.get("data", {})
+        for d in docs
+    )
+    claims = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    for d in docs:
+        if d["kind"] != "Deployment":
+            continue
+        volumes = {v["name"]: v for v in d["spec"]["template"]["spec"].get("volumes", [])}
+        cache = volumes.get("cache", {})
+        if bucket and ("emptyDir" not in cache or claims):
+            problem(path, "with a bucket the cache volume is an emptyDir and there is no claim")
+        if not bucket and "persistentVolumeClaim" not in cache:
+            problem(path, "without a bucket the cache volume must be the shared claim")
+
+
 def settings(rendered_files):
     known = known_env_names()
     kinds = set()
     for path in rendered_files:
-        for doc in yaml.safe_load_all(Path(path).read_text()):
-            if not doc:
-                continue
+        docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+        check_storage(path, docs)
+        for doc in docs:
             kind = doc["kind"]
             kinds.add(kind)
             where = f"{path} {kind}/{doc['metadata']['name']}"
@@ -114,13 +134,15 @@ def settings(rendered_files):
         if kind not in kinds:
             problem(" ".join(rendered_files), f"no {kind} rendered")
 
-    compose_path = "deploy/container/compose.yaml"
-    compose = yaml.safe_load((ROOT / compose_path).read_text())
-    for name, service in compose["services"].items():
-        check_env_names(f"{compose_path} service {name}", service.get("environment", {}), known)
-        for secret in service.get("secrets", []):
-            if secret not in compose.get("secrets", {}):
-                problem(compose_path, f"service {name} uses undeclared secret {secret}")
+    for compose_path in ("deploy/container/compose.yaml",
+                         "deploy/container/compose.object-storage.yaml"):
+        compose = yaml.safe_load((ROOT / compose_path).read_text())
+        for name, service in compose["services"].items():
+            where = f"{compose_path} service {name}"
+            check_env_names(where, service.get("environment", {}), known)
+            for secret in service.get("secrets", []):
+                if secret not in compose.get("secrets", {}):
+                    problem(compose_path, f"service {name} uses undeclared secret {secret}")
 
     env_path = "deploy/systemd/composer-proxy.env"
     for number, line in enumerate((ROOT / env_path).read_text().splitlines(), 1):

@@ -47,7 +47,7 @@ target=${CARGO_TARGET_DIR:-target}/$PROFILE
 pids+=($!)
 wait_until test -s "$work/mock.url" || { echo "mock did not start" >&2; exit 1; }
 
-# The mock's key pair (tests/support/mock_upstream.rs).
+# The mock's key pair (tests/integration/support/mock_upstream.rs).
 COMPOSER_PROXY_LISTEN=127.0.0.1:0 COMPOSER_PROXY_UPSTREAM_URL=$(<"$work/mock.url") \
   COMPOSER_PROXY_PUBLIC_KEY=0123456789abcdef0123456789abcdef \
   COMPOSER_PROXY_PRIVATE_KEY=fedcba9876543210fedcba9876543210 \

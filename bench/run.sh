@@ -25,9 +25,9 @@
 # Everything runs on loopback: the upstreams are the tests' mocks of repo.magento.com, of a
 # vendor repository under a path with user `token`, and of packagist.org (open-ended,
 # minified, dists on a second origin; for scenario 4 behind a mock of GitHub's API,
-# tests/support/github.rs) (examples/mock_upstream.rs, wrapping
-# tests/support/mock_upstream.rs and the catalogues of tests/support/catalogue.rs), started
-# as processes; tests/support/upstreams.rs describes the same three. Ports come from the kernel
+# tests/integration/support/github.rs) (examples/mock_upstream.rs, wrapping
+# tests/integration/support/mock_upstream.rs and the catalogues of tests/integration/support/catalogue.rs), started
+# as processes; tests/integration/support/upstreams.rs describes the same three. Ports come from the kernel
 # (127.0.0.1:0) for our own programs; nginx cannot bind port 0, so it gets a random free
 # port, retried if taken. Every wait is bounded, every process started here is stopped on
 # exit, and all files live in one temporary directory that is removed afterwards
@@ -63,12 +63,12 @@ readonly ONLY=${BENCH_ONLY:-}
 readonly NOISE=${BENCH_NOISE:-0.10}
 readonly SMALL_ARCHIVE_BYTES=$((100 * 1024))
 readonly LARGE_ARCHIVE_BYTES=$((5 * 1024 * 1024))
-# The key pair the mock accepts (tests/support/mock_upstream.rs TEST_PUBLIC_KEY/PRIVATE_KEY).
+# The key pair the mock accepts (tests/integration/support/mock_upstream.rs TEST_PUBLIC_KEY/PRIVATE_KEY).
 readonly PUBLIC_KEY=0123456789abcdef0123456789abcdef
 readonly PRIVATE_KEY=fedcba9876543210fedcba9876543210
 readonly PRODUCT=magento/product-community-edition
 readonly PRODUCT_VERSION=2.4.7
-# The vendor repository (tests/support/upstreams.rs HYVA_PREFIX, HYVA_LICENCE; user `token`).
+# The vendor repository (tests/integration/support/upstreams.rs HYVA_PREFIX, HYVA_LICENCE; user `token`).
 readonly HYVA_PREFIX=/hyva-project
 readonly HYVA_USER=token
 readonly HYVA_LICENCE=hyva-licence-0123456789abcdef
@@ -205,7 +205,7 @@ start_mock() {
   log "$name: $mock_url${mock_dist_url:+, dists on $mock_dist_url}${mock_api_url:+, GitHub API on $mock_api_url} (pid $mock_pid)"
 }
 
-# Starts the three upstreams of a Magento project (tests/support/upstreams.rs), every
+# Starts the three upstreams of a Magento project (tests/integration/support/upstreams.rs), every
 # request to each (dist host included) delayed by $2 ms; the magento one also takes the
 # options after $2. Names them $1-magento, $1-hyva, $1-packagist and writes the merged
 # proxy's configuration, three [[upstream]] tables in priority order, to $work/$1.toml.

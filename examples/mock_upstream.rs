@@ -4,12 +4,12 @@
 //!
 //! The benchmark runs the release proxy binary, nginx and Composer as separate processes,
 //! so the upstreams they talk to must be processes too. Rather than a second mock, this
-//! wraps the one in `tests/support/`: the benchmark then measures against exactly the
+//! wraps the one in `tests/integration/support/`: the benchmark then measures against exactly the
 //! upstream behaviour the tests pin down (v1 providers protocol or p2, keys checked on
 //! every request, per-package files always gzip-compressed, minified packagist metadata,
 //! dists on a second origin). The options map one to one onto `MockOptions`, and the
 //! catalogues are the tests' own (`Catalogue::magento`, `vendor`, `packagist`), so the three
-//! upstreams of `tests/support/upstreams.rs` are, as processes:
+//! upstreams of `tests/integration/support/upstreams.rs` are, as processes:
 //!
 //! ```text
 //! mock_upstream                                   # magento: v1, Marketplace test keys
@@ -19,7 +19,7 @@
 //! ```
 //!
 //! With `--github-api` (packagist-like only) it also starts the tests' mock of api.github.com
-//! (`tests/support/github.rs`): dists are then published as packagist.org publishes them,
+//! (`tests/integration/support/github.rs`): dists are then published as packagist.org publishes them,
 //! `<api>/repos/OWNER/REPO/zipball/REF`, and the API redirects them to the dist host, which
 //! plays codeload.github.com; `--github-api-url-file` writes the API's URL like the others.
 //!
@@ -34,18 +34,18 @@
 // proxy binary, which an example has no use for. (The mock refers to `super::catalogue` and,
 // for packagist.org's APIs, `super::advisories`.)
 #[allow(dead_code)]
-#[path = "../tests/support/advisories.rs"]
+#[path = "../tests/integration/support/advisories.rs"]
 mod advisories;
 #[allow(dead_code)]
-#[path = "../tests/support/catalogue.rs"]
+#[path = "../tests/integration/support/catalogue.rs"]
 mod catalogue;
 #[allow(dead_code)]
-#[path = "../tests/support/github.rs"]
+#[path = "../tests/integration/support/github.rs"]
 mod github;
 #[allow(dead_code)]
-#[path = "../tests/support/mock_upstream.rs"]
+#[path = "../tests/integration/support/mock_upstream.rs"]
 mod mock_upstream;
-#[path = "../tests/support/serve.rs"]
+#[path = "../tests/integration/support/serve.rs"]
 mod serve;
 
 use std::io::Write as _;
@@ -87,7 +87,7 @@ enum ProtocolChoice {
 #[derive(Parser)]
 #[command(
     name = "mock_upstream",
-    about = "The tests' mock Composer repositories (tests/support/mock_upstream.rs) on \
+    about = "The tests' mock Composer repositories (tests/integration/support/mock_upstream.rs) on \
              127.0.0.1, for benchmarks: repo.magento.com by default, a vendor repository or \
              packagist.org with the options below."
 )]

@@ -22,7 +22,7 @@ mod upstreams;
 pub use bucket::{parse_bucket_url, BucketKind, BucketUrl};
 pub use downloads::RELEASES_NAME;
 pub use github::GitHubConfig;
-pub use keys::{Credentials, KeySource, Secret};
+pub use keys::{Credentials, KeySource, Secret, Secrets};
 use raw::{deserialize, validate};
 
 /// The built-in defaults; `config/default.toml` is the single source of truth for them.
@@ -30,6 +30,10 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 /// Prefix of every environment override.
 pub const ENV_PREFIX: &str = "COMPOSER_PROXY_";
+
+/// The client token `warm --via` sends to a proxy that requires one: not a setting of the
+/// proxy, but allowed beside them, where a CI job keeps its other variables.
+pub const CLIENT_TOKEN_VAR: &str = "COMPOSER_PROXY_CLIENT_TOKEN";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -189,8 +193,14 @@ impl Config {
         }
     }
 
-    /// Merges defaults, file and environment, then validates.
+    /// Merges defaults, file and environment, then validates, secrets included.
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        Self::load_with(sources, Secrets::Read)
+    }
+
+    /// As [`Config::load`]; with [`Secrets::Ignore`] no upstream has a key pair, GitHub no
+    /// token and release downloads are off, whatever their settings say.
+    pub fn load_with(sources: &Sources, secrets: Secrets) -> Result<Config, ConfigError> {
         let defaults: toml::Table = DEFAULT_TOML.parse().map_err(|e| ConfigError {
             setting: "defaults".into(),
             origin: "embedded config/default.toml".into(),
@@ -273,7 +283,10 @@ impl Config {
         for var in sources.env.keys() {
             if let Some(name) = var.strip_prefix(ENV_PREFIX) {
                 // Secrets of a named upstream; checked against the tables in validation.
-                if upstreams::secret_variable(var).is_some() || downloads::variable(var).is_some() {
+                if upstreams::secret_variable(var).is_some()
+                    || downloads::variable(var).is_some()
+                    || var == CLIENT_TOKEN_VAR
+                {
                     continue;
                 }
                 if !defaults.contains_key(&name.to_ascii_lowercase()) {
@@ -293,7 +306,7 @@ impl Config {
                 .unwrap_or_else(|| "default".to_string())
         };
         let raw = deserialize(merged, &defaults, &origin_of)?;
-        validate(raw, &origin_of, &sources.env)
+        validate(raw, &origin_of, &sources.env, secrets)
     }
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use composer_proxy::commands::{self, cache, check, lock, tokens, warm, CommandError};
-use composer_proxy::config::{Config, Sources};
+use composer_proxy::config::{Config, Secret, Secrets, Sources, CLIENT_TOKEN_VAR};
 use composer_proxy::tokens::TokenState;
 
 /// Exit status for a bad configuration (EX_USAGE in sysexits.h, as DESIGN.md §3 requires).
@@ -71,7 +71,13 @@ the proxy both work. Safe while a proxy runs on the same cache directory. Ends w
 fetched, already cached, nothing to fetch (metapackages), skipped (dists on other hosts), and \
 failed with the reason for each. Archives beyond archive_cache_max_bytes evict the least \
 recently used ones as usual.\n\n\
-Exit status: 0 when nothing failed, 1 when any package failed, 64 for an invalid configuration."
+With --via URL it downloads each archive from a running proxy at that URL instead, as \
+Composer would, so that proxy fetches and stores it: the keys and the cache directory stay \
+with the proxy, and this command needs only the upstream URLs (to recognise a lock's dist \
+URLs) and, when the proxy requires tokens, a client token (COMPOSER_PROXY_CLIENT_TOKEN or \
+--token). \"already cached\" then counts what the proxy had stored before.\n\n\
+Exit status: 0 when nothing failed, 1 when any package failed (or the proxy could not be \
+used), 64 for an invalid configuration."
     )]
     Warm {
         /// The composer.lock whose packages to fetch.
@@ -80,6 +86,14 @@ Exit status: 0 when nothing failed, 1 when any package failed, 64 for an invalid
         /// Archives fetched at the same time.
         #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
         concurrency: u16,
+        /// Download through the running proxy at this URL (as clients reach it) instead of
+        /// from the upstreams; no keys needed.
+        #[arg(long, value_name = "URL", value_parser = lock::parse_public_url)]
+        via: Option<String>,
+        /// The client token for --via, when that proxy requires tokens; prefer the
+        /// COMPOSER_PROXY_CLIENT_TOKEN variable, which other users cannot see.
+        #[arg(long, value_name = "TOKEN", requires = "via")]
+        token: Option<String>,
     },
     /// Inspect and maintain the cache directory (safe while a proxy runs).
     Cache {
@@ -176,7 +190,8 @@ enum LockCommand {
 against the upstream bypasses the proxy. This rewrites every dist URL on the upstream's origin \
 to the URL the proxy serves that archive at (<public_url>/dists/<vendor>/<name>/<key>.<ext>), \
 and upstream notification-url entries to <public_url>/downloads/. Everything else stays byte \
-for byte; the file is replaced atomically. Prints how many URLs were rewritten."
+for byte; the file is replaced atomically. Prints how many URLs were rewritten.\n\n\
+Only public_url and the upstream URLs are read: no key source is, so no keys are needed."
     )]
     Migrate {
         /// The composer.lock to rewrite in place.
@@ -189,10 +204,23 @@ for byte; the file is replaced atomically. Prints how many URLs were rewritten."
     },
 }
 
+impl Command {
+    /// Commands that never send the keys do not read them either, so they run on machines
+    /// (CI jobs) that do not hold them.
+    fn secrets(&self) -> Secrets {
+        match self {
+            Command::Lock { .. } | Command::Warm { via: Some(_), .. } => Secrets::Ignore,
+            _ => Secrets::Read,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    let secrets = command.secrets();
     let loaded = Sources::from_process(cli.config.as_deref())
-        .and_then(|sources| Config::load(&sources).map(|config| (sources, config)));
+        .and_then(|sources| Config::load_with(&sources, secrets).map(|config| (sources, config)));
     let (sources, config) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -200,7 +228,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let command = cli.command.unwrap_or(Command::Serve);
     // Commands report for themselves; their log would only repeat it, or break the progress bar.
     let log_level = match command {
         Command::Serve => config.log_level.as_str(),
@@ -211,13 +238,28 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Serve => return serve(config, cli.config),
         Command::Check { json } => block_on(check::run(&config, json)),
-        Command::Warm { lock, concurrency } => block_on(warm::run(
-            &config,
-            &warm::WarmOptions {
-                lock,
-                concurrency: usize::from(concurrency),
-            },
-        )),
+        Command::Warm {
+            lock,
+            concurrency,
+            via,
+            token,
+        } => {
+            // Only for --via: warming from the upstreams sends no client token anywhere.
+            let token = via.as_ref().and_then(|_| {
+                token
+                    .or_else(|| sources.env.get(CLIENT_TOKEN_VAR).cloned())
+                    .map(Secret::new)
+            });
+            block_on(warm::run(
+                &config,
+                &warm::WarmOptions {
+                    lock,
+                    concurrency: usize::from(concurrency),
+                    via,
+                    token,
+                },
+            ))
+        }
         Command::Cache { command } => match command {
             CacheCommand::Stats => cache::stats(&config),
             CacheCommand::Purge { package, upstream } => {

@@ -3,18 +3,20 @@
 //! Secrets cannot reach the log through this module: keys only exist inside `Secret` values
 //! (which redact themselves) and in a sensitive upstream header that is never logged.
 
-use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+mod batch;
+
+pub use batch::FlushGuard;
+
 /// Installs the global subscriber; a second call (as in tests) is a no-op. Lines are written
-/// by a background thread, so a request never waits on stderr (one access line per request
-/// made logging the largest cost of a cached answer). Keep the guard until exit: dropping it
-/// flushes what is still queued.
-pub fn init(format: LogFormat, level: &str) -> WorkerGuard {
+/// in batches by a background thread, so a request never waits on stderr (see `batch`). Keep
+/// the guard until exit: dropping it writes what is still pending.
+pub fn init(format: LogFormat, level: &str) -> FlushGuard {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let (writer, guard) = batch::stderr();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

@@ -69,7 +69,13 @@ const WRITE_CHUNK: usize = 128 * 1024;
 /// Bytes read per step when a client follows a download in progress.
 const READ_CHUNK: u64 = 256 * 1024;
 /// Archives up to this size are kept in memory once served from disk.
-const MEMORY_OBJECT_MAX: u64 = 2 * 1024 * 1024;
+const MEMORY_OBJECT_SMALL: u64 = 2 * 1024 * 1024;
+/// Larger archives are kept in memory too, up to this share of the memory tier's bound and at
+/// most [`MEMORY_OBJECT_LARGE`]: a hot 5 MB archive served from memory is written to the socket
+/// from one shared copy, where from disk every response read it into buffers of its own first
+/// (0.74x nginx's throughput, whose sendfile needs no such copy).
+const MEMORY_OBJECT_SHARE: u64 = 16;
+const MEMORY_OBJECT_LARGE: u64 = 32 * 1024 * 1024;
 /// Eviction brings the store down to this share of its bound, so it runs once per tenth of
 /// the bound written rather than after every download.
 const LOW_WATER_PERCENT: u64 = 90;
@@ -197,6 +203,8 @@ struct Inner {
     uploads: Arc<tokio::sync::Semaphore>,
     /// This process, as named in the bucket's leases.
     holder: String,
+    /// Archives up to this size go into `memory` (see [`MEMORY_OBJECT_SHARE`]).
+    memory_object_max: u64,
 }
 
 type NoteSlot = Exchanges;
@@ -265,6 +273,8 @@ impl ArchiveStore {
             bucket,
             uploads: Arc::new(tokio::sync::Semaphore::new(shared::UPLOADS_AT_ONCE)),
             holder: shared::holder_name(),
+            memory_object_max: (settings.memory_bytes / MEMORY_OBJECT_SHARE)
+                .clamp(MEMORY_OBJECT_SMALL, MEMORY_OBJECT_LARGE),
         });
         let start = inner.clone();
         tokio::task::spawn_blocking(move || {

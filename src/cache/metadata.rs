@@ -234,11 +234,6 @@ impl MetadataCache {
         self.namespace.as_deref()
     }
 
-    /// The rewriter of this upstream's documents (for `lock migrate` and `warm`).
-    pub fn rewriter(&self) -> &Rewriter {
-        &self.rewriter
-    }
-
     /// Never builds the Composer 1 chain in this process (see `v1_chain_wanted`).
     pub fn skip_v1_chain(&self) {
         self.v1_chain_wanted.store(false, Ordering::Release);

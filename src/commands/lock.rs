@@ -167,6 +167,29 @@ fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// The upstreams' rewriters in priority order, each building URLs of the merged repository at
+/// `public_url`: what a lock's dist URLs become, and which archive each names.
+pub(super) fn rewriters(config: &Config, public_url: &str) -> Vec<Rewriter> {
+    // With [[upstream]] tables, GitHub dists (packagist.org's) go to the merged URL, where the
+    // package's owner serves them; one flat upstream is repo.magento.com, and a project's GitHub
+    // dists then come from packagist.org directly, so they are left as they are.
+    let github_api = config
+        .upstreams
+        .iter()
+        .any(|u| u.named)
+        .then(|| config.github.api.clone());
+    config
+        .upstreams
+        .iter()
+        .map(|u| Rewriter {
+            public_url: public_url.to_string(),
+            upstream: u.url.clone(),
+            allowed_hosts: u.allowed_hosts.clone(),
+            github_api: github_api.clone(),
+        })
+        .collect()
+}
+
 pub fn migrate(config: &Config, options: &MigrateOptions) -> Result<u8, CommandError> {
     let public_url = options
         .public_url
@@ -179,24 +202,7 @@ pub fn migrate(config: &Config, options: &MigrateOptions) -> Result<u8, CommandE
                     .into(),
             )
         })?;
-    // With [[upstream]] tables, GitHub dists (packagist.org's) go to the merged URL, where the
-    // package's owner serves them; one flat upstream is repo.magento.com, and a project's GitHub
-    // dists then come from packagist.org directly, so they are left as they are.
-    let github_api = config
-        .upstreams
-        .iter()
-        .any(|u| u.named)
-        .then(|| config.github.api.clone());
-    let rewriters: Vec<Rewriter> = config
-        .upstreams
-        .iter()
-        .map(|u| Rewriter {
-            public_url: public_url.clone(),
-            upstream: u.url.clone(),
-            allowed_hosts: u.allowed_hosts.clone(),
-            github_api: github_api.clone(),
-        })
-        .collect();
+    let rewriters = rewriters(config, &public_url);
     let name = options.lock.display().to_string();
     let text = fs::read_to_string(&options.lock)
         .map_err(|e| anyhow::anyhow!("cannot read {name}: {e}"))?;

@@ -7,7 +7,11 @@
 //! dist URL gives the archive's key: an upstream URL through the same function that rewrites
 //! metadata, a proxy URL by its last path segment. The upstream's metadata then says where
 //! that archive lives and which sha1 it must have.
+//!
+//! With `--via URL` it downloads each archive from a running proxy instead, as Composer would
+//! (`via`), so that proxy fetches and stores it: no keys and no cache directory needed.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -17,16 +21,23 @@ use serde_json::Value;
 
 use crate::cache::archives::{Archive, ArchiveStore, StoreSettings};
 use crate::cache::CacheDir;
-use crate::commands::{progress_bar, CommandError, EXIT_FAILED, EXIT_OK};
+use crate::commands::{lock, progress_bar, CommandError, EXIT_FAILED, EXIT_OK};
 use crate::composer::Rewriter;
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::upstreams::Upstreams;
 
+mod via;
+
 pub struct WarmOptions {
     pub lock: PathBuf,
     pub concurrency: usize,
+    /// A running proxy (its URL as clients use it) to download through, instead of from the
+    /// upstreams into `cache_dir`.
+    pub via: Option<String>,
+    /// The client token for `via`, when that proxy requires tokens.
+    pub token: Option<Secret>,
 }
 
 /// One package of a lock file, as far as warming needs it.
@@ -42,9 +53,14 @@ struct Locked {
 /// What to do for one locked package.
 #[derive(Debug, PartialEq, Eq)]
 enum Plan {
-    /// Fetch the archive with this key (see [`crate::composer::dist_key`]), from the upstream
-    /// the dist URL names (by its position in the list) or else from the package's owner.
-    Fetch { key: String, upstream: Via },
+    /// Fetch the archive with this key (see [`crate::composer::dist_key`]) and extension (of
+    /// the proxy's URL for it), from the upstream the dist URL names (by its position in the
+    /// list) or else from the package's owner.
+    Fetch {
+        key: String,
+        ext: String,
+        upstream: ServedBy,
+    },
     /// A metapackage, or a package without a dist: nothing to download.
     Nothing,
     /// The dist is not one this proxy serves (another repository's host).
@@ -93,7 +109,7 @@ fn read_lock(bytes: &[u8]) -> Result<Vec<Locked>, String> {
 
 /// Which upstream serves a planned archive.
 #[derive(Debug, PartialEq, Eq)]
-enum Via {
+enum ServedBy {
     /// The upstream at this position, whose origin (or allowed host) the dist URL is on.
     Upstream(usize),
     /// The upstream a proxy dist URL names by its prefix (`…/<name>/dists/…`), if any is
@@ -103,7 +119,7 @@ enum Via {
 
 /// Which archive a locked package needs, from its dist URL alone: on an upstream's origin or
 /// allowed host (in priority order), or a URL some composer-proxy wrote.
-fn plan(rewriters: &[&Rewriter], package: &Locked) -> Plan {
+fn plan(rewriters: &[Rewriter], package: &Locked) -> Plan {
     let Some((url, dist_type)) = &package.dist else {
         return Plan::Nothing;
     };
@@ -112,16 +128,19 @@ fn plan(rewriters: &[&Rewriter], package: &Locked) -> Plan {
     }
     for (i, rewriter) in rewriters.iter().enumerate() {
         if let Some(proxied) = rewriter.proxied_dist(&package.name, url, dist_type) {
+            let ext = proxied.url.rsplit_once('.').map(|(_, ext)| ext);
             return Plan::Fetch {
+                ext: ext.unwrap_or_default().to_string(),
                 key: proxied.key,
-                upstream: Via::Upstream(i),
+                upstream: ServedBy::Upstream(i),
             };
         }
     }
     match proxy_dist_key(&package.name, url) {
-        Some((named, key)) => Plan::Fetch {
+        Some((named, key, ext)) => Plan::Fetch {
             key,
-            upstream: Via::Named(named),
+            ext,
+            upstream: ServedBy::Named(named),
         },
         None => Plan::Skip(format!(
             "its dist is on no configured upstream or allowed host ({url})"
@@ -129,18 +148,18 @@ fn plan(rewriters: &[&Rewriter], package: &Locked) -> Plan {
     }
 }
 
-/// The key in a dist URL some proxy wrote (`…/dists/<vendor>/<name>/<key>.<ext>`), whatever
-/// its host and path prefix, with the path segment before `dists` (an upstream's name, when
-/// the URL is of an `[[upstream]]`): a lock made through this proxy under another public URL
-/// still names the same archives, since the key depends only on the upstream URL.
-fn proxy_dist_key(name: &str, url: &str) -> Option<(Option<String>, String)> {
+/// The key and extension in a dist URL some proxy wrote (`…/dists/<vendor>/<name>/<key>.<ext>`),
+/// whatever its host and path prefix, with the path segment before `dists` (an upstream's
+/// name, when the URL is of an `[[upstream]]`): a lock made through this proxy under another
+/// public URL still names the same archives, since the key depends only on the upstream URL.
+fn proxy_dist_key(name: &str, url: &str) -> Option<(Option<String>, String, String)> {
     let path = url::Url::parse(url).ok()?.path().to_string();
     let (dir, file) = path.rsplit_once('/')?;
     let prefix = dir.strip_suffix(&format!("/dists/{name}"))?;
-    let (key, _ext) = file.split_once('.')?;
+    let (key, ext) = file.split_once('.')?;
     let is_key = crate::composer::is_hex_digest(key, 32);
     let named = prefix.rsplit('/').next().filter(|s| !s.is_empty());
-    is_key.then(|| (named.map(str::to_string), key.to_string()))
+    is_key.then(|| (named.map(str::to_string), key.to_string(), ext.to_string()))
 }
 
 /// The upstreams' metadata caches and the archive store on `cache_dir`, opened as the proxy
@@ -179,16 +198,16 @@ async fn warm_one(
     plan: Plan,
 ) -> Outcome {
     let (key, via) = match plan {
-        Plan::Fetch { key, upstream } => (key, upstream),
+        Plan::Fetch { key, upstream, .. } => (key, upstream),
         Plan::Nothing => return Outcome::Nothing,
         Plan::Skip(why) => return Outcome::Skipped(why),
     };
     let upstream = match via {
-        Via::Upstream(i) => upstreams.iter().nth(i).cloned(),
-        Via::Named(Some(name)) if upstreams.named(&name).is_some() => {
+        ServedBy::Upstream(i) => upstreams.iter().nth(i).cloned(),
+        ServedBy::Named(Some(name)) if upstreams.named(&name).is_some() => {
             upstreams.named(&name).cloned()
         }
-        Via::Named(_) => match upstreams.owner(&package.name).await {
+        ServedBy::Named(_) => match upstreams.owner(&package.name).await {
             Ok(owner) => owner,
             Err(e) => return Outcome::Failed(e.to_string()),
         },
@@ -241,57 +260,88 @@ pub async fn run(config: &Config, options: &WarmOptions) -> Result<u8, CommandEr
     let bytes = std::fs::read(&options.lock)
         .map_err(|e| anyhow::anyhow!("cannot read {lock_name}: {e}"))?;
     let locked = read_lock(&bytes).map_err(|e| anyhow::anyhow!("{lock_name}: {e}"))?;
-    let (upstreams, archives) = open_caches(config).await?;
-    // Every upstream's `packages.json` before fanning out, so a rejected key or a down
-    // upstream is one clear message rather than a failure per package.
-    for upstream in upstreams.iter() {
-        upstream.metadata.view().await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read the metadata of upstream {:?}: {e}",
-                upstream.name
-            )
-        })?;
-    }
-    // As `lock migrate` decides: with one flat upstream (repo.magento.com), a lock's GitHub
-    // dists are packagist.org's, fetched by Composer directly, not the proxy's to store.
-    let named = config.upstreams.iter().any(|u| u.named);
-    let owned: Vec<Rewriter> = upstreams
-        .iter()
-        .map(|u| Rewriter {
-            github_api: u.metadata.rewriter().github_api.clone().filter(|_| named),
-            ..u.metadata.rewriter().clone()
-        })
-        .collect();
-    let rewriters: Vec<&Rewriter> = owned.iter().collect();
+    // As `lock migrate` decides which dist URLs are the proxy's and what they become; only the
+    // keys matter here, so the public URL is whichever the URLs are built for.
+    let base = options
+        .via
+        .clone()
+        .unwrap_or_else(|| config.public_url_for(config.listen));
+    let rewriters = lock::rewriters(config, &base);
+    let plans: Vec<Plan> = locked.iter().map(|p| plan(&rewriters, p)).collect();
+    let concurrency = options.concurrency;
 
-    let bar = progress_bar(locked.len() as u64, "warming");
-    let mut outcomes: Vec<(usize, Outcome)> = futures_util::stream::iter(locked.iter().enumerate())
-        .map(|(i, package)| {
-            let plan = plan(&rewriters, package);
-            let (upstreams, archives, bar) = (&upstreams, &archives, &bar);
-            async move {
-                let outcome = warm_one(upstreams, archives, package, plan).await;
-                bar.set_message(package.name.clone());
-                bar.inc(1);
-                (i, outcome)
+    let (outcomes, target) = match &options.via {
+        Some(url) => {
+            let proxy = via::Proxy::new(config, url, options.token.as_ref())?;
+            proxy.check().await?;
+            let proxy = &proxy;
+            let outcomes = fan_out(&locked, plans, concurrency, move |package, plan| {
+                proxy.warm(package, plan)
+            })
+            .await;
+            (outcomes, format!("via {url}"))
+        }
+        None => {
+            let (upstreams, archives) = open_caches(config).await?;
+            // Every upstream's `packages.json` before fanning out, so a rejected key or a down
+            // upstream is one clear message rather than a failure per package.
+            for upstream in upstreams.iter() {
+                upstream.metadata.view().await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot read the metadata of upstream {:?}: {e}",
+                        upstream.name
+                    )
+                })?;
             }
-        })
-        .buffer_unordered(options.concurrency.max(1))
-        .collect()
-        .await;
-    bar.finish_and_clear();
-    outcomes.sort_by_key(|(i, _)| *i);
+            let (upstreams, archives) = (&upstreams, &archives);
+            let outcomes = fan_out(&locked, plans, concurrency, move |package, plan| {
+                warm_one(upstreams, archives, package, plan)
+            })
+            .await;
+            (outcomes, format!("cache {}", config.cache_dir.display()))
+        }
+    };
 
-    let report = Report::new(locked.iter().zip(outcomes.iter().map(|(_, o)| o)));
-    print!(
-        "{}",
-        report.render(&lock_name, &config.cache_dir.display().to_string())
-    );
+    let report = Report::new(locked.iter().zip(outcomes.iter()));
+    print!("{}", report.render(&lock_name, &target));
     Ok(if report.failed.is_empty() {
         EXIT_OK
     } else {
         EXIT_FAILED
     })
+}
+
+/// Runs `warm` on every locked package, `concurrency` at a time, with a progress bar; the
+/// outcomes in lock order.
+async fn fan_out<'a, F, Fut>(
+    locked: &'a [Locked],
+    plans: Vec<Plan>,
+    concurrency: usize,
+    warm: F,
+) -> Vec<Outcome>
+where
+    F: Fn(&'a Locked, Plan) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let bar = progress_bar(locked.len() as u64, "warming");
+    let bar_ref = &bar;
+    let mut outcomes: Vec<(usize, Outcome)> =
+        futures_util::stream::iter(locked.iter().zip(plans).enumerate())
+            .map(|(i, (package, plan))| {
+                let warming = warm(package, plan);
+                async move {
+                    let outcome = warming.await;
+                    bar_ref.set_message(package.name.clone());
+                    bar_ref.inc(1);
+                    (i, outcome)
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+    bar.finish_and_clear();
+    outcomes.sort_by_key(|(i, _)| *i);
+    outcomes.into_iter().map(|(_, outcome)| outcome).collect()
 }
 
 /// The summary, in lock order.
@@ -326,8 +376,9 @@ impl Report {
         report
     }
 
-    fn render(&self, lock: &str, cache_dir: &str) -> String {
-        let mut out = format!("{lock}: {} packages, cache {cache_dir}\n", self.total);
+    /// `target` is where the archives went: `cache <dir>` or `via <url>`.
+    fn render(&self, lock: &str, target: &str) -> String {
+        let mut out = format!("{lock}: {} packages, {target}\n", self.total);
         out += &format!(
             "fetched: {} ({})\n",
             self.fetched,
@@ -393,12 +444,13 @@ mod tests {
             package_type: "magento2-library".into(),
             dist: Some((url.into(), "zip".into())),
         };
-        let r = [&r];
+        let r = [r];
         assert_eq!(
             plan(&r, &locked(upstream_url)),
             Plan::Fetch {
                 key: proxied.key.clone(),
-                upstream: Via::Upstream(0)
+                ext: "zip".into(),
+                upstream: ServedBy::Upstream(0)
             }
         );
         // A lock made through the proxy at another public URL, and through an upstream's own
@@ -411,7 +463,8 @@ mod tests {
             plan(&r, &locked(&elsewhere)),
             Plan::Fetch {
                 key: proxied.key.clone(),
-                upstream: Via::Named(None)
+                ext: "zip".into(),
+                upstream: ServedBy::Named(None)
             }
         );
         let prefixed = format!(
@@ -422,7 +475,8 @@ mod tests {
             plan(&r, &locked(&prefixed)),
             Plan::Fetch {
                 key: proxied.key,
-                upstream: Via::Named(Some("magento".into()))
+                ext: "zip".into(),
+                upstream: ServedBy::Named(Some("magento".into()))
             }
         );
         assert!(matches!(
@@ -450,6 +504,6 @@ mod tests {
             package_type: "metapackage".into(),
             dist: None,
         };
-        assert_eq!(plan(&[&rewriter()], &meta), Plan::Nothing);
+        assert_eq!(plan(&[rewriter()], &meta), Plan::Nothing);
     }
 }

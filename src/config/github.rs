@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use url::Url;
 
-use super::keys::Secret;
+use super::keys::{Secret, Secrets};
 use super::raw::RawConfig;
 use super::ConfigError;
 
@@ -28,6 +28,7 @@ pub(super) fn github(
     raw: &RawConfig,
     origin_of: &dyn Fn(&str) -> String,
     env: &BTreeMap<String, String>,
+    secrets: Secrets,
 ) -> Result<GitHubConfig, ConfigError> {
     let err = |setting: &str, message: String| ConfigError {
         setting: setting.to_string(),
@@ -47,7 +48,9 @@ pub(super) fn github(
     let api = url("github_api_url", &raw.github_api_url)?;
     let codeload = url("github_codeload_url", &raw.github_codeload_url)?;
 
-    let (token, token_source) = if !raw.github_token.is_empty() {
+    let (token, token_source) = if secrets == Secrets::Ignore {
+        (None, None)
+    } else if !raw.github_token.is_empty() {
         (Some(raw.github_token.clone()), Some("github_token"))
     } else if !raw.github_token_file.is_empty() {
         let text = std::fs::read_to_string(&raw.github_token_file).map_err(|e| {

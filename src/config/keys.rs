@@ -35,6 +35,17 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Whether loading the configuration reads the secrets: key pairs, the GitHub token and the
+/// release-download token, from every source they may be given in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Secrets {
+    /// Read and check them: serving, and the commands that talk to the upstreams.
+    Read,
+    /// Leave their sources unread and unchecked, so commands that only build the proxy's URLs
+    /// (`lock migrate`) or talk to a running proxy (`warm --via`) run where the keys are not.
+    Ignore,
+}
+
 /// Where the key pair was found; logged at start so ops can tell which source won.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeySource {
@@ -445,5 +456,38 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.setting, "private_key");
         assert!(e.to_string().contains("both set"), "{e}");
+    }
+
+    #[test]
+    fn ignored_secrets_are_neither_read_nor_checked_and_the_rest_still_is() {
+        let missing = "/nonexistent/composer-proxy-test/key";
+        let env: BTreeMap<String, String> = [
+            ("COMPOSER_PROXY_UPSTREAM_URL", "https://repo.example"),
+            ("COMPOSER_PROXY_PUBLIC_KEY_FILE", missing),
+            ("COMPOSER_PROXY_PRIVATE_KEY", "priv"),
+            ("COMPOSER_PROXY_FALLBACK_KEYS_FILE", missing),
+            ("COMPOSER_PROXY_GITHUB_TOKEN_FILE", missing),
+            ("COMPOSER_PROXY_DOWNLOADS_MAGE_ID", "MAG123"),
+            ("COMPOSER_PROXY_DOWNLOADS_TOKEN_FILE", missing),
+            ("COMPOSER_AUTH", "not json"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let sources = Sources { file: None, env };
+        let e = Config::load(&sources).expect_err("unreadable secrets");
+        assert_eq!(e.setting, "COMPOSER_AUTH");
+        let c = Config::load_with(&sources, Secrets::Ignore).expect("secrets are not read");
+        assert_eq!(c.upstreams[0].url.as_str(), "https://repo.example/");
+        assert!(c.upstreams[0].key_pairs().is_empty());
+        assert!(c.github.token.is_none() && c.downloads.is_none());
+
+        // What is not a secret is checked as ever.
+        let mut bad_url = sources.clone();
+        bad_url
+            .env
+            .insert("COMPOSER_PROXY_UPSTREAM_URL".into(), "not a url".into());
+        let e = Config::load_with(&bad_url, Secrets::Ignore).expect_err("bad URL");
+        assert_eq!(e.setting, "upstream_url");
     }
 }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::bucket::parse_bucket_url;
 use super::downloads::{downloads, RawDownloads};
 use super::github::github;
-use super::keys::check_composer_auth;
+use super::keys::{check_composer_auth, Secrets};
 use super::upstreams::{upstreams, RawUpstream};
 use super::{parse_public_url, Config, ConfigError, LogFormat, TlsFiles};
 
@@ -173,6 +173,7 @@ pub(super) fn validate(
     raw: RawConfig,
     origin_of: &dyn Fn(&str) -> String,
     env: &BTreeMap<String, String>,
+    secrets: Secrets,
 ) -> Result<Config, ConfigError> {
     let err = |setting: &str, message: String| ConfigError {
         setting: setting.to_string(),
@@ -218,10 +219,16 @@ pub(super) fn validate(
     let allow = cidrs("allow", &raw.allow)?;
     let trusted_proxies = cidrs("trusted_proxies", &raw.trusted_proxies)?;
 
-    check_composer_auth(env)?;
-    let (upstreams, key_files) = upstreams(&raw, origin_of, env)?;
-    let github = github(&raw, origin_of, env)?;
-    let (downloads, download_files) = downloads(&raw, origin_of)?;
+    if secrets == Secrets::Read {
+        check_composer_auth(env)?;
+    }
+    let (upstreams, key_files) = upstreams(&raw, origin_of, env, secrets)?;
+    let github = github(&raw, origin_of, env, secrets)?;
+    let (downloads, download_files) = match secrets {
+        Secrets::Read => downloads(&raw, origin_of)?,
+        // The endpoint is only ever asked with its MAGEID and token.
+        Secrets::Ignore => (None, Vec::new()),
+    };
 
     let positive = |setting: &str, secs: u64| {
         if secs == 0 {

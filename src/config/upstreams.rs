@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use super::keys::{read_fallback_keys, resolve_credentials, KeySettings};
+use super::keys::{read_fallback_keys, resolve_credentials, KeySettings, Secrets};
 use super::raw::RawConfig;
 use super::{redact_userinfo, ConfigError, UpstreamConfig, ENV_PREFIX};
 
@@ -206,6 +206,7 @@ pub(super) fn upstreams(
     raw: &RawConfig,
     origin_of: &dyn Fn(&str) -> String,
     env: &BTreeMap<String, String>,
+    secrets: Secrets,
 ) -> Result<(Vec<UpstreamConfig>, Vec<String>), ConfigError> {
     let err = |setting: &str, message: String| ConfigError {
         setting: setting.to_string(),
@@ -231,7 +232,17 @@ pub(super) fn upstreams(
             fallback_keys_file: raw.fallback_keys_file.clone(),
         };
         let url = repository_url("upstream_url", &raw.upstream_url, &err)?;
-        let upstream = build(FLAT_NAME, url, &keys, Vec::new(), &common, false, env, &err)?;
+        let upstream = build(
+            FLAT_NAME,
+            url,
+            &keys,
+            secrets,
+            Vec::new(),
+            &common,
+            false,
+            env,
+            &err,
+        )?;
         let files = keys.files().map(str::to_string).collect();
         return Ok((vec![upstream], files));
     }
@@ -361,6 +372,7 @@ pub(super) fn upstreams(
             name,
             url,
             &keys,
+            secrets,
             allowed_hosts,
             &overrides,
             true,
@@ -392,14 +404,20 @@ fn build(
     name: &str,
     url: Url,
     keys: &KeySettings,
+    secrets: Secrets,
     allowed_hosts: Vec<Url>,
     common: &Common,
     named: bool,
     env: &BTreeMap<String, String>,
     err: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<UpstreamConfig, ConfigError> {
-    let credentials = resolve_credentials(keys, &url, env, err)?;
-    let fallback = read_fallback_keys(&keys.fallback_keys_file, err)?;
+    let (credentials, fallback) = match secrets {
+        Secrets::Read => (
+            resolve_credentials(keys, &url, env, err)?,
+            read_fallback_keys(&keys.fallback_keys_file, err)?,
+        ),
+        Secrets::Ignore => (None, Vec::new()),
+    };
     if credentials.is_none() && !fallback.is_empty() {
         return Err(err(
             "fallback_keys_file",

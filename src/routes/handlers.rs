@@ -2,14 +2,15 @@
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderMap};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::json;
 
-use super::respond::{etag_matches, set, set_cache_status};
+use super::respond::{etag_matches, set, set_cache_status, set_length};
 use super::{empty, full, ResponseBody};
 use crate::cache::archives::{Archive, ArchiveStore};
 use crate::cache::metadata::CacheStatus;
@@ -45,6 +46,24 @@ pub(super) async fn archive(
     .await
 }
 
+/// Slices of an archive held in memory handed to hyper at a time.
+const MEMORY_FRAME: usize = 256 * 1024;
+
+/// An archive held in memory, handed to hyper in slices of the one shared copy. hyper asks
+/// for the next slice only once the last is on its way, and that is the progress the
+/// send-stall watchdog counts: one frame of a whole large archive would end the body at once,
+/// and a client that then stopped reading would never be found out.
+fn memory_body(bytes: Bytes) -> ResponseBody {
+    if bytes.len() <= MEMORY_FRAME {
+        return full(bytes);
+    }
+    let len = bytes.len();
+    let frames = (0..len).step_by(MEMORY_FRAME).map(move |at| {
+        Ok::<_, std::io::Error>(Frame::data(bytes.slice(at..(at + MEMORY_FRAME).min(len))))
+    });
+    StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+}
+
 /// An archive from the store (fetched with `client` if it must be), with its ETag, 304 and
 /// HEAD: dists and release files alike.
 pub(super) async fn serve_archive(
@@ -53,13 +72,15 @@ pub(super) async fn serve_archive(
     source: &DistSource,
     headers: &HeaderMap,
     head: bool,
-    content_type: &str,
+    content_type: &'static str,
 ) -> Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError> {
     let key = ArchiveStore::store_key(source);
     let etag = format!("\"{}\"", &key[..32]);
     let mut response = Response::new(empty());
     let h = response.headers_mut();
-    set(h, header::ETAG, &etag);
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, value);
+    }
     if etag_matches(headers, &etag) {
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok((response, Some(CacheStatus::Hit)));
@@ -69,7 +90,7 @@ pub(super) async fn serve_archive(
     set(h, header::CONTENT_TYPE, content_type);
     set_cache_status(h, cache);
     let (len, body) = match archive {
-        Archive::Memory(bytes) => (Some(bytes.len() as u64), full(bytes)),
+        Archive::Memory(bytes) => (Some(bytes.len() as u64), memory_body(bytes)),
         Archive::File(reader) => {
             let len = reader.byte_len();
             let stream = futures_util::stream::unfold(reader, |mut reader| async move {
@@ -91,7 +112,7 @@ pub(super) async fn serve_archive(
         }
     };
     if let Some(len) = len {
-        set(h, header::CONTENT_LENGTH, &len.to_string());
+        set_length(h, len);
     }
     if !head {
         *response.body_mut() = body;

@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap};
 use http::{Response, StatusCode};
 
 use super::handlers::serve_archive;
-use super::respond::{set, set_cache_status};
+use super::respond::{set, set_cache_status, set_length};
 use super::{empty, full, ResponseBody};
 use crate::cache::metadata::CacheStatus;
 use crate::error::ProxyError;
@@ -40,7 +40,7 @@ pub(super) async fn release_info(
     set(h, header::CONTENT_TYPE, content_type);
     // The endpoint's answers are passed on as text or JSON, never sniffed into something else.
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(h, header::CONTENT_LENGTH, &answer.body.len().to_string());
+    set_length(h, answer.body.len() as u64);
     set_cache_status(h, cache);
     if !head {
         *response.body_mut() = full(answer.body.clone());

@@ -71,10 +71,13 @@ pub(super) fn set_cache_status(headers: &mut HeaderMap, cache: CacheStatus) {
     }
 }
 
-pub(super) fn set(headers: &mut HeaderMap, name: header::HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name, v);
-    }
+/// A header whose value is a constant of the code: no validation or copy per response.
+pub(super) fn set(headers: &mut HeaderMap, name: header::HeaderName, value: &'static str) {
+    headers.insert(name, HeaderValue::from_static(value));
+}
+
+pub(super) fn set_length(headers: &mut HeaderMap, len: u64) {
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }
 
 /// A metadata document with validators, 304 and precomputed gzip.
@@ -107,7 +110,7 @@ pub(super) fn document(
     } else {
         doc.identity.clone()
     };
-    set(h, header::CONTENT_LENGTH, &body.len().to_string());
+    set_length(h, body.len() as u64);
     if !head {
         *response.body_mut() = full(body);
     }

@@ -15,10 +15,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 
@@ -34,12 +32,21 @@ struct Sending {
 }
 
 /// The progress of the response (at most one at a time) that one task is sending.
+///
+/// Nothing here wakes the watchdog: it sleeps until the earliest moment a stall could be due
+/// and then reads the state. Waking it at each response's start and end (as a watch channel
+/// did) cost two extra polls of the connection's task per request for a limit that is
+/// checked once a minute.
 #[derive(Clone)]
-pub(super) struct SendProgress(Arc<watch::Sender<Option<Sending>>>);
+pub(super) struct SendProgress(Arc<Mutex<Option<Sending>>>);
 
 impl SendProgress {
     pub(super) fn new() -> Self {
-        Self(Arc::new(watch::Sender::new(None)))
+        Self(Arc::new(Mutex::new(None)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Sending>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The watch of the task polling this, if it is a connection or stream being served.
@@ -53,53 +60,37 @@ impl SendProgress {
 
     /// A response body is handed to hyper: from now on it must make progress.
     pub(super) fn begin(&self, peer: SocketAddr, path: String) {
-        self.0.send_replace(Some(Sending {
+        *self.lock() = Some(Sending {
             last: Instant::now(),
             peer,
             path,
-        }));
+        });
     }
 
-    /// A frame was taken. Nobody is woken: the watchdog reads the time when its deadline comes.
+    /// A frame was taken.
     pub(super) fn progressed(&self) {
-        self.0.send_if_modified(|sending| {
-            if let Some(sending) = sending {
-                sending.last = Instant::now();
-            }
-            false
-        });
+        if let Some(sending) = &mut *self.lock() {
+            sending.last = Instant::now();
+        }
     }
 
     /// The body has ended (or was dropped): waiting for the next request is not a stall.
     pub(super) fn end(&self) {
-        self.0.send_if_modified(|sending| sending.take().is_some());
+        *self.lock() = None;
     }
 
     /// Resolves when a response has made no progress for `limit`, with whom it was for; never
-    /// while no response is being sent.
+    /// while no response is being sent. A response that begins while this sleeps makes its
+    /// first progress after the sleep began, so waking `limit` after that still finds it
+    /// within its allowance and sleeps again until its own deadline.
     async fn stalled(&self, limit: Duration) -> (SocketAddr, String) {
-        let mut rx = self.0.subscribe();
         loop {
-            let deadline = match &*rx.borrow_and_update() {
+            let wake = match &*self.lock() {
                 Some(s) if s.last.elapsed() >= limit => return (s.peer, s.path.clone()),
-                Some(s) => Some(s.last + limit),
-                None => None,
+                Some(s) => s.last + limit,
+                None => Instant::now() + limit,
             };
-            let changed = async {
-                if rx.changed().await.is_err() {
-                    // Unreachable while `self` holds the sender.
-                    std::future::pending::<()>().await;
-                }
-            };
-            match deadline {
-                Some(at) => {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(at.into()) => {}
-                        () = changed => {}
-                    }
-                }
-                None => changed.await,
-            }
+            tokio::time::sleep_until(wake.into()).await;
         }
     }
 

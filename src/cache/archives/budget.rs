@@ -65,6 +65,12 @@ impl ReadBudget {
 
     /// Reads up to `max` bytes of `file` at `pos` (exactly as many unless `max` is larger
     /// than the read size the budget allows now).
+    /// Takes `bytes` of the budget now, or `None` while that much is not free.
+    pub fn try_hold(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let units = u32::try_from(bytes.div_ceil(UNIT)).ok()?;
+        self.units.clone().try_acquire_many_owned(units).ok()
+    }
+
     pub async fn read_at(&self, file: Arc<std::fs::File>, pos: u64, max: u64) -> io::Result<Bytes> {
         let free = self.units.available_permits() as u64 * UNIT;
         let n = max.min(read_size(free, BUDGET_BYTES));

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::integrity::{ServeCheck, ServeHasher, StoredArchive};
-use super::{Archive, Inner, MemoryEntry, MEMORY_OBJECT_MAX};
+use super::{Archive, Inner, MemoryEntry, MEMORY_OBJECT_SMALL};
 use crate::error::ProxyError;
 
 /// What is found under a key on disk.
@@ -127,7 +127,18 @@ impl Inner {
             return Ok(Opened::Damaged { ino, why });
         }
         let check = stored.serve_check();
-        if len <= MEMORY_OBJECT_MAX && self.memory.policy().max_capacity() != Some(0) {
+        if len <= self.memory_object_max && self.memory.policy().max_capacity() != Some(0) {
+            // A large archive is read whole only within the response-buffer budget; while
+            // that is spent it is streamed from the file instead, so a burst of first requests
+            // for many large archives cannot hold them all in memory at once.
+            let _held = if len > MEMORY_OBJECT_SMALL {
+                match self.read_budget.try_hold(len) {
+                    Some(held) => Some(held),
+                    None => return Ok(Opened::File(Arc::new(file), ino, len, check)),
+                }
+            } else {
+                None
+            };
             let mut buf = Vec::with_capacity(usize::try_from(len).map_err(io::Error::other)?);
             file.read_to_end(&mut buf)?;
             if buf.len() as u64 != len || !ServeHasher::check(&check, &buf) {

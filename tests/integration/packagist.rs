@@ -4,7 +4,7 @@
 //! then answers 403 with `X-RateLimit-Remaining: 0`. The real Composer client installs through
 //! the proxy; the mocks count requests and the Authorization each carried.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

@@ -11,7 +11,8 @@ use std::process::Command;
 
 use tempfile::TempDir;
 
-const RUN_AS_ROOT: &str = "sudo -E env \"PATH=$PATH\" cargo test --test cache_integrity";
+const RUN_AS_ROOT: &str =
+    "sudo -E env \"PATH=$PATH\" cargo test --test integration cache_integrity::";
 
 /// A tmpfs mounted on a fresh temporary directory, unmounted on drop.
 pub struct SmallDisk {

@@ -13,10 +13,9 @@
 //! in-process from a TOML file, or as the real binary where exit statuses and the JSON log
 //! matter. Waits are on log lines or bounded polls (≤ 30 s), never on time.
 
-mod support;
+use crate::support;
 
 /// `composer audit`, filter lists and the name list through the proxy.
-#[path = "multi_upstream/advisories.rs"]
 mod advisories;
 
 use std::collections::{BTreeMap, BTreeSet};

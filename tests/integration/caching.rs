@@ -4,7 +4,7 @@
 //! when upstream rejects the keys, freshness from a packagist-like changes feed, and release
 //! files of the legacy download endpoint.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;

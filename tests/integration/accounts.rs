@@ -4,7 +4,7 @@
 //! the shared catalogue plus what it bought) counts which account fetched what. The real
 //! Composer client installs through the proxy.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! reasons, key rotation by SIGHUP with a download in flight, fallback key pairs, SIGTERM
 //! letting a download finish, and release downloads' info answers, stale and refused. Signals and logs need the real binary (`ProxyProcess`).
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! (the lease aims at once in all), a replica killed mid-upload leaves no object behind, and
 //! with the bucket gone installs still work while `/readyz` says degraded.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;

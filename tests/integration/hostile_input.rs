@@ -4,11 +4,9 @@
 //! upstream was never asked because of it, that nothing was written beside the cache
 //! directory, and that the proxy still serves a normal request afterwards.
 
-mod support;
+use crate::support;
 
-#[path = "hostile_input/notifications.rs"]
 mod notifications;
-#[path = "hostile_input/stalls.rs"]
 mod stalls;
 
 use std::net::SocketAddr;

@@ -5,7 +5,7 @@
 //! Composer runs as a child process, so these tests use a multi-threaded runtime and wait for
 //! it in `block_in_place`, leaving the in-process proxy free to serve it.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -248,7 +248,6 @@ impl MockUpstream {
             .unwrap_or(SystemTime::UNIX_EPOCH);
 
         let state = Arc::new(State {
-            protocol: opts.protocol,
             base_url,
             path_prefix: opts.path_prefix.clone(),
             require_credentials: opts.require_credentials,
@@ -321,6 +320,7 @@ impl MockUpstream {
     }
 
     /// The path prefix every route is served under ("" for the root).
+    #[allow(dead_code)] // Only the benchmark's mock (examples/mock_upstream.rs) uses it.
     pub fn path_prefix(&self) -> &str {
         &self.state.path_prefix
     }
@@ -345,11 +345,6 @@ impl MockUpstream {
 
     pub fn archive_host_addr(&self) -> Option<SocketAddr> {
         self.archive_addr
-    }
-
-    /// The key pair the mock accepts right now.
-    pub fn keys(&self) -> (String, String) {
-        lock(&self.state.keys).clone()
     }
 
     /// Everything the main host received, in arrival order (rejected requests too).
@@ -584,7 +579,6 @@ enum Host {
 }
 
 struct State {
-    protocol: Protocol,
     base_url: String,
     /// See `MockOptions::path_prefix`.
     path_prefix: String,

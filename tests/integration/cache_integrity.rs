@@ -9,7 +9,7 @@
 //! (support/process.rs). Waits are on log lines and upstream requests, or bounded polls of
 //! state nothing announces (files on disk, a metadata TTL running out).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -30,7 +30,6 @@ pub struct ComposerProject {
     /// Holds COMPOSER_HOME, COMPOSER_CACHE_DIR and HOME.
     pub support: TempDir,
     timeout: Duration,
-    extra_env: HashMap<String, String>,
 }
 
 impl ComposerProject {
@@ -55,7 +54,6 @@ impl ComposerProject {
             dir,
             support,
             timeout: COMPOSER_TIMEOUT,
-            extra_env: HashMap::new(),
         };
         for sub in [project.home_dir(), project.cache_dir(), project.user_home()] {
             std::fs::create_dir_all(&sub).expect("creating a composer support directory");
@@ -142,12 +140,6 @@ impl ComposerProject {
         self.with_auth_json(json!({ "bearer": { host: token } }))
     }
 
-    /// An extra environment variable for every run (e.g. COMPOSER_MAX_PARALLEL_HTTP).
-    pub fn with_env(mut self, key: &str, value: &str) -> ComposerProject {
-        self.extra_env.insert(key.to_string(), value.to_string());
-        self
-    }
-
     /// Overrides the per-run timeout (default `COMPOSER_TIMEOUT`).
     pub fn with_timeout(mut self, timeout: Duration) -> ComposerProject {
         self.timeout = timeout;
@@ -207,7 +199,6 @@ impl ComposerProject {
         if let Some(tmp) = std::env::var_os("TMPDIR") {
             command.env("TMPDIR", tmp);
         }
-        command.envs(&self.extra_env);
         // Its own process group, so a timeout can kill composer and whatever it
         // spawned (unzip, git) by one id.
         std::os::unix::process::CommandExt::process_group(&mut command, 0);

@@ -13,7 +13,7 @@
 //! `public:private` (what travels in the Authorization header), and URL-encoded. Nothing may
 //! be found. A positive control proves the needles are the ones the upstream really received.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

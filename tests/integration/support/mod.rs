@@ -2,9 +2,8 @@
 //! repo.magento.com's, an in-process mock of that upstream (and of vendor repositories,
 //! packagist.org with its advisory, filter and list APIs, and Magento's legacy release
 //! downloads), a harness that runs the real Composer client, a small disk to fill up, and the
-//! three upstreams of a Magento project. Each test file includes this with `mod support;` and
-//! uses only part of it, hence the one crate-wide `dead_code` allowance.
-#![allow(dead_code)]
+//! three upstreams of a Magento project. The benchmark's mock (`examples/mock_upstream.rs`)
+//! includes some of these files too; what only it uses is marked where it stands.
 
 pub mod accounts;
 pub mod advisories;

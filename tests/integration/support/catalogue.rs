@@ -264,15 +264,6 @@ impl Catalogue {
             name.replace('/', "-")
         )
     }
-
-    /// Names of the packages in provider listing `listing` ("ce" or "ext").
-    pub fn listing_names(&self, listing: &str) -> Vec<&str> {
-        self.packages
-            .iter()
-            .filter(|p| p.listing == listing)
-            .map(|p| p.name.as_str())
-            .collect()
-    }
 }
 
 impl FixtureVersion {
@@ -569,6 +560,7 @@ impl Catalogue {
 }
 
 /// A version's requirements: (name, constraint) pairs.
+#[allow(dead_code)] // Only `dev_tooling` uses it.
 type Requires<'a> = &'a [(&'a str, &'a str)];
 
 /// One package of a small catalogue: name, type, and its versions with their requirements.
@@ -709,6 +701,7 @@ impl Catalogue {
     /// those releases declare (`ext-*` requirements left out: only `php`, which every PHP
     /// 8.2+ satisfies), GitHub references and no shasum. A project requiring
     /// `phpunit/phpunit` resolves the tree three levels deep, as the real one does.
+    #[allow(dead_code)] // Only the benchmark's mock (examples/mock_upstream.rs) uses it.
     pub fn dev_tooling() -> Catalogue {
         const PHP82: (&str, &str) = ("php", ">=8.2");
         const PHP72: (&str, &str) = ("php", "^7.2 || ^8.0");

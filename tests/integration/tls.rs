@@ -1,7 +1,8 @@
 //! TLS as clients meet it. Debian's real Composer installs through the proxy over HTTPS with
-//! nothing but a `cafile` (secure-http stays on, as by default) and speaks HTTP/2 to it; and
+//! nothing but a `cafile` (secure-http stays on, as by default) and speaks HTTP/2 to it;
 //! certificates replaced on disk while the proxy runs reach new connections, leave open ones
-//! working, and a broken replacement changes nothing but the log.
+//! working, and a broken replacement changes nothing but the log; and HTTP/2 streams whose
+//! client shuts its window are reset after `client_send_timeout_secs`, as on the plain port.
 //!
 //! Composer speaks HTTP/2 through php-curl when libcurl has it: Debian 12's libcurl4 (7.88) is
 //! built with nghttp2, so the packages `.ci/run` installs are enough.
@@ -11,10 +12,11 @@
 //! the log waits block, so the runtime is multi-threaded and they run in `block_in_place`,
 //! leaving the mock upstream free to serve.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -148,12 +150,28 @@ impl SecretDir {
 
 /// The real binary with TLS on, in front of `mock`, caching in `cache`.
 fn start_proxy(mock: &MockUpstream, cert: &Path, key: &Path, cache: &Path) -> ProxyProcess {
+    start_proxy_with(mock, cert, key, cache, &[])
+}
+
+/// As [`start_proxy`], with `settings` (`COMPOSER_PROXY_*` names without the prefix).
+fn start_proxy_with(
+    mock: &MockUpstream,
+    cert: &Path,
+    key: &Path,
+    cache: &Path,
+    settings: &[(&str, &str)],
+) -> ProxyProcess {
     let mut env = base_env(&mock.url());
     env.extend([
         ("COMPOSER_PROXY_CACHE_DIR".to_string(), path_str(cache)),
         ("COMPOSER_PROXY_TLS_CERT".to_string(), path_str(cert)),
         ("COMPOSER_PROXY_TLS_KEY".to_string(), path_str(key)),
     ]);
+    env.extend(
+        settings
+            .iter()
+            .map(|(k, v)| (format!("COMPOSER_PROXY_{k}"), (*v).to_string())),
+    );
     let process = block_in_place(|| ProxyProcess::start(&env));
     assert!(
         process.url.starts_with("https://127.0.0.1:"),
@@ -168,6 +186,15 @@ fn start_proxy(mock: &MockUpstream, cert: &Path, key: &Path, cache: &Path) -> Pr
 async fn connect(
     addr: &str,
     ca_pem: &str,
+) -> (http2::SendRequest<Empty<Bytes>>, CertificateDer<'static>) {
+    connect_with(addr, ca_pem, &http2::Builder::new(TokioExecutor::new())).await
+}
+
+/// As [`connect`], with the HTTP/2 settings of `builder`.
+async fn connect_with(
+    addr: &str,
+    ca_pem: &str,
+    builder: &http2::Builder<TokioExecutor>,
 ) -> (http2::SendRequest<Empty<Bytes>>, CertificateDer<'static>) {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -194,7 +221,8 @@ async fn connect(
         .expect("a server certificate")
         .clone()
         .into_owned();
-    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+    let (sender, connection) = builder
+        .handshake(TokioIo::new(tls))
         .await
         .expect("HTTP/2 handshake");
     tokio::spawn(async move {
@@ -205,18 +233,24 @@ async fn connect(
 
 /// One GET on an open connection; fails if the connection was dropped.
 async fn get(sender: &mut http2::SendRequest<Empty<Bytes>>, url: &str) -> StatusCode {
+    get_body(sender, url).await.0
+}
+
+/// As [`get`], with the whole body.
+async fn get_body(sender: &mut http2::SendRequest<Empty<Bytes>>, url: &str) -> (StatusCode, Bytes) {
     sender.ready().await.expect("the connection is still open");
     let response = sender
         .send_request(Request::get(url).body(Empty::new()).expect("request"))
         .await
         .expect("an answer on this connection");
     let status = response.status();
-    response
+    let body = response
         .into_body()
         .collect()
         .await
-        .expect("the whole body");
-    status
+        .expect("the whole body")
+        .to_bytes();
+    (status, body)
 }
 
 fn is_access_line(v: &Value) -> bool {
@@ -389,4 +423,105 @@ async fn a_broken_replacement_certificate_is_logged_and_the_current_one_kept() {
     );
     assert_eq!(get(&mut fresh, &url).await, StatusCode::OK);
     assert_eq!(get(&mut open, &url).await, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_with_a_shut_window_over_tls_are_reset_after_the_send_timeout() {
+    // Larger than the socket buffers, TLS's and hyper's together, so a stream that takes
+    // nothing really stalls its body.
+    const BIG: usize = 16 * 1024 * 1024;
+    /// A safety net only: nothing waits this long unless the proxy misbehaves.
+    const SAFETY: Duration = Duration::from_secs(30);
+    let name = format!("bench/blob-{BIG}");
+    let catalogue = Arc::new(Catalogue::with_sized_archives(2, &[BIG]));
+    let mock = MockUpstream::start(MockOptions::new(Protocol::V1, catalogue)).await;
+    let ca = TestCa::new();
+    let server = ca.server_cert("composer-proxy test server");
+    let files = tempfile::tempdir().expect("TLS files");
+    let (cert, key) = (files.path().join("cert.pem"), files.path().join("key.pem"));
+    write(&cert, &server.cert_pem);
+    write(&key, &server.key_pem);
+    let cache = tempfile::tempdir().expect("cache dir");
+    let process = start_proxy_with(
+        &mock,
+        &cert,
+        &key,
+        cache.path(),
+        &[
+            ("CLIENT_SEND_TIMEOUT_SECS", "1"),
+            // Slots to spare and idle connections kept: only the send timeout acts here.
+            ("MAX_CONNECTIONS", "8"),
+            ("CLIENT_HEADER_TIMEOUT_SECS", "300"),
+        ],
+    );
+
+    // A client that reads, on a connection of its own; it stores the archive first, so the
+    // stalled reads are of the file on disk.
+    let (mut reader, _) = connect(&process.listen, &ca.pem).await;
+    let (status, p2) = get_body(&mut reader, &format!("{}/p2/{name}.json", process.url)).await;
+    assert_eq!(status, StatusCode::OK);
+    let p2: Value = serde_json::from_slice(&p2).expect("p2 JSON");
+    let url = p2["packages"][&name][0]["dist"]["url"]
+        .as_str()
+        .expect("a dist URL")
+        .to_string();
+    let (status, whole) = get_body(&mut reader, &url).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(whole.len() > BIG);
+
+    // A zero stream window: the proxy may send headers, never a byte of a body.
+    let mut zero_window = http2::Builder::new(TokioExecutor::new());
+    zero_window
+        .initial_stream_window_size(0)
+        .adaptive_window(false);
+    let (mut stalled, _) = connect_with(&process.listen, &ca.pem, &zero_window).await;
+    let started = Instant::now();
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        stalled.ready().await.expect("the connection is open");
+        let response = stalled
+            .send_request(Request::get(&url).body(Empty::new()).expect("request"))
+            .await
+            .expect("headers");
+        assert_eq!(response.status(), StatusCode::OK);
+        bodies.push(response.into_body());
+    }
+    // The other client is served while the streams are stalled.
+    let health = format!("{}/healthz", process.url);
+    assert_eq!(get(&mut reader, &health).await, StatusCode::OK);
+    for mut body in bodies {
+        let ended = tokio::time::timeout(SAFETY, body.frame())
+            .await
+            .expect("the stream ends within the safety net");
+        assert!(
+            matches!(ended, Some(Err(_))),
+            "reset, not a complete body: {ended:?}"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+
+    // Counted and logged as HTTP/2 stalls; the connection itself stays open, and the other
+    // client is still served.
+    let metrics = format!("{}/metrics", process.url);
+    let sample = "composer_proxy_responses_stalled_total{protocol=\"http2\"} 4\n";
+    loop {
+        let (status, body) = get_body(&mut reader, &metrics).await;
+        if status == StatusCode::OK && String::from_utf8_lossy(&body).contains(sample) {
+            break;
+        }
+        assert!(started.elapsed() < SAFETY, "no {sample} in the metrics");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logged = block_in_place(|| {
+        process.wait_for_logs(4, |v| {
+            v["event"] == "client_stalled" && v["protocol"] == "HTTP/2"
+        })
+    });
+    assert!(logged.is_some(), "{}", process.log_text());
+    assert!(!stalled.is_closed());
+    assert_eq!(get(&mut reader, &health).await, StatusCode::OK);
 }

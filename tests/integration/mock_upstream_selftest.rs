@@ -3,7 +3,7 @@
 //! the fixture catalogue is installable. If one of these fails, fix the mock before
 //! believing any proxy test.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

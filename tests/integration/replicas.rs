@@ -3,7 +3,7 @@
 //! install must succeed; upstream may see each archive at most once per replica (and, thanks to
 //! the per-archive locks, ideally once in all); nothing corrupt or partial may be stored.
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::net::TcpListener;

@@ -15,10 +15,17 @@ use super::{setup_with, Setup, SAFETY};
 /// Larger than the kernel's socket buffers and hyper's together, so a client that reads
 /// nothing really stalls the body.
 const BIG: usize = 16 * 1024 * 1024;
+/// Below a sixteenth of the default archive memory bound (256 MiB), so after its first read
+/// from disk it is served from the memory tier: one shared copy, no file reads.
+const HELD_IN_MEMORY: usize = 12 * 1024 * 1024;
 
 async fn stalling_setup(max_connections: &str) -> (Setup, String) {
+    stalling_setup_of(max_connections, BIG).await
+}
+
+async fn stalling_setup_of(max_connections: &str, size: usize) -> (Setup, String) {
     let s = setup_with(
-        Some(&[BIG]),
+        Some(&[size]),
         &[
             ("MAX_CONNECTIONS", max_connections),
             ("CLIENT_SEND_TIMEOUT_SECS", "1"),
@@ -28,11 +35,11 @@ async fn stalling_setup(max_connections: &str) -> (Setup, String) {
     )
     .await;
     let url =
-        crate::support::proxy::dist_url(&s.proxy.url, &format!("bench/blob-{BIG}"), "1.0.0").await;
-    // Stored first, so the stalled reads are of the file on disk.
+        crate::support::proxy::dist_url(&s.proxy.url, &format!("bench/blob-{size}"), "1.0.0").await;
+    // Stored first, so the stalled reads are of the stored archive, not of a download.
     let whole = crate::support::proxy::get(&url).await;
     assert_eq!(whole.status, StatusCode::OK);
-    assert!(whole.body.len() > BIG);
+    assert!(whole.body.len() > size);
     let path = url
         .strip_prefix(&s.proxy.url)
         .expect("dist URL on the proxy")
@@ -96,9 +103,23 @@ async fn wait_for_metric(s: &Setup, sample: &str) {
 #[tokio::test]
 async fn http1_clients_that_stop_reading_lose_their_slot_after_the_send_timeout() {
     let (s, path) = stalling_setup("2").await;
+    http1_stalls_are_cut(s, &path, BIG).await;
+}
+
+/// An archive held in memory is handed to hyper in slices, so a client that stops reading
+/// it is found out as for one read from disk (one frame of the whole archive would have
+/// ended the body at once, and the watchdog with it).
+#[tokio::test]
+async fn http1_clients_that_stop_reading_an_archive_held_in_memory_lose_their_slot() {
+    let (s, path) = stalling_setup_of("2", HELD_IN_MEMORY).await;
+    http1_stalls_are_cut(s, &path, HELD_IN_MEMORY).await;
+}
+
+/// Two stalled HTTP/1 clients hold both slots of `s` until the send timeout frees them.
+async fn http1_stalls_are_cut(s: Setup, path: &str, size: usize) {
     let mut stalled = Vec::new();
     for _ in 0..2 {
-        stalled.push(stalled_http1(&s, &path).await);
+        stalled.push(stalled_http1(&s, path).await);
     }
     // Both slots are held (the proxy may still be taking the requests, so this may take a
     // moment to show), and then freed by the send timeout, not by the clients.
@@ -115,7 +136,7 @@ async fn http1_clients_that_stop_reading_lose_their_slot_after_the_send_timeout(
         let read = tokio::time::timeout(SAFETY, stream.read_to_end(&mut sink))
             .await
             .expect("closed within the safety net");
-        assert!(read.is_err() || sink.len() < BIG, "{} bytes", sink.len());
+        assert!(read.is_err() || sink.len() < size, "{} bytes", sink.len());
     }
     s.still_serves().await;
 }

@@ -1,12 +1,17 @@
 //! The administrative commands, run as the real binary against the in-process mock
 //! repo.magento.com: `check` verdicts and exit statuses, `warm` on a lock file made by the real
-//! Composer client, the `cache` chores beside a running proxy, and `lock migrate` followed by a
-//! real `composer install` through the proxy.
+//! Composer client, and through a running proxy without keys (`--via`), the `cache` chores
+//! beside a running proxy, and `lock migrate` without keys followed by a real
+//! `composer install` through the proxy.
 //!
 //! The binary is a child process, so tests run on a multi-threaded runtime: the mock and the
 //! in-process proxy keep serving while a test awaits the child or blocks on Composer.
 
-mod support;
+use crate::support;
+
+mod cache;
+mod lock;
+mod warm;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +26,7 @@ use support::github::GitHubApiMock;
 use support::mock_upstream::{
     MockOptions, MockUpstream, Protocol, TEST_PRIVATE_KEY, TEST_PUBLIC_KEY,
 };
+use support::process::created_secret;
 use support::proxy::{base_env, get, TestProxy};
 
 const PRODUCT: &str = "magento/product-community-edition";
@@ -84,6 +90,16 @@ async fn composer_proxy(args: &[&str], env: &[(String, String)]) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// What a CI job without the keys has: the upstream's URL, and `extra`.
+fn keyless_env(upstream: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = vec![(
+        "COMPOSER_PROXY_UPSTREAM_URL".to_string(),
+        upstream.to_string(),
+    )];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
 }
 
 /// The test proxy's settings with `cache` as the cache directory.
@@ -394,349 +410,4 @@ async fn untrusted_tls_server() -> std::net::SocketAddr {
         }
     });
     addr
-}
-
-// ---------------------------------------------------------------------------------------------
-// warm
-// ---------------------------------------------------------------------------------------------
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn warm_fills_a_fresh_cache_from_a_real_lock_and_then_finds_it_all_cached() {
-    let (catalogue, mock) = v1_mock(MODULES).await;
-    // A real lock, made by Composer through a proxy (its dist URLs are that proxy's).
-    let proxy = TestProxy::start(&mock.url()).await;
-    let project = ComposerProject::new(&proxy.url, &[(PRODUCT, "2.4.6")]);
-    composer(&project, &["install", "--no-progress"]);
-    proxy.stop().await;
-    let locked = project.locked_versions().len();
-    let archives = locked_archives(&project, &catalogue).len();
-    assert!(archives > MODULES, "only {archives} archives in the lock");
-
-    // A fresh cache directory, no proxy running.
-    let cache = tempfile::tempdir().expect("cache dir");
-    let env = env_with_cache(&mock.url(), cache.path());
-    let lock = project.path().join("composer.lock");
-    let lock = lock.to_str().expect("utf-8 path");
-    mock.reset_counts();
-    let run = composer_proxy(&["warm", "--lock", lock, "--concurrency", "4"], &env).await;
-    run.expect_status(0).assert_no_keys();
-    assert_eq!(run.count("fetched"), archives);
-    assert_eq!(run.count("already cached"), 0);
-    assert_eq!(run.count("nothing to fetch"), locked - archives);
-    assert_eq!(run.count("skipped"), 0);
-    assert_eq!(run.count("failed"), 0);
-    assert_eq!(mock.count_prefix("/archives/"), archives);
-    assert_eq!(stored_archives(cache.path()).len(), archives);
-    // stderr is not a terminal here: no progress bar drawing, no log lines.
-    assert!(
-        !run.stderr.contains('\r') && !run.stderr.contains('\u{1b}'),
-        "{:?}",
-        run.stderr
-    );
-    assert!(run.stderr.is_empty(), "{}", run.stderr);
-
-    mock.reset_counts();
-    let again = composer_proxy(&["warm", "--lock", lock], &env).await;
-    again.expect_status(0);
-    assert_eq!(again.count("fetched"), 0);
-    assert_eq!(again.count("already cached"), archives);
-    assert_eq!(
-        mock.count_prefix("/archives/"),
-        0,
-        "no archive fetched twice"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn warm_reports_each_failure_with_its_reason_and_fails() {
-    let (catalogue, mock) = v1_mock(3).await;
-    let dist = |name: &str| {
-        let v = &catalogue.package(name).expect("package").versions[0];
-        serde_json::json!({
-            "name": name,
-            "version": v.version,
-            "type": v.package_type,
-            "dist": {
-                "type": "zip",
-                "url": format!("{}{}", mock.url(), Catalogue::archive_path(name, &v.version_normalized)),
-                "shasum": ""
-            }
-        })
-    };
-    let lock = serde_json::json!({
-        "packages": [
-            dist("magento/framework"),
-            dist(Catalogue::not_entitled_name()),
-            {"name": "symfony/console", "version": "v6.0.0", "type": "library",
-             "dist": {"type": "zip", "url": "https://api.github.com/repos/symfony/console/zipball/abc"}},
-            {"name": PRODUCT, "version": "2.4.6", "type": "metapackage"},
-        ],
-        "packages-dev": [dist("magento/module-m001")],
-    });
-    let dir = tempfile::tempdir().expect("tempdir");
-    let lock_path = dir.path().join("composer.lock");
-    std::fs::write(&lock_path, serde_json::to_vec_pretty(&lock).expect("json")).expect("write");
-    let env = env_with_cache(&mock.url(), &dir.path().join("cache"));
-    let run = composer_proxy(
-        &["warm", "--lock", lock_path.to_str().expect("utf-8")],
-        &env,
-    )
-    .await;
-    run.expect_status(1);
-    assert_eq!(run.count("fetched"), 2, "{}", run.stdout);
-    assert_eq!(run.count("nothing to fetch"), 1);
-    assert_eq!(run.count("skipped"), 1);
-    assert_eq!(run.count("failed"), 1);
-    let failure = format!("  {} ", Catalogue::not_entitled_name());
-    assert!(
-        run.stdout
-            .lines()
-            .any(|l| l.starts_with(&failure) && l.contains("entitlement")),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("  symfony/console v6.0.0: "),
-        "{}",
-        run.stdout
-    );
-}
-
-// ---------------------------------------------------------------------------------------------
-// cache stats | purge | verify
-// ---------------------------------------------------------------------------------------------
-
-/// Every stable archive of `name`, fetched through the proxy as Composer would.
-async fn fetch_archives(proxy: &TestProxy, name: &str) -> Vec<(String, String)> {
-    let p2 = get(&format!("{}/p2/{name}.json", proxy.url)).await.json();
-    let mut fetched = Vec::new();
-    for version in p2["packages"][name].as_array().expect("versions") {
-        let url = version["dist"]["url"]
-            .as_str()
-            .expect("dist url")
-            .to_string();
-        let reply = get(&url).await;
-        assert_eq!(reply.status, 200, "{url}");
-        fetched.push((url, hex::encode(Sha1::digest(&reply.body))));
-    }
-    fetched
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cache_commands_work_beside_a_running_proxy() {
-    let (_, mock) = v1_mock(3).await;
-    // The cache outlives the proxy, for a last look after it stopped.
-    let cache = tempfile::tempdir().expect("cache dir");
-    let proxy = TestProxy::start_with(base_env(&mock.url()), Some(cache.path())).await;
-    let mut per_package = BTreeMap::new();
-    for name in [
-        "magento/framework",
-        "magento/module-m001",
-        "magento/module-m002",
-    ] {
-        per_package.insert(name, fetch_archives(&proxy, name).await);
-    }
-    // The Composer 1 chain build writes metadata in the background; let it finish first, so
-    // what the commands see is settled.
-    proxy.wait_for_v1_chain().await;
-    let total: usize = per_package.values().map(Vec::len).sum();
-    let env = env_with_cache(&mock.url(), &proxy.cache_dir);
-
-    let stats = composer_proxy(&["cache", "stats"], &env).await;
-    stats.expect_status(0);
-    assert_eq!(stats.count("archives"), total, "{}", stats.stdout);
-    assert!(stats.count("metadata") > 0, "{}", stats.stdout);
-    assert_eq!(stats.count("temporary files"), 0);
-
-    composer_proxy(&["cache", "verify"], &env)
-        .await
-        .expect_status(0);
-
-    // Damage one stored archive of module-m001 (same length, one byte changed).
-    let (damaged, _) = stored_archives(&proxy.cache_dir)
-        .into_iter()
-        .find(|(_, package)| package == "magento/module-m001")
-        .expect("a stored archive of module-m001");
-    let mut bytes = std::fs::read(&damaged).expect("read archive");
-    bytes[10] ^= 0xff;
-    std::fs::write(&damaged, bytes).expect("damage archive");
-
-    let verify = composer_proxy(&["cache", "verify"], &env).await;
-    verify.expect_status(1);
-    let bad: Vec<&str> = verify
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with("BAD "))
-        .collect();
-    assert_eq!(bad.len(), 1, "{}", verify.stdout);
-    assert!(bad[0].starts_with("BAD magento/module-m001 "), "{}", bad[0]);
-    assert!(damaged.exists(), "verify without --remove removes nothing");
-
-    let remove = composer_proxy(&["cache", "verify", "--remove"], &env).await;
-    remove.expect_status(0);
-    assert!(remove.stdout.contains("; removed"), "{}", remove.stdout);
-    assert!(!damaged.exists() && !damaged.with_extension("json").exists());
-    composer_proxy(&["cache", "verify"], &env)
-        .await
-        .expect_status(0);
-
-    // Purge one package: only its archives go, and the proxy still serves it afterwards.
-    let before = stored_archives(&proxy.cache_dir);
-    let purge = composer_proxy(&["cache", "purge", "magento/framework"], &env).await;
-    purge.expect_status(0);
-    let after = stored_archives(&proxy.cache_dir);
-    let framework = before
-        .iter()
-        .filter(|(_, p)| p == "magento/framework")
-        .count();
-    assert_eq!(framework, per_package["magento/framework"].len());
-    assert!(after.iter().all(|(_, p)| p != "magento/framework"));
-    assert_eq!(after.len(), before.len() - framework);
-    assert!(
-        purge.stdout.starts_with(&format!(
-            "removed {framework} archives of magento/framework"
-        )),
-        "{}",
-        purge.stdout
-    );
-    for (url, sha1) in &per_package["magento/framework"] {
-        let reply = get(url).await;
-        assert_eq!(reply.status, 200, "{url}");
-        assert_eq!(&hex::encode(Sha1::digest(&reply.body)), sha1);
-    }
-
-    composer_proxy(&["cache", "purge", "not a name"], &env)
-        .await
-        .expect_status(2);
-
-    // Everything.
-    let purge_all = composer_proxy(&["cache", "purge"], &env).await;
-    purge_all.expect_status(0);
-    proxy.stop().await;
-    let empty = composer_proxy(&["cache", "stats"], &env).await;
-    assert_eq!(
-        (empty.count("archives"), empty.count("metadata")),
-        (0, 0),
-        "{}",
-        empty.stdout
-    );
-}
-
-// ---------------------------------------------------------------------------------------------
-// lock migrate
-// ---------------------------------------------------------------------------------------------
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_migrated_lock_installs_through_the_proxy_without_credentials() {
-    let (catalogue, mock) = v1_mock(MODULES).await;
-    // A lock made the old way: Composer straight against the upstream, with the keys.
-    let direct = ComposerProject::new(&mock.url(), &[(PRODUCT, "2.4.6")]).with_http_basic(
-        &mock.addr().to_string(),
-        TEST_PUBLIC_KEY,
-        TEST_PRIVATE_KEY,
-    );
-    composer(&direct, &["install", "--no-progress"]);
-    let original = std::fs::read_to_string(direct.path().join("composer.lock")).expect("read lock");
-    assert!(original.contains(&format!("\"url\": \"{}/archives/", mock.url())));
-
-    // The same project on a machine without credentials, with the lock migrated.
-    let proxy = TestProxy::start(&mock.url()).await;
-    let project = ComposerProject::new(&mock.url(), &[(PRODUCT, "2.4.6")]);
-    let lock = project.path().join("composer.lock");
-    std::fs::write(&lock, &original).expect("copy lock");
-    let run = composer_proxy(
-        &[
-            "lock",
-            "migrate",
-            lock.to_str().expect("utf-8"),
-            "--public-url",
-            &proxy.url,
-        ],
-        &base_env(&mock.url()),
-    )
-    .await;
-    run.expect_status(0).assert_no_keys();
-    let locked = project.locked_versions().len();
-    let archives = locked_archives(&project, &catalogue);
-    assert!(
-        run.stdout.starts_with(&format!(
-            "rewrote {} dist URLs and {locked} notification URLs",
-            archives.len()
-        )),
-        "{}",
-        run.stdout
-    );
-
-    // Only url and notification-url lines changed, each to the proxy.
-    let migrated = std::fs::read_to_string(&lock).expect("read migrated lock");
-    let (old_lines, new_lines): (Vec<&str>, Vec<&str>) =
-        (original.lines().collect(), migrated.lines().collect());
-    assert_eq!(old_lines.len(), new_lines.len());
-    let mut changed = 0;
-    for (old, new) in old_lines.iter().zip(&new_lines) {
-        if old == new {
-            continue;
-        }
-        changed += 1;
-        let key = |line: &str| {
-            line.trim_start()
-                .split(':')
-                .next()
-                .unwrap_or("")
-                .to_string()
-        };
-        assert_eq!(key(old), key(new));
-        assert!(
-            ["\"url\"", "\"notification-url\""].contains(&key(old).as_str()),
-            "{old} -> {new}"
-        );
-        assert!(new.contains(&format!("\"{}/", proxy.url)), "{new}");
-    }
-    assert_eq!(changed, archives.len() + locked);
-    assert!(original.ends_with('\n') == migrated.ends_with('\n'));
-
-    // Installing from it needs no credentials and fetches every archive through the proxy.
-    mock.reset_counts();
-    composer(&project, &["install", "--no-progress"]);
-    for (name, version) in &archives {
-        assert_installed_matches(&project, &catalogue, name, version);
-    }
-    let requests = mock.requests();
-    let archive_requests = requests
-        .iter()
-        .filter(|r| r.path.starts_with("/archives/"))
-        .count();
-    assert_eq!(archive_requests, archives.len());
-    for r in &requests {
-        assert!(
-            r.credentials_ok
-                && r.user_agent
-                    .as_deref()
-                    .is_some_and(|ua| ua.contains("composer-proxy")),
-            "{} {} did not come through the proxy",
-            r.method,
-            r.path
-        );
-    }
-    proxy.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lock_migrate_needs_a_public_url() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let lock = dir.path().join("composer.lock");
-    std::fs::write(&lock, "{\"packages\": []}\n").expect("write");
-    let lock = lock.to_str().expect("utf-8");
-    let env = base_env("https://repo.magento.com");
-    let run = composer_proxy(&["lock", "migrate", lock], &env).await;
-    run.expect_status(64);
-    assert!(run.stderr.contains("--public-url"), "{}", run.stderr);
-    let mut with_setting = env.clone();
-    with_setting.push((
-        "COMPOSER_PROXY_PUBLIC_URL".into(),
-        "http://proxy.internal:8080".into(),
-    ));
-    let run = composer_proxy(&["lock", "migrate", lock], &with_setting).await;
-    run.expect_status(0);
-    assert!(run.stdout.contains("nothing to rewrite"), "{}", run.stdout);
 }

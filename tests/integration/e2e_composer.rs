@@ -5,7 +5,7 @@
 //! Composer runs as a child process, so the test runtime is multi-threaded and the blocking
 //! wait happens in `block_in_place`, leaving the in-process proxy free to serve it.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -6,7 +6,7 @@
 //! `composer_proxy_*` name they mention, runs the real proxy in front of the mock
 //! repo.magento.com, and checks each name against the `# TYPE` lines of its `/metrics`.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

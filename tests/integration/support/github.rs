@@ -75,6 +75,7 @@ impl GitHubApiMock {
     }
 
     /// Delays every answer from now on by `delay`.
+    #[allow(dead_code)] // Only the benchmark's mock (examples/mock_upstream.rs) uses it.
     pub fn set_delay(&self, delay: Duration) {
         *self.state.delay.lock().unwrap_or_else(|e| e.into_inner()) = delay;
     }

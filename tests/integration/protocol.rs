@@ -2,7 +2,7 @@
 //! the rewritten v1 hash chain, the v1 → p2 translation, `%24`, conditional requests, gzip,
 //! notifications, search, and what clients are told when upstream fails.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;
