@@ -69,6 +69,14 @@ pub struct Reading {
     pub body: BoxStream<'static, Result<Bytes, StoreError>>,
 }
 
+/// The answer to [`Bucket::get_if_changed`].
+#[derive(Clone, Debug)]
+pub enum Fetched {
+    Changed(Object),
+    Unchanged,
+    Missing,
+}
+
 /// The answer to a conditional create.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Created {
@@ -234,6 +242,36 @@ impl Bucket {
             Answer::Value(object) => Ok(Some(object)),
             Answer::Missing | Answer::Exists | Answer::Changed => Ok(None),
         }
+    }
+
+    /// The whole object unless it is still at `known` (`If-None-Match` on its ETag), so a
+    /// reader polling a small object pays a body only when it changed.
+    pub async fn get_if_changed(
+        &self,
+        path: &Path,
+        known: Option<&UpdateVersion>,
+    ) -> Result<Fetched, BucketError> {
+        let options = GetOptions {
+            if_none_match: known.and_then(|v| v.e_tag.clone()),
+            ..GetOptions::default()
+        };
+        let result = async {
+            let got = self.store.get_opts(path, options).await?;
+            let version = UpdateVersion {
+                e_tag: got.meta.e_tag.clone(),
+                version: got.meta.version.clone(),
+            };
+            Ok::<_, StoreError>(Object {
+                bytes: got.bytes().await?,
+                version,
+            })
+        }
+        .await;
+        Ok(match self.answered(BucketOp::Get, "get", result)? {
+            Answer::Value(object) => Fetched::Changed(object),
+            Answer::Missing => Fetched::Missing,
+            Answer::Exists | Answer::Changed => Fetched::Unchanged,
+        })
     }
 
     /// The object as a stream, or `None` when there is none.

@@ -91,7 +91,7 @@ impl AppState {
         let key_pairs: usize = config.upstreams.iter().map(|u| u.key_pairs().len()).sum();
         *self.access.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(Access::from_config(config));
-        if config.tokens_file != self.tokens.path() {
+        if self.tokens.path().is_some_and(|p| p != config.tokens_file) {
             tracing::warn!("a new tokens_file needs a restart");
         }
         let bucket = config.object_store.as_ref().map(ToString::to_string);
@@ -181,13 +181,18 @@ impl Proxy {
         let archives = ArchiveStore::open(disk, StoreSettings::from(config), bucket.clone())
             .await
             .context("cannot read the archive store in `cache_dir`")?;
+        // With a bucket, the token file is the bucket's, shared by every replica.
+        let tokens = Arc::new(match &bucket {
+            Some(bucket) => Tokens::open_in_bucket(bucket.clone()).await,
+            None => Tokens::open(config.tokens_file.clone()),
+        });
         let state = Arc::new(AppState {
             archives,
             bucket,
             upstreams,
             releases,
             access: RwLock::new(Arc::new(Access::from_config(config))),
-            tokens: Arc::new(Tokens::open(config.tokens_file.clone())),
+            tokens,
             tls: tls.map(RwLock::new),
             disk_probe: tokio::sync::Mutex::new(None),
             metrics,
@@ -226,6 +231,9 @@ impl Proxy {
         // read the snapshot, so a slow disk never holds them up.
         let tokens = self.state.tokens.clone();
         let recorder = tokio::spawn(async move {
+            if tokens.in_bucket() {
+                return tokens.follow_bucket().await;
+            }
             let mut ticker = tokio::time::interval(tokens::REFRESH_INTERVAL);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_flush = std::time::Instant::now();
@@ -267,7 +275,11 @@ impl Proxy {
             follower.abort();
         }
         let tokens = self.state.tokens.clone();
-        let _ = tokio::task::spawn_blocking(move || tokens.flush_last_use()).await;
+        if tokens.in_bucket() {
+            tokens.flush_last_use_to_bucket().await;
+        } else {
+            let _ = tokio::task::spawn_blocking(move || tokens.flush_last_use()).await;
+        }
         let removed = self.state.archives.remove_own_temp().await;
         if removed > 0 {
             tracing::info!(
@@ -432,13 +444,13 @@ fn warn_if_no_tokens(config: &Config, tokens: &Tokens) {
     }
     if !tokens.usable() {
         tracing::warn!(
-            tokens_file = %tokens.path().display(),
+            tokens_file = %tokens.location(),
             "require_tokens is on but the token file cannot be used: every request with a token \
              is answered 503 (and one without a token 401) until the file is fixed"
         );
     } else if tokens.active() == 0 {
         tracing::warn!(
-            tokens_file = %tokens.path().display(),
+            tokens_file = %tokens.location(),
             "require_tokens is on but no active token exists: every Composer request is refused \
              with 401 until one is created with `composer-proxy tokens create --name NAME`"
         );

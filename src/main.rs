@@ -273,14 +273,16 @@ fn main() -> ExitCode {
             command: LockCommand::Migrate { lock, public_url },
         } => lock::migrate(&config, &lock::MigrateOptions { lock, public_url }),
         Command::Tokens { command } => match command {
-            TokensCommand::Create { name } => tokens::create(&config, &name),
-            TokensCommand::List { json } => tokens::list(&config, json),
+            TokensCommand::Create { name } => block_on(tokens::create(&config, &name)),
+            TokensCommand::List { json } => block_on(tokens::list(&config, json)),
             TokensCommand::Disable { name } => {
-                tokens::set_state(&config, &name, TokenState::Disabled)
+                block_on(tokens::set_state(&config, &name, TokenState::Disabled))
             }
-            TokensCommand::Enable { name } => tokens::set_state(&config, &name, TokenState::Active),
+            TokensCommand::Enable { name } => {
+                block_on(tokens::set_state(&config, &name, TokenState::Active))
+            }
             TokensCommand::Delete { name } => {
-                tokens::set_state(&config, &name, TokenState::Deleted)
+                block_on(tokens::set_state(&config, &name, TokenState::Deleted))
             }
         },
     };
@@ -293,7 +295,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs a command that talks to the upstream.
+/// Runs a command that talks to the upstream or the bucket.
 fn block_on(
     command: impl std::future::Future<Output = Result<u8, CommandError>>,
 ) -> Result<u8, CommandError> {

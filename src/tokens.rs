@@ -11,6 +11,9 @@
 //! applies within a second, and requests check against the snapshot without touching the disk.
 //! When each token was last used is kept in a second file written by the proxies, so a proxy
 //! can never overwrite an administrator's change with an older copy.
+//!
+//! With `object_store_url` set, both live in the bucket instead (see [`in_bucket`]): changed by
+//! conditional writes, and followed by the proxies with a conditional read every 500 ms.
 
 use std::collections::HashMap;
 use std::fs;
@@ -24,8 +27,11 @@ use base64::Engine;
 use http::header::{self, HeaderMap};
 use sha2::{Digest, Sha256};
 
+use crate::bucket::Bucket;
 use crate::config::Secret;
+use object_store::UpdateVersion;
 
+pub mod in_bucket;
 mod refusals;
 mod store;
 
@@ -175,7 +181,7 @@ struct Watch {
 /// the proxy calls it from a blocking task every [`REFRESH_INTERVAL`]); [`Tokens::check`] only
 /// reads the snapshot, so requests never wait on the disk.
 pub struct Tokens {
-    path: PathBuf,
+    source: Source,
     snapshot: RwLock<Arc<Snapshot>>,
     /// When the refresher last looked at the file.
     checked: Mutex<Instant>,
@@ -187,24 +193,52 @@ pub struct Tokens {
     pub refusals: RefusalLog,
 }
 
+/// Where the token file is.
+enum Source {
+    File(PathBuf),
+    Bucket {
+        bucket: Arc<Bucket>,
+        location: String,
+        /// The version of the object in the snapshot, to ask only for a newer one.
+        seen: Mutex<Option<UpdateVersion>>,
+        failing: Mutex<bool>,
+    },
+}
+
 impl Tokens {
     /// Reads the file once, so the proxy starts with the tokens as they are.
     pub fn open(path: PathBuf) -> Self {
-        let tokens = Self {
-            path,
+        let tokens = Self::with_source(Source::File(path));
+        tokens.refresh();
+        tokens
+    }
+
+    fn with_source(source: Source) -> Self {
+        Self {
+            source,
             snapshot: RwLock::new(Arc::new(Snapshot { by_digest: None })),
             checked: Mutex::new(Instant::now()),
             watch: Mutex::default(),
             pending_use: Mutex::default(),
             recorded_use: Mutex::default(),
             refusals: RefusalLog::default(),
-        };
-        tokens.refresh();
-        tokens
+        }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The token file on disk; `None` when it is in the bucket.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.source {
+            Source::File(path) => Some(path),
+            Source::Bucket { .. } => None,
+        }
+    }
+
+    /// Where the token file is, for logs.
+    pub fn location(&self) -> String {
+        match &self.source {
+            Source::File(path) => path.display().to_string(),
+            Source::Bucket { location, .. } => location.clone(),
+        }
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -233,13 +267,16 @@ impl Tokens {
     /// Looks at the file and rereads it if it changed (or was last read over
     /// [`FULL_READ_INTERVAL`] ago). Blocking.
     pub fn refresh(&self) {
+        let Source::File(path) = &self.source else {
+            return;
+        };
         let mut watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.snapshot();
-        let meta = match fs::metadata(&self.path) {
+        let meta = match fs::metadata(path) {
             Ok(meta) => Ok(Some(meta)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(TokenFileError::Read {
-                path: self.path.clone(),
+                path: path.clone(),
                 source: e,
             }),
         };
@@ -255,38 +292,56 @@ impl Tokens {
             watch.read_at = Some(Instant::now());
             let records = match fingerprint {
                 None => Vec::new(),
-                Some(_) => read(&self.path)?,
+                Some(_) => read(path)?,
             };
             Ok(Some(self.index(records)))
         });
-        let by_digest = match loaded {
+        match loaded {
             // Unchanged: only the time of the look moves on.
-            Ok(None) => {
-                *self.checked.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-                return;
+            Ok(None) => self.touch(),
+            Ok(Some(tokens)) => self.publish(&mut watch.failing, Ok(tokens)),
+            Err(e) => {
+                watch.read_at = None;
+                self.publish(&mut watch.failing, Err(e));
             }
-            Ok(Some(tokens)) => {
+        }
+    }
+
+    /// Makes freshly read tokens (or the failure to read them: no token is accepted then) the
+    /// snapshot requests check against.
+    fn publish(
+        &self,
+        failing: &mut bool,
+        loaded: Result<HashMap<[u8; 32], Entry>, TokenFileError>,
+    ) {
+        let current = self.snapshot();
+        let by_digest = match loaded {
+            Ok(tokens) => {
                 if current.by_digest.as_ref() != Some(&tokens) {
                     let active = tokens
                         .values()
                         .filter(|e| e.state == TokenState::Active)
                         .count();
-                    tracing::info!(event = "tokens_loaded", path = %self.path.display(), active, "token file read");
+                    tracing::info!(event = "tokens_loaded", path = %self.location(), active, "token file read");
                 }
-                watch.failing = false;
+                *failing = false;
                 Some(tokens)
             }
             Err(e) => {
-                if !watch.failing {
+                if !*failing {
                     tracing::error!(error = %e, "token file unusable: every request with a token is answered 503 until it is fixed");
                 }
-                watch.failing = true;
-                watch.read_at = None;
+                *failing = true;
                 None
             }
         };
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(Snapshot { by_digest });
+        self.touch();
+    }
+
+    /// Notes that the refresher looked (and is not stuck).
+    fn touch(&self) {
         *self.checked.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
@@ -297,7 +352,7 @@ impl Tokens {
             .into_iter()
             .filter_map(|r| {
                 if let Err(e) = validate_name(&r.name) {
-                    tracing::error!(path = %self.path.display(), error = %e, "token record ignored");
+                    tracing::error!(path = %self.location(), error = %e, "token record ignored");
                     return None;
                 }
                 let mut digest = [0u8; 32];
@@ -360,21 +415,32 @@ impl Tokens {
             .insert(hash.to_string(), minute);
     }
 
-    /// Writes last-use times noted since the last call; a no-op when there are none. Blocking.
+    /// Last-use times noted since the last call.
+    fn take_pending_use(&self) -> HashMap<String, u64> {
+        std::mem::take(&mut *self.pending_use.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn recorded(&self, written: HashMap<String, u64>) {
+        self.recorded_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(written);
+    }
+
+    /// Writes last-use times noted since the last call to the file beside the token file; a
+    /// no-op when there are none or the tokens are in the bucket. Blocking.
     pub fn flush_last_use(&self) {
-        let pending =
-            std::mem::take(&mut *self.pending_use.lock().unwrap_or_else(|p| p.into_inner()));
+        let Source::File(path) = &self.source else {
+            return;
+        };
+        let pending = self.take_pending_use();
         if pending.is_empty() {
             return;
         }
-        match merge_last_use(&self.path, &pending) {
-            Ok(()) => self
-                .recorded_use
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(pending),
+        match merge_last_use(path, &pending) {
+            Ok(()) => self.recorded(pending),
             Err(e) => {
-                tracing::warn!(path = %last_use_path(&self.path).display(), error = %e, "cannot record when tokens were last used");
+                tracing::warn!(path = %last_use_path(path).display(), error = %e, "cannot record when tokens were last used");
             }
         }
     }
@@ -410,176 +476,4 @@ fn presented(headers: &HeaderMap) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http::HeaderValue;
-
-    fn basic(user: &str, password: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        let value = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Basic {value}")).expect("header"),
-        );
-        h
-    }
-
-    fn bearer(token: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
-        );
-        h
-    }
-
-    fn create(path: &Path, name: &str) -> Secret {
-        let (secret, hash) = generate().expect("random");
-        modify(path, |tokens| {
-            tokens.push(TokenRecord {
-                name: name.into(),
-                sha256: hash,
-                state: TokenState::Active,
-                created: now_rfc3339(),
-                changed: None,
-            })
-        })
-        .expect("write");
-        secret
-    }
-
-    fn set_state(path: &Path, name: &str, state: TokenState) {
-        modify(path, |tokens| {
-            for t in tokens.iter_mut().filter(|t| t.name == name) {
-                t.state = state;
-            }
-        })
-        .expect("write");
-    }
-
-    #[test]
-    fn secrets_are_random_prefixed_and_stored_only_as_hashes() {
-        let (a, hash_a) = generate().expect("random");
-        let (b, _) = generate().expect("random");
-        assert_ne!(a, b);
-        assert!(a.expose().starts_with(TOKEN_PREFIX));
-        assert_eq!(a.expose().len(), TOKEN_PREFIX.len() + 43);
-        assert_eq!(hash_a, hex::encode(Sha256::digest(a.expose().as_bytes())));
-        assert!(!format!("{a:?}").contains(a.expose()));
-    }
-
-    #[test]
-    fn names_are_validated() {
-        assert!(validate_name("ci-runner_1@team.example").is_ok());
-        for bad in ["", "a b", "x/y", "é", &"n".repeat(65), "a\"b"] {
-            assert!(validate_name(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn tokens_are_checked_in_basic_and_bearer_and_changes_apply_at_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("tokens.json");
-        let tokens = Tokens::open(path.clone());
-        assert_eq!(tokens.check(&HeaderMap::new()), Verdict::Absent);
-        assert_eq!(tokens.check(&bearer("cpt_nope")), Verdict::Unknown);
-
-        let secret = create(&path, "ci");
-        tokens.refresh();
-        let ci: Arc<str> = "ci".into();
-        assert_eq!(
-            tokens.check(&bearer(secret.expose())),
-            Verdict::Valid(ci.clone())
-        );
-        assert_eq!(
-            tokens.check(&basic("ci", secret.expose())),
-            Verdict::Valid(ci.clone())
-        );
-        assert_eq!(
-            tokens.check(&basic(secret.expose(), "")),
-            Verdict::Valid(ci.clone())
-        );
-        assert_eq!(tokens.check(&basic("ci", "wrong")), Verdict::Unknown);
-
-        set_state(&path, "ci", TokenState::Disabled);
-        tokens.refresh();
-        assert_eq!(
-            tokens.check(&bearer(secret.expose())),
-            Verdict::Disabled(ci.clone())
-        );
-        set_state(&path, "ci", TokenState::Active);
-        tokens.refresh();
-        assert_eq!(
-            tokens.check(&bearer(secret.expose())),
-            Verdict::Valid(ci.clone())
-        );
-        set_state(&path, "ci", TokenState::Deleted);
-        tokens.refresh();
-        assert_eq!(tokens.check(&bearer(secret.expose())), Verdict::Deleted(ci));
-    }
-
-    #[test]
-    fn an_unusable_token_file_refuses_every_token() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("tokens.json");
-        let secret = create(&path, "ci");
-        let tokens = Tokens::open(path.clone());
-        assert!(tokens.usable());
-        assert!(matches!(
-            tokens.check(&bearer(secret.expose())),
-            Verdict::Valid(_)
-        ));
-        fs::write(&path, b"{not json").expect("write");
-        tokens.refresh();
-        assert_eq!(tokens.check(&bearer(secret.expose())), Verdict::Unavailable);
-        assert_eq!(tokens.active(), 0);
-        assert!(!tokens.usable());
-        // Fixed: accepted again.
-        fs::remove_file(&path).expect("remove");
-        let again = create(&path, "ci");
-        tokens.refresh();
-        assert!(matches!(
-            tokens.check(&bearer(again.expose())),
-            Verdict::Valid(_)
-        ));
-    }
-
-    #[test]
-    fn hand_edited_records_with_unsafe_names_are_ignored() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("tokens.json");
-        let secret = create(&path, "ci");
-        modify(&path, |tokens| {
-            tokens[0].name = "ci\nforged log line".into()
-        })
-        .expect("write");
-        let tokens = Tokens::open(path);
-        assert_eq!(tokens.check(&bearer(secret.expose())), Verdict::Unknown);
-    }
-
-    #[test]
-    fn last_use_is_merged_into_its_own_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("tokens.json");
-        let secret = create(&path, "ci");
-        let hash = read(&path).expect("read")[0].sha256.clone();
-        let tokens = Tokens::open(path.clone());
-        tokens.flush_last_use();
-        assert!(read_last_use(&path).is_empty());
-        assert!(matches!(
-            tokens.check(&bearer(secret.expose())),
-            Verdict::Valid(_)
-        ));
-        tokens.flush_last_use();
-        let used = read_last_use(&path);
-        assert!(used.get(&hash).is_some_and(|at| *at > 0), "{used:?}");
-        // The token file itself is left to the administrator's commands.
-        assert_eq!(read(&path).expect("read").len(), 1);
-        // A second use within the minute writes nothing new.
-        assert!(matches!(
-            tokens.check(&bearer(secret.expose())),
-            Verdict::Valid(_)
-        ));
-        assert!(tokens.pending_use.lock().expect("lock").is_empty());
-    }
-}
+mod tests;

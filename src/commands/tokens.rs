@@ -1,16 +1,51 @@
 //! `composer-proxy tokens …`: issue, list, disable, enable and delete client tokens, the way
-//! Marketplace access keys are managed. Changes are written to the token file, which running
-//! proxies look at every 250 ms, so they apply within a second without a restart.
+//! Marketplace access keys are managed. Changes are written to the token file (in the bucket
+//! when `object_store_url` is set), which running proxies look at every 250 ms (500 ms in the
+//! bucket), so they apply within a second without a restart.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::bucket::Bucket;
 use crate::commands::{CommandError, EXIT_FAILED, EXIT_OK};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::tokens::{self, TokenRecord, TokenState};
 
 fn failed(e: impl std::fmt::Display) -> CommandError {
     CommandError::Failed(anyhow::anyhow!("{e}"))
+}
+
+/// The bucket holding the token file, when `object_store_url` is set.
+fn bucket(config: &Config) -> Result<Option<Arc<Bucket>>, CommandError> {
+    config
+        .object_store
+        .as_ref()
+        .map(|url| Bucket::open(url, Arc::new(Metrics::default())))
+        .transpose()
+        .map_err(failed)
+}
+
+/// Applies `change` to the token file: in the bucket by conditional writes (reapplied to the
+/// newest copy after a conflict), else on disk under the lock.
+async fn modify<T>(
+    config: &Config,
+    change: impl FnMut(&mut Vec<TokenRecord>) -> T,
+) -> Result<T, CommandError> {
+    match bucket(config)? {
+        Some(bucket) => tokens::in_bucket::modify(&bucket, change).await,
+        None => tokens::modify(&config.tokens_file, change),
+    }
+    .map_err(failed)
+}
+
+/// Where the token file is, for messages.
+fn location(config: &Config) -> String {
+    match &config.object_store {
+        Some(url) => format!("{}/tokens/{}", url, tokens::in_bucket::TOKEN_OBJECT),
+        None => config.tokens_file.display().to_string(),
+    }
 }
 
 /// The host (and port, unless the scheme's default) Composer files credentials under in
@@ -30,10 +65,10 @@ fn auth_host(config: &Config) -> String {
 }
 
 /// Creates a token and prints its secret, the only time it is ever shown.
-pub fn create(config: &Config, name: &str) -> Result<u8, CommandError> {
+pub async fn create(config: &Config, name: &str) -> Result<u8, CommandError> {
     tokens::validate_name(name).map_err(CommandError::Usage)?;
     let (secret, hash) = tokens::generate().map_err(failed)?;
-    let created = tokens::modify(&config.tokens_file, |list| {
+    let created = modify(config, |list| {
         if list
             .iter()
             .any(|t| t.name == name && t.state != TokenState::Deleted)
@@ -42,14 +77,14 @@ pub fn create(config: &Config, name: &str) -> Result<u8, CommandError> {
         }
         list.push(TokenRecord {
             name: name.to_string(),
-            sha256: hash,
+            sha256: hash.clone(),
             state: TokenState::Active,
             created: tokens::now_rfc3339(),
             changed: None,
         });
         true
     })
-    .map_err(failed)?;
+    .await?;
     if !created {
         eprintln!(
             "composer-proxy: a token named {name:?} already exists; delete it first or choose another name"
@@ -87,9 +122,17 @@ fn format_time(secs: u64) -> String {
 }
 
 /// Lists tokens: name, state, creation, last use. Never a secret, nor its hash.
-pub fn list(config: &Config, json: bool) -> Result<u8, CommandError> {
-    let records = tokens::read(&config.tokens_file).map_err(failed)?;
-    let used = tokens::read_last_use(&config.tokens_file);
+pub async fn list(config: &Config, json: bool) -> Result<u8, CommandError> {
+    let (records, used) = match bucket(config)? {
+        Some(bucket) => (
+            tokens::in_bucket::read(&bucket).await.map_err(failed)?,
+            tokens::in_bucket::read_last_use(&bucket).await,
+        ),
+        None => (
+            tokens::read(&config.tokens_file).map_err(failed)?,
+            tokens::read_last_use(&config.tokens_file),
+        ),
+    };
     let last_use = |t: &TokenRecord| used.get(&t.sha256).map(|s| format_time(*s));
     if json {
         let list: Vec<_> = records
@@ -113,7 +156,7 @@ pub fn list(config: &Config, json: bool) -> Result<u8, CommandError> {
     if records.is_empty() {
         println!(
             "No client tokens in {}. Create one with: composer-proxy tokens create --name NAME",
-            config.tokens_file.display()
+            location(config)
         );
         return Ok(EXIT_OK);
     }
@@ -151,8 +194,8 @@ pub fn list(config: &Config, json: bool) -> Result<u8, CommandError> {
 }
 
 /// Sets the state of the named token, saying what that means for clients using it.
-pub fn set_state(config: &Config, name: &str, state: TokenState) -> Result<u8, CommandError> {
-    let outcome = tokens::modify(&config.tokens_file, |list| {
+pub async fn set_state(config: &Config, name: &str, state: TokenState) -> Result<u8, CommandError> {
+    let outcome = modify(config, |list| {
         let token = list
             .iter_mut()
             .find(|t| t.name == name && t.state != TokenState::Deleted)?;
@@ -163,7 +206,7 @@ pub fn set_state(config: &Config, name: &str, state: TokenState) -> Result<u8, C
         }
         Some(before)
     })
-    .map_err(failed)?;
+    .await?;
     let Some(before) = outcome else {
         eprintln!(
             "composer-proxy: no token named {name:?} (see composer-proxy tokens list); deleted \

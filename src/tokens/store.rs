@@ -59,6 +59,14 @@ pub enum TokenFileError {
     Invalid { path: PathBuf, message: String },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    /// The bucket holding the token file failed; the text names no credential.
+    #[error("{location}: {source}")]
+    Bucket {
+        location: String,
+        source: crate::bucket::BucketError,
+    },
+    #[error("{location} kept changing during {attempts} attempts to change it; try again")]
+    Contended { location: String, attempts: usize },
 }
 
 /// Reads the token file; a missing file means no tokens yet.
@@ -73,7 +81,12 @@ pub fn read(path: &Path) -> Result<Vec<TokenRecord>, TokenFileError> {
             })
         }
     };
-    let file: TokenFile = serde_json::from_slice(&text).map_err(|e| TokenFileError::Invalid {
+    parse(&text, path)
+}
+
+/// The records in a token file's bytes; `path` says where they came from, for errors.
+pub(super) fn parse(text: &[u8], path: &Path) -> Result<Vec<TokenRecord>, TokenFileError> {
+    let file: TokenFile = serde_json::from_slice(text).map_err(|e| TokenFileError::Invalid {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
@@ -84,6 +97,14 @@ pub fn read(path: &Path) -> Result<Vec<TokenRecord>, TokenFileError> {
         });
     }
     Ok(file.tokens)
+}
+
+/// A token file's bytes for `tokens`.
+pub(super) fn serialize(tokens: Vec<TokenRecord>) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec_pretty(&TokenFile {
+        version: FILE_VERSION,
+        tokens,
+    })
 }
 
 /// Changes the token file under an exclusive lock (so two administrators cannot lose each
@@ -103,11 +124,7 @@ pub fn modify<T>(
     lock.lock().map_err(write_err)?;
     let mut tokens = read(path)?;
     let result = change(&mut tokens);
-    let json = serde_json::to_vec_pretty(&TokenFile {
-        version: FILE_VERSION,
-        tokens,
-    })
-    .map_err(|e| write_err(io::Error::other(e)))?;
+    let json = serialize(tokens).map_err(|e| write_err(io::Error::other(e)))?;
     write_atomically(path, &json).map_err(write_err)?;
     Ok(result)
 }
