@@ -1,0 +1,181 @@
+//! Client tokens shared through a bucket (a real S3-compatible server, moto's, started by the
+//! tests): a token created with `composer-proxy tokens create` against the bucket is accepted by
+//! every replica within a second, refused by every replica within a second of `tokens
+//! disable`, concurrent `tokens create` commands all land in the file, and last use recorded
+//! by the replicas shows in `tokens list`.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use serde_json::Value;
+use support::bucket::Moto;
+use support::catalogue::Catalogue;
+use support::mock_upstream::{
+    MockOptions, MockUpstream, Protocol, TEST_PRIVATE_KEY, TEST_PUBLIC_KEY,
+};
+use support::process::{created_secret, ProxyProcess};
+use support::proxy::get_with;
+
+/// How long a token change may take to reach every replica.
+const PROPAGATION: Duration = Duration::from_secs(1);
+
+fn replica_env(mock: &MockUpstream, endpoint: &str, cache: &Path) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("COMPOSER_PROXY_UPSTREAM_URL".to_string(), mock.url()),
+        ("COMPOSER_PROXY_PUBLIC_KEY".into(), TEST_PUBLIC_KEY.into()),
+        ("COMPOSER_PROXY_PRIVATE_KEY".into(), TEST_PRIVATE_KEY.into()),
+        (
+            "COMPOSER_PROXY_CACHE_DIR".into(),
+            cache.to_str().expect("utf-8").into(),
+        ),
+        ("COMPOSER_PROXY_REQUIRE_TOKENS".into(), "true".into()),
+    ];
+    env.extend(Moto::env(endpoint));
+    env
+}
+
+/// Runs `composer-proxy tokens ARGS` with only the bucket's settings: no token file on disk is
+/// shared with any replica, so whatever they learn comes through the bucket.
+fn tokens(endpoint: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_composer-proxy"))
+        .arg("tokens")
+        .args(args)
+        .env_clear()
+        .envs(Moto::env(endpoint))
+        .env("COMPOSER_PROXY_REQUIRE_TOKENS", "true")
+        .output()
+        .expect("composer-proxy tokens runs")
+}
+
+fn tokens_ok(endpoint: &str, args: &[&str]) -> String {
+    let output = tokens(endpoint, args);
+    assert!(
+        output.status.success(),
+        "tokens {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+fn listed(endpoint: &str) -> Vec<Value> {
+    let out = tokens_ok(endpoint, &["list", "--json"]);
+    serde_json::from_str::<Value>(&out)
+        .expect("json")
+        .as_array()
+        .expect("a list")
+        .clone()
+}
+
+/// Asks every replica until each answers `expected`; fails if one still does not after
+/// [`PROPAGATION`] from `since`. Returns how long the slowest took.
+async fn everywhere_within_a_second(
+    replicas: &[ProxyProcess],
+    secret: &str,
+    expected: StatusCode,
+    since: Instant,
+) -> Duration {
+    let bearer = format!("Bearer {secret}");
+    let headers = [("authorization", bearer.as_str())];
+    let mut slowest = Duration::ZERO;
+    for replica in replicas {
+        let url = format!("{}/packages.json", replica.url);
+        loop {
+            let status = get_with(&url, &headers).await.status;
+            let elapsed = since.elapsed();
+            if status == expected {
+                slowest = slowest.max(elapsed);
+                break;
+            }
+            assert!(
+                elapsed < PROPAGATION,
+                "{} still answers {status}, not {expected}, {elapsed:?} after the change",
+                replica.url
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    slowest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_changes_through_the_bucket_reach_every_replica_within_a_second() {
+    let catalogue = Arc::new(Catalogue::magento(1));
+    let mock = MockUpstream::start(MockOptions::new(Protocol::V1, catalogue)).await;
+    let moto = Moto::start();
+    let endpoint = moto.endpoint();
+    let caches: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("cache"))
+        .collect();
+    let replicas: Vec<_> = tokio::task::block_in_place(|| {
+        caches
+            .iter()
+            .map(|c| ProxyProcess::start(&replica_env(&mock, &endpoint, c.path())))
+            .collect()
+    });
+
+    let out = tokio::task::block_in_place(|| tokens_ok(&endpoint, &["create", "--name", "ci"]));
+    let created = Instant::now();
+    let secret = created_secret(&out);
+    let accepted = everywhere_within_a_second(&replicas, &secret, StatusCode::OK, created).await;
+    eprintln!("a created token was accepted by all 3 replicas after {accepted:?}");
+
+    tokio::task::block_in_place(|| tokens_ok(&endpoint, &["disable", "ci"]));
+    let disabled = Instant::now();
+    let refused =
+        everywhere_within_a_second(&replicas, &secret, StatusCode::FORBIDDEN, disabled).await;
+    eprintln!("a disabled token was refused by all 3 replicas after {refused:?}");
+    // Nothing reached the replicas through their own directories.
+    for cache in &caches {
+        assert!(!cache.path().join("tokens.json").exists());
+    }
+
+    tokio::task::block_in_place(|| tokens_ok(&endpoint, &["enable", "ci"]));
+    everywhere_within_a_second(&replicas, &secret, StatusCode::OK, Instant::now()).await;
+    // The replicas write last use every few seconds; `tokens list` shows it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = tokio::task::block_in_place(|| listed(&endpoint));
+        if list[0]["last_used"].is_string() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no last use recorded: {list:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn concurrent_token_commands_never_lose_each_others_change() {
+    let moto = Moto::start();
+    let endpoint = moto.endpoint();
+    let names: Vec<String> = (0..4).map(|i| format!("runner-{i}")).collect();
+    let commands: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let (endpoint, name) = (endpoint.clone(), name.clone());
+            std::thread::spawn(move || tokens(&endpoint, &["create", "--name", &name]))
+        })
+        .collect();
+    for command in commands {
+        let output = command.join().expect("thread");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut stored: Vec<String> = listed(&endpoint)
+        .iter()
+        .map(|t| t["name"].as_str().expect("name").to_string())
+        .collect();
+    stored.sort();
+    assert_eq!(stored, names);
+    // A second token of a name in use is refused, as with a file.
+    let again = tokens(&endpoint, &["create", "--name", "runner-0"]);
+    assert!(!again.status.success());
+    assert_eq!(listed(&endpoint).len(), 4);
+}
