@@ -340,6 +340,16 @@ impl Bucket {
         }
     }
 
+    /// Writes `payload` whatever is there (the newer copy wins), for objects that are not
+    /// single-write, such as persisted metadata.
+    pub async fn put(&self, path: &Path, payload: PutPayload) -> Result<(), BucketError> {
+        let result = self
+            .store
+            .put_opts(path, payload, PutOptions::default())
+            .await;
+        self.answered(BucketOp::Put, "put", result).map(|_| ())
+    }
+
     /// Removes the object; one already gone is fine.
     pub async fn delete(&self, path: &Path) -> Result<(), BucketError> {
         let result = self.store.delete(path).await;

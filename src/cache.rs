@@ -8,6 +8,7 @@
 pub mod archives;
 mod health;
 pub mod metadata;
+mod shared_metadata;
 mod sweep;
 
 use std::io::{self, Write};
@@ -32,6 +33,8 @@ pub struct CacheDir {
     health: CacheHealth,
     /// On NFS & co. a stat can stall: such calls go through the blocking pool.
     network_filesystem: bool,
+    /// The bucket persisted metadata is shared through, when `object_store_url` is set.
+    bucket: std::sync::OnceLock<std::sync::Arc<crate::bucket::Bucket>>,
 }
 
 impl CacheDir {
@@ -65,6 +68,7 @@ impl CacheDir {
             instance: format!("{}-{started}", std::process::id()),
             health: CacheHealth::default(),
             network_filesystem: false,
+            bucket: std::sync::OnceLock::new(),
         }
     }
 

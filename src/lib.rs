@@ -161,6 +161,9 @@ impl Proxy {
             .as_ref()
             .map(|url| bucket::Bucket::open(url, metrics.clone()))
             .transpose()?;
+        if let Some(bucket) = &bucket {
+            disk.share_metadata(bucket.clone());
+        }
         let upstreams = Upstreams::new(config, &public_url, &disk, &metrics)?;
         for upstream in upstreams.iter() {
             upstream.metadata.restore().await;

@@ -107,7 +107,7 @@ impl Releases {
             hidden: RwLock::new(hidden_forms(cfg.credentials.as_ref())),
         };
         let saved = releases.saved_listing_path();
-        if let Ok(body) = tokio::fs::read(&saved).await {
+        if let Some(body) = releases.disk.load_shared_metadata(&saved).await {
             releases
                 .last
                 .insert("json".into(), Arc::new(InfoAnswer::new(body.into(), true)));
@@ -204,7 +204,7 @@ impl Releases {
         if path == "json" {
             let saved = self.saved_listing_path();
             self.disk
-                .save_metadata(&saved, &body, "saving the release listing")
+                .save_shared_metadata(&saved, &body, "saving the release listing")
                 .await;
         }
         Ok(answer)

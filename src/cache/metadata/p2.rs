@@ -192,12 +192,14 @@ impl MetadataCache {
             etag: validators.etag.clone(),
         };
         let bytes = serde_json::to_vec(&saved).unwrap_or_default();
-        self.disk.save_metadata(&path, &bytes, "a p2 file").await;
+        self.disk
+            .save_shared_metadata(&path, &bytes, "a p2 file")
+            .await;
     }
 
     pub(super) async fn load_p2(&self, url: &str, file: &str) -> Option<Arc<P2Entry>> {
         let path = self.disk.url_state_path(self.namespace(), url);
-        let text = tokio::fs::read(&path).await.ok()?;
+        let text = self.disk.load_shared_metadata(&path).await?;
         let saved: PersistedRoot = serde_json::from_slice(&text).ok()?;
         let validators = Validators {
             last_modified: saved.last_modified,

@@ -103,7 +103,7 @@ impl MetadataCache {
     /// upstream is down. A missing or unusable copy just means starting cold.
     pub async fn restore(self: &Arc<Self>) {
         let path = self.disk.state_path(self.namespace(), "root.json");
-        let Ok(text) = tokio::fs::read(&path).await else {
+        let Some(text) = self.disk.load_shared_metadata(&path).await else {
             return;
         };
         let Ok(saved) = serde_json::from_slice::<PersistedRoot>(&text) else {
@@ -270,7 +270,7 @@ impl MetadataCache {
                 };
                 let bytes = serde_json::to_vec(&saved).unwrap_or_default();
                 self.disk
-                    .save_metadata(
+                    .save_shared_metadata(
                         &self.disk.state_path(self.namespace(), "root.json"),
                         &bytes,
                         "packages.json",

@@ -45,7 +45,7 @@ impl MetadataCache {
                 "{what}: {sha256:?} is not a sha256"
             )))
         })?;
-        if let Ok(bytes) = tokio::fs::read(&path).await {
+        if let Some(bytes) = self.disk.load_shared_metadata(&path).await {
             // Re-verify: the file could have been damaged on disk.
             if composer::verify_sha256(&bytes, sha256, what).is_ok() {
                 return Ok(Bytes::from(bytes));
@@ -59,7 +59,7 @@ impl MetadataCache {
                 self.upstream.note_body(&verified);
                 verified?;
                 // A full or read-only disk must not stop serving what was just fetched.
-                self.disk.save_metadata(&path, &body, what).await;
+                self.disk.save_shared_metadata(&path, &body, what).await;
                 Ok(body)
             }
             MetadataResponse::NotModified => Err(ProxyError::UpstreamStatus(304)),
