@@ -2,7 +2,8 @@
 //! tests): a token created with `composer-proxy tokens create` against the bucket is accepted by
 //! every replica within a second, refused by every replica within a second of `tokens
 //! disable`, concurrent `tokens create` commands all land in the file, and last use recorded
-//! by the replicas shows in `tokens list`.
+//! by the replicas shows in `tokens list`. Persisted metadata is shared the same way: a new
+//! replica with an empty `cache_dir` installs while the upstream is down.
 
 mod support;
 
@@ -15,6 +16,7 @@ use http::StatusCode;
 use serde_json::Value;
 use support::bucket::Moto;
 use support::catalogue::Catalogue;
+use support::composer::{assert_installed_matches, ComposerProject};
 use support::mock_upstream::{
     MockOptions, MockUpstream, Protocol, TEST_PRIVATE_KEY, TEST_PUBLIC_KEY,
 };
@@ -178,4 +180,66 @@ fn concurrent_token_commands_never_lose_each_others_change() {
     let again = tokens(&endpoint, &["create", "--name", "runner-0"]);
     assert!(!again.status.success());
     assert_eq!(listed(&endpoint).len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_installs_from_the_bucket_while_the_upstream_is_down() {
+    const PRODUCT: &str = "magento/product-community-edition";
+    let catalogue = Arc::new(Catalogue::magento(10));
+    let mock = MockUpstream::start(MockOptions::new(Protocol::V1, catalogue.clone())).await;
+    let moto = Moto::start();
+    let endpoint = moto.endpoint();
+    let (cache_a, cache_b) = (
+        tempfile::tempdir().expect("a"),
+        tempfile::tempdir().expect("b"),
+    );
+    let mut env_a = replica_env(&mock, &endpoint, cache_a.path());
+    env_a.retain(|(k, _)| k != "COMPOSER_PROXY_REQUIRE_TOKENS");
+    let a = tokio::task::block_in_place(|| ProxyProcess::start(&env_a));
+    let install = |url: String| {
+        tokio::task::block_in_place(move || {
+            let project = ComposerProject::new(&url, &[(PRODUCT, "2.4.7")]);
+            project.run_ok(&["install", "--no-progress"]);
+            project
+        })
+    };
+    install(a.url.clone());
+    let fetched = mock.count_prefix("/archives/");
+    // Both tiers are written after the answers: wait until the bucket has everything.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while moto.list("archives").await.len() < fetched || moto.list("metadata").await.is_empty() {
+        assert!(Instant::now() < deadline, "the bucket never got everything");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metadata = moto.list("metadata").await;
+    assert!(
+        metadata.iter().any(|(key, _)| key.ends_with("/root.json")),
+        "{metadata:?}"
+    );
+    mock.stop().await;
+    drop(a);
+
+    let mut env_b = env_a.clone();
+    env_b.retain(|(k, _)| k != "COMPOSER_PROXY_CACHE_DIR");
+    env_b.push((
+        "COMPOSER_PROXY_CACHE_DIR".into(),
+        cache_b.path().to_str().expect("utf-8").into(),
+    ));
+    let b = tokio::task::block_in_place(|| ProxyProcess::start(&env_b));
+    let project = install(b.url.clone());
+    let locked = project.locked_versions();
+    let product = catalogue.version(PRODUCT, "2.4.7").expect("product");
+    for (name, _) in &product.require {
+        assert_installed_matches(&project, &catalogue, name, &locked[name]);
+    }
+    assert!(
+        cache_b
+            .path()
+            .join("metadata")
+            .read_dir()
+            .expect("metadata")
+            .count()
+            > 0,
+        "the bucket's metadata is kept locally too"
+    );
 }
