@@ -138,7 +138,7 @@ pub(super) async fn ready(state: &Arc<AppState>) -> Response<ResponseBody> {
     if let Some(bucket) = &state.bucket {
         if !bucket.check().await {
             degraded.push(format!(
-                "bucket {} unreachable or failing; archives are served from the local tiers and fetched from upstream without being stored in it",
+                "bucket {} unreachable or failing; archives are served from the local tiers and fetched from upstream without being stored in it, and client tokens are checked against the last copy read",
                 bucket.describe()
             ));
         }
