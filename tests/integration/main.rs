@@ -17,6 +17,7 @@ mod key_hygiene;
 mod mock_upstream_selftest;
 mod multi_upstream;
 mod object_storage;
+mod object_storage_tokens;
 mod operations;
 mod packagist;
 mod protocol;

@@ -5,7 +5,7 @@
 //! by the replicas shows in `tokens list`. Persisted metadata is shared the same way: a new
 //! replica with an empty `cache_dir` installs while the upstream is down.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Output};
