@@ -6,7 +6,6 @@
 
 use crate::support;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,29 +13,13 @@ use http::StatusCode;
 use support::bucket::{Moto, SlowRelay, SECRET};
 use support::catalogue::{Catalogue, FixtureVersion};
 use support::composer::{assert_installed_matches, ComposerProject};
-use support::mock_upstream::{
-    MockOptions, MockUpstream, Protocol, TEST_PRIVATE_KEY, TEST_PUBLIC_KEY,
-};
+use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
 use support::process::ProxyProcess;
 use support::proxy::{dist_url, get};
 
 const PRODUCT: &str = "magento/product-community-edition";
 /// Bound of every poll of state nothing announces.
 const WAIT: Duration = Duration::from_secs(30);
-
-fn replica_env(mock: &MockUpstream, endpoint: &str, cache: &Path) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("COMPOSER_PROXY_UPSTREAM_URL".to_string(), mock.url()),
-        ("COMPOSER_PROXY_PUBLIC_KEY".into(), TEST_PUBLIC_KEY.into()),
-        ("COMPOSER_PROXY_PRIVATE_KEY".into(), TEST_PRIVATE_KEY.into()),
-        (
-            "COMPOSER_PROXY_CACHE_DIR".into(),
-            cache.to_str().expect("utf-8").into(),
-        ),
-    ];
-    env.extend(Moto::env(endpoint));
-    env
-}
 
 /// `n` replicas on one bucket, each with its own empty cache directory.
 fn replicas(
@@ -50,7 +33,7 @@ fn replicas(
     let processes = tokio::task::block_in_place(|| {
         caches
             .iter()
-            .map(|c| ProxyProcess::start(&replica_env(mock, endpoint, c.path())))
+            .map(|c| ProxyProcess::start(&support::bucket::replica_env(mock, endpoint, c.path())))
             .collect()
     });
     (processes, caches)
@@ -219,7 +202,11 @@ async fn a_replica_killed_mid_upload_leaves_no_object_in_the_bucket() {
     let relay = SlowRelay::start(moto.port, 1024 * 1024);
     let cache = tempfile::tempdir().expect("cache");
     let mut replica = tokio::task::block_in_place(|| {
-        ProxyProcess::start(&replica_env(&mock, &relay.endpoint(), cache.path()))
+        ProxyProcess::start(&support::bucket::replica_env(
+            &mock,
+            &relay.endpoint(),
+            cache.path(),
+        ))
     });
     let name = "magento/module-m001";
     let release = first_release(&catalogue, name);
@@ -253,7 +240,11 @@ async fn a_replica_killed_mid_upload_leaves_no_object_in_the_bucket() {
     // A replica started afresh finds nothing in the bucket, fetches, and stores it whole.
     let fresh_cache = tempfile::tempdir().expect("cache");
     let fresh = tokio::task::block_in_place(|| {
-        ProxyProcess::start(&replica_env(&mock, &moto.endpoint(), fresh_cache.path()))
+        ProxyProcess::start(&support::bucket::replica_env(
+            &mock,
+            &moto.endpoint(),
+            fresh_cache.path(),
+        ))
     });
     let before = mock.count_prefix("/archives/");
     let url = dist_url(&fresh.url, name, &release.version).await;

@@ -17,27 +17,17 @@ use serde_json::Value;
 use support::bucket::Moto;
 use support::catalogue::Catalogue;
 use support::composer::{assert_installed_matches, ComposerProject};
-use support::mock_upstream::{
-    MockOptions, MockUpstream, Protocol, TEST_PRIVATE_KEY, TEST_PUBLIC_KEY,
-};
+use support::mock_upstream::{MockOptions, MockUpstream, Protocol};
 use support::process::{created_secret, ProxyProcess};
 use support::proxy::get_with;
 
 /// How long a token change may take to reach every replica.
 const PROPAGATION: Duration = Duration::from_secs(1);
 
+/// A replica on the bucket at `endpoint` that requires client tokens.
 fn replica_env(mock: &MockUpstream, endpoint: &str, cache: &Path) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("COMPOSER_PROXY_UPSTREAM_URL".to_string(), mock.url()),
-        ("COMPOSER_PROXY_PUBLIC_KEY".into(), TEST_PUBLIC_KEY.into()),
-        ("COMPOSER_PROXY_PRIVATE_KEY".into(), TEST_PRIVATE_KEY.into()),
-        (
-            "COMPOSER_PROXY_CACHE_DIR".into(),
-            cache.to_str().expect("utf-8").into(),
-        ),
-        ("COMPOSER_PROXY_REQUIRE_TOKENS".into(), "true".into()),
-    ];
-    env.extend(Moto::env(endpoint));
+    let mut env = support::bucket::replica_env(mock, endpoint, cache);
+    env.push(("COMPOSER_PROXY_REQUIRE_TOKENS".into(), "true".into()));
     env
 }
 

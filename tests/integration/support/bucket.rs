@@ -14,6 +14,28 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::ObjectStore;
 
+use super::mock_upstream::{MockUpstream, TEST_PRIVATE_KEY, TEST_PUBLIC_KEY};
+
+/// The environment of a replica in front of `mock` (with its keys), with `cache` as its own
+/// local tier and the bucket at `endpoint`.
+pub fn replica_env(
+    mock: &MockUpstream,
+    endpoint: &str,
+    cache: &std::path::Path,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("COMPOSER_PROXY_UPSTREAM_URL".to_string(), mock.url()),
+        ("COMPOSER_PROXY_PUBLIC_KEY".into(), TEST_PUBLIC_KEY.into()),
+        ("COMPOSER_PROXY_PRIVATE_KEY".into(), TEST_PRIVATE_KEY.into()),
+        (
+            "COMPOSER_PROXY_CACHE_DIR".into(),
+            cache.to_str().expect("utf-8").into(),
+        ),
+    ];
+    env.extend(Moto::env(endpoint));
+    env
+}
+
 /// The bucket every test uses (moto keeps each server's buckets apart).
 pub const BUCKET: &str = "composer";
 /// The proxies' secret key (moto takes any): distinctive, so a test can look for it in logs.

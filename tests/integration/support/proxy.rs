@@ -256,3 +256,26 @@ pub async fn dist_url(proxy_url: &str, name: &str, version: &str) -> String {
         .unwrap_or_else(|| panic!("{name} {version} in the p2 file"));
     found["dist"]["url"].as_str().expect("dist url").to_string()
 }
+
+/// Each of `bodies`, HTTP/2 responses whose stream window the client kept shut from
+/// `started` on, ends in a reset rather than a complete body, within the proxy's
+/// `client_send_timeout_secs` of 1 (at least 1 s, well under 15 s).
+pub async fn assert_reset_after_a_second(
+    bodies: Vec<hyper::body::Incoming>,
+    started: std::time::Instant,
+) {
+    for mut body in bodies {
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), body.frame())
+            .await
+            .expect("the stream ends within the safety net");
+        assert!(
+            matches!(ended, Some(Err(_))),
+            "reset, not a complete body: {ended:?}"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(1) && took < std::time::Duration::from_secs(15),
+        "{took:?}"
+    );
+}
