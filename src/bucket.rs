@@ -181,6 +181,17 @@ impl Bucket {
         ))
     }
 
+    /// An in-memory bucket under `prefix`, for unit tests.
+    #[cfg(test)]
+    pub fn in_memory(prefix: &str) -> Arc<Bucket> {
+        Self::with_store(
+            Arc::new(object_store::memory::InMemory::new()),
+            prefix,
+            format!("memory://{prefix}"),
+            Arc::new(Metrics::default()),
+        )
+    }
+
     /// Over any store (tests use `object_store::memory::InMemory`).
     pub fn with_store(
         store: Arc<dyn ObjectStore>,
@@ -461,17 +472,11 @@ enum Answer<T> {
 
 #[cfg(test)]
 mod tests {
-    use object_store::memory::InMemory;
 
     use super::*;
 
     fn bucket() -> Arc<Bucket> {
-        Bucket::with_store(
-            Arc::new(InMemory::new()),
-            "/team/proxy/",
-            "memory://".into(),
-            Arc::new(Metrics::default()),
-        )
+        Bucket::in_memory("/team/proxy/")
     }
 
     #[test]

@@ -64,19 +64,12 @@ impl CacheDir {
 
 #[cfg(test)]
 mod tests {
-    use object_store::memory::InMemory;
 
     use super::*;
-    use crate::metrics::Metrics;
 
     #[tokio::test]
     async fn metadata_is_written_through_and_read_back_by_a_replica_with_an_empty_directory() {
-        let bucket = Bucket::with_store(
-            Arc::new(InMemory::new()),
-            "proxy",
-            "memory://proxy".into(),
-            Arc::new(Metrics::default()),
-        );
+        let bucket = Bucket::in_memory("proxy");
         let (a, b) = (
             tempfile::tempdir().expect("a"),
             tempfile::tempdir().expect("b"),

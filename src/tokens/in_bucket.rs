@@ -282,20 +282,13 @@ impl Tokens {
 
 #[cfg(test)]
 mod tests {
-    use object_store::memory::InMemory;
     use object_store::ObjectStoreExt;
 
     use super::*;
-    use crate::metrics::Metrics;
     use crate::tokens::{generate, now_rfc3339, TokenState, Verdict};
 
     fn bucket() -> Arc<Bucket> {
-        Bucket::with_store(
-            Arc::new(InMemory::new()),
-            "proxy",
-            "memory://test/proxy".into(),
-            Arc::new(Metrics::default()),
-        )
+        Bucket::in_memory("proxy")
     }
 
     fn record(name: &str) -> (crate::config::Secret, TokenRecord) {

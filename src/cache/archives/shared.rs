@@ -447,18 +447,11 @@ impl Download {
 
 #[cfg(test)]
 mod tests {
-    use object_store::memory::InMemory;
 
     use super::*;
-    use crate::metrics::Metrics;
 
     fn bucket() -> Arc<Bucket> {
-        Bucket::with_store(
-            Arc::new(InMemory::new()),
-            "p",
-            "memory://".into(),
-            Arc::new(Metrics::default()),
-        )
+        Bucket::in_memory("p")
     }
 
     const KEY: &str = "ab12";
