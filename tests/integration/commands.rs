@@ -122,6 +122,19 @@ async fn v1_mock(modules: usize) -> (Arc<Catalogue>, MockUpstream) {
     (catalogue, mock)
 }
 
+/// A lock made the old way, by Composer straight against `mock` with the keys: the project
+/// and its composer.lock.
+fn locked_directly(mock: &MockUpstream) -> (ComposerProject, String) {
+    let direct = ComposerProject::new(&mock.url(), &[(PRODUCT, "2.4.6")]).with_http_basic(
+        &mock.addr().to_string(),
+        TEST_PUBLIC_KEY,
+        TEST_PRIVATE_KEY,
+    );
+    composer(&direct, &["install", "--no-progress"]);
+    let lock = std::fs::read_to_string(direct.path().join("composer.lock")).expect("read lock");
+    (direct, lock)
+}
+
 /// Locked packages that have an archive (everything but metapackages).
 fn locked_archives(project: &ComposerProject, catalogue: &Catalogue) -> Vec<(String, String)> {
     project

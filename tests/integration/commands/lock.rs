@@ -6,14 +6,7 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migrated_lock_installs_through_the_proxy_without_credentials() {
     let (catalogue, mock) = v1_mock(MODULES).await;
-    // A lock made the old way: Composer straight against the upstream, with the keys.
-    let direct = ComposerProject::new(&mock.url(), &[(PRODUCT, "2.4.6")]).with_http_basic(
-        &mock.addr().to_string(),
-        TEST_PUBLIC_KEY,
-        TEST_PRIVATE_KEY,
-    );
-    composer(&direct, &["install", "--no-progress"]);
-    let original = std::fs::read_to_string(direct.path().join("composer.lock")).expect("read lock");
+    let (_, original) = locked_directly(&mock);
     assert!(original.contains(&format!("\"url\": \"{}/archives/", mock.url())));
 
     // The same project on a machine without credentials, with the lock migrated there: the

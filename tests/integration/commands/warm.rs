@@ -108,14 +108,7 @@ async fn warm_reports_each_failure_with_its_reason_and_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_via_a_running_proxy_needs_no_keys_and_composer_then_installs_from_its_cache() {
     let (catalogue, mock) = v1_mock(MODULES).await;
-    // A lock made the old way: Composer straight against the upstream, with the keys.
-    let direct = ComposerProject::new(&mock.url(), &[(PRODUCT, "2.4.6")]).with_http_basic(
-        &mock.addr().to_string(),
-        TEST_PUBLIC_KEY,
-        TEST_PRIVATE_KEY,
-    );
-    composer(&direct, &["install", "--no-progress"]);
-    let original = std::fs::read_to_string(direct.path().join("composer.lock")).expect("lock");
+    let (direct, original) = locked_directly(&mock);
     let archives = locked_archives(&direct, &catalogue);
 
     // The proxy holds the keys and requires client tokens.
