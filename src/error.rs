@@ -78,6 +78,14 @@ pub enum ProxyError {
         source: Box<ProxyError>,
     },
 
+    /// The one account of a repository whose last listing has a package is refused (its key
+    /// pair rejected): the package cannot be served, and no other repository may serve it.
+    #[error("upstream account {upstream:?} alone lists the package and is refused: {source}")]
+    AccountRejected {
+        upstream: String,
+        source: Box<ProxyError>,
+    },
+
     /// What went wrong with one upstream of several, named (an account, a vendor repository).
     #[error("upstream {upstream:?}: {source}")]
     Via {
@@ -191,6 +199,14 @@ impl ProxyError {
                 (
                     could_not_ask(status),
                     format!("Upstream repository \"{upstream}\" could not be asked whether it has this package, so composer-proxy cannot tell which repository owns it: {warning}"),
+                )
+            }
+            ProxyError::AccountRejected { upstream, source } => {
+                let (status, warning) = source.status_and_warning();
+                // Not a 404: Composer would look for the name in the next repository.
+                (
+                    could_not_ask(status),
+                    format!("Upstream account \"{upstream}\" is the only account of its repository whose listing has this package, and it is refused, so composer-proxy cannot serve it: {warning}"),
                 )
             }
             ProxyError::ApiUnavailable { upstream, what, source } => {

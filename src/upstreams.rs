@@ -7,6 +7,7 @@
 //! client's list (dependency confusion).
 
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -19,9 +20,10 @@ use crate::composer::Document;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::upstream::{GitHub, UpstreamClient};
+use crate::upstream::{GitHub, KeyVerdict, UpstreamClient};
 
 mod apis;
+mod owner;
 
 pub use apis::Merged;
 
@@ -32,6 +34,9 @@ pub struct Upstream {
     pub named: bool,
     pub client: Arc<UpstreamClient>,
     pub metadata: Arc<MetadataCache>,
+    /// Whether the warning that this rejected account's names cannot be told apart was given
+    /// since it last answered.
+    unseen_warned: AtomicBool,
 }
 
 /// What one upstream says about a package name.
@@ -43,28 +48,14 @@ pub enum Listed {
     Unknown(ProxyError),
 }
 
-/// The owner of a name from the upstreams' answers in priority order: the index of the first
-/// `Yes`; `None` when all say `No`; the index and error of the first that could not be asked
-/// before any said `Yes`. Pure: the answers are produced lazily, so upstreams after the owner
-/// are never asked.
-pub fn owner_of(
-    answers: impl IntoIterator<Item = Listed>,
-) -> Result<Option<usize>, (usize, ProxyError)> {
-    for (i, listed) in answers.into_iter().enumerate() {
-        match listed {
-            Listed::Yes => return Ok(Some(i)),
-            Listed::No => {}
-            Listed::Unknown(e) => return Err((i, e)),
-        }
-    }
-    Ok(None)
-}
-
 /// Each upstream's root view, where it has one.
 type Views = Vec<Option<Arc<View>>>;
 
 pub struct Upstreams {
     list: Vec<Arc<Upstream>>,
+    /// The repositories in priority order (where their first table stands), each the indexes
+    /// of its accounts: tables with the same URL.
+    repositories: Vec<Vec<usize>>,
     /// Shared by every upstream's client: dists on GitHub, and the token for its API.
     github: Arc<GitHub>,
     /// Where the merged repository is served, without trailing slash.
@@ -107,10 +98,23 @@ impl Upstreams {
                 named: cfg.named,
                 client,
                 metadata,
+                unseen_warned: AtomicBool::new(false),
             }));
+        }
+        let mut repositories: Vec<Vec<usize>> = Vec::new();
+        for (i, upstream) in list.iter().enumerate() {
+            let base = upstream.client.base();
+            match repositories
+                .iter_mut()
+                .find(|r| list[r[0]].client.base() == base)
+            {
+                Some(repository) => repository.push(i),
+                None => repositories.push(vec![i]),
+            }
         }
         Ok(Self {
             list,
+            repositories,
             github,
             public_url: public_url.to_string(),
             merged_root: Mutex::new(None),
@@ -177,9 +181,17 @@ impl Upstreams {
                 }
                 Err(e) => {
                     status = CacheStatus::Stale;
-                    first_error.get_or_insert(e);
                     views.push(None);
+                    first_error.get_or_insert(e);
                 }
+            }
+        }
+        // A rejected account's last listing still says what it had: its names stay in
+        // `available-packages` (they answer 502, naming it), and the merged repository stays
+        // finite, so Composer asks for no name outside it.
+        for (view, upstream) in views.iter_mut().zip(&self.list) {
+            if view.is_none() && upstream.client.key_verdict() == KeyVerdict::Rejected {
+                *view = upstream.metadata.last_view();
             }
         }
         if views.iter().all(Option::is_none) {
@@ -204,65 +216,23 @@ impl Upstreams {
         *cached = Some((views, doc.clone()));
         Ok((doc, status))
     }
-
-    /// The upstream that owns `name` (a package name, without `~dev`), or `None` when every
-    /// upstream said it has no such package.
-    ///
-    /// An account whose key pair is rejected cannot say what it lists; another account of the
-    /// same repository that lists the name stands in for it. No other repository may: what the
-    /// rejected account would have owned must not fall to a lower repository (dependency
-    /// confusion), so without such an account the answer stays "could not be asked".
-    pub async fn owner(&self, name: &str) -> Result<Option<Arc<Upstream>>, ProxyError> {
-        let mut answers = Vec::with_capacity(self.list.len());
-        for (i, upstream) in self.list.iter().enumerate() {
-            let listed = match upstream.metadata.lists(name).await {
-                Listed::Unknown(e) if e.is_key_rejection() => {
-                    if let Some(account) = self.account_listing(i, name).await {
-                        return Ok(Some(account.clone()));
-                    }
-                    Listed::Unknown(e)
-                }
-                listed => listed,
-            };
-            let settled = !matches!(listed, Listed::No);
-            answers.push(listed);
-            if settled {
-                break;
-            }
-        }
-        match owner_of(answers) {
-            Ok(found) => Ok(found.map(|i| self.list[i].clone())),
-            Err((i, error)) => Err(ProxyError::OwnerUnknown {
-                upstream: self.list[i].name.to_string(),
-                source: Box::new(error),
-            }),
-        }
-    }
 }
 
 impl Upstreams {
-    /// Later accounts of the repository at `index`, in priority order: upstreams with the same
-    /// URL (and so the same packages and dists), each with its own key pair and entitlements.
-    fn accounts_after(&self, index: usize) -> impl Iterator<Item = &Arc<Upstream>> {
+    /// The other accounts of the repository at `index`, in priority order: upstreams with the
+    /// same URL (and so the same packages and dists), each with its own key pair and
+    /// entitlements. Earlier ones too: a lock file may name a later account's dist URL.
+    fn other_accounts(&self, index: usize) -> impl Iterator<Item = &Arc<Upstream>> {
         let url = self.list[index].client.base();
         self.list
             .iter()
-            .skip(index + 1)
-            .filter(move |u| u.client.base() == url)
-    }
-
-    /// The first later account of the repository at `index` that lists `name`.
-    async fn account_listing(&self, index: usize, name: &str) -> Option<&Arc<Upstream>> {
-        for account in self.accounts_after(index) {
-            if matches!(account.metadata.lists(name).await, Listed::Yes) {
-                return Some(account);
-            }
-        }
-        None
+            .enumerate()
+            .filter(move |(i, u)| *i != index && u.client.base() == url)
+            .map(|(_, u)| u)
     }
 
     /// Runs `fetch` with `owner` (the owner of `name`) and, when its account is refused (key
-    /// pair rejected, entitlement missing), with each later account of the same repository
+    /// pair rejected, entitlement missing), with each other account of the same repository
     /// that lists `name`, until one serves. Returns what was fetched and the account that
     /// served it. When none can, the owner's refusal is the answer, naming it.
     pub async fn with_accounts<T, F, Fut>(
@@ -283,7 +253,7 @@ impl Upstreams {
         let Some(index) = self.list.iter().position(|u| Arc::ptr_eq(u, &owner)) else {
             return Err(self.naming(&owner, refused));
         };
-        for account in self.accounts_after(index) {
+        for account in self.other_accounts(index) {
             if !matches!(account.metadata.lists(name).await, Listed::Yes) {
                 continue;
             }
@@ -356,37 +326,4 @@ fn merged_root_document(public_url: &str, views: &[Option<Arc<View>>]) -> Docume
         .max()
         .unwrap_or(SystemTime::UNIX_EPOCH);
     Document::from_json(&serde_json::Value::Object(root), last_modified)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn unreachable() -> ProxyError {
-        ProxyError::Upstream(crate::upstream::UpstreamError::Unreachable("down".into()))
-    }
-
-    #[test]
-    fn the_first_upstream_that_lists_a_name_owns_it() {
-        use Listed::{No, Unknown, Yes};
-        assert_eq!(owner_of([No, Yes, Yes]).ok(), Some(Some(1)));
-        assert_eq!(owner_of([Yes, Unknown(unreachable())]).ok(), Some(Some(0)));
-        assert_eq!(owner_of([No, No]).ok(), Some(None));
-        assert_eq!(owner_of(Vec::new()).ok(), Some(None));
-    }
-
-    #[test]
-    fn an_upstream_that_could_not_be_asked_before_the_owner_is_an_error_not_a_miss() {
-        use Listed::{No, Unknown, Yes};
-        // Never "not found", and never the lower upstream's package: that is dependency
-        // confusion.
-        assert!(matches!(
-            owner_of([No, Unknown(unreachable()), Yes]),
-            Err((1, _))
-        ));
-        assert!(matches!(
-            owner_of([Unknown(unreachable()), No]),
-            Err((0, _))
-        ));
-    }
 }

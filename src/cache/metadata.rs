@@ -230,6 +230,23 @@ impl MetadataCache {
         }
     }
 
+    /// The last view installed, whatever has happened since: after the key pair was rejected,
+    /// what the account listed before (restored from disk at start).
+    pub fn last_view(&self) -> Option<Arc<View>> {
+        self.current()
+    }
+
+    /// Whether the last listing seen has `name`: `None` when no listing was seen, or the
+    /// upstream does not list its names.
+    pub fn last_listed(&self, name: &str) -> Option<bool> {
+        self.current().and_then(|view| view.knows(name))
+    }
+
+    /// Whether the last listing seen has any name under `vendor` (`vendor/`).
+    pub fn lists_vendor(&self, vendor: &str) -> bool {
+        self.current().is_some_and(|view| view.lists_vendor(vendor))
+    }
+
     fn namespace(&self) -> Option<&str> {
         self.namespace.as_deref()
     }

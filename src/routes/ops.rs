@@ -102,13 +102,19 @@ pub(super) async fn ready(state: &Arc<AppState>) -> Response<ResponseBody> {
     let mut packages = 0;
     for upstream in state.upstreams.iter() {
         let view = upstream.metadata.view().await;
-        let health = upstream_health(
-            upstream.client.key_verdict() == KeyVerdict::Rejected,
+        let rejected = upstream.client.key_verdict() == KeyVerdict::Rejected;
+        let mut health = upstream_health(
+            rejected,
             upstream.metadata.stale_on_key_rejection(),
             upstream.client.down_for(),
             upstream.client.misbehaving_for(),
             view.as_ref().map(|_| ()).map_err(|e| e.to_string()),
         );
+        // With several upstreams, what the rejection costs: which packages now fail.
+        if let (true, Health::Down(why)) = (rejected && state.upstreams.len() > 1, &mut health) {
+            why.push_str("; ");
+            why.push_str(&state.upstreams.rejected_account_cost(upstream));
+        }
         let mut entry = json!({"status": health.as_str()});
         if let Ok((view, _)) = &view {
             packages += view.names().len();

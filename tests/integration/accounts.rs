@@ -378,3 +378,181 @@ async fn fetch(seen: &mut String, url: &str, path: &str) -> StatusCode {
     seen.push_str(&String::from_utf8_lossy(&reply.body));
     reply.status
 }
+
+/// Issue 20: the accounts beside a vendor repository and a packagist-like upstream, in the
+/// order of the black-box probe that found one rejected key stopping every install.
+struct Mixed {
+    catalogue: Arc<Catalogue>,
+    front: AccountsMock,
+    _base: MockUpstream,
+    others: support::upstreams::Upstreams,
+    toml: String,
+}
+
+impl Mixed {
+    /// Every locked package is installed byte for byte from its owner's catalogue; returns
+    /// the names.
+    fn assert_installed(&self, project: &ComposerProject) -> Vec<String> {
+        let catalogues = [
+            &self.catalogue,
+            &self.others.hyva.catalogue,
+            &self.others.packagist.catalogue,
+        ];
+        let lock = project.lock();
+        let mut names = Vec::new();
+        for package in lock["packages"].as_array().expect("locked packages") {
+            let name = package["name"].as_str().expect("name");
+            let version = package["version"].as_str().expect("version");
+            let owner = catalogues
+                .iter()
+                .find(|c| c.package(name).is_some())
+                .unwrap_or_else(|| panic!("no catalogue has {name}"));
+            assert_installed_matches(project, owner, name, version);
+            names.push(name.to_string());
+        }
+        names
+    }
+}
+
+async fn mixed() -> Mixed {
+    let Setup {
+        catalogue,
+        toml,
+        front,
+        _base,
+        proxy,
+    } = setup().await;
+    proxy.stop().await;
+    let others = support::upstreams::Upstreams::start(1).await;
+    let toml = format!(
+        "{toml}[[upstream]]\nname = \"hyva\"\nurl = \"{}\"\npublic_key = \"token\"\nprivate_key = \"{}\"\n\n\
+         [[upstream]]\nname = \"packagist\"\nurl = \"{}\"\nallowed_hosts = [\"{}\"]\n",
+        others.hyva.mock.repo_url(),
+        support::upstreams::HYVA_LICENCE,
+        others.packagist.mock.url(),
+        others.dist_host(),
+    );
+    Mixed {
+        catalogue,
+        front,
+        _base,
+        others,
+        toml,
+    }
+}
+
+/// A project with names of every upstream: the shared Magento packages, the one only `keep`
+/// lists, the vendor's theme (which needs packagist's `psr/log`) and a packagist library.
+fn mixed_project(url: &str, keep_only: &str) -> ComposerProject {
+    let mut require = SHARED.to_vec();
+    require.extend([
+        (keep_only, "*"),
+        ("hyva-themes/magento2-default-theme", "^1.3"),
+        ("laminas/laminas-stdlib", "^3.18"),
+    ]);
+    ComposerProject::new(url, &require)
+}
+
+/// The package only `rejected` lists answers 502 naming it: never a 404, and never
+/// packagist's package of the same name (the extension is in both catalogues).
+async fn assert_refused_naming(url: &str, package: &str, account: &str) {
+    let reply = get(&format!("{url}/p2/{package}.json")).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{:?}", reply.body);
+    let warning = reply.warning();
+    assert!(warning.contains(&format!("\"{account}\"")), "{warning}");
+}
+
+/// Key pair `rejected` is cut off while the proxy runs. Installs that need nothing only it
+/// lists keep working: through the same proxy, after a restart on its cache, and through a
+/// proxy with an empty cache.
+async fn installs_survive_a_rejected_account(rejected: &'static str, keep: &'static str) {
+    let m = mixed().await;
+    let only = |account: &str| {
+        if account == AGENCY {
+            EXTENSION
+        } else {
+            CLIENT_MODULE
+        }
+    };
+    let cache = tempfile::tempdir().expect("cache dir");
+    let proxy = TestProxy::start_with_file(&m.toml, listen_env(), Some(cache.path())).await;
+    let warm = mixed_project(&proxy.url, only(keep));
+    blocking(|| warm.run_ok(&["install", "--no-progress"]));
+    let doomed = get(&format!("{}/p2/{}.json", proxy.url, only(rejected))).await;
+    assert_eq!(doomed.status, StatusCode::OK);
+    let dist = doomed.json()["packages"][only(rejected)][0]["dist"]["url"]
+        .as_str()
+        .expect("a dist URL")
+        .to_string();
+    m.front.disable(rejected);
+    // The proxy learns of the rejection when it next uses the key pair: here, for an archive
+    // only that account may download.
+    let refused = get(&dist).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::BAD_GATEWAY,
+        "{:?}",
+        refused.body
+    );
+
+    for _ in 0..2 {
+        let project = mixed_project(&proxy.url, only(keep));
+        blocking(|| project.run_ok(&["install", "--no-progress"]));
+        let names = m.assert_installed(&project);
+        for needed in [only(keep), "psr/log", "hyva-themes/magento2-theme-module"] {
+            assert!(names.iter().any(|n| n == needed), "{needed} in {names:?}");
+        }
+    }
+    assert_refused_naming(&proxy.url, only(rejected), rejected).await;
+    let ready = get(&format!("{}/readyz", proxy.url)).await.json();
+    let reason = ready["upstreams"][rejected]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("only it lists answer 502"), "{ready}");
+    assert!(reason.contains(only(rejected)), "{ready}");
+    proxy.stop().await;
+
+    // A restart on the same cache: the rejected account's listing comes from disk.
+    let proxy = TestProxy::start_with_file(&m.toml, listen_env(), Some(cache.path())).await;
+    let project = mixed_project(&proxy.url, only(keep));
+    blocking(|| project.run_ok(&["install", "--no-progress"]));
+    assert_refused_naming(&proxy.url, only(rejected), rejected).await;
+    proxy.stop().await;
+
+    // An empty cache: the rejected account was never seen. What the others have installs, and
+    // ops are told what cannot be told apart.
+    let proxy = TestProxy::start_with_file(&m.toml, listen_env(), None).await;
+    let project = mixed_project(&proxy.url, only(keep));
+    blocking(|| project.run_ok(&["install", "--no-progress"]));
+    let ready = get(&format!("{}/readyz", proxy.url)).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    let ready = ready.json();
+    let reason = ready["upstreams"][rejected]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("never seen"), "{ready}");
+    assert!(
+        ready["degraded"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(rejected),
+        "{ready}"
+    );
+    if rejected == CLIENT {
+        // Its module is under `magento/`, a vendor the agency lists: still never a lower
+        // repository's, though nobody can say whether the client has it.
+        let reply = get(&format!("{}/p2/{CLIENT_MODULE}.json", proxy.url)).await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{:?}", reply.body);
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_first_account_stops_no_install_that_does_not_need_it() {
+    installs_survive_a_rejected_account(AGENCY, CLIENT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_second_account_stops_no_install_that_does_not_need_it() {
+    installs_survive_a_rejected_account(CLIENT, AGENCY).await;
+}

@@ -52,6 +52,13 @@ impl View {
         }
     }
 
+    /// Whether any name it lists starts with `vendor` (`vendor/`). Names are sorted.
+    pub fn lists_vendor(&self, vendor: &str) -> bool {
+        let names = self.names();
+        let first = names.partition_point(|n| n.as_str() < vendor);
+        names.get(first).is_some_and(|n| n.starts_with(vendor))
+    }
+
     pub fn apis(&self) -> &RootApis {
         &self.apis
     }
