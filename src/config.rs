@@ -18,12 +18,14 @@ mod github;
 mod keys;
 mod raw;
 mod upstreams;
+mod views;
 
 pub use bucket::{parse_bucket_url, BucketKind, BucketUrl};
 pub use downloads::RELEASES_NAME;
 pub use github::GitHubConfig;
 pub use keys::{Credentials, KeySource, Secret, Secrets};
 use raw::{deserialize, validate};
+pub use views::{NamePattern, ViewConfig};
 
 /// The built-in defaults; `config/default.toml` is the single source of truth for them.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -107,6 +109,8 @@ pub struct Config {
     pub client_send_timeout: Duration,
     /// In priority order; never empty.
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[[view]]` tables: repositories limited to some upstreams, at `<public_url>/<name>/`.
+    pub views: Vec<ViewConfig>,
     pub cache_dir: PathBuf,
     /// The bucket shared state lives in (`object_store_url`); `None`: `cache_dir` alone.
     pub object_store: Option<BucketUrl>,
@@ -222,11 +226,11 @@ impl Config {
                 let tables = value
                     .as_array()
                     .is_some_and(|list| list.iter().all(toml::Value::is_table));
-                if key == "upstream" && !tables {
+                if (key == "upstream" || key == "view") && !tables {
                     return Err(ConfigError {
+                        message: format!("must be [[{key}]] tables (see config/default.toml)"),
                         setting: key,
                         origin,
-                        message: "must be [[upstream]] tables (see config/default.toml)".into(),
                     });
                 }
                 if !defaults.contains_key(&key) {
@@ -258,14 +262,15 @@ impl Config {
                             .into(),
                     });
                 }
-                if key == "upstream" {
+                if key == "upstream" || key == "view" {
                     return Err(ConfigError {
                         setting: key.clone(),
                         origin: format!("from {var}"),
-                        message: "[[upstream]] tables can only be given in the --config file; \
-                                  their secrets can come from COMPOSER_PROXY_UPSTREAM_<NAME>_* \
-                                  variables"
-                            .into(),
+                        message: format!(
+                            "[[{key}]] tables can only be given in the --config file; \
+                             upstreams' secrets can come from COMPOSER_PROXY_UPSTREAM_<NAME>_* \
+                             variables"
+                        ),
                     });
                 }
                 let origin = format!("from {var}");

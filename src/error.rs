@@ -40,6 +40,13 @@ pub enum ProxyError {
     TokenDisabled(std::sync::Arc<str>),
     #[error("client token {0:?} was deleted")]
     TokenDeleted(std::sync::Arc<str>),
+    /// A token bound to views, used outside them: its views' names, with their URLs where they
+    /// still exist.
+    #[error("client token {token:?} is bound to other views")]
+    OutsideViews {
+        token: std::sync::Arc<str>,
+        views: Vec<(String, Option<String>)>,
+    },
     #[error("the token file cannot be read")]
     TokenStoreUnavailable,
     #[error("request path longer than {limit} bytes")]
@@ -244,6 +251,23 @@ impl ProxyError {
                 StatusCode::FORBIDDEN,
                 format!("The client token \"{name}\" is disabled on composer-proxy. Ask the proxy's administrator to enable it again (composer-proxy tokens enable {name}) or to issue a new one."),
             ),
+            ProxyError::OutsideViews { token, views } => {
+                let usable: Vec<String> = views
+                    .iter()
+                    .map(|(name, url)| match url {
+                        Some(url) => format!("{url} (view {name})"),
+                        None => format!("view {name}, which no longer exists"),
+                    })
+                    .collect();
+                // The URLs first: Composer shows only the first 200 characters.
+                (
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "The client token \"{token}\" is for {}, not this URL. Use that URL as the repository URL, or ask the proxy's administrator to bind the token to more views (composer-proxy tokens views {token} --view VIEW).",
+                        if usable.is_empty() { "no view that exists".to_string() } else { usable.join(", ") }
+                    ),
+                )
+            }
             ProxyError::TokenStoreUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "composer-proxy cannot read its client token file, so it accepts no token until it can (see the proxy's log).".into(),

@@ -17,6 +17,7 @@ pub mod tls;
 pub mod tokens;
 pub mod upstream;
 pub mod upstreams;
+pub mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::releases::Releases;
 use crate::tokens::Tokens;
 use crate::upstreams::Upstreams;
+use crate::views::Views;
 
 /// Everything a request needs, shared by all connections.
 pub struct AppState {
@@ -46,6 +48,8 @@ pub struct AppState {
     /// Legacy release downloads, when `[downloads]` is configured.
     pub releases: Option<Arc<Releases>>,
     access: RwLock<Arc<Access>>,
+    /// The `[[view]]`s; replaced whole on a reload.
+    views: RwLock<Arc<Views>>,
     pub tokens: Arc<Tokens>,
     /// `None` without TLS; replaced when certificates are reloaded.
     tls: Option<RwLock<tokio_rustls::TlsAcceptor>>,
@@ -70,6 +74,10 @@ impl AppState {
             .clone()
     }
 
+    pub fn views(&self) -> Arc<Views> {
+        self.views.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn tls_acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
         self.tls
             .as_ref()
@@ -91,6 +99,22 @@ impl AppState {
         let key_pairs: usize = config.upstreams.iter().map(|u| u.key_pairs().len()).sum();
         *self.access.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(Access::from_config(config));
+        let current: Vec<_> = self.views().iter().map(|v| v.config.clone()).collect();
+        if current != config.views {
+            match Views::new(&config.views, &self.upstreams, &self.public_url) {
+                Ok(views) => {
+                    tracing::info!(
+                        event = "views_changed",
+                        views = config.views.len(),
+                        "views reloaded"
+                    );
+                    *self.views.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(views);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "views not reloaded; the running ones stay in effect")
+                }
+            }
+        }
         if self.tokens.path().is_some_and(|p| p != config.tokens_file) {
             tracing::warn!("a new tokens_file needs a restart");
         }
@@ -168,6 +192,8 @@ impl Proxy {
         for upstream in upstreams.iter() {
             upstream.metadata.restore().await;
         }
+        let views =
+            Views::new(&config.views, &upstreams, &public_url).map_err(anyhow::Error::msg)?;
         let releases = match &config.downloads {
             Some(downloads) => Some(Arc::new(
                 Releases::open(
@@ -195,6 +221,7 @@ impl Proxy {
             upstreams,
             releases,
             access: RwLock::new(Arc::new(Access::from_config(config))),
+            views: RwLock::new(Arc::new(views)),
             tokens,
             tls: tls.map(RwLock::new),
             disk_probe: tokio::sync::Mutex::new(None),

@@ -126,6 +126,24 @@ enum TokensCommand {
         /// Who or what receives it (a person, a CI system): shown in logs and `tokens list`.
         #[arg(long, value_name = "NAME")]
         name: String,
+        /// Bind it to this [[view]] (repeatable): it then works only at those views' URLs.
+        /// Without --view it is organisation-wide.
+        #[arg(long = "view", value_name = "VIEW")]
+        views: Vec<String>,
+    },
+    /// Change the views a token is bound to: --view (repeatable) binds it to exactly those,
+    /// --org-wide unbinds it.
+    Views {
+        name: String,
+        #[arg(
+            long = "view",
+            value_name = "VIEW",
+            required_unless_present = "org_wide"
+        )]
+        views: Vec<String>,
+        /// Make it organisation-wide: usable everywhere, as a token without views.
+        #[arg(long, conflicts_with = "views")]
+        org_wide: bool,
     },
     /// Show every token's name, state, creation and last use (never a secret).
     List {
@@ -273,7 +291,12 @@ fn main() -> ExitCode {
             command: LockCommand::Migrate { lock, public_url },
         } => lock::migrate(&config, &lock::MigrateOptions { lock, public_url }),
         Command::Tokens { command } => match command {
-            TokensCommand::Create { name } => block_on(tokens::create(&config, &name)),
+            TokensCommand::Create { name, views } => {
+                block_on(tokens::create(&config, &name, &views))
+            }
+            TokensCommand::Views { name, views, .. } => {
+                block_on(tokens::set_views(&config, &name, &views))
+            }
             TokensCommand::List { json } => block_on(tokens::list(&config, json)),
             TokensCommand::Disable { name } => {
                 block_on(tokens::set_state(&config, &name, TokenState::Disabled))

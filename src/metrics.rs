@@ -32,6 +32,9 @@ struct Families {
     upstream: BTreeMap<(Arc<str>, &'static str, &'static str), u64>,
     upstream_duration: BTreeMap<(Arc<str>, &'static str), Histogram>,
     key_rejections: BTreeMap<(Arc<str>, usize), u64>,
+    /// By (view name, status class): names come from the configuration only.
+    view_requests: BTreeMap<(Arc<str>, &'static str), u64>,
+    view_bytes: BTreeMap<Arc<str>, u64>,
 }
 
 #[derive(Default)]
@@ -164,6 +167,16 @@ impl Metrics {
         });
     }
 
+    /// One request answered in a view (besides [`Metrics::record_request`]).
+    pub fn record_view(&self, view: &Arc<str>, status: u16, bytes: u64) {
+        self.with(|f| {
+            *f.view_requests
+                .entry((view.clone(), status_class(status)))
+                .or_default() += 1;
+            *f.view_bytes.entry(view.clone()).or_default() += bytes;
+        });
+    }
+
     /// One upstream exchange (until response headers).
     pub fn record_upstream(
         &self,
@@ -287,6 +300,30 @@ impl Metrics {
                 out,
                 "composer_proxy_request_duration_seconds",
                 &format!("route=\"{route}\""),
+            );
+        }
+        header(
+            out,
+            "composer_proxy_view_requests_total",
+            "counter",
+            "Requests answered in a view (a [[view]] table), by view and status class.",
+        );
+        for ((view, class), n) in &families.view_requests {
+            let _ = writeln!(
+                out,
+                "composer_proxy_view_requests_total{{view=\"{view}\",status=\"{class}\"}} {n}"
+            );
+        }
+        header(
+            out,
+            "composer_proxy_view_served_bytes_total",
+            "counter",
+            "Response body bytes sent in a view, by view.",
+        );
+        for (view, n) in &families.view_bytes {
+            let _ = writeln!(
+                out,
+                "composer_proxy_view_served_bytes_total{{view=\"{view}\"}} {n}"
             );
         }
         single_label(

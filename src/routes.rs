@@ -29,7 +29,8 @@ use crate::access::{Access, BadForwardedFor};
 use crate::cache::metadata::CacheStatus;
 use crate::error::{json_response, ProxyError};
 use crate::tokens::Verdict;
-use crate::upstreams::Upstream;
+use crate::upstreams::{Among, Upstream};
+use crate::views::{Binding, ClientView, Scope, Views};
 use crate::AppState;
 
 pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
@@ -51,7 +52,7 @@ pub use path::{
     MAX_PATH_BYTES,
 };
 use releases::{release_file, release_info};
-use respond::document;
+use respond::{document, view_document};
 
 /// Outcome details the access log and metrics record.
 pub struct Outcome {
@@ -63,6 +64,8 @@ pub struct Outcome {
     pub token: Option<Arc<str>>,
     /// The upstream that answered (the package's owner, or the one asked for).
     pub upstream: Option<Arc<str>>,
+    /// The view asked, when the request was for one.
+    pub view: Option<Arc<str>>,
 }
 
 impl Route {
@@ -136,6 +139,7 @@ pub async fn handle(
         client: None,
         token: None,
         upstream: None,
+        view: None,
     };
     let access = state.access();
     let client = match access.client(peer.ip(), request.headers()) {
@@ -177,22 +181,37 @@ pub async fn handle(
         }
     };
     outcome.route = route.kind();
-    // `<public_url>/<name>/…`: that upstream's own repository.
+    let views = state.views();
+    // `<public_url>/<name>/…`: that upstream's own repository, or a view.
     let scope = match upstream {
-        None => None,
-        Some(name) => match state.upstreams.named(&name) {
-            Some(upstream) => Some(upstream.clone()),
-            None => {
-                let e = ProxyError::NotFound(format!("no upstream named {name:?}"));
+        None => Scope::Merged,
+        Some(name) => match (state.upstreams.named(&name), views.get(&name)) {
+            (Some(upstream), _) => Scope::Upstream(upstream.clone()),
+            (None, Some(view)) => Scope::View(view.clone()),
+            (None, None) => {
+                let e = ProxyError::NotFound(format!("no upstream or view named {name:?}"));
                 return (error_response(&e), outcome);
             }
         },
     };
-    if route.needs_token() {
-        if let Err(e) = check_token(&state, &access, request.headers(), client, &mut outcome) {
-            return (error_response(&e), outcome);
+    outcome.view = scope.view().cloned();
+    let binding = if route.needs_token() {
+        match check_token(
+            &state,
+            &access,
+            request.headers(),
+            client,
+            &scope,
+            &views,
+            &mut outcome,
+        ) {
+            Ok(binding) => binding,
+            Err(e) => return (error_response(&e), outcome),
         }
-    }
+    } else {
+        None
+    };
+    drop(views);
     let method = request.method().clone();
     let (allowed, allow) = match route {
         Route::Notify | Route::Advisories | Route::FilterEntries => {
@@ -207,7 +226,12 @@ pub async fn handle(
         );
     }
     let head = method == Method::HEAD;
-    let result = answer(&state, scope, route, request, head, &mut outcome).await;
+    let asked = Asked {
+        scope,
+        binding,
+        head,
+    };
+    let result = answer(&state, asked, route, request, &mut outcome).await;
     match result {
         Ok((response, cache)) => {
             outcome.cache = cache;
@@ -217,36 +241,100 @@ pub async fn handle(
     }
 }
 
-/// What one route answers, in the merged repository (`scope` none) or one upstream's own.
+/// What a request asked of whom: its scope, the views its token is bound to, and whether it is
+/// a HEAD.
+struct Asked {
+    scope: Scope,
+    /// `None`: no token, or an organisation-wide one.
+    binding: Option<Binding>,
+    head: bool,
+}
+
+impl Asked {
+    /// A bound token under an upstream's own URL may fetch only packages one of its views
+    /// admits (a lock file names those dist URLs); anything listing the upstream's names it may
+    /// not see.
+    fn check_package(&self, upstream: &Upstream, name: Option<&str>) -> Result<(), ProxyError> {
+        match (&self.binding, name) {
+            (None, _) => Ok(()),
+            (Some(binding), Some(name)) if binding.admits_package(upstream, name) => Ok(()),
+            (Some(binding), _) => Err(outside_views(binding)),
+        }
+    }
+
+    /// Whether `account` may serve this request when another is refused: one of the view's, or
+    /// of the bound token's views.
+    fn allows_account(&self, account: &Upstream) -> bool {
+        match (&self.scope, &self.binding) {
+            (Scope::View(view), _) => view.includes(account),
+            (_, Some(binding)) => binding.allows_account(account),
+            (_, None) => true,
+        }
+    }
+}
+
+fn outside_views(binding: &Binding) -> ProxyError {
+    ProxyError::OutsideViews {
+        token: binding.token.clone(),
+        views: binding.described(),
+    }
+}
+
+/// What one route answers, in the merged repository, one upstream's own or a view.
 async fn answer(
     state: &Arc<AppState>,
-    scope: Option<Arc<Upstream>>,
+    asked: Asked,
     route: Route,
     request: Request<Incoming>,
-    head: bool,
     outcome: &mut Outcome,
 ) -> Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError> {
     let headers = request.headers();
+    let head = asked.head;
     // With one upstream, the merged repository is that upstream's, Composer 1 included.
-    let single = scope.clone().or_else(|| state.upstreams.only().cloned());
+    let single = match &asked.scope {
+        Scope::Upstream(upstream) => Some(upstream.clone()),
+        Scope::Merged => state.upstreams.only().cloned(),
+        Scope::View(_) => None,
+    };
+    let view = match &asked.scope {
+        Scope::View(view) => Some(view.clone()),
+        Scope::Merged | Scope::Upstream(_) => None,
+    };
     let served_by = |upstream: &Arc<Upstream>, outcome: &mut Outcome| {
         outcome.upstream = Some(upstream.name.clone());
     };
+    if let Scope::Upstream(upstream) = &asked.scope {
+        // Per route below for packages; everything else lists what a bound token may not see.
+        let package = match &route {
+            Route::P2 { file } => Some(file.strip_suffix("~dev").unwrap_or(file)),
+            Route::V1Package { name, .. } => Some(name.as_str()),
+            Route::Dist { package, .. } => Some(package.as_str()),
+            Route::Notify => Some(""),
+            _ => None,
+        };
+        if package != Some("") {
+            asked.check_package(upstream, package)?;
+        }
+    }
     match route {
         Route::Root => {
-            let (doc, cache) = match &single {
-                Some(upstream) => {
+            let (doc, cache) = match (&view, &single) {
+                (Some(view), _) => {
+                    let (doc, cache) = state.upstreams.view_root(view).await?;
+                    return Ok((view_document(headers, &doc, cache, head, view), Some(cache)));
+                }
+                (None, Some(upstream)) => {
                     served_by(upstream, outcome);
                     let (view, cache) = upstream.metadata.view().await?;
                     (view.root.clone(), cache)
                 }
-                None => state.upstreams.merged_root().await?,
+                (None, None) => state.upstreams.merged_root().await?,
             };
             Ok((document(headers, &doc, cache, head), Some(cache)))
         }
         Route::P2 { file } => {
             let name = file.strip_suffix("~dev").unwrap_or(&file);
-            let upstream = owner(state, single.clone(), name).await?;
+            let upstream = owner(state, single.clone(), view.as_deref(), name).await?;
             let ((doc, cache), upstream) = if single.is_some() {
                 (upstream.metadata.p2_file(&file).await?, upstream)
             } else {
@@ -256,12 +344,17 @@ async fn answer(
                     .with_accounts(
                         upstream,
                         name,
+                        |u| asked.allows_account(u),
                         |u| async move { u.metadata.p2_file(file).await },
                     )
                     .await?
             };
             served_by(&upstream, outcome);
-            Ok((document(headers, &doc, cache, head), Some(cache)))
+            let response = match &view {
+                Some(view) => view_document(headers, &doc, cache, head, view),
+                None => document(headers, &doc, cache, head),
+            };
+            Ok((response, Some(cache)))
         }
         Route::V1Listing { path } => {
             let upstream = composer1(single)?;
@@ -280,13 +373,16 @@ async fn answer(
         Route::Dist { package, key } => {
             // Also under one upstream's own URL (where merged metadata points dists): another
             // account of the same repository serves the same archive when this one is refused.
-            let upstream = owner(state, single, &package).await?;
+            let upstream = owner(state, single, view.as_deref(), &package).await?;
             let (package, key) = (&package, &key);
             let (answer, upstream) = state
                 .upstreams
-                .with_accounts(upstream, package, |u| async move {
-                    archive(state, &u, headers, package, key, head).await
-                })
+                .with_accounts(
+                    upstream,
+                    package,
+                    |u| asked.allows_account(u),
+                    |u| async move { archive(state, &u, headers, package, key, head).await },
+                )
                 .await?;
             served_by(&upstream, outcome);
             Ok(answer)
@@ -296,20 +392,22 @@ async fn answer(
             .map(|response| (response, None)),
         Route::Search => {
             let query = request.uri().query().unwrap_or_default();
-            search(state, single, query).await
+            search(state, single, view.as_deref(), query).await
         }
         Route::Advisories => {
             let (parts, body) = request.into_parts();
-            apis::advisories(state, single, &parts.headers, body).await
+            apis::advisories(state, among(single, &view), &parts.headers, body).await
         }
         Route::FilterEntries => {
             let (parts, body) = request.into_parts();
-            apis::filter_entries(state, single, &parts.headers, body).await
+            apis::filter_entries(state, among(single, &view), &parts.headers, body).await
         }
-        Route::FilterSummary => apis::filter_summary(state, single, headers, head).await,
+        Route::FilterSummary => {
+            apis::filter_summary(state, among(single, &view), headers, head).await
+        }
         Route::List => {
             let query = request.uri().query().unwrap_or_default();
-            apis::list(state, single, headers, query, head).await
+            apis::list(state, among(single, &view), headers, query, head).await
         }
         Route::Health => Ok((
             json_response(StatusCode::OK, &json!({"status": "ok"})).map(full),
@@ -328,14 +426,34 @@ async fn answer(
     }
 }
 
-/// The upstream that serves package `name`: the one asked for, or its owner among all.
+/// Which upstreams the advisory, filter and list APIs answer for.
+fn among(single: Option<Arc<Upstream>>, view: &Option<Arc<ClientView>>) -> Among {
+    match (single, view) {
+        (Some(upstream), _) => Among::One(upstream),
+        (None, Some(view)) => Among::View(view.clone()),
+        (None, None) => Among::All,
+    }
+}
+
+/// The upstream that serves package `name`: the one asked for, the view's account for it, or
+/// its owner among all.
 async fn owner(
     state: &AppState,
     single: Option<Arc<Upstream>>,
+    view: Option<&ClientView>,
     name: &str,
 ) -> Result<Arc<Upstream>, ProxyError> {
     if let Some(upstream) = single {
         return Ok(upstream);
+    }
+    if let Some(view) = view {
+        return state
+            .upstreams
+            .account_in_view(view, name)
+            .await?
+            .ok_or_else(|| {
+                ProxyError::NotFound(format!("{name} is not in the view {:?}", &*view.name))
+            });
     }
     state
         .upstreams
@@ -348,49 +466,69 @@ async fn owner(
 fn composer1(single: Option<Arc<Upstream>>) -> Result<Arc<Upstream>, ProxyError> {
     single.ok_or_else(|| {
         ProxyError::NotFound(
-            "the merged repository speaks Composer 2 only; Composer 1 clients use each \
+            "the merged repository and views speak Composer 2 only; Composer 1 clients use each \
              upstream's own URL"
                 .into(),
         )
     })
 }
 
-/// Checks the client token when tokens are required. When they are not, a presented token
-/// still names the client in the access log, and a bad one is logged (so a rollout can be
-/// watched before `require_tokens` is turned on) but not refused.
+/// Checks the client token: when tokens are required, and always for a view, whose URL needs a
+/// token that may use it. When they are not required, a presented token still names the client
+/// in the access log, and a bad one is logged (so a rollout can be watched before
+/// `require_tokens` is turned on) but not refused. Returns the views a valid token is bound
+/// to, `None` for an organisation-wide one (or none).
 fn check_token(
     state: &AppState,
     access: &Access,
     headers: &HeaderMap,
     client: IpAddr,
+    scope: &Scope,
+    views: &Views,
     outcome: &mut Outcome,
-) -> Result<(), ProxyError> {
-    if !access.require_tokens && !headers.contains_key(header::AUTHORIZATION) {
-        return Ok(());
+) -> Result<Option<Binding>, ProxyError> {
+    let required = access.require_tokens || matches!(scope, Scope::View(_));
+    if !required && !headers.contains_key(header::AUTHORIZATION) {
+        return Ok(None);
     }
-    let verdict = state.tokens.check(headers);
+    let (verdict, bound) = state.tokens.check_bound(headers);
     outcome.token = verdict.name().cloned();
-    let Some(reason) = verdict.refusal() else {
-        return Ok(());
-    };
+    let view = scope.view().map(|v| &**v);
     // Logged at most once a minute per client, token and reason (`unlogged` says how many were
     // not).
-    let log = || {
+    let log = |reason: &'static str| {
         state
             .tokens
             .refusals
             .admit(client, verdict.name(), reason, std::time::Instant::now())
     };
-    if !access.require_tokens {
+    let Some(reason) = verdict.refusal() else {
+        if bound.is_empty() {
+            return Ok(None);
+        }
+        let binding = Binding {
+            token: verdict.name().cloned().unwrap_or_else(|| "".into()),
+            views: bound.iter().filter_map(|n| views.get(n).cloned()).collect(),
+            names: bound.to_vec(),
+        };
+        if binding.may_enter(scope) {
+            return Ok(Some(binding));
+        }
+        if let Some(unlogged) = log("outside_views") {
+            tracing::warn!(event = "token_refused", reason = "outside_views", token = verdict.name().map(|n| &**n), view, %client, unlogged, "client token refused outside its views");
+        }
+        return Err(outside_views(&binding));
+    };
+    if !required {
         if reason != "missing" {
-            if let Some(unlogged) = log() {
+            if let Some(unlogged) = log(reason) {
                 tracing::warn!(event = "token_refused", reason, token = verdict.name().map(|n| &**n), %client, unlogged, enforced = false, "client token would be refused (require_tokens is off)");
             }
         }
-        return Ok(());
+        return Ok(None);
     }
-    if let Some(unlogged) = log() {
-        tracing::warn!(event = "token_refused", reason, token = verdict.name().map(|n| &**n), %client, unlogged, "client token refused");
+    if let Some(unlogged) = log(reason) {
+        tracing::warn!(event = "token_refused", reason, token = verdict.name().map(|n| &**n), view, %client, unlogged, "client token refused");
     }
     Err(match verdict {
         Verdict::Disabled(name) => ProxyError::TokenDisabled(name),

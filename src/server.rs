@@ -456,6 +456,7 @@ impl tower::Service<Request<Incoming>> for ProxyService {
                 route: outcome.route,
                 client: outcome.client,
                 token: outcome.token,
+                view: outcome.view,
                 upstream,
                 answered_by: outcome.upstream,
             };

@@ -159,7 +159,11 @@ struct Entry {
     name: Arc<str>,
     hash: String,
     state: TokenState,
+    views: Bound,
 }
+
+/// The views a token is bound to; empty: organisation-wide.
+pub type Bound = Arc<[Arc<str>]>;
 
 /// The tokens as last read, which requests check against without touching the disk.
 struct Snapshot {
@@ -363,6 +367,7 @@ impl Tokens {
                         name: r.name.into(),
                         hash: r.sha256,
                         state: r.state,
+                        views: r.views.iter().map(|v| Arc::from(v.as_str())).collect(),
                     },
                 ))
             })
@@ -372,9 +377,16 @@ impl Tokens {
     /// Checks the token a request presents: the password (or, failing that, the user name) of
     /// HTTP Basic credentials, or a Bearer token, as Composer sends them from auth.json.
     pub fn check(&self, headers: &HeaderMap) -> Verdict {
+        self.check_bound(headers).0
+    }
+
+    /// As [`Tokens::check`], with the views a valid token is bound to (empty:
+    /// organisation-wide).
+    pub fn check_bound(&self, headers: &HeaderMap) -> (Verdict, Bound) {
+        let unbound = || Bound::from([]);
         let candidates = presented(headers);
         if candidates.is_empty() {
-            return Verdict::Absent;
+            return (Verdict::Absent, unbound());
         }
         let checked = *self.checked.lock().unwrap_or_else(|p| p.into_inner());
         let snapshot = self.snapshot();
@@ -383,19 +395,20 @@ impl Tokens {
             .as_ref()
             .filter(|_| checked.elapsed() < SNAPSHOT_MAX_AGE)
         else {
-            return Verdict::Unavailable;
+            return (Verdict::Unavailable, unbound());
         };
         let Some(entry) = candidates.iter().find_map(|c| tokens.get(&digest(c))) else {
-            return Verdict::Unknown;
+            return (Verdict::Unknown, unbound());
         };
-        match entry.state {
+        let verdict = match entry.state {
             TokenState::Active => {
                 self.note_use(&entry.hash);
                 Verdict::Valid(entry.name.clone())
             }
             TokenState::Disabled => Verdict::Disabled(entry.name.clone()),
             TokenState::Deleted => Verdict::Deleted(entry.name.clone()),
-        }
+        };
+        (verdict, entry.views.clone())
     }
 
     fn note_use(&self, hash: &str) {

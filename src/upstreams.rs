@@ -23,9 +23,10 @@ use crate::metrics::Metrics;
 use crate::upstream::{GitHub, KeyVerdict, UpstreamClient};
 
 mod apis;
+mod in_view;
 mod owner;
 
-pub use apis::Merged;
+pub use apis::{Among, Merged};
 
 /// One upstream repository.
 pub struct Upstream {
@@ -212,7 +213,17 @@ impl Upstreams {
                 return Ok((doc.clone(), status));
             }
         }
-        let doc = merged_root_document(&self.public_url, &views);
+        let available = views
+            .iter()
+            .map(|v| v.as_ref().and_then(|v| v.finite_names()))
+            .collect::<Option<Vec<&[String]>>>()
+            .map(|lists| {
+                let mut names: Vec<&String> = lists.into_iter().flatten().collect();
+                names.sort();
+                names.dedup();
+                names
+            });
+        let doc = root_document(&self.public_url, &views, available, SystemTime::UNIX_EPOCH);
         *cached = Some((views, doc.clone()));
         Ok((doc, status))
     }
@@ -235,10 +246,12 @@ impl Upstreams {
     /// pair rejected, entitlement missing), with each other account of the same repository
     /// that lists `name`, until one serves. Returns what was fetched and the account that
     /// served it. When none can, the owner's refusal is the answer, naming it.
+    /// `allowed` says which accounts may stand in: a view's or a bound token's own only.
     pub async fn with_accounts<T, F, Fut>(
         &self,
         owner: Arc<Upstream>,
         name: &str,
+        allowed: impl Fn(&Upstream) -> bool,
         fetch: F,
     ) -> Result<(T, Arc<Upstream>), ProxyError>
     where
@@ -254,7 +267,7 @@ impl Upstreams {
             return Err(self.naming(&owner, refused));
         };
         for account in self.other_accounts(index) {
-            if !matches!(account.metadata.lists(name).await, Listed::Yes) {
+            if !allowed(account) || !matches!(account.metadata.lists(name).await, Listed::Yes) {
                 continue;
             }
             match fetch(account.clone()).await {
@@ -290,23 +303,22 @@ impl Upstreams {
     }
 }
 
-/// The merged root from the upstreams' views (`None`: that upstream's root is not at hand, so
-/// the merged repository cannot be called finite). Pure.
-fn merged_root_document(public_url: &str, views: &[Option<Arc<View>>]) -> Document {
+/// A merged root at `public_url` from upstreams' views (`None`: that upstream's root is not at
+/// hand), with `available-packages` when the caller could tell every name; never older than
+/// `not_before`. Pure.
+fn root_document(
+    public_url: &str,
+    views: &[Option<Arc<View>>],
+    available: Option<Vec<&String>>,
+    not_before: SystemTime,
+) -> Document {
     let mut root = serde_json::Map::new();
     root.insert("packages".into(), json!([]));
     root.insert(
         "metadata-url".into(),
         json!(format!("{public_url}/p2/%package%.json")),
     );
-    let finite: Option<Vec<&[String]>> = views
-        .iter()
-        .map(|v| v.as_ref().and_then(|v| v.finite_names()))
-        .collect();
-    if let Some(lists) = finite {
-        let mut names: Vec<&String> = lists.into_iter().flatten().collect();
-        names.sort();
-        names.dedup();
+    if let Some(names) = available {
         root.insert("available-packages".into(), json!(names));
     }
     root.insert(
@@ -324,6 +336,7 @@ fn merged_root_document(public_url: &str, views: &[Option<Arc<View>>]) -> Docume
         .flatten()
         .map(|v| v.root.last_modified)
         .max()
-        .unwrap_or(SystemTime::UNIX_EPOCH);
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+        .max(not_before);
     Document::from_json(&serde_json::Value::Object(root), last_modified)
 }

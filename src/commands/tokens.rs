@@ -64,9 +64,42 @@ fn auth_host(config: &Config) -> String {
         .unwrap_or(url)
 }
 
+/// Every name in `views` is a configured `[[view]]`, without repeats.
+fn check_views(config: &Config, views: &[String]) -> Result<Vec<String>, CommandError> {
+    let mut checked: Vec<String> = Vec::with_capacity(views.len());
+    for view in views {
+        if !config.views.iter().any(|v| &v.name == view) {
+            let known: Vec<&str> = config.views.iter().map(|v| v.name.as_str()).collect();
+            return Err(CommandError::Usage(format!(
+                "{view:?} is not a [[view]] of this configuration (there are: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        if !checked.contains(view) {
+            checked.push(view.clone());
+        }
+    }
+    Ok(checked)
+}
+
+/// The repository URLs of `views`, for messages.
+fn view_urls(config: &Config, views: &[String]) -> String {
+    let public_url = config.public_url_for(config.listen);
+    views
+        .iter()
+        .map(|v| format!("  {public_url}/{v}/"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Creates a token and prints its secret, the only time it is ever shown.
-pub async fn create(config: &Config, name: &str) -> Result<u8, CommandError> {
+pub async fn create(config: &Config, name: &str, views: &[String]) -> Result<u8, CommandError> {
     tokens::validate_name(name).map_err(CommandError::Usage)?;
+    let views = check_views(config, views)?;
     let (secret, hash) = tokens::generate().map_err(failed)?;
     let created = modify(config, |list| {
         if list
@@ -81,6 +114,7 @@ pub async fn create(config: &Config, name: &str) -> Result<u8, CommandError> {
             state: TokenState::Active,
             created: tokens::now_rfc3339(),
             changed: None,
+            views: views.clone(),
         });
         true
     })
@@ -106,6 +140,13 @@ pub async fn create(config: &Config, name: &str) -> Result<u8, CommandError> {
          or in auth.json:\n\n  {{\"http-basic\": {{\"{host}\": {{\"username\": \"{name}\", \"password\": \"{secret}\"}}}}}}\n\n\
          (a \"bearer\" entry for {host} works too)."
     );
+    if !views.is_empty() {
+        let _ = writeln!(
+            out,
+            "It works only at the URLs of its views (as the repository URL in composer.json):\n\n{}",
+            view_urls(config, &views)
+        );
+    }
     if !config.require_tokens {
         let _ = writeln!(
             out,
@@ -144,6 +185,7 @@ pub async fn list(config: &Config, json: bool) -> Result<u8, CommandError> {
                     "created": t.created,
                     "changed": t.changed,
                     "last_used": last_use(t),
+                    "views": t.views,
                 })
             })
             .collect();
@@ -167,13 +209,18 @@ pub async fn list(config: &Config, json: bool) -> Result<u8, CommandError> {
         .unwrap_or(4)
         .max(4);
     let mut out = format!(
-        "{:<width$}  {:<8}  {:<20}  {}\n",
-        "NAME", "STATE", "CREATED", "LAST USED"
+        "{:<width$}  {:<8}  {:<20}  {:<20}  {}\n",
+        "NAME", "STATE", "CREATED", "LAST USED", "VIEWS"
     );
     for t in &records {
+        let views = if t.views.is_empty() {
+            "(organisation-wide)".to_string()
+        } else {
+            t.views.join(",")
+        };
         let _ = writeln!(
             out,
-            "{:<width$}  {:<8}  {:<20}  {}",
+            "{:<width$}  {:<8}  {:<20}  {:<20}  {views}",
             t.name,
             t.state.as_str(),
             t.created,
@@ -228,6 +275,46 @@ pub async fn set_state(config: &Config, name: &str, state: TokenState) -> Result
              403, saying it was deleted). This cannot be undone; its name can be used for a new \
              token."
         ),
+    };
+    println!("{effect}");
+    Ok(EXIT_OK)
+}
+
+/// Binds the named token to exactly `views` (none: organisation-wide), saying what that means.
+pub async fn set_views(config: &Config, name: &str, views: &[String]) -> Result<u8, CommandError> {
+    let views = check_views(config, views)?;
+    let outcome = modify(config, |list| {
+        let token = list
+            .iter_mut()
+            .find(|t| t.name == name && t.state != TokenState::Deleted)?;
+        let before = std::mem::replace(&mut token.views, views.clone());
+        if before != views {
+            token.changed = Some(tokens::now_rfc3339());
+        }
+        Some(before)
+    })
+    .await?;
+    let Some(before) = outcome else {
+        eprintln!(
+            "composer-proxy: no token named {name:?} (see composer-proxy tokens list); deleted \
+             tokens cannot be changed"
+        );
+        return Ok(EXIT_FAILED);
+    };
+    let effect = if before == views {
+        format!("Token {name:?} was already bound to exactly these views.")
+    } else if views.is_empty() {
+        format!(
+            "Token {name:?} is organisation-wide now: running proxies accept it everywhere \
+             within a second."
+        )
+    } else {
+        format!(
+            "Token {name:?} is bound to {} now: within a second running proxies accept it only \
+             at\n{}",
+            views.join(", "),
+            view_urls(config, &views)
+        )
     };
     println!("{effect}");
     Ok(EXIT_OK)

@@ -13,7 +13,8 @@ use super::bucket::parse_bucket_url;
 use super::downloads::{downloads, RawDownloads};
 use super::github::github;
 use super::keys::{check_composer_auth, Secrets};
-use super::upstreams::{upstreams, RawUpstream};
+use super::upstreams::{upstreams, RawUpstream, ROUTE_WORDS};
+use super::views::{views, RawView};
 use super::{parse_public_url, Config, ConfigError, LogFormat, TlsFiles};
 
 /// The settings as written; every field is present because the embedded defaults are merged
@@ -71,6 +72,8 @@ pub(super) struct RawConfig {
     pub(super) log_level: String,
     /// `[[upstream]]` tables; only in a `--config` file.
     pub(super) upstream: Vec<RawUpstream>,
+    /// `[[view]]` tables; only in a `--config` file.
+    pub(super) view: Vec<RawView>,
     /// The legacy release-download endpoint.
     pub(super) downloads: RawDownloads,
 }
@@ -106,7 +109,10 @@ fn blame(
         let mut probe = defaults.clone();
         probe.insert(key.clone(), value.clone());
         if let Err(e) = RawConfig::deserialize(toml::Value::Table(probe)) {
-            let tables = value.as_array().map(Vec::as_slice).unwrap_or_default();
+            let tables = match key.as_str() {
+                "upstream" => value.as_array().map(Vec::as_slice).unwrap_or_default(),
+                _ => &[],
+            };
             return Some(
                 tables
                     .iter()
@@ -223,6 +229,7 @@ pub(super) fn validate(
         check_composer_auth(env)?;
     }
     let (upstreams, key_files) = upstreams(&raw, origin_of, env, secrets)?;
+    let views = views(&raw.view, &upstreams, ROUTE_WORDS, &origin_of("view"))?;
     let github = github(&raw, origin_of, env, secrets)?;
     let (downloads, download_files) = match secrets {
         Secrets::Read => downloads(&raw, origin_of)?,
@@ -317,6 +324,7 @@ pub(super) fn validate(
         client_body_timeout: positive("client_body_timeout_secs", raw.client_body_timeout_secs)?,
         client_send_timeout: positive("client_send_timeout_secs", raw.client_send_timeout_secs)?,
         upstreams,
+        views,
         cache_dir,
         object_store,
         metadata_ttl: positive("metadata_ttl_secs", raw.metadata_ttl_secs)?,

@@ -21,7 +21,7 @@ pub const FLAT_NAME: &str = "default";
 
 /// Top-level path words of the router, now or planned: an upstream of that name would hide
 /// them, or they it.
-const ROUTE_WORDS: &[&str] = &[
+pub(super) const ROUTE_WORDS: &[&str] = &[
     "p",
     "p2",
     "dists",
@@ -37,6 +37,7 @@ const ROUTE_WORDS: &[&str] = &[
     "packages",
     "security-advisories",
     "filter",
+    "status",
 ];
 
 /// The secret fields an environment variable may give for a named upstream, longest first

@@ -15,7 +15,7 @@ use crate::cache::metadata::CacheStatus;
 use crate::composer::apis::{advisory_request, filter_request, ListQuery};
 use crate::composer::Document;
 use crate::error::ProxyError;
-use crate::upstreams::{Merged, Upstream};
+use crate::upstreams::{Among, Merged};
 use crate::AppState;
 
 /// Largest advisory or filter request body accepted: Composer sends about 40 bytes per
@@ -27,7 +27,7 @@ type Answer = Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError>;
 /// `POST` of `packages[]=a/b&…`: `{"advisories": {"a/b": [ … ]}}`.
 pub(super) async fn advisories(
     state: &Arc<AppState>,
-    single: Option<Arc<Upstream>>,
+    among: Among,
     headers: &HeaderMap,
     body: Incoming,
 ) -> Answer {
@@ -36,7 +36,7 @@ pub(super) async fn advisories(
         .map_err(|why| ProxyError::BadRequest(format!("security advisory request: {why}")))?;
     answer(
         headers,
-        state.upstreams.advisories(single, &names).await?,
+        state.upstreams.advisories(among, &names).await?,
         false,
     )
 }
@@ -45,7 +45,7 @@ pub(super) async fn advisories(
 /// `{"filter": {list: [entries]}}`.
 pub(super) async fn filter_entries(
     state: &Arc<AppState>,
-    single: Option<Arc<Upstream>>,
+    among: Among,
     headers: &HeaderMap,
     body: Incoming,
 ) -> Answer {
@@ -54,7 +54,7 @@ pub(super) async fn filter_entries(
         .map_err(|why| ProxyError::BadRequest(format!("filter list request: {why}")))?;
     let merged = state
         .upstreams
-        .filter_entries(single, &names, &lists)
+        .filter_entries(among, &names, &lists)
         .await?;
     answer(headers, merged, false)
 }
@@ -62,17 +62,17 @@ pub(super) async fn filter_entries(
 /// `{"filter": {list: {name: constraint}}}`.
 pub(super) async fn filter_summary(
     state: &Arc<AppState>,
-    single: Option<Arc<Upstream>>,
+    among: Among,
     headers: &HeaderMap,
     head: bool,
 ) -> Answer {
-    answer(headers, state.upstreams.filter_summary(single).await?, head)
+    answer(headers, state.upstreams.filter_summary(among).await?, head)
 }
 
 /// `{"packageNames": [ … ]}` for `?filter=`, `?vendor=`, `?type=`.
 pub(super) async fn list(
     state: &Arc<AppState>,
-    single: Option<Arc<Upstream>>,
+    among: Among,
     headers: &HeaderMap,
     query: &str,
     head: bool,
@@ -80,7 +80,7 @@ pub(super) async fn list(
     let query = ListQuery::parse(query);
     answer(
         headers,
-        state.upstreams.package_names(single, &query).await?,
+        state.upstreams.package_names(among, &query).await?,
         head,
     )
 }

@@ -18,6 +18,7 @@ use crate::composer::DistSource;
 use crate::error::{json_response, ProxyError};
 use crate::upstream::UpstreamClient;
 use crate::upstreams::Upstream;
+use crate::views::ClientView;
 use crate::AppState;
 
 pub(super) async fn archive(
@@ -151,6 +152,7 @@ pub(super) async fn read_body(
 pub(super) async fn search(
     state: &Arc<AppState>,
     single: Option<Arc<Upstream>>,
+    view: Option<&ClientView>,
     query: &str,
 ) -> Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError> {
     let q = url::form_urlencoded::parse(query.as_bytes())
@@ -161,13 +163,21 @@ pub(super) async fn search(
         Some(upstream) => upstream.metadata.search(&q).await?,
         None => {
             let mut names = Vec::new();
-            for upstream in state.upstreams.iter() {
+            // A view's names are those of its own upstreams that it admits.
+            let among = state
+                .upstreams
+                .iter()
+                .filter(|u| view.is_none_or(|v| v.includes(u)));
+            for upstream in among {
                 match upstream.metadata.search(&q).await {
                     Ok(found) => names.extend(found),
                     Err(e) => {
                         tracing::debug!(upstream = %upstream.name, error = %e, "search skipped an upstream")
                     }
                 }
+            }
+            if let Some(view) = view {
+                names.retain(|n| view.config.admits(n));
             }
             names.sort();
             names.dedup();

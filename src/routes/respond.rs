@@ -8,6 +8,7 @@ use http::{Response, StatusCode};
 use super::{empty, full, ResponseBody};
 use crate::cache::metadata::CacheStatus;
 use crate::composer::Document;
+use crate::views::ClientView;
 
 pub(super) fn accepts_gzip(headers: &HeaderMap) -> bool {
     headers
@@ -87,17 +88,64 @@ pub(super) fn document(
     cache: CacheStatus,
     head: bool,
 ) -> Response<ResponseBody> {
+    respond(
+        headers,
+        doc,
+        cache,
+        head,
+        &doc.etag,
+        doc.last_modified,
+        &doc.last_modified_header,
+    )
+}
+
+/// A document as served in a view: its validators are the view's own (an `ETag` no other view
+/// or repository gives, a `Last-Modified` never older than the view's definition), so a client
+/// switching views never revalidates into a 304 for another view's answer.
+pub(super) fn view_document(
+    headers: &HeaderMap,
+    doc: &Document,
+    cache: CacheStatus,
+    head: bool,
+    view: &ClientView,
+) -> Response<ResponseBody> {
+    let etag = view.etag(&doc.etag);
+    if doc.last_modified >= view.since {
+        return respond(
+            headers,
+            doc,
+            cache,
+            head,
+            &etag,
+            doc.last_modified,
+            &doc.last_modified_header,
+        );
+    }
+    let header = HeaderValue::from_str(&httpdate::fmt_http_date(view.since))
+        .unwrap_or_else(|_| doc.last_modified_header.clone());
+    respond(headers, doc, cache, head, &etag, view.since, &header)
+}
+
+fn respond(
+    headers: &HeaderMap,
+    doc: &Document,
+    cache: CacheStatus,
+    head: bool,
+    etag: &HeaderValue,
+    last_modified: SystemTime,
+    last_modified_header: &HeaderValue,
+) -> Response<ResponseBody> {
     let not_modified = if headers.contains_key(header::IF_NONE_MATCH) {
-        etag_matches(headers, doc.etag.to_str().unwrap_or_default())
+        etag_matches(headers, etag.to_str().unwrap_or_default())
     } else {
-        not_modified_since(headers, doc.last_modified)
+        not_modified_since(headers, last_modified)
     };
     let gzip = accepts_gzip(headers);
     let mut response = Response::new(empty());
     let h = response.headers_mut();
     set(h, header::CONTENT_TYPE, "application/json");
-    h.insert(header::LAST_MODIFIED, doc.last_modified_header.clone());
-    h.insert(header::ETAG, doc.etag.clone());
+    h.insert(header::LAST_MODIFIED, last_modified_header.clone());
+    h.insert(header::ETAG, etag.clone());
     set(h, header::VARY, "Accept-Encoding");
     set_cache_status(h, cache);
     if not_modified {

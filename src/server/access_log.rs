@@ -26,6 +26,8 @@ pub(super) struct AccessRecord {
     /// Set when a trusted proxy named the client.
     pub(super) client: Option<std::net::IpAddr>,
     pub(super) token: Option<Arc<str>>,
+    /// The view asked, when the request was for one.
+    pub(super) view: Option<Arc<str>>,
     pub(super) upstream: Exchanges,
     pub(super) answered_by: Option<Arc<str>>,
 }
@@ -36,6 +38,9 @@ impl AccessRecord {
         self.state
             .metrics
             .record_request(self.route, self.status, self.cache, sent, duration);
+        if let Some(view) = &self.view {
+            self.state.metrics.record_view(view, self.status, sent);
+        }
         let notes = std::mem::take(&mut *self.upstream.lock().unwrap_or_else(|p| p.into_inner()));
         // The upstream that answered, else the one last asked; its last exchange is the one the
         // line shows (a merged request may have asked others before it), and the count says
@@ -57,6 +62,7 @@ impl AccessRecord {
             client = %self.client.unwrap_or(self.peer.ip()),
             peer = self.client.map(|_| tracing::field::display(self.peer.ip())),
             token = self.token.as_deref(),
+            view = self.view.as_deref(),
             method = %self.method,
             path = %self.path,
             version = ?self.version,

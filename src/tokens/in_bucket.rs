@@ -299,6 +299,7 @@ mod tests {
             state: TokenState::Active,
             created: now_rfc3339(),
             changed: None,
+            views: Vec::new(),
         };
         (secret, record)
     }

@@ -43,6 +43,10 @@ pub struct TokenRecord {
     /// When the state last changed (RFC 3339, UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed: Option<String>,
+    /// The `[[view]]`s the token may use; empty: organisation-wide. Files written before views
+    /// existed have none, so their tokens stay organisation-wide.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

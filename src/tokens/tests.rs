@@ -30,6 +30,7 @@ fn create(path: &Path, name: &str) -> Secret {
             state: TokenState::Active,
             created: now_rfc3339(),
             changed: None,
+            views: Vec::new(),
         })
     })
     .expect("write");

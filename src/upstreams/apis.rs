@@ -26,6 +26,7 @@ use crate::composer::apis::{self as protocol, ListQuery};
 use crate::composer::{self, ProtocolError};
 use crate::error::{ProxyError, Resource};
 use crate::upstream::{RequestKind, UpstreamError};
+use crate::views::ClientView;
 
 /// Composer waits 10 seconds for these APIs; the proxy gives up on an upstream sooner, so it
 /// can still answer from what it knows.
@@ -198,24 +199,36 @@ fn settle(
     Ok((out, cache, fetched))
 }
 
+/// Which upstreams an API request is answered by.
+pub enum Among {
+    /// Every upstream: the merged repository.
+    All,
+    /// One upstream's own repository.
+    One(Arc<Upstream>),
+    /// A view's upstreams.
+    View(Arc<ClientView>),
+}
+
 impl Upstreams {
-    /// The upstreams a request of these APIs stands for, with their roots: `single` alone, or
-    /// all in priority order. In the merged repository an upstream whose root cannot be had is
-    /// left out (its APIs are unknown; the others' answers are still worth having).
+    /// The upstreams a request of these APIs stands for, with their roots: one alone, a view's,
+    /// or all in priority order. With several, an upstream whose root cannot be had is left out
+    /// (its APIs are unknown; the others' answers are still worth having).
     async fn with_views(
         &self,
-        single: Option<Arc<Upstream>>,
+        among: &Among,
     ) -> Result<Vec<(Arc<Upstream>, Arc<View>)>, ProxyError> {
-        let list = match &single {
-            Some(upstream) => vec![upstream.clone()],
-            None => self.list.clone(),
+        let list = match among {
+            Among::One(upstream) => vec![upstream.clone()],
+            Among::View(view) => view.members.clone(),
+            Among::All => self.list.clone(),
         };
+        let single = matches!(among, Among::One(_));
         let views = join_all(list.iter().map(|u| u.metadata.view())).await;
         let mut out = Vec::with_capacity(list.len());
         for (upstream, view) in list.into_iter().zip(views) {
             match view {
                 Ok((view, _)) => out.push((upstream, view)),
-                Err(e) if single.is_some() => return Err(e),
+                Err(e) if single => return Err(e),
                 Err(e) => {
                     tracing::warn!(upstream = %upstream.name, error = %e, "upstream root unavailable; its advisory, filter and list APIs are left out")
                 }
@@ -225,12 +238,8 @@ impl Upstreams {
     }
 
     /// `{"advisories": {name: [ … ]}}` for `names`, from every upstream that offers advisories.
-    pub async fn advisories(
-        &self,
-        single: Option<Arc<Upstream>>,
-        names: &[String],
-    ) -> Result<Merged, ProxyError> {
-        let sources = self.with_views(single).await?;
+    pub async fn advisories(&self, among: Among, names: &[String]) -> Result<Merged, ProxyError> {
+        let sources = self.with_views(&among).await?;
         let asks = sources.iter().filter_map(|(upstream, view)| {
             let url = view.apis().advisories.as_ref()?.api_url.clone();
             Some(async move {
@@ -253,11 +262,8 @@ impl Upstreams {
     }
 
     /// The merged filter summary, `{"filter": {list: {name: constraint}}}`.
-    pub async fn filter_summary(
-        &self,
-        single: Option<Arc<Upstream>>,
-    ) -> Result<Merged, ProxyError> {
-        let sources = self.with_views(single).await?;
+    pub async fn filter_summary(&self, among: Among) -> Result<Merged, ProxyError> {
+        let sources = self.with_views(&among).await?;
         let asks = sources.iter().filter_map(|(upstream, view)| {
             let url = view.apis().filter.as_ref()?.summary_url.clone()?;
             Some(async move { self.summary_of(upstream, &url).await })
@@ -271,11 +277,11 @@ impl Upstreams {
     /// API, or, for one that only publishes a summary, the entries its summary implies.
     pub async fn filter_entries(
         &self,
-        single: Option<Arc<Upstream>>,
+        among: Among,
         names: &[String],
         lists: &[String],
     ) -> Result<Merged, ProxyError> {
-        let sources = self.with_views(single).await?;
+        let sources = self.with_views(&among).await?;
         let asks = sources.iter().filter_map(|(upstream, view)| {
             let filter = view.apis().filter.as_ref()?;
             let source = match (&filter.api_url, &filter.summary_url) {
@@ -337,10 +343,10 @@ impl Upstreams {
     /// every upstream that lists all its names in its root.
     pub async fn package_names(
         &self,
-        single: Option<Arc<Upstream>>,
+        among: Among,
         query: &ListQuery,
     ) -> Result<Merged, ProxyError> {
-        let sources = self.with_views(single).await?;
+        let sources = self.with_views(&among).await?;
         let canonical = query.canonical();
         let asks = sources.iter().filter_map(|(upstream, view)| {
             let mut url = view.apis().list.clone()?;
@@ -380,6 +386,10 @@ impl Upstreams {
                     .map(String::as_str)
                     .filter(|n| query.matches(n)),
             );
+        }
+        // A view's list holds only names its patterns admit.
+        if let Among::View(view) = &among {
+            names.retain(|n| view.config.admits(n));
         }
         Ok((json!({ "packageNames": names }), cache, fetched))
     }

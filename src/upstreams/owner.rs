@@ -183,7 +183,7 @@ impl Upstreams {
 }
 
 /// One account's answer: a rejected one answers from its last listing.
-async fn account_answer(account: &Upstream, name: &str) -> AccountAnswer {
+pub(super) async fn account_answer(account: &Upstream, name: &str) -> AccountAnswer {
     match account.metadata.lists(name).await {
         Listed::Yes => {
             account.unseen_warned.store(false, Ordering::Relaxed);
