@@ -211,6 +211,68 @@ mod tests {
         assert!(NamePattern::parse("magento/[a-z]").is_err());
     }
 
+    fn load(views: &str) -> Result<crate::config::Config, ConfigError> {
+        let text = format!(
+            "[[upstream]]\nname = \"magento\"\nurl = \"https://repo.example\"\n\n\
+             [[upstream]]\nname = \"packagist\"\nurl = \"https://packagist.example\"\n\n{views}"
+        );
+        crate::config::Config::load(&crate::config::Sources {
+            file: Some(("composer-proxy.toml".into(), text)),
+            env: Default::default(),
+        })
+    }
+
+    #[test]
+    fn views_load_with_their_upstreams_and_patterns() {
+        let config = load(
+            "[[view]]\nname = \"acme\"\nupstreams = [\"magento\"]\ninclude = [\"magento/*\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(config.views.len(), 1);
+        assert_eq!(config.views[0].upstreams, ["magento"]);
+        assert!(config.views[0].admits("magento/framework"));
+        assert!(!config.views[0].admits("psr/log"));
+        assert!(load("").expect("no views").views.is_empty());
+    }
+
+    #[test]
+    fn a_bad_view_names_the_setting_and_what_it_clashes_with() {
+        let e = load("[[view]]\nname = \"acme\"\nupstreams = [\"magneto\"]\n")
+            .expect_err("unknown upstream");
+        assert_eq!(e.setting, "view.acme.upstreams");
+        assert!(e.message.contains("\"magneto\""), "{}", e.message);
+        assert!(e.message.contains("magento, packagist"), "{}", e.message);
+
+        let e =
+            load("[[view]]\nname = \"packagist\"\nupstreams = [\"magento\"]\n").expect_err("clash");
+        assert_eq!(e.setting, "view.packagist.name");
+        assert!(e.message.contains("[[upstream]]"), "{}", e.message);
+
+        let e = load("[[view]]\nname = \"status\"\nupstreams = [\"magento\"]\n")
+            .expect_err("route word");
+        assert!(e.message.contains("path the proxy serves"), "{}", e.message);
+
+        let e = load(
+            "[[view]]\nname = \"a\"\nupstreams = [\"magento\"]\n[[view]]\nname = \"a\"\nupstreams = [\"magento\"]\n",
+        )
+        .expect_err("twice");
+        assert!(e.message.contains("two [[view]]"), "{}", e.message);
+
+        let e = load("[[view]]\nname = \"a\"\nupstreams = []\n").expect_err("empty");
+        assert_eq!(e.setting, "view.a.upstreams");
+
+        let e = load("[[view]]\nname = \"a\"\nupstreams = [\"magento\"]\nexclude = [\"A/*\"]\n")
+            .expect_err("bad pattern");
+        assert_eq!(e.setting, "view.a.exclude");
+
+        let e = crate::config::Config::load(&crate::config::Sources {
+            file: Some(("composer-proxy.toml".into(), "view = \"acme\"\n".into())),
+            env: Default::default(),
+        })
+        .expect_err("not tables");
+        assert!(e.message.contains("[[view]]"), "{}", e.message);
+    }
+
     #[test]
     fn include_and_exclude_decide_together() {
         let view = ViewConfig {

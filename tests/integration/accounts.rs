@@ -18,12 +18,13 @@ use support::process::ProxyProcess;
 use support::proxy::{get, listen_env, TestProxy};
 
 /// The agency's own account: Commerce and the extension it bought.
-const AGENCY: &str = "agency";
+pub(crate) const AGENCY: &str = "agency";
 /// A client's account: Commerce and a module only the client bought.
-const CLIENT: &str = "client";
-const EXTENSION: &str = "vendorx/extension-a";
-const CLIENT_MODULE: &str = "magento/module-m003";
-const SHARED: &[(&str, &str)] = &[("magento/framework", "*"), ("magento/module-m001", "*")];
+pub(crate) const CLIENT: &str = "client";
+pub(crate) const EXTENSION: &str = "vendorx/extension-a";
+pub(crate) const CLIENT_MODULE: &str = "magento/module-m003";
+pub(crate) const SHARED: &[(&str, &str)] =
+    &[("magento/framework", "*"), ("magento/module-m001", "*")];
 const WAIT: Duration = Duration::from_secs(30);
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -381,18 +382,18 @@ async fn fetch(seen: &mut String, url: &str, path: &str) -> StatusCode {
 
 /// Issue 20: the accounts beside a vendor repository and a packagist-like upstream, in the
 /// order of the black-box probe that found one rejected key stopping every install.
-struct Mixed {
-    catalogue: Arc<Catalogue>,
-    front: AccountsMock,
-    _base: MockUpstream,
-    others: support::upstreams::Upstreams,
-    toml: String,
+pub(crate) struct Mixed {
+    pub(crate) catalogue: Arc<Catalogue>,
+    pub(crate) front: AccountsMock,
+    pub(crate) base: MockUpstream,
+    pub(crate) others: support::upstreams::Upstreams,
+    pub(crate) toml: String,
 }
 
 impl Mixed {
     /// Every locked package is installed byte for byte from its owner's catalogue; returns
     /// the names.
-    fn assert_installed(&self, project: &ComposerProject) -> Vec<String> {
+    pub(crate) fn assert_installed(&self, project: &ComposerProject) -> Vec<String> {
         let catalogues = [
             &self.catalogue,
             &self.others.hyva.catalogue,
@@ -414,7 +415,7 @@ impl Mixed {
     }
 }
 
-async fn mixed() -> Mixed {
+pub(crate) async fn mixed() -> Mixed {
     let Setup {
         catalogue,
         toml,
@@ -435,7 +436,7 @@ async fn mixed() -> Mixed {
     Mixed {
         catalogue,
         front,
-        _base,
+        base: _base,
         others,
         toml,
     }

@@ -23,3 +23,4 @@ mod packagist;
 mod protocol;
 mod replicas;
 mod tls;
+mod views;
