@@ -13,6 +13,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 pub mod apis;
+pub mod constraint;
 pub mod github;
 pub mod minify;
 mod parse;
