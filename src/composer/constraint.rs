@@ -173,6 +173,7 @@ impl fmt::Display for Term {
         }
     }
 }
+
 /// Composer's `parseConstraint`: one term of an AND list, which may yield two bounds.
 fn parse_single(input: &str) -> Result<Vec<Term>, ConstraintError> {
     let fail = |reason: &dyn fmt::Display| ConstraintError::constraint(input, reason);

@@ -903,3 +903,15 @@ fn pretty_and_normalized_versions_match_alike() {
         assert!(!constraint.matches(version), "{version}");
     }
 }
+
+#[test]
+fn long_junk_is_refused_quickly() {
+    let digits = "1".repeat(100_000);
+    assert!(normalize(&digits).is_err());
+    let dates = "2010-01-02".repeat(10_000);
+    assert!(normalize(&dates).is_err());
+    let spaced = format!(">=1.0{}", " ,".repeat(50_000));
+    assert!(Constraint::parse(&spaced).is_err());
+    let many = vec![">=1.0,<1.1"; 10_000].join(" || ");
+    assert!(Constraint::parse(&many).unwrap().matches("1.0.5"));
+}

@@ -66,8 +66,9 @@ fn normalize_date(version: &str) -> Option<String> {
         .bytes()
         .take_while(|b| b.is_ascii_digit() || matches!(b, b'.' | b':' | b'-'))
         .count();
-    // The date part ends on a digit that is followed by a non-digit; try the longest first.
-    (1..=run).rev().find_map(|end| {
+    // The date part ends on a digit that is followed by a non-digit; try the longest first. It
+    // is at most 30 bytes long (4 + 6 × 3 + 2 × 4), which also bounds the work on junk input.
+    (1..=run.min(30)).rev().find_map(|end| {
         let bytes = body.as_bytes();
         let ends_on_number =
             bytes[end - 1].is_ascii_digit() && !bytes.get(end).is_some_and(u8::is_ascii_digit);
