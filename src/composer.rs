@@ -12,7 +12,9 @@ use bytes::Bytes;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+pub mod advisories_match;
 pub mod apis;
+pub mod constraint;
 pub mod github;
 pub mod minify;
 mod parse;
