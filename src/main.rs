@@ -110,8 +110,10 @@ used), 64 for an invalid configuration."
 With require_tokens on, every Composer request must carry an active token, sent by Composer \
 from an ordinary auth.json entry for the proxy's host (http-basic with the token as password, \
 or bearer). Tokens are stored as SHA-256 hashes in tokens_file (default: tokens.json in \
-cache_dir), or in the bucket when object_store_url is set; the secret is printed once, by `create`. Running proxies see every change at their \
+cache_dir), or in the bucket when object_store_url is set; the secret is printed once, by `create`. Running proxies see every change \
 within a second, without a restart. Health, readiness and metrics need no token.\n\n\
+A token created with --view VIEW works only at those [[view]]s' URLs (403 elsewhere); without \
+--view it is organisation-wide. `tokens views` changes a token's views.\n\n\
 Exit status: 0 done, 1 no such token (or the name is taken), 64 invalid configuration or name.")]
     Tokens {
         #[command(subcommand)]

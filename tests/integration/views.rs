@@ -25,6 +25,9 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 struct Setup {
     m: Mixed,
     proxy: ProxyProcess,
+    /// The `--config` file and what it holds.
+    config: std::path::PathBuf,
+    toml: String,
     _dir: tempfile::TempDir,
     /// Tokens by name: `acme-ci` (view acme), `globex-ci` (view globex), `ops` (everywhere).
     tokens: Vec<(&'static str, String)>,
@@ -90,6 +93,8 @@ async fn setup() -> Setup {
     Setup {
         m,
         proxy,
+        config: file,
+        toml,
         _dir: dir,
         tokens,
     }
@@ -307,6 +312,24 @@ async fn views_never_leak_through_validators_ownership_or_logs() {
             assert_eq!(reply.status, expected, "{token} with {validator:?}");
         }
     }
+
+    // A view added to the file applies on a reload, without a restart.
+    let initech = format!("{}/packages.json", url("initech"));
+    let ops = s.bearer("ops");
+    assert_eq!(
+        get_with(&initech, &[("authorization", &ops)]).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let toml = format!("{}\n[[view]]\nname = \"initech\"\nupstreams = [\"hyva\"]\n", s.toml);
+    std::fs::write(&s.config, toml).expect("config");
+    s.proxy.signal("HUP");
+    let changed =
+        blocking(|| s.proxy.wait_for_log(|line| line.to_string().contains("views_changed")));
+    assert!(changed.is_some(), "the reload was never logged");
+    let reply = get_with(&initech, &[("authorization", &ops)]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let available = &reply.json()["available-packages"];
+    assert_eq!(available.as_array().map(Vec::len), Some(2), "{available}");
 
     // Client tokens never reach an upstream and never appear in the log.
     let project = s.project(&url("acme"), "acme-ci", &requirements(EXTENSION));
