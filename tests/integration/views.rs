@@ -320,11 +320,16 @@ async fn views_never_leak_through_validators_ownership_or_logs() {
         get_with(&initech, &[("authorization", &ops)]).await.status,
         StatusCode::NOT_FOUND
     );
-    let toml = format!("{}\n[[view]]\nname = \"initech\"\nupstreams = [\"hyva\"]\n", s.toml);
+    let toml = format!(
+        "{}\n[[view]]\nname = \"initech\"\nupstreams = [\"hyva\"]\n",
+        s.toml
+    );
     std::fs::write(&s.config, toml).expect("config");
     s.proxy.signal("HUP");
-    let changed =
-        blocking(|| s.proxy.wait_for_log(|line| line.to_string().contains("views_changed")));
+    let changed = blocking(|| {
+        s.proxy
+            .wait_for_log(|line| line.to_string().contains("views_changed"))
+    });
     assert!(changed.is_some(), "the reload was never logged");
     let reply = get_with(&initech, &[("authorization", &ops)]).await;
     assert_eq!(reply.status, StatusCode::OK);
