@@ -75,6 +75,29 @@ pub struct UpstreamConfig {
     /// How often the upstream's `metadata-changes-url` feed is polled, where its root offers
     /// one; `None`: never (p2 files are then revalidated per TTL only).
     pub metadata_changes_poll: Option<Duration>,
+    /// The most the proxy reads of one upstream answer it holds in memory, by kind.
+    pub limits: AnswerLimits,
+}
+
+/// Byte limits on upstream answers read whole into memory (archives are streamed to disk and
+/// not bounded here). Past one, the read stops and the answer counts as unusable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnswerLimits {
+    /// Roots, listings, package files, p2 files and release info (raw and decoded each).
+    pub metadata: usize,
+    /// One answer of a changes feed (`metadata-changes-url`).
+    pub feed: usize,
+    /// Advisory, malware filter and package name list answers.
+    pub api: usize,
+}
+
+impl AnswerLimits {
+    /// The embedded defaults, for clients built outside a configuration (unit tests).
+    pub const DEFAULT: AnswerLimits = AnswerLimits {
+        metadata: 128 * 1024 * 1024,
+        feed: 16 * 1024 * 1024,
+        api: 64 * 1024 * 1024,
+    };
 }
 
 impl UpstreamConfig {
