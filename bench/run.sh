@@ -19,6 +19,9 @@
 # 5. warm archive throughput of a proxy keeping archives in a bucket (moto's S3 server) behind
 #    its local tier against one with a local directory only, as a ratio (bench/bucket.sh).
 #    BENCH_ONLY=bucket runs only this one.
+# 6. warm p2 and 100 KB archive requests through a [[view]] with a token bound to it against
+#    the merged root with an organisation-wide token, as a ratio (bench/views.sh).
+#    BENCH_ONLY=views runs only this one.
 # It prints markdown tables and the command that reproduces them (also written to
 # $BENCH_RESULTS, default bench/results.md, or bench/results-<BENCH_ONLY>.md with BENCH_ONLY).
 #
@@ -37,8 +40,9 @@
 # BENCH_CONNECTIONS (64), BENCH_WRK_THREADS (2), BENCH_MODULES (100),
 # BENCH_DELAY_MS (300), BENCH_MULTI_DELAY_MS (100), BENCH_TOOLING_DELAY_MS (100), BENCH_NOISE
 # (0.10: the least relative difference between merged and single-upstream ratios counted as
-# more than noise), BENCH_ONLY (empty: everything; `tooling`: scenario 4 alone; `bucket`:
-# scenario 5 alone),
+# more than noise; also the band the views ratio may fall below 1), BENCH_ONLY (empty:
+# everything; `tooling`: scenario 4 alone; `bucket`: scenario 5 alone; `views`: scenario 6
+# alone),
 # BENCH_RESULTS, BENCH_KEEP. Cargo honours CARGO_TARGET_DIR as usual.
 #
 # Needs: cargo, nginx, wrk, composer (with php-zip, php-curl, php-mbstring), curl, jq,
@@ -99,8 +103,8 @@ die() {
   log "ERROR: $*"
   exit 1
 }
-[[ -z $ONLY || $ONLY == tooling || $ONLY == bucket ]] ||
-  die "BENCH_ONLY must be empty, 'tooling' or 'bucket', not '$ONLY'"
+[[ -z $ONLY || $ONLY == tooling || $ONLY == bucket || $ONLY == views ]] ||
+  die "BENCH_ONLY must be empty, 'tooling', 'bucket' or 'views', not '$ONLY'"
 
 # --- Tools -----------------------------------------------------------------------------
 
@@ -413,13 +417,15 @@ to_ms() {
   }'
 }
 
-# Runs wrk against $2 and prints "rps p99_ms errors"; $1 names the output file.
+# Runs wrk against $2 and prints "rps p99_ms errors"; $1 names the output file; further
+# arguments go to wrk (e.g. -H "Authorization: …").
 measure() {
   local name=$1 url=$2
+  shift 2
   local out=$work/wrk-$name.txt
   # A short unrecorded run first: connections, page cache and allocator warm for both.
-  wrk -c"$CONNECTIONS" -t"$WRK_THREADS" -d1s "$url" >/dev/null
-  wrk -c"$CONNECTIONS" -t"$WRK_THREADS" -d"${DURATION_SECS}s" --timeout 10s --latency "$url" >"$out"
+  wrk -c"$CONNECTIONS" -t"$WRK_THREADS" -d1s "$@" "$url" >/dev/null
+  wrk -c"$CONNECTIONS" -t"$WRK_THREADS" -d"${DURATION_SECS}s" --timeout 10s --latency "$@" "$url" >"$out"
   local rps p99 non2xx socket_errors
   rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
   p99=$(awk '$1 == "99%" { print $2 }' "$out")
@@ -592,6 +598,9 @@ source "$repo_root/bench/tooling.sh"
 # Scenario 5, archives in a bucket: run_bucket_scenario, report_bucket.
 # shellcheck source=bench/bucket.sh disable=SC1091
 source "$repo_root/bench/bucket.sh"
+# Scenario 6, views against the merged root: run_views_scenario, report_views.
+# shellcheck source=bench/views.sh disable=SC1091
+source "$repo_root/bench/views.sh"
 
 # --- Run -------------------------------------------------------------------------------
 
@@ -627,6 +636,13 @@ if [[ $ONLY == bucket ]]; then
   run_bucket_scenario
   mkdir -p "$(dirname "$RESULTS")"
   report_bucket_only | tee "$RESULTS"
+  log "results written to $RESULTS"
+  exit 0
+fi
+if [[ $ONLY == views ]]; then
+  run_views_scenario
+  mkdir -p "$(dirname "$RESULTS")"
+  report_views_only | tee "$RESULTS"
   log "results written to $RESULTS"
   exit 0
 fi
@@ -813,6 +829,9 @@ run_tooling_scenario
 
 # 5. Archives in a bucket against a local directory only (bench/bucket.sh).
 run_bucket_scenario
+
+# 6. A view against the merged root (bench/views.sh).
+run_views_scenario
 load_at_end=$(cut -d' ' -f1 /proc/loadavg)
 
 # --- Report ----------------------------------------------------------------------------
@@ -885,6 +904,8 @@ report() {
   report_tooling
   echo
   report_bucket
+  echo
+  report_views
   echo
   echo "Proxy peak RSS (VmHWM): $((warm_rss_kib / 1024)) MiB (one upstream) and $((merged_warm_rss_kib / 1024)) MiB (merged) after the wrk runs; $((cold_rss_kib / 1024)) MiB after the cold one-upstream install; at most $((multi_proxy_rss_kib / 1024)) MiB after a round of three-upstream installs and $(tooling_rss_mib) MiB after a round of dev-tooling installs."
 }

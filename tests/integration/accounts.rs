@@ -213,7 +213,7 @@ async fn a_rejected_first_account_leaves_the_shared_packages_to_the_second() {
 }
 
 /// `composer-proxy --config <toml> <args>`, run as the real binary.
-async fn command(toml: &str, args: &[&str]) -> (Option<i32>, String, String) {
+pub(crate) async fn command(toml: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().expect("config dir");
     let file = dir.path().join("composer-proxy.toml");
     std::fs::write(&file, toml).expect("config file");
