@@ -92,7 +92,8 @@ pub struct AnswerLimits {
 }
 
 impl AnswerLimits {
-    /// The embedded defaults, for clients built outside a configuration (unit tests).
+    /// The embedded defaults (config/default.toml), for code that runs without a
+    /// configuration: the fuzz targets decode upstream bodies as the proxy does by default.
     pub const DEFAULT: AnswerLimits = AnswerLimits {
         metadata: 128 * 1024 * 1024,
         feed: 16 * 1024 * 1024,
@@ -461,6 +462,20 @@ mod tests {
         assert_eq!(c.advisories_ttl, Duration::from_secs(600));
         assert_eq!(c.allow.len(), 6);
         assert!(c.tls.is_none());
+        assert_eq!(c.upstreams[0].limits, AnswerLimits::DEFAULT);
+    }
+
+    #[test]
+    fn answer_limits_are_settings_with_a_floor() {
+        let c = load(
+            None,
+            &[("COMPOSER_PROXY_UPSTREAM_FEED_MAX_BYTES", "1048576")],
+        )
+        .expect("valid");
+        assert_eq!(c.upstreams[0].limits.feed, 1024 * 1024);
+        let e = load(None, &[("COMPOSER_PROXY_UPSTREAM_API_MAX_BYTES", "1000")])
+            .expect_err("below 64 KiB");
+        assert_eq!(e.setting, "upstream_api_max_bytes");
     }
 
     #[test]
