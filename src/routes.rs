@@ -255,23 +255,35 @@ struct Asked {
 
 impl Asked {
     /// Puts an archive answer in the usage record when it delivered one (not for a HEAD).
+    /// `upstream`: the account that served it, by name, and itself unless it is the release
+    /// endpoint.
     fn record_download(
         &self,
         state: &AppState,
         status: StatusCode,
         source: (&str, Option<String>),
-        upstream: Arc<str>,
+        upstream: (Arc<str>, Option<&Upstream>),
     ) {
         if self.head || !crate::usage::delivered(status) {
             return;
         }
         let (package, version) = source;
+        let (name, account) = upstream;
+        // Views point dists at the upstream's own URL: a bound token's download there was
+        // made in the view of the token's that admits the package.
+        let view = match (&self.scope, &self.binding, account) {
+            (Scope::View(view), _, _) => Some(view.name.clone()),
+            (Scope::Upstream(_), Some(binding), Some(account)) => binding
+                .view_admitting(account, package)
+                .map(|v| v.name.clone()),
+            _ => None,
+        };
         state.usage.record(crate::usage::Download {
             at: std::time::SystemTime::now(),
             package: package.to_string(),
             version,
-            upstream,
-            view: self.scope.view().cloned(),
+            upstream: name,
+            view,
             token: self.token.clone(),
         });
     }
@@ -413,7 +425,8 @@ async fn answer(
                 .await?;
             served_by(&upstream, outcome);
             let status = answer.0.status();
-            asked.record_download(state, status, (package, version), upstream.name.clone());
+            let account = (upstream.name.clone(), Some(&*upstream));
+            asked.record_download(state, status, (package, version), account);
             Ok(answer)
         }
         Route::Notify => notify(state, single, request)
@@ -453,7 +466,7 @@ async fn answer(
             outcome.upstream = Some(releases.clone());
             let answer = release_file(state, headers, &name, head).await?;
             let package = format!("{}/{name}", crate::config::RELEASES_NAME);
-            asked.record_download(state, answer.0.status(), (&package, None), releases);
+            asked.record_download(state, answer.0.status(), (&package, None), (releases, None));
             Ok(answer)
         }
     }

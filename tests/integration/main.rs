@@ -23,4 +23,5 @@ mod packagist;
 mod protocol;
 mod replicas;
 mod tls;
+mod usage;
 mod views;
