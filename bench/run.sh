@@ -18,7 +18,9 @@
 #    this one;
 # 5. warm archive throughput of a proxy keeping archives in a bucket (moto's S3 server) behind
 #    its local tier against one with a local directory only, as a ratio (bench/bucket.sh).
-#    BENCH_ONLY=bucket runs only this one.
+#    BENCH_ONLY=bucket runs only this one;
+# 6. warm archive throughput with the usage record on against off, as a ratio
+#    (bench/usage.sh). BENCH_ONLY=usage runs only this one.
 # It prints markdown tables and the command that reproduces them (also written to
 # $BENCH_RESULTS, default bench/results.md, or bench/results-<BENCH_ONLY>.md with BENCH_ONLY).
 #
@@ -38,7 +40,7 @@
 # BENCH_DELAY_MS (300), BENCH_MULTI_DELAY_MS (100), BENCH_TOOLING_DELAY_MS (100), BENCH_NOISE
 # (0.10: the least relative difference between merged and single-upstream ratios counted as
 # more than noise), BENCH_ONLY (empty: everything; `tooling`: scenario 4 alone; `bucket`:
-# scenario 5 alone),
+# scenario 5 alone; `usage`: scenario 6 alone),
 # BENCH_RESULTS, BENCH_KEEP. Cargo honours CARGO_TARGET_DIR as usual.
 #
 # Needs: cargo, nginx, wrk, composer (with php-zip, php-curl, php-mbstring), curl, jq,
@@ -99,8 +101,8 @@ die() {
   log "ERROR: $*"
   exit 1
 }
-[[ -z $ONLY || $ONLY == tooling || $ONLY == bucket ]] ||
-  die "BENCH_ONLY must be empty, 'tooling' or 'bucket', not '$ONLY'"
+[[ -z $ONLY || $ONLY == tooling || $ONLY == bucket || $ONLY == usage ]] ||
+  die "BENCH_ONLY must be empty, 'tooling', 'bucket' or 'usage', not '$ONLY'"
 
 # --- Tools -----------------------------------------------------------------------------
 
@@ -592,6 +594,10 @@ source "$repo_root/bench/tooling.sh"
 # Scenario 5, archives in a bucket: run_bucket_scenario, report_bucket.
 # shellcheck source=bench/bucket.sh disable=SC1091
 source "$repo_root/bench/bucket.sh"
+# Scenario 6, the usage record's cost: run_usage_scenario, report_usage (uses bucket.sh's
+# warm_object and bucket_dist_path).
+# shellcheck source=bench/usage.sh disable=SC1091
+source "$repo_root/bench/usage.sh"
 
 # --- Run -------------------------------------------------------------------------------
 
@@ -627,6 +633,13 @@ if [[ $ONLY == bucket ]]; then
   run_bucket_scenario
   mkdir -p "$(dirname "$RESULTS")"
   report_bucket_only | tee "$RESULTS"
+  log "results written to $RESULTS"
+  exit 0
+fi
+if [[ $ONLY == usage ]]; then
+  run_usage_scenario
+  mkdir -p "$(dirname "$RESULTS")"
+  report_usage_only | tee "$RESULTS"
   log "results written to $RESULTS"
   exit 0
 fi
@@ -813,6 +826,9 @@ run_tooling_scenario
 
 # 5. Archives in a bucket against a local directory only (bench/bucket.sh).
 run_bucket_scenario
+
+# 6. The usage record on against off (bench/usage.sh).
+run_usage_scenario
 load_at_end=$(cut -d' ' -f1 /proc/loadavg)
 
 # --- Report ----------------------------------------------------------------------------
@@ -885,6 +901,8 @@ report() {
   report_tooling
   echo
   report_bucket
+  echo
+  report_usage
   echo
   echo "Proxy peak RSS (VmHWM): $((warm_rss_kib / 1024)) MiB (one upstream) and $((merged_warm_rss_kib / 1024)) MiB (merged) after the wrk runs; $((cold_rss_kib / 1024)) MiB after the cold one-upstream install; at most $((multi_proxy_rss_kib / 1024)) MiB after a round of three-upstream installs and $(tooling_rss_mib) MiB after a round of dev-tooling installs."
 }
