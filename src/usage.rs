@@ -3,24 +3,23 @@
 //! download from the client's side too; never a HEAD or a refusal) becomes one JSON line with
 //! the time, package, version, upstream account, view and client token.
 //!
-//! The request path only puts a small value in a bounded channel ([`UsageRecord::record`]):
-//! when the channel is full the download is counted in `composer_proxy_usage_dropped_total`
-//! and not recorded, so a stuck disk never slows a download. One background task ([`Writer`])
-//! appends what arrives to hourly segment files under `<cache_dir>/usage/<replica>/` at once
-//! (so `composer-proxy usage` beside a live proxy sees a download within a second or two),
-//! and keeps them within `usage_retention_days` and `usage_max_bytes`, oldest first
-//! (`segments`). With a bucket, a second task uploads each segment of this replica while it
-//! changes (`in_bucket`). `report` reads every replica's segments back for the command.
+//! The request path only pushes a small value onto a bounded queue ([`UsageRecord::record`]):
+//! when the queue is full the download is counted in `composer_proxy_usage_dropped_total`
+//! and not recorded, so a stuck disk never slows a download. One background thread
+//! ([`Writer`]) appends what arrives to hourly segment files under
+//! `<cache_dir>/usage/<replica>/` within [`GATHER`] (so `composer-proxy usage` beside a live
+//! proxy sees a download at once), and keeps them within `usage_retention_days` and
+//! `usage_max_bytes`, oldest first (`segments`). With a bucket, a task uploads each segment of
+//! this replica while it changes (`in_bucket`). `report` reads every replica's segments back
+//! for the command.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, Notify};
 
 use crate::bucket::Bucket;
 use crate::config::Config;
@@ -32,11 +31,15 @@ pub mod segments;
 
 use segments::SegmentName;
 
-/// Downloads waiting for the writer. At a few hundred bytes each this bounds the memory to a
-/// few MiB; the writer empties it in batches, so it only fills while the disk is stuck.
-const CHANNEL_CAPACITY: usize = 8192;
-/// Downloads written with one `write`.
-const BATCH: usize = 1024;
+/// Downloads waiting for the writer at most; beyond, new ones are dropped and counted. At a
+/// couple of hundred bytes each, a few seconds of a very busy proxy's downloads in 16 MiB:
+/// the writer empties it many times a second, so it fills only while the disk is stuck.
+const MAX_PENDING: usize = 65_536;
+/// How long the writer lets downloads gather after the first arrives, so a busy proxy makes
+/// a few writes a second rather than one per download.
+const GATHER: Duration = Duration::from_millis(50);
+/// How long an idle writer sleeps before it looks at the age bound again.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
 /// How often segments past their age are looked for (size is checked as it grows).
 const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
 /// At shutdown, how long the last downloads may take to reach the disk and the bucket.
@@ -53,7 +56,7 @@ pub struct Download {
     pub version: Option<String>,
     /// The `[[upstream]]` table (account) that served it, or `releases`.
     pub upstream: Arc<str>,
-    /// `None` on the merged root and an upstream's own URL.
+    /// `None` on the merged root and an upstream's own URL without a bound token.
     pub view: Option<Arc<str>>,
     /// The valid client token presented; `None` when none was needed.
     pub token: Option<Arc<str>>,
@@ -61,7 +64,7 @@ pub struct Download {
 
 /// One line of a segment file. The field names are the record's stable format: the command
 /// and other replicas read what older versions wrote.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Line {
     /// UTC, RFC 3339 with milliseconds (`2026-11-01T09:30:00.123Z`).
     pub time: String,
@@ -72,17 +75,15 @@ pub struct Line {
     pub token: Option<String>,
 }
 
-impl From<&Download> for Line {
-    fn from(d: &Download) -> Line {
-        Line {
-            time: humantime::format_rfc3339_millis(d.at).to_string(),
-            package: d.package.clone(),
-            version: d.version.clone(),
-            upstream: d.upstream.to_string(),
-            view: d.view.as_deref().map(str::to_string),
-            token: d.token.as_deref().map(str::to_string),
-        }
-    }
+/// A [`Line`] as the writer serializes it, borrowed from the download: no copies per line.
+#[derive(Serialize)]
+struct LineOut<'a> {
+    time: &'a str,
+    package: &'a str,
+    version: Option<&'a str>,
+    upstream: &'a str,
+    view: Option<&'a str>,
+    token: Option<&'a str>,
 }
 
 /// Whether an answer to a GET for an archive is a download to record.
@@ -155,13 +156,45 @@ pub fn replica_name(config: &Config) -> String {
     format!("{host}-{}", &digest[..8])
 }
 
-/// The record as the proxy holds it: the sending side of the channel, and the writer until
-/// [`UsageRecord::start`] takes it.
+/// Downloads waiting for the writer, and whether it should finish.
+#[derive(Default)]
+struct Pending {
+    downloads: Vec<Download>,
+    finish: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Signalled when a download arrives at an empty queue, and to finish.
+    arrived: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The record as the proxy holds it: the queue requests put downloads in, and the writer
+/// until [`UsageRecord::start`] takes it.
+///
+/// The queue is a vector under a lock held for a push, and the writer is a thread of its
+/// own: waking a task or a thread for every download (a futex wake, two context switches)
+/// costs more than the rest of recording it; here only a download that finds the queue empty
+/// wakes the writer, which then lets more gather for [`GATHER`] and writes them with one
+/// `write(2)`, blocking only itself.
 pub struct UsageRecord {
-    sender: Option<mpsc::Sender<Download>>,
+    shared: Option<Arc<Shared>>,
     writer: Mutex<Option<Writer>>,
-    stop: Arc<Notify>,
+    bucket: Option<Arc<Bucket>>,
     metrics: Arc<Metrics>,
+}
+
+/// The writer thread and the uploader task, while they run.
+pub struct Running {
+    thread: std::thread::JoinHandle<()>,
+    uploader: Option<(in_bucket::Uploader, tokio::task::JoinHandle<()>)>,
 }
 
 impl UsageRecord {
@@ -171,54 +204,85 @@ impl UsageRecord {
         bucket: Option<Arc<Bucket>>,
         metrics: Arc<Metrics>,
     ) -> UsageRecord {
-        let stop = Arc::new(Notify::new());
-        let (sender, writer) = match settings {
-            Some(settings) => {
-                let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
-                let writer = Writer {
-                    settings,
-                    bucket,
-                    receiver,
-                    open: None,
-                    own_bytes: 0,
-                };
-                (Some(sender), Some(writer))
-            }
-            None => (None, None),
-        };
+        let shared = settings.as_ref().map(|_| Arc::new(Shared::default()));
+        let writer = settings
+            .zip(shared.clone())
+            .map(|(settings, shared)| Writer {
+                settings,
+                bucket: bucket.clone(),
+                shared,
+                open: None,
+                own_bytes: 0,
+                failing: false,
+            });
         UsageRecord {
-            sender,
+            shared,
             writer: Mutex::new(writer),
-            stop,
+            bucket,
             metrics,
         }
     }
 
-    /// Hands a download to the writer; never waits. A full channel drops it, counted.
+    /// Hands a download to the writer; never waits for it. A full queue drops it, counted.
     pub fn record(&self, download: Download) {
-        let Some(sender) = &self.sender else { return };
-        if sender.try_send(download).is_err() {
+        let Some(shared) = &self.shared else { return };
+        let mut pending = shared.lock();
+        if pending.downloads.len() >= MAX_PENDING {
+            drop(pending);
             self.metrics.record_usage_dropped();
+            return;
+        }
+        let was_empty = pending.downloads.is_empty();
+        pending.downloads.push(download);
+        drop(pending);
+        if was_empty {
+            shared.arrived.notify_one();
         }
     }
 
-    /// Starts the writer (and the uploader, with a bucket); the handle ends once
-    /// [`UsageRecord::finish`] has written what was recorded before it.
-    pub fn start(&self) -> Option<tokio::task::JoinHandle<()>> {
+    /// Starts the writer thread (and the uploader, with a bucket); `None` when the record is
+    /// off or started already. Within a Tokio runtime.
+    pub fn start(&self) -> Option<Running> {
         let writer = self
             .writer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()?;
-        let stop = self.stop.clone();
-        Some(tokio::spawn(writer.run(stop)))
+        let uploader = self.bucket.clone().map(|bucket| {
+            let uploader = in_bucket::Uploader::new(bucket, writer.settings.clone());
+            let handle = tokio::spawn(uploader.clone().run());
+            (uploader, handle)
+        });
+        let runtime = tokio::runtime::Handle::current();
+        let thread = std::thread::Builder::new()
+            .name("usage-record".into())
+            .spawn(move || writer.run(&runtime));
+        match thread {
+            Ok(thread) => Some(Running { thread, uploader }),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the usage record's writer; downloads are not recorded");
+                None
+            }
+        }
     }
 
-    /// Writes what is waiting and uploads it, within a bound: at shutdown.
-    pub async fn finish(&self, running: Option<tokio::task::JoinHandle<()>>) {
-        let Some(running) = running else { return };
-        self.stop.notify_one();
-        if tokio::time::timeout(FINISH_TIMEOUT, running).await.is_err() {
+    /// Writes what is waiting and uploads it, within a bound: at shutdown, after the last
+    /// responses.
+    pub async fn finish(&self, running: Option<Running>) {
+        let (Some(running), Some(shared)) = (running, &self.shared) else {
+            return;
+        };
+        shared.lock().finish = true;
+        shared.arrived.notify_one();
+        let Running { thread, uploader } = running;
+        let written = async {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            if let Some((uploader, task)) = uploader {
+                task.abort();
+                uploader.upload_changed().await;
+            }
+        };
+        if tokio::time::timeout(FINISH_TIMEOUT, written).await.is_err() {
             tracing::warn!("the usage record was not written out within 10 s of shutdown");
         }
     }
@@ -227,61 +291,69 @@ impl UsageRecord {
 /// The segment being appended to.
 struct Open {
     name: SegmentName,
-    file: tokio::fs::File,
+    file: std::fs::File,
 }
 
-/// Drains the channel into segment files and keeps them within their bounds.
+/// Empties the queue into segment files and keeps them within their bounds, on its own
+/// thread: its writes block nothing else.
 struct Writer {
     settings: UsageSettings,
     bucket: Option<Arc<Bucket>>,
-    receiver: mpsc::Receiver<Download>,
+    shared: Arc<Shared>,
     open: Option<Open>,
     /// Bytes in this replica's folder, as last counted plus what was written since.
     own_bytes: u64,
+    /// Whether the last write failed: a failing disk is logged once, not once per batch.
+    failing: bool,
 }
 
 impl Writer {
-    async fn run(mut self, stop: Arc<Notify>) {
-        let uploader = self.bucket.clone().map(|bucket| {
-            let uploader = in_bucket::Uploader::new(bucket, self.settings.clone());
-            let handle = tokio::spawn(uploader.clone().run());
-            (uploader, handle)
-        });
-        let mut retention = tokio::time::interval(RETENTION_INTERVAL);
-        retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = Vec::with_capacity(BATCH);
+    fn run(mut self, runtime: &tokio::runtime::Handle) {
+        self.keep_within_bounds();
+        let mut bounded_at = Instant::now();
+        let mut batch = Vec::new();
         loop {
-            tokio::select! {
-                received = self.receiver.recv_many(&mut batch, BATCH) => {
-                    if received == 0 {
-                        break;
-                    }
-                    self.write(&batch).await;
-                    batch.clear();
+            let finish = {
+                let mut pending = self.shared.lock();
+                if pending.downloads.is_empty() && !pending.finish {
+                    pending = self
+                        .shared
+                        .arrived
+                        .wait_timeout(pending, IDLE_WAKE)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
                 }
-                _ = retention.tick() => self.keep_within_bounds().await,
-                () = stop.notified() => {
-                    self.receiver.close();
-                    while self.receiver.recv_many(&mut batch, BATCH).await > 0 {
-                        self.write(&batch).await;
-                        batch.clear();
-                    }
-                    break;
+                if !pending.downloads.is_empty() && !pending.finish {
+                    drop(pending);
+                    std::thread::sleep(GATHER);
+                    pending = self.shared.lock();
                 }
+                // The two vectors take turns, so neither is allocated again.
+                std::mem::swap(&mut pending.downloads, &mut batch);
+                pending.finish
+            };
+            if !batch.is_empty() {
+                self.write(&batch, runtime);
+                batch.clear();
+            }
+            if finish {
+                break;
+            }
+            if bounded_at.elapsed() >= RETENTION_INTERVAL {
+                self.keep_within_bounds();
+                bounded_at = Instant::now();
             }
         }
         if let Some(open) = self.open.take() {
-            let _ = open.file.sync_all().await;
-        }
-        if let Some((uploader, handle)) = uploader {
-            handle.abort();
-            uploader.upload_changed().await;
+            let _ = open.file.sync_all();
         }
     }
 
     /// Appends the downloads as lines, each to the segment of its hour.
-    async fn write(&mut self, downloads: &[Download]) {
+    fn write(&mut self, downloads: &[Download], runtime: &tokio::runtime::Handle) {
+        use std::fmt::Write as _;
         let mut start = 0;
+        let mut time = String::with_capacity(24);
         while start < downloads.len() {
             let name = SegmentName::of(downloads[start].at);
             let end = downloads[start..]
@@ -289,74 +361,94 @@ impl Writer {
                 .position(|d| SegmentName::of(d.at) != name)
                 .map_or(downloads.len(), |n| start + n);
             let mut bytes = Vec::with_capacity((end - start) * 192);
-            for download in &downloads[start..end] {
-                // A Line is strings only: serializing it cannot fail.
-                if serde_json::to_writer(&mut bytes, &Line::from(download)).is_ok() {
+            for d in &downloads[start..end] {
+                time.clear();
+                let _ = write!(time, "{}", humantime::format_rfc3339_millis(d.at));
+                let line = LineOut {
+                    time: &time,
+                    package: &d.package,
+                    version: d.version.as_deref(),
+                    upstream: &d.upstream,
+                    view: d.view.as_deref(),
+                    token: d.token.as_deref(),
+                };
+                // Strings only: serializing cannot fail.
+                if serde_json::to_writer(&mut bytes, &line).is_ok() {
                     bytes.push(b'\n');
                 }
             }
-            self.append(name, &bytes).await;
+            self.append(name, &bytes, runtime);
             start = end;
         }
         if self.own_bytes > self.settings.max_bytes {
-            self.keep_within_bounds().await;
+            self.keep_within_bounds();
         }
     }
 
-    async fn append(&mut self, name: SegmentName, bytes: &[u8]) {
-        if self.open.as_ref().is_none_or(|o| o.name != name) {
-            self.open = None;
-            match self.open_segment(name).await {
-                Ok(open) => self.open = Some(open),
-                Err(e) => {
-                    tracing::warn!(error = %e, dir = %self.settings.own_dir().display(), "cannot open the usage record; these downloads are not recorded");
-                    return;
-                }
+    fn append(&mut self, name: SegmentName, bytes: &[u8], runtime: &tokio::runtime::Handle) {
+        let written = self.try_append(name, bytes, runtime);
+        match (written, self.failing) {
+            (Ok(()), true) => {
+                self.failing = false;
+                tracing::info!(dir = %self.settings.own_dir().display(), "the usage record is written again");
             }
+            (Err(e), false) => {
+                self.failing = true;
+                self.open = None;
+                tracing::warn!(error = %e, dir = %self.settings.own_dir().display(), "cannot write the usage record; downloads are not recorded until it can be");
+            }
+            (Err(_), true) => self.open = None,
+            (Ok(()), false) => {}
         }
-        let Some(open) = self.open.as_mut() else {
-            return;
+    }
+
+    fn try_append(
+        &mut self,
+        name: SegmentName,
+        bytes: &[u8],
+        runtime: &tokio::runtime::Handle,
+    ) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let open = match self.open.take() {
+            Some(open) if open.name == name => open,
+            _ => self.open_segment(name, runtime)?,
         };
-        // One write of whole lines: another process appending to the same file (a shared
-        // cache directory) cannot land in the middle of a line.
-        if let Err(e) = open
-            .file
-            .write_all(bytes)
-            .await
-            .and(open.file.flush().await)
-        {
-            tracing::warn!(error = %e, segment = %open.name, "cannot write the usage record");
-            self.open = None;
-            return;
-        }
+        let open = self.open.insert(open);
+        // One write of whole lines (the file is opened to append): another process appending
+        // to the same file (a shared cache directory) cannot land in the middle of a line.
+        open.file.write_all(bytes)?;
         self.own_bytes += bytes.len() as u64;
+        Ok(())
     }
 
     /// Opens `name` for appending. A segment this replica has in the bucket but not on disk
     /// (a new, empty cache directory under the same replica name) is first copied down, so
     /// the next upload does not replace it with only what follows.
-    async fn open_segment(&self, name: SegmentName) -> std::io::Result<Open> {
+    fn open_segment(
+        &self,
+        name: SegmentName,
+        runtime: &tokio::runtime::Handle,
+    ) -> std::io::Result<Open> {
+        use std::io::Write as _;
         let dir = self.settings.own_dir();
-        tokio::fs::create_dir_all(&dir).await?;
+        std::fs::create_dir_all(&dir)?;
         let path = dir.join(name.file_name());
-        if tokio::fs::try_exists(&path).await? {
-            let file = tokio::fs::OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .await?;
+        if path.exists() {
+            let file = std::fs::OpenOptions::new().append(true).open(&path)?;
             return Ok(Open { name, file });
         }
         let earlier = match &self.bucket {
-            Some(bucket) => in_bucket::segment(bucket, &self.settings.replica, name).await,
+            Some(bucket) => {
+                runtime.block_on(in_bucket::segment(bucket, &self.settings.replica, name))
+            }
             None => None,
         };
-        let mut file = tokio::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
-            .open(&path)
-            .await?;
+            .open(&path)?;
         if let Some(bytes) = earlier {
-            file.write_all(&bytes).await?;
+            file.write_all(&bytes)?;
         }
         Ok(Open { name, file })
     }
@@ -364,23 +456,26 @@ impl Writer {
     /// Removes segments past `usage_retention_days` (of every replica sharing the cache
     /// directory: they are past it for all), then this replica's oldest beyond
     /// `usage_max_bytes`.
-    async fn keep_within_bounds(&mut self) {
-        let now = SystemTime::now();
-        let (settings, open) = (self.settings.clone(), self.open.as_ref().map(|o| o.name));
-        let removed = tokio::task::spawn_blocking(move || {
-            segments::enforce(&settings.dir, &settings.replica, &settings, now)
-        })
-        .await;
-        match removed {
-            Ok(Ok(kept)) => {
+    fn keep_within_bounds(&mut self) {
+        let settings = &self.settings;
+        match segments::enforce(
+            &settings.dir,
+            &settings.replica,
+            settings,
+            SystemTime::now(),
+        ) {
+            Ok(kept) => {
                 self.own_bytes = kept.bytes;
-                if open.is_some_and(|name| kept.removed.contains(&name)) {
+                if self
+                    .open
+                    .as_ref()
+                    .is_some_and(|o| kept.removed.contains(&o.name))
+                {
                     // Appending to a removed file would write to nothing anyone can read.
                     self.open = None;
                 }
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot apply the usage record's bounds"),
-            Err(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot apply the usage record's bounds"),
         }
     }
 }
@@ -414,7 +509,7 @@ mod tests {
         let now = SystemTime::now();
         let hour_ago = now - Duration::from_secs(3600);
         // Nothing drains the queue yet: one more than it holds is dropped, not waited for.
-        for i in 0..CHANNEL_CAPACITY {
+        for i in 0..MAX_PENDING {
             let at = if i == 0 { hour_ago } else { now };
             record.record(download(at, "vendor/a"));
         }
@@ -436,7 +531,7 @@ mod tests {
         };
         assert_eq!(lines(hour_ago).len(), 1);
         let recent = lines(now);
-        assert_eq!(recent.len(), CHANNEL_CAPACITY - 1);
+        assert_eq!(recent.len(), MAX_PENDING - 1);
         assert_eq!(recent[0].view.as_deref(), Some("acme"));
         assert!(recent[0].time.ends_with('Z'), "{}", recent[0].time);
         // Off: nothing is queued or counted.
