@@ -264,7 +264,7 @@ impl Asked {
         source: (&str, Option<String>),
         upstream: (Arc<str>, Option<&Upstream>),
     ) {
-        if self.head || !crate::usage::delivered(status) {
+        if self.head || !state.usage.is_on() || !crate::usage::delivered(status) {
             return;
         }
         let (package, version) = source;

@@ -223,6 +223,12 @@ impl UsageRecord {
         }
     }
 
+    /// Whether downloads are recorded (`usage_retention_days` is not 0), so a caller can skip
+    /// building one for nothing.
+    pub fn is_on(&self) -> bool {
+        self.shared.is_some()
+    }
+
     /// Hands a download to the writer; never waits for it. A full queue drops it, counted.
     pub fn record(&self, download: Download) {
         let Some(shared) = &self.shared else { return };
