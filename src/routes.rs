@@ -287,9 +287,7 @@ impl Asked {
             token: self.token.clone(),
         });
     }
-}
 
-impl Asked {
     /// A bound token under an upstream's own URL may fetch only packages one of its views
     /// admits (a lock file names those dist URLs); anything listing the upstream's names it may
     /// not see.
