@@ -18,8 +18,11 @@
 #    this one;
 # 5. warm archive throughput of a proxy keeping archives in a bucket (moto's S3 server) behind
 #    its local tier against one with a local directory only, as a ratio (bench/bucket.sh).
-#    BENCH_ONLY=bucket runs only this one;
-# 6. warm archive throughput with the usage record on against off, as a ratio
+#    BENCH_ONLY=bucket runs only this one.
+# 6. warm p2 and 100 KB archive requests through a [[view]] with a token bound to it against
+#    the merged root with an organisation-wide token, as a ratio (bench/views.sh).
+#    BENCH_ONLY=views runs only this one.
+# 7. warm archive throughput with the usage record on against off, as a ratio
 #    (bench/usage.sh). BENCH_ONLY=usage runs only this one.
 # It prints markdown tables and the command that reproduces them (also written to
 # $BENCH_RESULTS, default bench/results.md, or bench/results-<BENCH_ONLY>.md with BENCH_ONLY).
@@ -39,8 +42,9 @@
 # BENCH_CONNECTIONS (64), BENCH_WRK_THREADS (2), BENCH_MODULES (100),
 # BENCH_DELAY_MS (300), BENCH_MULTI_DELAY_MS (100), BENCH_TOOLING_DELAY_MS (100), BENCH_NOISE
 # (0.10: the least relative difference between merged and single-upstream ratios counted as
-# more than noise), BENCH_ONLY (empty: everything; `tooling`: scenario 4 alone; `bucket`:
-# scenario 5 alone; `usage`: scenario 6 alone),
+# more than noise; also the band the views ratio may fall below 1), BENCH_ONLY (empty:
+# everything; `tooling`: scenario 4 alone; `bucket`: scenario 5 alone; `views`: scenario 6
+# alone; `usage`: scenario 7 alone),
 # BENCH_RESULTS, BENCH_KEEP. Cargo honours CARGO_TARGET_DIR as usual.
 #
 # Needs: cargo, nginx, wrk, composer (with php-zip, php-curl, php-mbstring), curl, jq,
@@ -101,8 +105,8 @@ die() {
   log "ERROR: $*"
   exit 1
 }
-[[ -z $ONLY || $ONLY == tooling || $ONLY == bucket || $ONLY == usage ]] ||
-  die "BENCH_ONLY must be empty, 'tooling', 'bucket' or 'usage', not '$ONLY'"
+[[ -z $ONLY || $ONLY == tooling || $ONLY == bucket || $ONLY == views || $ONLY == usage ]] ||
+  die "BENCH_ONLY must be empty, 'tooling', 'bucket', 'views' or 'usage', not '$ONLY'"
 
 # --- Tools -----------------------------------------------------------------------------
 
@@ -415,13 +419,15 @@ to_ms() {
   }'
 }
 
-# Runs wrk against $2 and prints "rps p99_ms errors"; $1 names the output file.
+# Runs wrk against $2 and prints "rps p99_ms errors"; $1 names the output file; further
+# arguments go to wrk (e.g. -H "Authorization: …").
 measure() {
   local name=$1 url=$2
+  shift 2
   local out=$work/wrk-$name.txt
   # A short unrecorded run first: connections, page cache and allocator warm for both.
-  wrk -c"$CONNECTIONS" -t"$WRK_THREADS" -d1s "$url" >/dev/null
-  wrk -c"$CONNECTIONS" -t"$WRK_THREADS" -d"${DURATION_SECS}s" --timeout 10s --latency "$url" >"$out"
+  wrk -c"$CONNECTIONS" -t"$WRK_THREADS" -d1s "$@" "$url" >/dev/null
+  wrk -c"$CONNECTIONS" -t"$WRK_THREADS" -d"${DURATION_SECS}s" --timeout 10s --latency "$@" "$url" >"$out"
   local rps p99 non2xx socket_errors
   rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
   p99=$(awk '$1 == "99%" { print $2 }' "$out")
@@ -594,7 +600,10 @@ source "$repo_root/bench/tooling.sh"
 # Scenario 5, archives in a bucket: run_bucket_scenario, report_bucket.
 # shellcheck source=bench/bucket.sh disable=SC1091
 source "$repo_root/bench/bucket.sh"
-# Scenario 6, the usage record's cost: run_usage_scenario, report_usage (uses bucket.sh's
+# Scenario 6, views against the merged root: run_views_scenario, report_views.
+# shellcheck source=bench/views.sh disable=SC1091
+source "$repo_root/bench/views.sh"
+# Scenario 7, the usage record's cost: run_usage_scenario, report_usage (uses bucket.sh's
 # warm_object and bucket_dist_path).
 # shellcheck source=bench/usage.sh disable=SC1091
 source "$repo_root/bench/usage.sh"
@@ -633,6 +642,13 @@ if [[ $ONLY == bucket ]]; then
   run_bucket_scenario
   mkdir -p "$(dirname "$RESULTS")"
   report_bucket_only | tee "$RESULTS"
+  log "results written to $RESULTS"
+  exit 0
+fi
+if [[ $ONLY == views ]]; then
+  run_views_scenario
+  mkdir -p "$(dirname "$RESULTS")"
+  report_views_only | tee "$RESULTS"
   log "results written to $RESULTS"
   exit 0
 fi
@@ -827,7 +843,10 @@ run_tooling_scenario
 # 5. Archives in a bucket against a local directory only (bench/bucket.sh).
 run_bucket_scenario
 
-# 6. The usage record on against off (bench/usage.sh).
+# 6. A view against the merged root (bench/views.sh).
+run_views_scenario
+
+# 7. The usage record on against off (bench/usage.sh).
 run_usage_scenario
 load_at_end=$(cut -d' ' -f1 /proc/loadavg)
 
@@ -901,6 +920,8 @@ report() {
   report_tooling
   echo
   report_bucket
+  echo
+  report_views
   echo
   report_usage
   echo

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2154 # the settings and helpers come from bench/run.sh, which sources this
-# Scenario 6 of bench/run.sh, issue 21 ("Done means" 2): what the usage record costs. Warm
+# Scenario 7 of bench/run.sh, issue 21 ("Done means" 2): what the usage record costs. Warm
 # archive throughput (the 100 KB archive, wrk) of a proxy keeping the record (the default,
 # usage_retention_days = 90) against one with it off (usage_retention_days = 0), both in
 # front of the same fast mock and both warm, taking turns each round; medians over ROUNDS.

@@ -126,6 +126,28 @@ impl CacheDir {
             .join(format!("{key}.json"))
     }
 
+    /// How many revalidated upstream documents (p2 files) `upstream` keeps on disk, counted no
+    /// further than `enough`: the changes feed only needs to know whether there are that many.
+    /// Blocking: run it off the async workers.
+    pub fn count_url_states(&self, upstream: Option<&str>, enough: usize) -> usize {
+        let Ok(shards) = std::fs::read_dir(self.state_root(upstream).join("p2")) else {
+            return 0;
+        };
+        let mut count = 0;
+        for shard in shards.flatten() {
+            let Ok(files) = std::fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for _ in files.flatten() {
+                count += 1;
+                if count >= enough {
+                    return count;
+                }
+            }
+        }
+        count
+    }
+
     /// Path of an archive, from its store key (a hex digest).
     pub fn archive_path(&self, key: &str) -> Option<PathBuf> {
         is_hex_digest(key, 64).then(|| {

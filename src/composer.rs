@@ -31,10 +31,6 @@ pub use rewrite::{
     ProxyRoot, Rewriter,
 };
 
-/// Largest decompressed metadata document accepted from upstream; a gzip bomb or a runaway
-/// response must not exhaust memory.
-pub const MAX_METADATA_BYTES: usize = 256 * 1024 * 1024;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
     #[error("{what} is not valid JSON: {source}")]
@@ -52,8 +48,8 @@ pub enum ProtocolError {
     },
     #[error("gzip body could not be decoded: {0}")]
     Gzip(std::io::Error),
-    #[error("decoded body exceeds {MAX_METADATA_BYTES} bytes")]
-    TooLarge,
+    #[error("decoded body exceeds {0} bytes")]
+    TooLarge(usize),
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -62,17 +58,23 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Decodes a metadata body. repo.magento.com gzips per-package files whether or not it was
 /// asked to, sometimes without saying so, hence the magic-byte check.
-pub fn decode_body(raw: Bytes, content_encoding: Option<&str>) -> Result<Bytes, ProtocolError> {
+/// The decoded body is bounded by `max`, so a gzip bomb or a runaway answer cannot exhaust
+/// memory.
+pub fn decode_body(
+    raw: Bytes,
+    content_encoding: Option<&str>,
+    max: usize,
+) -> Result<Bytes, ProtocolError> {
     let declared = content_encoding.is_some_and(|e| e.trim().eq_ignore_ascii_case("gzip"));
     if declared || raw.starts_with(&[0x1f, 0x8b]) {
         // Bounded guess: metadata compresses about 10:1, but a hostile ratio must not reserve.
         let mut out = Vec::with_capacity((raw.len() * 8).min(16 * 1024 * 1024));
         flate2::read::MultiGzDecoder::new(&raw[..])
-            .take(MAX_METADATA_BYTES as u64 + 1)
+            .take((max as u64).saturating_add(1))
             .read_to_end(&mut out)
             .map_err(ProtocolError::Gzip)?;
-        if out.len() > MAX_METADATA_BYTES {
-            return Err(ProtocolError::TooLarge);
+        if out.len() > max {
+            return Err(ProtocolError::TooLarge(max));
         }
         Ok(Bytes::from(out))
     } else {
@@ -206,14 +208,14 @@ mod tests {
     fn gzip_is_detected_by_header_or_magic_bytes() {
         let doc = Document::new(Bytes::from_static(b"{\"a\":1}"), UNIX_EPOCH);
         assert_eq!(
-            decode_body(doc.gzip.clone(), None).expect("magic"),
+            decode_body(doc.gzip.clone(), None, 1 << 20).expect("magic"),
             doc.identity
         );
         assert_eq!(
-            decode_body(doc.identity.clone(), None).expect("plain"),
+            decode_body(doc.identity.clone(), None, 1 << 20).expect("plain"),
             doc.identity
         );
-        assert!(decode_body(Bytes::from_static(b"nope"), Some("gzip")).is_err());
+        assert!(decode_body(Bytes::from_static(b"nope"), Some("gzip"), 1 << 20).is_err());
     }
 
     #[test]

@@ -75,6 +75,30 @@ pub struct UpstreamConfig {
     /// How often the upstream's `metadata-changes-url` feed is polled, where its root offers
     /// one; `None`: never (p2 files are then revalidated per TTL only).
     pub metadata_changes_poll: Option<Duration>,
+    /// The most the proxy reads of one upstream answer it holds in memory, by kind.
+    pub limits: AnswerLimits,
+}
+
+/// Byte limits on upstream answers read whole into memory (archives are streamed to disk and
+/// not bounded here). Past one, the read stops and the answer counts as unusable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnswerLimits {
+    /// Roots, listings, package files, p2 files and release info (raw and decoded each).
+    pub metadata: usize,
+    /// One answer of a changes feed (`metadata-changes-url`).
+    pub feed: usize,
+    /// Advisory, malware filter and package name list answers.
+    pub api: usize,
+}
+
+impl AnswerLimits {
+    /// The embedded defaults (config/default.toml), for code that runs without a
+    /// configuration: the fuzz targets decode upstream bodies as the proxy does by default.
+    pub const DEFAULT: AnswerLimits = AnswerLimits {
+        metadata: 128 * 1024 * 1024,
+        feed: 16 * 1024 * 1024,
+        api: 64 * 1024 * 1024,
+    };
 }
 
 impl UpstreamConfig {
@@ -445,6 +469,20 @@ mod tests {
         assert_eq!(c.advisories_ttl, Duration::from_secs(600));
         assert_eq!(c.allow.len(), 6);
         assert!(c.tls.is_none());
+        assert_eq!(c.upstreams[0].limits, AnswerLimits::DEFAULT);
+    }
+
+    #[test]
+    fn answer_limits_are_settings_with_a_floor() {
+        let c = load(
+            None,
+            &[("COMPOSER_PROXY_UPSTREAM_FEED_MAX_BYTES", "1048576")],
+        )
+        .expect("valid");
+        assert_eq!(c.upstreams[0].limits.feed, 1024 * 1024);
+        let e = load(None, &[("COMPOSER_PROXY_UPSTREAM_API_MAX_BYTES", "1000")])
+            .expect_err("below 64 KiB");
+        assert_eq!(e.setting, "upstream_api_max_bytes");
     }
 
     #[test]

@@ -169,7 +169,10 @@ impl ProxyError {
     /// Upstream answered, with a body that cannot be used: it is up, but misbehaving.
     pub fn is_bad_answer(&self) -> bool {
         match self {
-            ProxyError::Protocol(_) | ProxyError::Upstream(UpstreamError::Invalid(_)) => true,
+            ProxyError::Protocol(_)
+            | ProxyError::Upstream(UpstreamError::Invalid(_) | UpstreamError::TooLarge { .. }) => {
+                true
+            }
             ProxyError::Shared(inner) => inner.is_bad_answer(),
             ProxyError::Via { source, .. } => source.is_bad_answer(),
             _ => false,
@@ -347,7 +350,8 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("GitHub's rate limit for composer-proxy's github_token is used up (retry in {} s); archives already cached still install.", retry_after.as_secs()),
             ),
-            ProxyError::Upstream(UpstreamError::Invalid(_)) | ProxyError::Protocol(_) => (
+            ProxyError::Upstream(UpstreamError::Invalid(_) | UpstreamError::TooLarge { .. })
+            | ProxyError::Protocol(_) => (
                 StatusCode::BAD_GATEWAY,
                 "The upstream repository sent metadata composer-proxy could not use (see the proxy's log).".into(),
             ),

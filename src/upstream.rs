@@ -20,8 +20,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use url::Url;
 
-use crate::composer::{self, MAX_METADATA_BYTES};
-use crate::config::{Credentials, UpstreamConfig};
+use crate::composer;
+use crate::config::{AnswerLimits, Credentials, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, UpstreamOutcome};
 
@@ -31,7 +31,7 @@ mod health;
 mod keys;
 
 pub use exchange::{
-    note_exchange, Exchanges, KeyVerdict, MetadataResponse, RequestKind, StreamingResponse,
+    note_exchange, Answer, Exchanges, KeyVerdict, MetadataResponse, RequestKind, StreamingResponse,
     UpstreamError, UpstreamNote, Validators, EXCHANGE,
 };
 pub use github::GitHub;
@@ -56,6 +56,7 @@ pub struct UpstreamClient {
     base: Url,
     user_agent: HeaderValue,
     max_redirects: u8,
+    limits: AnswerLimits,
     pub read_timeout: Duration,
     pub metadata_timeout: Duration,
     pub archive_timeout: Duration,
@@ -134,6 +135,7 @@ impl UpstreamClient {
                 ")"
             )),
             max_redirects: cfg.max_redirects,
+            limits: cfg.limits,
             read_timeout: cfg.read_timeout,
             metadata_timeout: cfg.metadata_timeout,
             archive_timeout: cfg.archive_timeout,
@@ -451,18 +453,18 @@ impl UpstreamClient {
                 return Ok(MetadataResponse::Status(response.status));
             }
             let validators = Validators::from_headers(&response.headers);
-            let encoding = response
-                .headers
-                .get(header::CONTENT_ENCODING)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let raw = self.read_body(response.body, MAX_METADATA_BYTES).await?;
-            let body = composer::decode_body(raw, encoding.as_deref()).map_err(|e| {
-                let e = UpstreamError::Invalid(e.to_string());
-                self.health
-                    .note_answer(&self.name, &self.base, Err(&e.to_string()));
-                e
-            })?;
+            let body = self
+                .read_answer(Answer::Metadata, url, response)
+                .await
+                .inspect_err(|e| {
+                    if matches!(
+                        e,
+                        UpstreamError::Invalid(_) | UpstreamError::TooLarge { .. }
+                    ) {
+                        self.health
+                            .note_answer(&self.name, &self.base, Err(&e.to_string()));
+                    }
+                })?;
             Ok(MetadataResponse::Fresh { body, validators })
         };
         let result = tokio::time::timeout(self.metadata_timeout, work)
@@ -477,9 +479,63 @@ impl UpstreamClient {
         result
     }
 
-    /// Reads a whole body, with the read timeout applied to every chunk.
-    pub async fn read_body(&self, mut body: Incoming, max: usize) -> Result<Bytes, UpstreamError> {
-        let mut buf = BytesMut::new();
+    /// Reads and decodes (gzip) a whole answer of `kind`, within its byte limit both as sent
+    /// and decoded. Past the limit the read stops (an announced length past it is not read at
+    /// all) and a warning names the upstream, the URL and the setting to raise.
+    pub async fn read_answer(
+        &self,
+        kind: Answer,
+        url: &str,
+        response: StreamingResponse,
+    ) -> Result<Bytes, UpstreamError> {
+        let (limit, setting) = match kind {
+            Answer::Metadata => (self.limits.metadata, "upstream_metadata_max_bytes"),
+            Answer::Feed => (self.limits.feed, "upstream_feed_max_bytes"),
+            Answer::Api => (self.limits.api, "upstream_api_max_bytes"),
+        };
+        let header = |name| {
+            response
+                .headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
+        let declared = header(header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
+        let gzip = header(header::CONTENT_ENCODING).map(str::to_string);
+        let too_large = || {
+            tracing::warn!(
+                event = "upstream_answer_too_large",
+                upstream = %self.name,
+                url,
+                limit,
+                setting,
+                "upstream's answer is larger than {setting} ({limit} bytes); it is not used and \
+                 what is cached keeps being served; raise {setting} if the answer is genuine"
+            );
+            UpstreamError::TooLarge { limit, setting }
+        };
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let raw = match self.read_body(response.body, limit, declared).await {
+            Err(UpstreamError::TooLarge { .. }) => return Err(too_large()),
+            other => other?,
+        };
+        composer::decode_body(raw, gzip.as_deref(), limit).map_err(|e| match e {
+            composer::ProtocolError::TooLarge(_) => too_large(),
+            e => UpstreamError::Invalid(e.to_string()),
+        })
+    }
+
+    /// Reads a whole body of at most `max` bytes, with the read timeout applied to every
+    /// chunk; `declared` (Content-Length) sizes the buffer once instead of regrowing it.
+    pub async fn read_body(
+        &self,
+        mut body: Incoming,
+        max: usize,
+        declared: Option<u64>,
+    ) -> Result<Bytes, UpstreamError> {
+        let capacity = declared.map_or(0, |n| usize::try_from(n).unwrap_or(max).min(max));
+        let mut buf = BytesMut::with_capacity(capacity);
         loop {
             let frame = tokio::time::timeout(self.read_timeout, body.frame())
                 .await
@@ -494,9 +550,10 @@ impl UpstreamClient {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         if buf.len() + data.len() > max {
-                            return Err(UpstreamError::Invalid(format!(
-                                "response larger than {max} bytes"
-                            )));
+                            return Err(UpstreamError::TooLarge {
+                                limit: max,
+                                setting: "",
+                            });
                         }
                         buf.extend_from_slice(&data);
                     }

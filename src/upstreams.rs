@@ -27,6 +27,7 @@ mod in_view;
 mod owner;
 
 pub use apis::{Among, Merged};
+pub use in_view::{member_names, repositories, MemberNames, NameList};
 
 /// One upstream repository.
 pub struct Upstream {
@@ -102,17 +103,8 @@ impl Upstreams {
                 unseen_warned: AtomicBool::new(false),
             }));
         }
-        let mut repositories: Vec<Vec<usize>> = Vec::new();
-        for (i, upstream) in list.iter().enumerate() {
-            let base = upstream.client.base();
-            match repositories
-                .iter_mut()
-                .find(|r| list[r[0]].client.base() == base)
-            {
-                Some(repository) => repository.push(i),
-                None => repositories.push(vec![i]),
-            }
-        }
+        let bases: Vec<&url::Url> = list.iter().map(|u| u.client.base()).collect();
+        let repositories = in_view::repositories(&bases);
         Ok(Self {
             list,
             repositories,

@@ -40,7 +40,8 @@ pub fn check_document(doc: &Document) -> Value {
         doc.etag.to_str().expect("ASCII etag"),
         format!("\"{}\"", &doc.sha256[..32])
     );
-    let decoded = composer::decode_body(doc.gzip.clone(), Some("gzip")).expect("gzip form decodes");
+    let decoded = composer::decode_body(doc.gzip.clone(), Some("gzip"), METADATA_LIMIT)
+        .expect("gzip form decodes");
     assert_eq!(decoded, doc.identity, "gzip form is the same document");
     serde_json::from_slice(&doc.identity).expect("a built document is JSON")
 }
@@ -121,9 +122,12 @@ pub fn check_dists(rewriter: &Rewriter, upstream: &Value, rewritten: &Value, dis
     }
 }
 
+/// The proxy's default limit on a metadata answer, raw and decoded.
+const METADATA_LIMIT: usize = composer_proxy::config::AnswerLimits::DEFAULT.metadata;
+
 /// The bytes as upstream sent them, decoded as the upstream client would (gzip by magic bytes).
 pub fn upstream_body(data: &[u8]) -> Option<Bytes> {
-    composer::decode_body(Bytes::copy_from_slice(data), None).ok()
+    composer::decode_body(Bytes::copy_from_slice(data), None, METADATA_LIMIT).ok()
 }
 
 /// Rewriting is idempotent: a document the proxy built, fed through again, comes out the same.

@@ -5,7 +5,9 @@
 //! packages the key may see. Each upstream gets one verdict line with its own exit status, so a
 //! deploy pipeline can tell a revoked key from a network or certificate problem; the command
 //! exits with the worst of them. Several accounts of one repository also get the entitlement
-//! report: what each alone reaches. GitHub is asked whether it accepts `github_token`.
+//! report: what each alone reaches. Each `[[view]]` gets its own: what it can install, per
+//! account, and what only one of its accounts provides. GitHub is asked whether it accepts
+//! `github_token`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::upstream::{GitHub, MetadataResponse, RequestKind, UpstreamClient};
 
 mod report;
+mod views;
 
 use report::{ServiceReport, UpstreamReport};
 pub use report::{
@@ -36,6 +39,7 @@ pub async fn run(config: &Config, json: bool) -> Result<u8, CommandError> {
         reports.push(check_upstream(upstream, &config.github).await?);
     }
     report::entitlements(&mut reports);
+    let views = views::reports(&config.views, &reports);
     let services: Vec<ServiceReport> =
         [check_github(config).await?, check_downloads(config).await?]
             .into_iter()
@@ -48,13 +52,15 @@ pub async fn run(config: &Config, json: bool) -> Result<u8, CommandError> {
         .max_by_key(|v| v.severity())
         .map_or(EXIT_OK, Verdict::exit_status);
     if json {
-        let value = report::json(&reports, &services, worst);
+        let mut value = report::json(&reports, &services, worst);
+        value["views"] = views::json(&views);
         println!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
         );
     } else {
         print!("{}", report::text(&reports, &services));
+        print!("{}", views::text(&views));
     }
     Ok(worst)
 }

@@ -495,7 +495,7 @@ mod tests {
         let (a, b) = (a.v1.expect("v1"), b.v1.expect("v1"));
         assert_eq!(a.sha256, sha256_hex(&a.identity));
         assert_eq!(a.sha256, b.sha256);
-        let decoded = decode_body(a.gzip.clone(), Some("gzip")).expect("gunzip");
+        let decoded = decode_body(a.gzip.clone(), Some("gzip"), 1 << 20).expect("gunzip");
         assert_eq!(decoded, a.identity);
     }
 

@@ -15,6 +15,7 @@ use url::Url;
 
 use super::keys::{check_key, Credentials, KeySource, Secret};
 use super::raw::RawConfig;
+use super::upstreams::answer_limits;
 use super::{redact_userinfo, ConfigError, UpstreamConfig, ENV_PREFIX};
 
 /// The table's name in the TOML, and the prefix of its variables.
@@ -197,6 +198,11 @@ pub(super) fn downloads(
         negative_ttl: secs(raw.negative_ttl_secs),
         // A Composer repository's feed; the endpoint has none.
         metadata_changes_poll: None,
+        limits: answer_limits(raw, &|setting: &str, message| ConfigError {
+            origin: origin_of(setting),
+            setting: setting.into(),
+            message,
+        })?,
     };
     Ok((Some(upstream), files))
 }

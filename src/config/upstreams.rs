@@ -14,7 +14,7 @@ use url::Url;
 
 use super::keys::{read_fallback_keys, resolve_credentials, KeySettings, Secrets};
 use super::raw::RawConfig;
-use super::{redact_userinfo, ConfigError, UpstreamConfig, ENV_PREFIX};
+use super::{redact_userinfo, AnswerLimits, ConfigError, UpstreamConfig, ENV_PREFIX};
 
 /// The name of the one upstream the flat settings describe (logs, metrics, `check`).
 pub const FLAT_NAME: &str = "default";
@@ -150,6 +150,7 @@ struct Common {
     metadata_ttl: Duration,
     negative_ttl: Duration,
     metadata_changes_poll: Option<Duration>,
+    limits: AnswerLimits,
 }
 
 /// 0 turns a periodic task off.
@@ -199,6 +200,34 @@ fn common(
         metadata_ttl: positive("metadata_ttl_secs", raw.metadata_ttl_secs, err)?,
         negative_ttl: positive("negative_ttl_secs", raw.negative_ttl_secs, err)?,
         metadata_changes_poll: interval(raw.metadata_changes_poll_secs),
+        limits: answer_limits(raw, err)?,
+    })
+}
+
+/// The least an answer limit may be: every real answer of its kind is larger than a typo.
+const MIN_ANSWER_LIMIT: u64 = 64 * 1024;
+
+pub(super) fn answer_limits(
+    raw: &RawConfig,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<AnswerLimits, ConfigError> {
+    let limit = |setting: &str, bytes: u64| {
+        if bytes < MIN_ANSWER_LIMIT {
+            return Err(err(
+                setting,
+                format!("must be at least {MIN_ANSWER_LIMIT} (64 KiB)"),
+            ));
+        }
+        // Past the address space nothing could be read anyway.
+        Ok(usize::try_from(bytes).unwrap_or(usize::MAX))
+    };
+    Ok(AnswerLimits {
+        metadata: limit(
+            "upstream_metadata_max_bytes",
+            raw.upstream_metadata_max_bytes,
+        )?,
+        feed: limit("upstream_feed_max_bytes", raw.upstream_feed_max_bytes)?,
+        api: limit("upstream_api_max_bytes", raw.upstream_api_max_bytes)?,
     })
 }
 
@@ -368,6 +397,7 @@ pub(super) fn upstreams(
             metadata_changes_poll: table
                 .metadata_changes_poll_secs
                 .map_or(common.metadata_changes_poll, interval),
+            limits: common.limits,
         };
         list.push(build(
             name,
@@ -442,6 +472,7 @@ fn build(
         metadata_ttl: common.metadata_ttl,
         negative_ttl: common.negative_ttl,
         metadata_changes_poll: common.metadata_changes_poll,
+        limits: common.limits,
     })
 }
 

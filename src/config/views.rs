@@ -27,7 +27,7 @@ pub(super) struct RawView {
 pub struct NamePattern(String);
 
 impl NamePattern {
-    pub fn parse(pattern: &str) -> Result<Self, String> {
+    pub(crate) fn parse(pattern: &str) -> Result<Self, String> {
         let valid = !pattern.is_empty()
             && pattern.len() <= 256
             && pattern.bytes().all(|b| {

@@ -24,12 +24,24 @@ pub enum UpstreamError {
     TooManyRedirects(u8),
     #[error("upstream sent an unusable response: {0}")]
     Invalid(String),
+    /// An answer read whole was larger than its limit; the warning was logged where it was
+    /// read, with the URL.
+    #[error("upstream's answer is larger than {limit} bytes (setting {setting})")]
+    TooLarge { limit: usize, setting: &'static str },
     /// GitHub's rate limit (a dist host, not the upstream itself) is used up.
     #[error("GitHub rate limit exhausted; retry in {retry_after:?}")]
     RateLimited {
         retry_after: Duration,
         has_token: bool,
     },
+}
+
+/// The kinds of upstream answer read whole into memory, each with its own byte limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Metadata,
+    Feed,
+    Api,
 }
 
 /// Conditional-request validators from a previous response.

@@ -23,16 +23,20 @@ use url::Url;
 use super::{Upstream, Upstreams};
 use crate::cache::metadata::{CacheStatus, View};
 use crate::composer::apis::{self as protocol, ListQuery};
-use crate::composer::{self, ProtocolError};
+use crate::composer::ProtocolError;
 use crate::error::{ProxyError, Resource};
-use crate::upstream::{RequestKind, UpstreamError};
+use crate::upstream::{Answer, RequestKind, UpstreamError};
 use crate::views::ClientView;
 
 /// Composer waits 10 seconds for these APIs; the proxy gives up on an upstream sooner, so it
 /// can still answer from what it knows.
 const API_TIMEOUT: Duration = Duration::from_secs(8);
-/// Largest upstream answer read (packagist.org's whole name list is about 10 MB).
-const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+/// Names per upstream request of the advisory and filter APIs. PHP reads at most
+/// `max_input_vars` (1000 by default) fields of a form, so packagist.org-like upstreams take
+/// no more names than that in one request; a lock file's few hundred names fit in one.
+const NAMES_PER_REQUEST: usize = 1000;
+/// Batches of one client request asked of an upstream at once.
+const BATCHES_AT_ONCE: usize = 4;
 /// Memory for remembered answers, all upstreams together.
 const CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -243,14 +247,17 @@ impl Upstreams {
         let asks = sources.iter().filter_map(|(upstream, view)| {
             let url = view.apis().advisories.as_ref()?.api_url.clone();
             Some(async move {
-                let fetch = |missing: Vec<String>| async move {
-                    let form: String = url::form_urlencoded::Serializer::new(String::new())
-                        .extend_pairs(missing.iter().map(|n| ("packages[]", n)))
-                        .finish();
-                    let form = ("application/x-www-form-urlencoded", Bytes::from(form));
-                    let json =
-                        ask(upstream, Api::Advisories, Method::POST, &url, Some(form)).await?;
-                    protocol::advisory_answer(&json).map_err(shape)
+                let url = &url;
+                let fetch = |missing: Vec<String>| {
+                    in_batches(missing, move |batch| async move {
+                        let form: String = url::form_urlencoded::Serializer::new(String::new())
+                            .extend_pairs(batch.iter().map(|n| ("packages[]", n)))
+                            .finish();
+                        let form = ("application/x-www-form-urlencoded", Bytes::from(form));
+                        let json =
+                            ask(upstream, Api::Advisories, Method::POST, url, Some(form)).await?;
+                        protocol::advisory_answer(&json).map_err(shape)
+                    })
                 };
                 self.apis
                     .lookup(&upstream.name, Api::Advisories, names, fetch)
@@ -296,13 +303,18 @@ impl Upstreams {
             Some(async move {
                 match source {
                     FilterSource::Api(url, all_lists) => {
-                        let fetch = |missing: Vec<String>| async move {
-                            let body = protocol::filter_upstream_request(&missing, &all_lists);
-                            let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-                            let body = Some(("application/json", body));
-                            let json =
-                                ask(upstream, Api::FilterEntries, Method::POST, &url, body).await?;
-                            protocol::filter_answer(&json).map_err(shape)
+                        let (url, all_lists) = (&url, &all_lists);
+                        let fetch = |missing: Vec<String>| {
+                            in_batches(missing, move |batch| async move {
+                                let body = protocol::filter_upstream_request(&batch, all_lists);
+                                let body =
+                                    Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+                                let body = Some(("application/json", body));
+                                let json =
+                                    ask(upstream, Api::FilterEntries, Method::POST, url, body)
+                                        .await?;
+                                protocol::filter_answer(&json).map_err(shape)
+                            })
                         };
                         self.apis
                             .lookup(&upstream.name, Api::FilterEntries, names, fetch)
@@ -395,6 +407,24 @@ impl Upstreams {
     }
 }
 
+/// Asks about `names` in batches of at most [`NAMES_PER_REQUEST`], a few at once, and merges
+/// the answers; one failed batch fails the whole (a missing answer must never look like "no
+/// advisories").
+async fn in_batches<F, Fut>(names: Vec<String>, ask: F) -> Result<ByItem, ProxyError>
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: Future<Output = Result<ByItem, ProxyError>>,
+{
+    let mut merged = ByItem::new();
+    for round in names.chunks(NAMES_PER_REQUEST * BATCHES_AT_ONCE) {
+        let batches = round.chunks(NAMES_PER_REQUEST).map(|b| ask(b.to_vec()));
+        for answer in join_all(batches).await {
+            merged.extend(answer?);
+        }
+    }
+    Ok(merged)
+}
+
 /// Where an upstream's filter entries come from.
 enum FilterSource {
     /// Its filter API, asked for these lists.
@@ -439,13 +469,9 @@ async fn ask(
                 url.path(),
             ));
         }
-        let encoding = response
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let raw = client.read_body(response.body, MAX_ANSWER_BYTES).await?;
-        let bytes = composer::decode_body(raw, encoding.as_deref())?;
+        let bytes = client
+            .read_answer(Answer::Api, url.as_str(), response)
+            .await?;
         serde_json::from_slice(&bytes).map_err(|source| {
             ProxyError::Protocol(ProtocolError::Json {
                 what: format!("the answer of {url}"),

@@ -121,8 +121,9 @@ impl Upstreams {
                 return Ok((doc.clone(), status));
             }
         }
-        let available = self.names_in_view(view, &views);
-        let available: Option<Vec<&String>> = available.as_ref().map(|n| n.iter().collect());
+        let available: Option<Vec<&String>> = self
+            .names_in_view(view, &views)
+            .map(|n| n.into_iter().collect());
         let doc = root_document(&view.url, &members, available, view.since);
         *cached = Some((views, doc.clone()));
         Ok((doc, status))
@@ -131,40 +132,204 @@ impl Upstreams {
     /// Every name in the view, when each of its upstreams lists all its names and the owner of
     /// each can be told from the roots at hand; `None` otherwise (the view is then open-ended:
     /// Composer asks for each name, and each is decided on its own).
-    fn names_in_view(
+    fn names_in_view<'a>(
         &self,
         view: &ClientView,
-        views: &[Option<Arc<View>>],
-    ) -> Option<BTreeSet<String>> {
+        views: &'a [Option<Arc<View>>],
+    ) -> Option<BTreeSet<&'a String>> {
+        let members = member_names(
+            &self.repositories,
+            views,
+            |i| view.includes(&self.list[i]),
+            |name| view.config.admits(name),
+        );
         let mut names = BTreeSet::new();
-        for (i, upstream) in self.list.iter().enumerate() {
-            if !view.includes(upstream) {
-                continue;
-            }
-            let listed = views[i].as_ref()?.finite_names()?;
-            let repository = self.repository_of(upstream);
-            for name in listed {
-                if !view.config.admits(name) || names.contains(name) {
-                    continue;
-                }
-                if self.owning_repository(name, views)? == repository {
-                    names.insert(name.clone());
-                }
+        for member in members.into_iter().flatten() {
+            match member {
+                MemberNames::Listed(listed) => names.extend(listed),
+                MemberNames::Unlisted | MemberNames::OwnerUnknown => return None,
             }
         }
         Some(names)
     }
+}
 
-    /// The repository that owns `name` by the roots at hand: `Some(None)` when none lists it,
-    /// `None` when that cannot be told (a root missing, or an open-ended one asked first).
-    fn owning_repository(&self, name: &str, views: &[Option<Arc<View>>]) -> Option<Option<usize>> {
-        for (r, accounts) in self.repositories.iter().enumerate() {
+/// What ownership needs of an upstream's root: whether it has a name, and all its names when
+/// that list is complete. Implemented by the running proxy's roots and by `check`'s listings,
+/// so both decide what a view holds by the same rule.
+pub trait NameList {
+    /// Whether it has `name`: `None` when it does not say (open-ended).
+    fn has(&self, name: &str) -> Option<bool>;
+    /// Every name it has, when the list is complete.
+    fn complete_list(&self) -> Option<impl Iterator<Item = &String>>;
+}
+
+impl NameList for View {
+    fn has(&self, name: &str) -> Option<bool> {
+        View::knows(self, name)
+    }
+
+    fn complete_list(&self) -> Option<impl Iterator<Item = &String>> {
+        View::finite_names(self).map(<[String]>::iter)
+    }
+}
+
+impl NameList for BTreeSet<String> {
+    fn has(&self, name: &str) -> Option<bool> {
+        Some(self.contains(name))
+    }
+
+    fn complete_list(&self) -> Option<impl Iterator<Item = &String>> {
+        Some(self.iter())
+    }
+}
+
+impl<T: NameList> NameList for Arc<T> {
+    fn has(&self, name: &str) -> Option<bool> {
+        T::has(self, name)
+    }
+
+    fn complete_list(&self) -> Option<impl Iterator<Item = &String>> {
+        T::complete_list(self)
+    }
+}
+
+impl<T: NameList> NameList for &T {
+    fn has(&self, name: &str) -> Option<bool> {
+        T::has(self, name)
+    }
+
+    fn complete_list(&self) -> Option<impl Iterator<Item = &String>> {
+        T::complete_list(self)
+    }
+}
+
+/// What one of a view's upstreams brings into it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MemberNames<'a> {
+    /// The names of its listing that are in the view: their owner among all upstreams is its
+    /// repository, and the view's patterns admit them.
+    Listed(BTreeSet<&'a String>),
+    /// It has no complete list (open-ended, or no root at hand): it brings any name it serves
+    /// that no higher repository owns, decided name by name.
+    Unlisted,
+    /// Some name it lists may be owned by a higher repository whose root does not say
+    /// (open-ended, or missing).
+    OwnerUnknown,
+}
+
+/// The view's rule over roots at hand, pure: for each upstream (by index into `roots`) that
+/// `member` says is in the view, what it brings; `None` for the others. `repositories` are the
+/// upstreams grouped by repository in priority order ([`repositories`]). A listed name is in
+/// the view when `admits` lets it in and the repository that owns it among all upstreams is
+/// the member's own: a lower upstream never fills a name a higher one owns, in the view or not.
+pub fn member_names<'a, L: NameList>(
+    repositories: &[Vec<usize>],
+    roots: &'a [Option<L>],
+    member: impl Fn(usize) -> bool,
+    admits: impl Fn(&str) -> bool,
+) -> Vec<Option<MemberNames<'a>>> {
+    let owner_of = |name: &str| -> Option<Option<usize>> {
+        for (r, accounts) in repositories.iter().enumerate() {
             for &i in accounts {
-                if views[i].as_ref()?.knows(name)? {
+                if roots[i].as_ref()?.has(name)? {
                     return Some(Some(r));
                 }
             }
         }
         Some(None)
+    };
+    (0..roots.len())
+        .map(|i| {
+            if !member(i) {
+                return None;
+            }
+            let Some(listed) = roots[i].as_ref().and_then(NameList::complete_list) else {
+                return Some(MemberNames::Unlisted);
+            };
+            let own = repositories.iter().position(|r| r.contains(&i));
+            let mut names = BTreeSet::new();
+            for name in listed.filter(|n| admits(n)) {
+                match owner_of(name) {
+                    Some(owner) if owner == own => {
+                        names.insert(name);
+                    }
+                    Some(_) => {}
+                    None => return Some(MemberNames::OwnerUnknown),
+                }
+            }
+            Some(MemberNames::Listed(names))
+        })
+        .collect()
+}
+
+/// Upstreams grouped into repositories (the same `url`: accounts of one repository), in
+/// priority order (where each repository's first upstream stands): indexes into `urls`.
+pub fn repositories<T: PartialEq>(urls: &[T]) -> Vec<Vec<usize>> {
+    let mut repositories: Vec<Vec<usize>> = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        match repositories.iter_mut().find(|r| urls[r[0]] == *url) {
+            Some(repository) => repository.push(i),
+            None => repositories.push(vec![i]),
+        }
+    }
+    repositories
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(names: &[&str]) -> Option<BTreeSet<String>> {
+        Some(names.iter().map(|n| n.to_string()).collect())
+    }
+
+    fn listed<'a>(m: &Option<MemberNames<'a>>) -> Vec<&'a str> {
+        match m {
+            Some(MemberNames::Listed(names)) => names.iter().map(|n| n.as_str()).collect(),
+            other => panic!("not a listed member: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accounts_of_one_url_form_one_repository_in_priority_order() {
+        let urls = ["m", "v", "m", "p"];
+        assert_eq!(repositories(&urls), vec![vec![0, 2], vec![1], vec![3]]);
+    }
+
+    #[test]
+    fn a_lower_member_never_brings_a_name_a_higher_repository_owns() {
+        // Two accounts of one repository (0, 2), a vendor repository (1) that also lists the
+        // first account's extension, an open-ended one last (3).
+        let roots = vec![
+            list(&["m/shared", "x/extension"]),
+            list(&["x/extension", "v/theme"]),
+            list(&["m/shared", "m/client"]),
+            None,
+        ];
+        let repos = repositories(&["m", "v", "m", "p"]);
+        let in_view = [false, true, true, true];
+        let brought = member_names(&repos, &roots, |i| in_view[i], |_| true);
+        assert!(brought[0].is_none());
+        assert_eq!(listed(&brought[1]), vec!["v/theme"]);
+        assert_eq!(listed(&brought[2]), vec!["m/client", "m/shared"]);
+        assert_eq!(brought[3], Some(MemberNames::Unlisted));
+
+        // The view's patterns narrow what its members bring.
+        let brought = member_names(&repos, &roots, |i| in_view[i], |n| n != "m/shared");
+        assert_eq!(listed(&brought[2]), vec!["m/client"]);
+    }
+
+    #[test]
+    fn an_owner_that_cannot_be_told_makes_the_member_unknown() {
+        // The open-ended repository first: any name might be its.
+        let roots = vec![None, list(&["v/theme"])];
+        let repos = repositories(&["p", "v"]);
+        let brought = member_names(&repos, &roots, |_| true, |_| true);
+        assert_eq!(brought[0], Some(MemberNames::Unlisted));
+        assert_eq!(brought[1], Some(MemberNames::OwnerUnknown));
+        // A name the view's patterns leave out is never asked about.
+        let brought = member_names(&repos, &roots, |_| true, |n| n != "v/theme");
+        assert_eq!(listed(&brought[1]), Vec::<&str>::new());
     }
 }

@@ -213,7 +213,7 @@ async fn a_rejected_first_account_leaves_the_shared_packages_to_the_second() {
 }
 
 /// `composer-proxy --config <toml> <args>`, run as the real binary.
-async fn command(toml: &str, args: &[&str]) -> (Option<i32>, String, String) {
+pub(crate) async fn command(toml: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().expect("config dir");
     let file = dir.path().join("composer-proxy.toml");
     std::fs::write(&file, toml).expect("config file");
@@ -545,6 +545,26 @@ async fn installs_survive_a_rejected_account(rejected: &'static str, keep: &'sta
         let reply = get(&format!("{}/p2/{CLIENT_MODULE}.json", proxy.url)).await;
         assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{:?}", reply.body);
     }
+
+    // The key is reinstated: the account is back without a restart, its package with it.
+    m.front.enable(rejected);
+    let url = format!("{}/p2/{}.json", proxy.url, only(rejected));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let reply = get(&url).await;
+        if reply.status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{rejected} never came back: {} {:?}",
+            reply.status,
+            reply.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let project = mixed_project(&proxy.url, only(rejected));
+    blocking(|| project.run_ok(&["install", "--no-progress"]));
     proxy.stop().await;
 }
 

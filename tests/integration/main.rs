@@ -6,6 +6,7 @@ mod support;
 
 mod access_control;
 mod accounts;
+mod bounded_answers;
 mod cache_integrity;
 mod caching;
 mod cli;

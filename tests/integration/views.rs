@@ -5,7 +5,7 @@
 //! client, one view without repo.magento.com, a token per view and an organisation-wide one.
 //! The proxy runs as the real binary; the real Composer client installs through it.
 
-use crate::accounts::{mixed, Mixed, AGENCY, CLIENT, CLIENT_MODULE, EXTENSION, SHARED};
+use crate::accounts::{command, mixed, Mixed, AGENCY, CLIENT, CLIENT_MODULE, EXTENSION, SHARED};
 use crate::support;
 
 use std::process::Command;
@@ -358,4 +358,83 @@ async fn views_never_leak_through_validators_ownership_or_logs() {
     }
     // Positive control: the tokens were used, and the log names them.
     assert!(log.contains("\"token\":\"acme-ci\""));
+}
+
+/// `check` reports each view: what it can install per account (repo.magento.com's two
+/// accounts list different packages), what only one of its accounts provides, and packagist
+/// as open-ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_what_each_view_can_install() {
+    let m = mixed().await;
+    let toml = format!(
+        "{}\n[[view]]\nname = \"acme\"\nupstreams = [\"{AGENCY}\", \"hyva\", \"packagist\"]\n\n\
+         [[view]]\nname = \"globex\"\nupstreams = [\"{CLIENT}\", \"hyva\", \"packagist\"]\n\n\
+         [[view]]\nname = \"both\"\nupstreams = [\"{AGENCY}\", \"{CLIENT}\"]\n",
+        m.toml
+    );
+    let (status, stdout, stderr) = command(&toml, &["check", "--json"]).await;
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let member = |view: &str, upstream: &str| {
+        report["views"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == view))
+            .and_then(|v| v["upstreams"].as_array())
+            .and_then(|u| u.iter().find(|u| u["name"] == upstream))
+            .cloned()
+            .unwrap_or_else(|| panic!("{view}/{upstream} in {report}"))
+    };
+    let names = |value: &serde_json::Value, key: &str| -> Vec<String> {
+        value[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key} in {value}"))
+            .iter()
+            .map(|n| n.as_str().expect("a name").to_string())
+            .collect()
+    };
+    let shared = m.catalogue.packages.len() - 2;
+    let agency = member("acme", AGENCY);
+    let acme_names = names(&agency, "names");
+    assert_eq!(acme_names.len(), shared + 1, "{agency}");
+    assert!(
+        acme_names.iter().any(|n| n == EXTENSION) && !acme_names.iter().any(|n| n == CLIENT_MODULE)
+    );
+    let client = member("globex", CLIENT);
+    let globex_names = names(&client, "names");
+    assert!(
+        globex_names.iter().any(|n| n == CLIENT_MODULE)
+            && !globex_names.iter().any(|n| n == EXTENSION)
+    );
+    // Alone in its view, an account provides all it brings; beside the other, only its own.
+    assert_eq!(names(&agency, "only_this_account"), acme_names);
+    assert_eq!(
+        names(&member("both", AGENCY), "only_this_account"),
+        vec![EXTENSION]
+    );
+    assert_eq!(
+        names(&member("both", CLIENT), "only_this_account"),
+        vec![CLIENT_MODULE]
+    );
+    assert_eq!(member("acme", "hyva")["packages"], 2);
+    assert_eq!(member("globex", "packagist")["reach"], "open_ended");
+    assert_eq!(
+        member("globex", "packagist")["names"],
+        serde_json::Value::Null
+    );
+    let both = report["views"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "both"))
+        .expect("view both");
+    assert_eq!(both["packages"], shared + 2);
+
+    let (status, text, _) = command(&toml, &["check"]).await;
+    assert_eq!(status, Some(0), "{text}");
+    for line in [
+        "view globex (/globex/)".to_string(),
+        format!("    only this account provides 1 package: {EXTENSION}"),
+        format!("    only this account provides 1 package: {CLIENT_MODULE}"),
+        "any name it serves that no higher upstream owns".to_string(),
+    ] {
+        assert!(text.contains(&line), "{line:?} in {text}");
+    }
 }

@@ -25,13 +25,13 @@ use url::Url;
 
 use super::freshness::{Announced, FeedCover};
 use super::MetadataCache;
-use crate::composer::{self, UpstreamRoot};
+use crate::composer::UpstreamRoot;
 use crate::metrics::{ChangesMetrics, Metrics, PollOutcome};
-use crate::upstream::RequestKind;
+use crate::upstream::{Answer, RequestKind};
 
 mod answer;
 
-use answer::{parse_changes, parse_timestamp, plan, reflects, Action, Cause, Changes};
+use answer::{parse_changes, parse_timestamp, plan, postdates, reflects, Cause, Changes};
 
 /// The feed is trusted while its last answer is younger than this many poll intervals.
 const HEALTHY_INTERVALS: u32 = 3;
@@ -41,8 +41,6 @@ const MAX_LAG_POLLS: u32 = 10;
 const MAX_PENDING: usize = 10_000;
 /// Announced files refetched at once.
 const REFETCH_CONCURRENCY: usize = 8;
-/// A feed answer larger than this is refused (a day of packagist.org is a few MB).
-const MAX_FEED_BYTES: usize = 64 * 1024 * 1024;
 
 /// An announced change upstream does not serve yet.
 #[derive(Clone, Copy, Debug)]
@@ -130,10 +128,15 @@ impl Feed {
         }
     }
 
-    /// A change dated `time` was announced for `file`, which is not cached.
-    fn announced_uncached(&self, state: &mut FeedState, file: String, time: u64) {
+    /// Forgets changes announced for uncached files too long ago to matter; once per poll,
+    /// not per announcement, which made a long answer quadratic under the lock.
+    fn prune_recent(&self, state: &mut FeedState) {
         let horizon = self.every.unwrap_or_default() * MAX_LAG_POLLS;
         state.recent.retain(|_, (_, at)| at.elapsed() < horizon);
+    }
+
+    /// A change dated `time` was announced for `file`, which is not cached.
+    fn announced_uncached(&self, state: &mut FeedState, file: String, time: u64) {
         if state.recent.len() < MAX_PENDING {
             state.recent.insert(file, (time, Instant::now()));
         }
@@ -232,8 +235,8 @@ impl MetadataCache {
         let asked = Instant::now();
         let answer = match position {
             None => self.feed_start(feed_url).await.map(|timestamp| Changes {
-                actions: Vec::new(),
                 timestamp,
+                ..Changes::default()
             }),
             Some(since) => self.feed_changes(feed_url, since).await,
         };
@@ -250,13 +253,27 @@ impl MetadataCache {
                 return;
             }
         };
-        let resync = changes.actions.contains(&Action::Resync);
+        let announced = changes.announced.len();
+        let cached = self.cached_fewer_than(announced).await;
+        let resync = changes.resync || cached.is_some();
         let applied = if resync {
             Feed::lost_track(&mut self.feed.lock(), asked);
-            tracing::info!(upstream = %upstream, "the changes feed lost track (resync): every cached p2 file is revalidated on its next request");
+            match cached {
+                Some(cached) if !changes.resync => tracing::info!(
+                    upstream = %upstream,
+                    announced,
+                    cached,
+                    "the changes feed announced more files than are cached, so it is taken as a \
+                     resync rather than scanned: every cached p2 file is revalidated on its next \
+                     request"
+                ),
+                _ => {
+                    tracing::info!(upstream = %upstream, "the changes feed lost track (resync): every cached p2 file is revalidated on its next request")
+                }
+            }
             BTreeMap::from([("resync", 1)])
         } else {
-            self.apply(metadata_url.as_str(), changes.actions, metrics)
+            self.apply(metadata_url.as_str(), changes.announced, metrics)
                 .await
         };
         {
@@ -294,34 +311,54 @@ impl MetadataCache {
         }
     }
 
+    /// How many p2 files this replica caches, when that is fewer than `announced`: a feed
+    /// answer announcing more files than that (a backlog after an outage, a runaway feed) is
+    /// taken as a resync of what is cached instead of a list to look up name by name.
+    async fn cached_fewer_than(&self, announced: usize) -> Option<usize> {
+        // Every file held in memory is on disk too: most answers stop here.
+        if announced == 0 || announced as u64 <= self.p2_files.entry_count() {
+            return None;
+        }
+        let disk = self.disk.clone();
+        let namespace = self.namespace().map(str::to_string);
+        let cached = tokio::task::spawn_blocking(move || {
+            disk.count_url_states(namespace.as_deref(), announced)
+        })
+        .await
+        .unwrap_or(announced);
+        (cached < announced).then_some(cached)
+    }
+
     /// Refetches the announced files that are cached, and those still awaited; returns how
-    /// many actions of each type were applied to cached files.
+    /// many actions of each type were applied to cached files. At most
+    /// [`REFETCH_CONCURRENCY`] refetches run at once, and each result is recorded on its own
+    /// under the feed's lock, which requests take too: they never wait for more than one.
     async fn apply(
         self: &Arc<Self>,
         template: &str,
-        actions: Vec<Action>,
+        announced: BTreeMap<String, (Cause, u64)>,
         metrics: &ChangesMetrics,
     ) -> BTreeMap<&'static str, u64> {
-        let awaited: Vec<(String, u64)> = self
-            .feed
-            .lock()
-            .pending
-            .iter()
-            .filter(|(_, p)| p.polls < MAX_LAG_POLLS)
-            .map(|(file, p)| (file.clone(), p.time))
-            .collect();
-        let results: Vec<_> = futures_util::stream::iter(plan(actions, awaited))
+        let awaited: Vec<(String, u64)> = {
+            let mut state = self.feed.lock();
+            self.feed.prune_recent(&mut state);
+            state
+                .pending
+                .iter()
+                .filter(|(_, p)| p.polls < MAX_LAG_POLLS)
+                .map(|(file, p)| (file.clone(), p.time))
+                .collect()
+        };
+        let mut results = futures_util::stream::iter(plan(announced, awaited))
             .map(|(file, (cause, time))| async move {
-                let outcome = self.refresh_announced(template, &file, time).await;
+                let outcome = self.refresh_announced(template, &file, cause, time).await;
                 (file, cause, time, outcome)
             })
-            .buffer_unordered(REFETCH_CONCURRENCY)
-            .collect()
-            .await;
+            .buffer_unordered(REFETCH_CONCURRENCY);
         let upstream = self.upstream.name();
         let mut applied = BTreeMap::new();
-        let mut state = self.feed.lock();
-        for (file, cause, time, outcome) in results {
+        while let Some((file, cause, time, outcome)) = results.next().await {
+            let mut state = self.feed.lock();
             if outcome == Refreshed::NotCached {
                 state.pending.remove(&file);
                 if cause != Cause::Retry {
@@ -355,6 +392,7 @@ impl MetadataCache {
                 tracing::warn!(upstream = %upstream, file = %file, polls = MAX_LAG_POLLS, "upstream still serves a p2 file older than the change its feed announced; it is revalidated per metadata_ttl_secs from now on");
             }
         }
+        let mut state = self.feed.lock();
         if state.pending.len() > MAX_PENDING {
             tracing::warn!(upstream = %upstream, files = state.pending.len(), "too many announced changes upstream does not serve yet; every cached p2 file is revalidated on its next request");
             Feed::lost_track(&mut state, Instant::now());
@@ -367,16 +405,20 @@ impl MetadataCache {
         self: &Arc<Self>,
         template: &str,
         file: &str,
+        cause: Cause,
         time: u64,
     ) -> Refreshed {
         let url = template.replace("%package%", file);
         let existing = match self.p2_files.get(file).await {
             Some(entry) => entry,
-            None => match self.load_p2(&url, file).await {
+            None => match self.load_local_p2(&url, file).await {
                 Some(entry) => entry,
                 None => return Refreshed::NotCached,
             },
         };
+        if cause == Cause::Update && postdates(existing.validators.last_modified.as_deref(), time) {
+            return Refreshed::Current;
+        }
         // A revalidation in flight may have been answered before the change: wait for the next
         // poll rather than race it.
         if !self.claim_p2_revalidation(file) {
@@ -470,19 +512,13 @@ impl MetadataCache {
                 .send(RequestKind::Metadata, Method::GET, url, extra, Bytes::new())
                 .await
                 .map_err(|e| e.to_string())?;
-            let encoding = response
-                .headers
-                .get(header::CONTENT_ENCODING)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let raw = self
+            let status = response.status;
+            let body = self
                 .upstream
-                .read_body(response.body, MAX_FEED_BYTES)
+                .read_answer(Answer::Feed, url, response)
                 .await
                 .map_err(|e| e.to_string())?;
-            let body =
-                composer::decode_body(raw, encoding.as_deref()).map_err(|e| e.to_string())?;
-            Ok((response.status, body))
+            Ok((status, body))
         };
         tokio::time::timeout(self.upstream.metadata_timeout, work)
             .await

@@ -200,7 +200,19 @@ impl MetadataCache {
     pub(super) async fn load_p2(&self, url: &str, file: &str) -> Option<Arc<P2Entry>> {
         let path = self.disk.url_state_path(self.namespace(), url);
         let text = self.disk.load_shared_metadata(&path).await?;
-        let saved: PersistedRoot = serde_json::from_slice(&text).ok()?;
+        self.saved_p2(file, &text)
+    }
+
+    /// The copy on this replica's own disk only: the changes feed must not ask the bucket
+    /// about every name it announces.
+    pub(super) async fn load_local_p2(&self, url: &str, file: &str) -> Option<Arc<P2Entry>> {
+        let path = self.disk.url_state_path(self.namespace(), url);
+        let text = tokio::fs::read(&path).await.ok()?;
+        self.saved_p2(file, &text)
+    }
+
+    fn saved_p2(&self, file: &str, text: &[u8]) -> Option<Arc<P2Entry>> {
+        let saved: PersistedRoot = serde_json::from_slice(text).ok()?;
         let validators = Validators {
             last_modified: saved.last_modified,
             etag: saved.etag,

@@ -67,6 +67,7 @@ impl Verdict {
             UpstreamError::Tls(detail) => Verdict::Tls(detail),
             e @ (UpstreamError::TooManyRedirects(_)
             | UpstreamError::Invalid(_)
+            | UpstreamError::TooLarge { .. }
             | UpstreamError::RateLimited { .. }) => Verdict::UpstreamError(e.to_string()),
         }
     }

@@ -176,7 +176,7 @@ impl Proxy {
         let status = response.status;
         let warning = self
             .client
-            .read_body(response.body, MAX_ERROR_BODY)
+            .read_body(response.body, MAX_ERROR_BODY, None)
             .await
             .ok()
             .and_then(|body| serde_json::from_slice::<serde_json::Value>(&body).ok())
@@ -200,7 +200,7 @@ fn describe(e: &UpstreamError) -> String {
         UpstreamError::Timeout(what) => format!("timed out {what}"),
         UpstreamError::TooManyRedirects(n) => format!("more than {n} redirects"),
         UpstreamError::Invalid(detail) => format!("an unusable answer: {detail}"),
-        UpstreamError::RateLimited { .. } => e.to_string(),
+        UpstreamError::TooLarge { .. } | UpstreamError::RateLimited { .. } => e.to_string(),
     }
 }
 

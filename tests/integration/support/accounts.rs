@@ -110,6 +110,11 @@ impl AccountsMock {
         lock(&self.state.disabled).push(account);
     }
 
+    /// Reinstates an account `disable` cut off (an invoice paid).
+    pub fn enable(&self, account: &'static str) {
+        lock(&self.state.disabled).retain(|a| *a != account);
+    }
+
     pub fn requests(&self) -> Vec<AccountRequest> {
         lock(&self.state.requests).clone()
     }

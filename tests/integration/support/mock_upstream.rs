@@ -186,6 +186,15 @@ pub enum MetadataFault {
     BadGzip,
 }
 
+/// A fixed 200 answer for one path of the main host, whatever was asked (the feed's `since`,
+/// an API's body): an oversized document, a feed answer with a long backlog.
+#[derive(Clone)]
+pub struct Canned {
+    pub body: Bytes,
+    /// Announce the length; else the body goes out chunked, its size known only at the end.
+    pub content_length: bool,
+}
+
 /// One request as the mock received it.
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
@@ -273,6 +282,7 @@ impl MockUpstream {
             corrupt_archives: AtomicBool::new(false),
             archive_fault: Mutex::new(None),
             metadata_fault: Mutex::new(None),
+            canned: Mutex::new(HashMap::new()),
             records: Mutex::new(Vec::new()),
             archive_records: Mutex::new(Vec::new()),
             recorded: tokio::sync::Notify::new(),
@@ -450,6 +460,15 @@ impl MockUpstream {
         *lock(&self.state.metadata_fault) = fault;
     }
 
+    /// Answers `path` with `answer` from now on; `None` goes back to the real document.
+    pub fn set_canned(&self, path: &str, answer: Option<Canned>) {
+        let mut canned = lock(&self.state.canned);
+        match answer {
+            Some(answer) => canned.insert(path.to_string(), answer),
+            None => canned.remove(path),
+        };
+    }
+
     pub fn set_archive_fault(&self, fault: Option<ArchiveFault>) {
         *lock(&self.state.archive_fault) = fault;
     }
@@ -601,6 +620,8 @@ struct State {
     corrupt_archives: AtomicBool,
     archive_fault: Mutex<Option<ArchiveFault>>,
     metadata_fault: Mutex<Option<MetadataFault>>,
+    /// By path (without the query).
+    canned: Mutex<HashMap<String, Canned>>,
     records: Mutex<Vec<RecordedRequest>>,
     archive_records: Mutex<Vec<RecordedRequest>>,
     /// Woken on every recorded request, so tests can wait for one instead of polling.
@@ -1057,6 +1078,27 @@ async fn handle(
             }
             return respond(builder, full(Bytes::from_static(body)));
         }
+    }
+
+    let canned = lock(&state.canned).get(&record.path).cloned();
+    if let (Some(canned), Host::Main) = (canned, host) {
+        let builder = Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json");
+        if canned.content_length {
+            let builder = builder.header(header::CONTENT_LENGTH, canned.body.len());
+            return respond(builder, full(canned.body));
+        }
+        // A stream without a size hint: hyper sends it chunked.
+        let chunks: Vec<Result<Frame<Bytes>, io::Error>> = (0..canned.body.len())
+            .step_by(64 * 1024)
+            .map(|at| {
+                let end = (at + 64 * 1024).min(canned.body.len());
+                Ok(Frame::data(canned.body.slice(at..end)))
+            })
+            .collect();
+        let stream = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+        return respond(builder, BodyExt::boxed(stream));
     }
 
     match host {

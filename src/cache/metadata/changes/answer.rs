@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::UNIX_EPOCH;
 
+use serde::de::{Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::composer;
@@ -11,25 +13,13 @@ use crate::composer;
 /// packagist.org's unit of feed time: 10000ths of a second.
 const UNITS_PER_SEC: u64 = 10_000;
 
-/// One entry of the feed's `actions`.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Action {
-    Update {
-        file: String,
-        time: u64,
-    },
-    Delete {
-        file: String,
-        time: u64,
-    },
-    /// The position asked for is too old: changes were lost.
-    Resync,
-}
-
-/// A feed answer.
-#[derive(Debug, PartialEq, Eq)]
+/// A feed answer, as the work it asks for: each file announced once, with its latest change.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Changes {
-    pub actions: Vec<Action>,
+    /// File → the cause and time of the latest change announced for it.
+    pub announced: BTreeMap<String, (Cause, u64)>,
+    /// The position asked for is too old: changes were lost.
+    pub resync: bool,
     /// The position of the next poll.
     pub timestamp: u64,
 }
@@ -71,38 +61,82 @@ fn p2_file_name(package: &str) -> Option<String> {
     valid.then_some(file)
 }
 
-/// Reads a feed answer; actions it cannot use (unknown types, bad names) are skipped.
-pub(super) fn parse_changes(body: &[u8]) -> Result<Changes, String> {
-    let json: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-    let timestamp = number(json.get("timestamp")).ok_or("no timestamp")?;
-    let list = json
-        .get("actions")
-        .and_then(Value::as_array)
-        .ok_or("no actions list")?;
-    let actions = list
-        .iter()
-        .filter_map(|a| {
-            let file = || {
-                a.get("package")
-                    .and_then(Value::as_str)
-                    .and_then(p2_file_name)
-            };
-            let time = || number(a.get("time"));
-            match a.get("type").and_then(Value::as_str)? {
-                "resync" => Some(Action::Resync),
-                "update" => Some(Action::Update {
-                    file: file()?,
-                    time: time()?,
-                }),
-                "delete" => Some(Action::Delete {
-                    file: file()?,
-                    time: time()?,
-                }),
-                _ => None,
+/// The answer's fields the proxy reads.
+#[derive(Deserialize)]
+struct Answer {
+    timestamp: Option<Value>,
+    actions: Option<Announced>,
+}
+
+/// The `actions` list, read one action at a time straight into the work it asks for: an
+/// answer of many actions is never held as a list (let alone a JSON tree) besides that.
+#[derive(Default)]
+struct Announced {
+    files: BTreeMap<String, (Cause, u64)>,
+    resync: bool,
+}
+
+impl<'de> Deserialize<'de> for Announced {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Actions;
+        impl<'de> Visitor<'de> for Actions {
+            type Value = Announced;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of actions")
             }
-        })
-        .collect();
-    Ok(Changes { actions, timestamp })
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Announced, A::Error> {
+                let mut announced = Announced::default();
+                // One action's JSON at a time, dropped once read.
+                while let Some(action) = seq.next_element::<Value>()? {
+                    announced.take(&action);
+                }
+                Ok(announced)
+            }
+        }
+        deserializer.deserialize_seq(Actions)
+    }
+}
+
+impl Announced {
+    /// Takes one action; those it cannot use (unknown types, bad names) are skipped. A file
+    /// announced again keeps its latest change.
+    fn take(&mut self, action: &Value) {
+        let file = || {
+            action
+                .get("package")
+                .and_then(Value::as_str)
+                .and_then(p2_file_name)
+        };
+        let time = || number(action.get("time"));
+        let (file, cause, time) = match action.get("type").and_then(Value::as_str) {
+            Some("resync") => {
+                self.resync = true;
+                return;
+            }
+            Some("update") => (file(), Cause::Update, time()),
+            Some("delete") => (file(), Cause::Delete, time()),
+            _ => return,
+        };
+        let (Some(file), Some(time)) = (file, time) else {
+            return;
+        };
+        let slot = self.files.entry(file).or_insert((cause, time));
+        if time >= slot.1 {
+            *slot = (cause, time);
+        }
+    }
+}
+
+/// Reads a feed answer.
+pub(super) fn parse_changes(body: &[u8]) -> Result<Changes, String> {
+    let answer: Answer = serde_json::from_slice(body).map_err(|e| format!("unusable: {e}"))?;
+    let timestamp = number(answer.timestamp.as_ref()).ok_or("no timestamp")?;
+    let actions = answer.actions.ok_or("no actions list")?;
+    Ok(Changes {
+        announced: actions.files,
+        resync: actions.resync,
+        timestamp,
+    })
 }
 
 /// The timestamp of the feed's answer to a request without `since`.
@@ -124,28 +158,26 @@ pub(super) fn reflects(last_modified: Option<&str>, event: u64) -> bool {
     secs >= event / UNITS_PER_SEC
 }
 
-/// The files to refetch: the latest change announced for each, then the changes still awaited
-/// (`pending`: file → the change's time).
+/// The files to refetch: those announced, then the changes still awaited (`pending`: file →
+/// the change's time) that were not announced again.
 pub(super) fn plan(
-    actions: Vec<Action>,
+    mut announced: BTreeMap<String, (Cause, u64)>,
     pending: impl IntoIterator<Item = (String, u64)>,
 ) -> BTreeMap<String, (Cause, u64)> {
-    let mut work = BTreeMap::new();
-    for action in actions {
-        let (file, cause, time) = match action {
-            Action::Update { file, time } => (file, Cause::Update, time),
-            Action::Delete { file, time } => (file, Cause::Delete, time),
-            Action::Resync => continue,
-        };
-        let slot = work.entry(file).or_insert((cause, time));
-        if time >= slot.1 {
-            *slot = (cause, time);
-        }
-    }
     for (file, time) in pending {
-        work.entry(file).or_insert((Cause::Retry, time));
+        announced.entry(file).or_insert((Cause::Retry, time));
     }
-    work
+    announced
+}
+
+/// Whether a cached file upstream dates `last_modified` is newer than a change the feed dates
+/// `event`, to the second: then the change is already in it and asking again is needless (a
+/// feed that announces old changes again costs nothing). Same-second files are asked again.
+pub(super) fn postdates(last_modified: Option<&str>, event: u64) -> bool {
+    last_modified
+        .and_then(|s| httpdate::parse_http_date(s).ok())
+        .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
+        .is_some_and(|m| m.as_secs() > event / UNITS_PER_SEC)
 }
 
 #[cfg(test)]
@@ -160,33 +192,34 @@ mod tests {
             {"type":"delete","package":"gone/pkg","time":1.7000000009e13},
             {"type":"update","package":"../etc","time":1},
             {"type":"update","package":"no/time"},
-            {"type":"rename","package":"a/b","time":1}
+            {"type":"rename","package":"a/b","time":1},
+            "not an action",
+            {"type":"update","package":"psr/log","time":17000000000001}
         ],"timestamp":17000000010000}"#;
         let changes = parse_changes(body).expect("parses");
         assert_eq!(changes.timestamp, 17_000_000_010_000);
+        assert!(!changes.resync);
         assert_eq!(
-            changes.actions,
-            [
-                Action::Update {
-                    file: "psr/log".into(),
-                    time: 17_000_000_001_234
-                },
-                Action::Update {
-                    file: "psr/log~dev".into(),
-                    time: 17_000_000_005_678
-                },
-                Action::Delete {
-                    file: "gone/pkg".into(),
-                    time: 17_000_000_009_000
-                },
-            ]
+            changes.announced,
+            BTreeMap::from([
+                ("psr/log".to_string(), (Cause::Update, 17_000_000_001_234),),
+                (
+                    "psr/log~dev".to_string(),
+                    (Cause::Update, 17_000_000_005_678),
+                ),
+                ("gone/pkg".to_string(), (Cause::Delete, 17_000_000_009_000),),
+            ]),
+            "the older change announced later does not win"
         );
         let resync = parse_changes(
             br#"{"actions":[{"type":"resync","time":5,"package":"*"}],"timestamp":9}"#,
         )
         .expect("parses");
-        assert_eq!(resync.actions, [Action::Resync]);
+        assert!(resync.resync);
+        assert!(resync.announced.is_empty());
         assert!(parse_changes(br#"{"actions":[]}"#).is_err(), "no timestamp");
+        assert!(parse_changes(br#"{"timestamp":1}"#).is_err(), "no actions");
+        assert!(parse_changes(br#"{"actions":{},"timestamp":1}"#).is_err());
         assert!(parse_changes(b"<html>").is_err());
     }
 
@@ -210,27 +243,29 @@ mod tests {
 
     #[test]
     fn each_file_is_refetched_once_for_its_latest_change_and_awaited_ones_again() {
+        let body = br#"{"actions":[
+            {"type":"update","package":"a/b","time":5},
+            {"type":"delete","package":"a/b","time":7},
+            {"type":"update","package":"c/d","time":3},
+            {"type":"resync","package":"*","time":1}
+        ],"timestamp":9}"#;
+        let changes = parse_changes(body).expect("parses");
         let work = plan(
-            vec![
-                Action::Update {
-                    file: "a/b".into(),
-                    time: 5,
-                },
-                Action::Delete {
-                    file: "a/b".into(),
-                    time: 7,
-                },
-                Action::Update {
-                    file: "c/d".into(),
-                    time: 3,
-                },
-                Action::Resync,
-            ],
+            changes.announced,
             [("c/d".to_string(), 1), ("e/f".to_string(), 2)],
         );
         assert_eq!(work.len(), 3);
         assert_eq!(work["a/b"], (Cause::Delete, 7));
         assert_eq!(work["c/d"], (Cause::Update, 3), "the new change wins");
         assert_eq!(work["e/f"], (Cause::Retry, 2));
+    }
+
+    #[test]
+    fn only_a_file_newer_than_the_change_by_a_second_is_left_alone() {
+        let event = 1_700_000_000 * UNITS_PER_SEC + 1234;
+        assert!(postdates(Some("Tue, 14 Nov 2023 22:13:21 GMT"), event));
+        assert!(!postdates(Some("Tue, 14 Nov 2023 22:13:20 GMT"), event));
+        assert!(!postdates(None, event), "nothing to tell it by: asked");
+        assert!(!postdates(Some("yesterday"), event));
     }
 }
