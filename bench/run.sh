@@ -22,6 +22,8 @@
 # 6. warm p2 and 100 KB archive requests through a [[view]] with a token bound to it against
 #    the merged root with an organisation-wide token, as a ratio (bench/views.sh).
 #    BENCH_ONLY=views runs only this one.
+# 7. warm archive throughput with the usage record on against off, as a ratio
+#    (bench/usage.sh). BENCH_ONLY=usage runs only this one.
 # It prints markdown tables and the command that reproduces them (also written to
 # $BENCH_RESULTS, default bench/results.md, or bench/results-<BENCH_ONLY>.md with BENCH_ONLY).
 #
@@ -42,7 +44,7 @@
 # (0.10: the least relative difference between merged and single-upstream ratios counted as
 # more than noise; also the band the views ratio may fall below 1), BENCH_ONLY (empty:
 # everything; `tooling`: scenario 4 alone; `bucket`: scenario 5 alone; `views`: scenario 6
-# alone),
+# alone; `usage`: scenario 7 alone),
 # BENCH_RESULTS, BENCH_KEEP. Cargo honours CARGO_TARGET_DIR as usual.
 #
 # Needs: cargo, nginx, wrk, composer (with php-zip, php-curl, php-mbstring), curl, jq,
@@ -103,8 +105,8 @@ die() {
   log "ERROR: $*"
   exit 1
 }
-[[ -z $ONLY || $ONLY == tooling || $ONLY == bucket || $ONLY == views ]] ||
-  die "BENCH_ONLY must be empty, 'tooling', 'bucket' or 'views', not '$ONLY'"
+[[ -z $ONLY || $ONLY == tooling || $ONLY == bucket || $ONLY == views || $ONLY == usage ]] ||
+  die "BENCH_ONLY must be empty, 'tooling', 'bucket', 'views' or 'usage', not '$ONLY'"
 
 # --- Tools -----------------------------------------------------------------------------
 
@@ -601,6 +603,10 @@ source "$repo_root/bench/bucket.sh"
 # Scenario 6, views against the merged root: run_views_scenario, report_views.
 # shellcheck source=bench/views.sh disable=SC1091
 source "$repo_root/bench/views.sh"
+# Scenario 7, the usage record's cost: run_usage_scenario, report_usage (uses bucket.sh's
+# warm_object and bucket_dist_path).
+# shellcheck source=bench/usage.sh disable=SC1091
+source "$repo_root/bench/usage.sh"
 
 # --- Run -------------------------------------------------------------------------------
 
@@ -643,6 +649,13 @@ if [[ $ONLY == views ]]; then
   run_views_scenario
   mkdir -p "$(dirname "$RESULTS")"
   report_views_only | tee "$RESULTS"
+  log "results written to $RESULTS"
+  exit 0
+fi
+if [[ $ONLY == usage ]]; then
+  run_usage_scenario
+  mkdir -p "$(dirname "$RESULTS")"
+  report_usage_only | tee "$RESULTS"
   log "results written to $RESULTS"
   exit 0
 fi
@@ -832,6 +845,9 @@ run_bucket_scenario
 
 # 6. A view against the merged root (bench/views.sh).
 run_views_scenario
+
+# 7. The usage record on against off (bench/usage.sh).
+run_usage_scenario
 load_at_end=$(cut -d' ' -f1 /proc/loadavg)
 
 # --- Report ----------------------------------------------------------------------------
@@ -906,6 +922,8 @@ report() {
   report_bucket
   echo
   report_views
+  echo
+  report_usage
   echo
   echo "Proxy peak RSS (VmHWM): $((warm_rss_kib / 1024)) MiB (one upstream) and $((merged_warm_rss_kib / 1024)) MiB (merged) after the wrk runs; $((cold_rss_kib / 1024)) MiB after the cold one-upstream install; at most $((multi_proxy_rss_kib / 1024)) MiB after a round of three-upstream installs and $(tooling_rss_mib) MiB after a round of dev-tooling installs."
 }

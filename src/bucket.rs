@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::{Path, PathPart};
 use object_store::{
     Attributes, GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
@@ -108,6 +108,7 @@ pub enum Area {
     Leases,
     Metadata,
     Tokens,
+    Usage,
 }
 
 impl Area {
@@ -117,6 +118,7 @@ impl Area {
             Area::Leases => "leases",
             Area::Metadata => "metadata",
             Area::Tokens => "tokens",
+            Area::Usage => "usage",
         }
     }
 }
@@ -392,6 +394,32 @@ impl Bucket {
             .put_opts(path, payload, PutOptions::default())
             .await;
         self.answered(BucketOp::Put, "put", result).map(|_| ())
+    }
+
+    /// The objects under `PREFIX/<area>/<under>`, each as its name below the area (`a/b`) and
+    /// its size.
+    pub async fn list(&self, area: Area, under: &str) -> Result<Vec<(String, u64)>, BucketError> {
+        let base = self.path(area, "");
+        let result: Result<Vec<ObjectMeta>, StoreError> = self
+            .store
+            .list(Some(&self.path(area, under)))
+            .try_collect()
+            .await;
+        let listed = match self.answered(BucketOp::List, "list", result)? {
+            Answer::Value(listed) => listed,
+            Answer::Missing | Answer::Exists | Answer::Changed => Vec::new(),
+        };
+        Ok(listed
+            .into_iter()
+            .filter_map(|meta| {
+                let parts: Vec<String> = meta
+                    .location
+                    .prefix_match(&base)?
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
+                Some((parts.join("/"), meta.size))
+            })
+            .collect())
     }
 
     /// Removes the object; one already gone is fine.

@@ -1,4 +1,5 @@
-//! The administrative subcommands (`check`, `warm`, `cache …`, `lock migrate`, `tokens …`): the chores ops
+//! The administrative subcommands (`check`, `warm`, `cache …`, `lock migrate`, `tokens …`,
+//! `usage`): the chores ops
 //! teams would otherwise do by hand against the upstream or the cache directory.
 //!
 //! They live in the library, beside what they drive, so `main.rs` stays a thin dispatcher.
@@ -12,6 +13,7 @@ pub mod cache;
 pub mod check;
 pub mod lock;
 pub mod tokens;
+pub mod usage;
 pub mod warm;
 
 use std::time::Duration;

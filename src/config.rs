@@ -160,6 +160,13 @@ pub struct Config {
     /// How often the scrub starts a pass over the stored archives; `None`: never.
     pub scrub_interval: Option<Duration>,
     pub scrub_max_bytes_per_sec: u64,
+    /// How long the usage record keeps downloads; `None`: the record is off.
+    pub usage_retention: Option<Duration>,
+    /// Bound of each replica's usage record on disk (and in the bucket).
+    pub usage_max_bytes: u64,
+    /// This replica's name in the usage record; `None`: the host name and a digest of
+    /// `cache_dir` (`usage::replica_name`).
+    pub usage_replica: Option<String>,
     /// Dists on GitHub (packagist.org's): where they are fetched and with which token.
     pub github: GitHubConfig,
     /// The legacy release-download endpoint (`[downloads]`), when MAGEID and token are set:

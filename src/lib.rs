@@ -17,6 +17,7 @@ pub mod tls;
 pub mod tokens;
 pub mod upstream;
 pub mod upstreams;
+pub mod usage;
 pub mod views;
 
 use std::future::Future;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub client_limits: server::ClientLimits,
     /// Install notifications waiting to be forwarded, and those being sent.
     pub notifications: routes::Notifications,
+    /// Who took which archive (`composer-proxy usage`).
+    pub usage: usage::UsageRecord,
 }
 
 impl AppState {
@@ -215,7 +218,13 @@ impl Proxy {
             Some(bucket) => Tokens::open_in_bucket(bucket.clone()).await,
             None => Tokens::open(config.tokens_file.clone()),
         });
+        let usage = usage::UsageRecord::new(
+            usage::UsageSettings::from_config(config),
+            bucket.clone(),
+            metrics.clone(),
+        );
         let state = Arc::new(AppState {
+            usage,
             archives,
             bucket,
             upstreams,
@@ -283,6 +292,7 @@ impl Proxy {
                 .await;
             }
         });
+        let usage = self.state.usage.start();
         let state = self.state.clone();
         let maintenance = tokio::spawn(async move {
             let (sweep_every, scrub) = state.maintenance;
@@ -304,6 +314,8 @@ impl Proxy {
         for follower in followers {
             follower.abort();
         }
+        // After the drain: the downloads of the last responses are recorded too.
+        self.state.usage.finish(usage).await;
         let tokens = self.state.tokens.clone();
         if tokens.in_bucket() {
             tokens.flush_last_use_to_bucket().await;

@@ -45,6 +45,9 @@ pub struct Metrics {
     connections_open: AtomicU64,
     connections_refused: AtomicU64,
     connections_outside_allowlist: AtomicU64,
+    /// Downloads the usage record's queue had no room for: an atomic, as it is counted on
+    /// the request path exactly when the proxy is busiest.
+    usage_dropped: AtomicU64,
     /// The upstreams' changes feeds.
     pub changes: ChangesMetrics,
     /// Stalled responses and install notifications.
@@ -217,6 +220,11 @@ impl Metrics {
     /// A client connection turned away because `max_connections` were being served.
     pub fn record_connection_refused(&self) {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A download not recorded because the usage record's queue was full.
+    pub fn record_usage_dropped(&self) {
+        self.usage_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connection from a peer neither in `allow` nor in `trusted_proxies`.
@@ -424,6 +432,17 @@ impl Metrics {
             "Requests that joined a fetch already in progress instead of asking upstream again.",
             "kind",
             [("archive", gauges.archive_single_flight_waits)],
+        );
+        header(
+            out,
+            "composer_proxy_usage_dropped_total",
+            "counter",
+            "Archives served but not in the usage record: its queue was full (the disk did not keep up).",
+        );
+        let _ = writeln!(
+            out,
+            "composer_proxy_usage_dropped_total {}",
+            self.usage_dropped.load(Ordering::Relaxed)
         );
         self.changes.render(out);
         self.limits.render(out, gauges.response_buffer_bytes);

@@ -179,6 +179,7 @@ impl Releases {
             .map_err(|e| ProxyError::BadRequest(format!("not a release file name: {e}")))?;
         Ok(DistSource {
             package: format!("{RELEASES_NAME}/{name}"),
+            version: None,
             url: url.to_string(),
             checksum: md5.map(Checksum::Md5),
             is_zip: name.ends_with(".zip"),

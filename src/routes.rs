@@ -195,7 +195,7 @@ pub async fn handle(
         },
     };
     outcome.view = scope.view().cloned();
-    let binding = if route.needs_token() {
+    let (binding, token) = if route.needs_token() {
         match check_token(
             &state,
             &access,
@@ -205,11 +205,11 @@ pub async fn handle(
             &views,
             &mut outcome,
         ) {
-            Ok(binding) => binding,
+            Ok(checked) => checked,
             Err(e) => return (error_response(&e), outcome),
         }
     } else {
-        None
+        (None, None)
     };
     drop(views);
     let method = request.method().clone();
@@ -229,6 +229,7 @@ pub async fn handle(
     let asked = Asked {
         scope,
         binding,
+        token,
         head,
     };
     let result = answer(&state, asked, route, request, &mut outcome).await;
@@ -247,10 +248,46 @@ struct Asked {
     scope: Scope,
     /// `None`: no token, or an organisation-wide one.
     binding: Option<Binding>,
+    /// The valid token presented, for the usage record; `None` when none was needed.
+    token: Option<Arc<str>>,
     head: bool,
 }
 
 impl Asked {
+    /// Puts an archive answer in the usage record when it delivered one (not for a HEAD).
+    /// `upstream`: the account that served it, by name, and itself unless it is the release
+    /// endpoint.
+    fn record_download(
+        &self,
+        state: &AppState,
+        status: StatusCode,
+        source: (&str, Option<String>),
+        upstream: (Arc<str>, Option<&Upstream>),
+    ) {
+        if self.head || !state.usage.is_on() || !crate::usage::delivered(status) {
+            return;
+        }
+        let (package, version) = source;
+        let (name, account) = upstream;
+        // Views point dists at the upstream's own URL: a bound token's download there was
+        // made in the view of the token's that admits the package.
+        let view = match (&self.scope, &self.binding, account) {
+            (Scope::View(view), _, _) => Some(view.name.clone()),
+            (Scope::Upstream(_), Some(binding), Some(account)) => binding
+                .view_admitting(account, package)
+                .map(|v| v.name.clone()),
+            _ => None,
+        };
+        state.usage.record(crate::usage::Download {
+            at: std::time::SystemTime::now(),
+            package: package.to_string(),
+            version,
+            upstream: name,
+            view,
+            token: self.token.clone(),
+        });
+    }
+
     /// A bound token under an upstream's own URL may fetch only packages one of its views
     /// admits (a lock file names those dist URLs); anything listing the upstream's names it may
     /// not see.
@@ -375,7 +412,7 @@ async fn answer(
             // account of the same repository serves the same archive when this one is refused.
             let upstream = owner(state, single, view.as_deref(), &package).await?;
             let (package, key) = (&package, &key);
-            let (answer, upstream) = state
+            let ((answer, version), upstream) = state
                 .upstreams
                 .with_accounts(
                     upstream,
@@ -385,6 +422,9 @@ async fn answer(
                 )
                 .await?;
             served_by(&upstream, outcome);
+            let status = answer.0.status();
+            let account = (upstream.name.clone(), Some(&*upstream));
+            asked.record_download(state, status, (package, version), account);
             Ok(answer)
         }
         Route::Notify => notify(state, single, request)
@@ -420,8 +460,12 @@ async fn answer(
             release_info(state, &path, head).await
         }
         Route::ReleaseFile { name } => {
-            outcome.upstream = Some(crate::config::RELEASES_NAME.into());
-            release_file(state, headers, &name, head).await
+            let releases: Arc<str> = crate::config::RELEASES_NAME.into();
+            outcome.upstream = Some(releases.clone());
+            let answer = release_file(state, headers, &name, head).await?;
+            let package = format!("{}/{name}", crate::config::RELEASES_NAME);
+            asked.record_download(state, answer.0.status(), (&package, None), (releases, None));
+            Ok(answer)
         }
     }
 }
@@ -477,7 +521,7 @@ fn composer1(single: Option<Arc<Upstream>>) -> Result<Arc<Upstream>, ProxyError>
 /// token that may use it. When they are not required, a presented token still names the client
 /// in the access log, and a bad one is logged (so a rollout can be watched before
 /// `require_tokens` is turned on) but not refused. Returns the views a valid token is bound
-/// to, `None` for an organisation-wide one (or none).
+/// to (`None` for an organisation-wide one, or none) and its name.
 fn check_token(
     state: &AppState,
     access: &Access,
@@ -486,10 +530,10 @@ fn check_token(
     scope: &Scope,
     views: &Views,
     outcome: &mut Outcome,
-) -> Result<Option<Binding>, ProxyError> {
+) -> Result<(Option<Binding>, Option<Arc<str>>), ProxyError> {
     let required = access.require_tokens || matches!(scope, Scope::View(_));
     if !required && !headers.contains_key(header::AUTHORIZATION) {
-        return Ok(None);
+        return Ok((None, None));
     }
     let (verdict, bound) = state.tokens.check_bound(headers);
     outcome.token = verdict.name().cloned();
@@ -503,8 +547,9 @@ fn check_token(
             .admit(client, verdict.name(), reason, std::time::Instant::now())
     };
     let Some(reason) = verdict.refusal() else {
+        let name = verdict.name().cloned();
         if bound.is_empty() {
-            return Ok(None);
+            return Ok((None, name));
         }
         let binding = Binding {
             token: verdict.name().cloned().unwrap_or_else(|| "".into()),
@@ -512,7 +557,7 @@ fn check_token(
             names: bound.to_vec(),
         };
         if binding.may_enter(scope) {
-            return Ok(Some(binding));
+            return Ok((Some(binding), name));
         }
         if let Some(unlogged) = log("outside_views") {
             tracing::warn!(event = "token_refused", reason = "outside_views", token = verdict.name().map(|n| &**n), view, %client, unlogged, "client token refused outside its views");
@@ -525,7 +570,7 @@ fn check_token(
                 tracing::warn!(event = "token_refused", reason, token = verdict.name().map(|n| &**n), %client, unlogged, enforced = false, "client token would be refused (require_tokens is off)");
             }
         }
-        return Ok(None);
+        return Ok((None, None));
     }
     if let Some(unlogged) = log(reason) {
         tracing::warn!(event = "token_refused", reason, token = verdict.name().map(|n| &**n), view, %client, unlogged, "client token refused");

@@ -176,9 +176,15 @@ impl Binding {
     /// Whether one of the token's views that includes `upstream` admits package `name`: what
     /// a bound token may fetch under that upstream's own URL (lock files carry those dist URLs).
     pub fn admits_package(&self, upstream: &Upstream, name: &str) -> bool {
+        self.view_admitting(upstream, name).is_some()
+    }
+
+    /// The first of the token's views that includes `upstream` and admits package `name`: the
+    /// view a download under that upstream's own URL (where views point dists) was made in.
+    pub fn view_admitting(&self, upstream: &Upstream, name: &str) -> Option<&Arc<ClientView>> {
         self.views
             .iter()
-            .any(|v| v.includes(upstream) && v.config.admits(name))
+            .find(|v| v.includes(upstream) && v.config.admits(name))
     }
 
     /// Whether `upstream` may serve this token (an account standing in for another must be

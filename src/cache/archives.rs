@@ -528,6 +528,7 @@ mod tests {
     fn store_keys_of_sha1_promises_are_unchanged_and_md5_promises_differ() {
         let source = |checksum| DistSource {
             package: "a/b".into(),
+            version: None,
             url: "https://repo.example/a.zip".into(),
             checksum,
             is_zip: true,

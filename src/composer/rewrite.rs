@@ -20,6 +20,9 @@ use super::{
 pub struct DistSource {
     /// What it is, for logs and the stored description: a package name, or `releases/<file>`.
     pub package: String,
+    /// The version whose dist this is (the metadata's `version`), for the usage record; `None`
+    /// for a release file, or a version entry without one.
+    pub version: Option<String>,
     pub url: String,
     /// The digest its publisher promises, when it promises one.
     pub checksum: Option<Checksum>,
@@ -156,6 +159,13 @@ impl Rewriter {
                 Value::String(self.notify_batch_url()),
             );
         }
+        // Every entry has its own `version`, minified or not (it differs from the one before).
+        // One archive named by several versions (a branch and its alias) is recorded under the
+        // last of them.
+        let version_name = obj
+            .get("version")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let Some(dist) = obj.get_mut("dist").and_then(Value::as_object_mut) else {
             return;
         };
@@ -175,6 +185,7 @@ impl Rewriter {
             (package.to_string(), proxied.key),
             DistSource {
                 package: package.to_string(),
+                version: version_name,
                 url: proxied.upstream_url,
                 checksum: shasum.map(Checksum::Sha1),
                 is_zip: dist_type == "zip",

@@ -67,6 +67,9 @@ pub(super) struct RawConfig {
     pub(super) cache_sweep_interval_secs: u64,
     pub(super) scrub_interval_secs: u64,
     pub(super) scrub_max_bytes_per_sec: u64,
+    pub(super) usage_retention_days: u64,
+    pub(super) usage_max_bytes: u64,
+    pub(super) usage_replica: String,
     pub(super) github_token: String,
     pub(super) github_token_file: String,
     pub(super) github_api_url: String,
@@ -289,6 +292,37 @@ pub(super) fn validate(
         ));
     }
 
+    // Whole days in seconds must fit a Duration anyone can subtract from now.
+    if raw.usage_retention_days > 36_500 {
+        return Err(err(
+            "usage_retention_days",
+            "must be at most 36500 (100 years); 0 turns the usage record off".into(),
+        ));
+    }
+    if raw.usage_retention_days > 0 && raw.usage_max_bytes < 1024 * 1024 {
+        return Err(err(
+            "usage_max_bytes",
+            "must be at least 1048576 (1 MiB); turn the usage record off with \
+             usage_retention_days = 0"
+                .into(),
+        ));
+    }
+    let usage_replica = raw.usage_replica.trim();
+    let replica_ok = usage_replica.len() <= 64
+        && !usage_replica.starts_with('.')
+        && usage_replica
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if !replica_ok {
+        return Err(err(
+            "usage_replica",
+            format!(
+                "{usage_replica:?} is not a replica name: at most 64 letters, digits, '.', '-' \
+                 and '_', not starting with '.'"
+            ),
+        ));
+    }
+
     if raw.max_connections == 0 {
         return Err(err("max_connections", "must be at least 1".into()));
     }
@@ -351,6 +385,10 @@ pub(super) fn validate(
         scrub_interval: (raw.scrub_interval_secs > 0)
             .then(|| Duration::from_secs(raw.scrub_interval_secs)),
         scrub_max_bytes_per_sec: raw.scrub_max_bytes_per_sec,
+        usage_retention: (raw.usage_retention_days > 0)
+            .then(|| Duration::from_secs(raw.usage_retention_days * 86_400)),
+        usage_max_bytes: raw.usage_max_bytes,
+        usage_replica: (!usage_replica.is_empty()).then(|| usage_replica.to_string()),
         github,
         downloads,
         log_format,

@@ -21,6 +21,7 @@ use crate::upstreams::Upstream;
 use crate::views::ClientView;
 use crate::AppState;
 
+/// A dist, with the version it is of (for the usage record).
 pub(super) async fn archive(
     state: &Arc<AppState>,
     upstream: &Arc<Upstream>,
@@ -28,7 +29,13 @@ pub(super) async fn archive(
     package: &str,
     key: &str,
     head: bool,
-) -> Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError> {
+) -> Result<
+    (
+        (Response<ResponseBody>, Option<CacheStatus>),
+        Option<String>,
+    ),
+    ProxyError,
+> {
     let source = upstream.metadata.dist_source(package, key).await?;
     // From the dist type, as the URL's extension is: GitHub's zipball URLs have none.
     let content_type = if source.is_zip {
@@ -36,7 +43,7 @@ pub(super) async fn archive(
     } else {
         "application/octet-stream"
     };
-    serve_archive(
+    let answer = serve_archive(
         state,
         &upstream.client,
         &source,
@@ -44,7 +51,8 @@ pub(super) async fn archive(
         head,
         content_type,
     )
-    .await
+    .await?;
+    Ok((answer, source.version))
 }
 
 /// Slices of an archive held in memory handed to hyper at a time.

@@ -24,4 +24,5 @@ mod packagist;
 mod protocol;
 mod replicas;
 mod tls;
+mod usage;
 mod views;
