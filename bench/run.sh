@@ -23,7 +23,8 @@
 #    the merged root with an organisation-wide token, as a ratio (bench/views.sh).
 #    BENCH_ONLY=views runs only this one.
 # 7. warm archive throughput with the usage record on against off, as a ratio
-#    (bench/usage.sh). BENCH_ONLY=usage runs only this one.
+#    (bench/usage.sh). BENCH_ONLY=usage runs only this one; BENCH_ONLY=views,usage runs 6 and 7
+#    together.
 # It prints markdown tables and the command that reproduces them (also written to
 # $BENCH_RESULTS, default bench/results.md, or bench/results-<BENCH_ONLY>.md with BENCH_ONLY).
 #
@@ -105,8 +106,8 @@ die() {
   log "ERROR: $*"
   exit 1
 }
-[[ -z $ONLY || $ONLY == tooling || $ONLY == bucket || $ONLY == views || $ONLY == usage ]] ||
-  die "BENCH_ONLY must be empty, 'tooling', 'bucket', 'views' or 'usage', not '$ONLY'"
+[[ -z $ONLY || $ONLY =~ ^(tooling|bucket|views|usage|views,usage)$ ]] ||
+  die "BENCH_ONLY must be empty, 'tooling', 'bucket', 'views', 'usage' or 'views,usage', not '$ONLY'"
 
 # --- Tools -----------------------------------------------------------------------------
 
@@ -645,17 +646,15 @@ if [[ $ONLY == bucket ]]; then
   log "results written to $RESULTS"
   exit 0
 fi
-if [[ $ONLY == views ]]; then
-  run_views_scenario
+# Views and the usage record (issue 21's figures) alone, or both in one run.
+if [[ $ONLY == views || $ONLY == usage || $ONLY == views,usage ]]; then
+  [[ $ONLY == usage ]] || run_views_scenario
+  [[ $ONLY == views ]] || run_usage_scenario
   mkdir -p "$(dirname "$RESULTS")"
-  report_views_only | tee "$RESULTS"
-  log "results written to $RESULTS"
-  exit 0
-fi
-if [[ $ONLY == usage ]]; then
-  run_usage_scenario
-  mkdir -p "$(dirname "$RESULTS")"
-  report_usage_only | tee "$RESULTS"
+  {
+    [[ $ONLY == usage ]] || report_views_only
+    [[ $ONLY == views ]] || report_usage_only
+  } | tee "$RESULTS"
   log "results written to $RESULTS"
   exit 0
 fi

@@ -225,6 +225,17 @@ pub async fn try_get(
     (parts.status, parts.headers, body)
 }
 
+/// Whether a GET of `url` ended as a whole 200: not when the answer was another status, its
+/// body broke off, or the connection closed before any answer (an upstream cut short before
+/// the proxy's first byte went out).
+pub async fn whole_ok(url: &str) -> bool {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let Ok(response) = client.get(url.parse().expect("uri")).await else {
+        return false;
+    };
+    response.status() == StatusCode::OK && response.into_body().collect().await.is_ok()
+}
+
 /// GETs `url`, expects a 200 and waits for its first non-empty chunk; returns the rest of the
 /// body, for a test to see how it ends (a download the test is about to interrupt).
 pub async fn after_first_chunk(url: &str) -> hyper::body::Incoming {
