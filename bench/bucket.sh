@@ -102,6 +102,8 @@ run_bucket_scenario() {
     for name in archive-100k archive-5m; do
       for server in bucket local; do
         log "round $round/$ROUNDS, wrk ${DURATION_SECS}s: $name via the $server proxy"
+        # Read by summarise (bench/run.sh) through a nameref, which shellcheck cannot follow.
+        # shellcheck disable=SC2034
         bucket_result[$name-$server-$round]=$(measure "bucket-$name-$server-$round" \
           "${url_of[$server]}${bucket_paths[$name]}")
       done
@@ -116,21 +118,15 @@ report_bucket() {
   echo
   echo "| archive | bytes | A (bucket) req/s | B (local) req/s | A ÷ B | each round | A p99 ms | B p99 ms | errors |"
   echo "|---|---:|---:|---:|---:|---|---:|---:|---:|"
-  local name server round rps p99 errors
+  local name server errors all
   for name in archive-100k archive-5m; do
     declare -A med_rps med_p99 each
     local total_errors=0
     for server in bucket local; do
-      local all_rps=() all_p99=()
-      for ((round = 1; round <= ROUNDS; round++)); do
-        read -r rps p99 errors <<<"${bucket_result[$name-$server-$round]}"
-        all_rps+=("$rps")
-        all_p99+=("$p99")
-        total_errors=$((total_errors + errors))
-      done
-      med_rps[$server]=$(median "${all_rps[@]}")
-      med_p99[$server]=$(median "${all_p99[@]}")
-      each[$server]="${all_rps[*]}"
+      read -r "med_rps[$server]" "med_p99[$server]" errors all \
+        <<<"$(summarise "$name" "$server" bucket_result)"
+      each[$server]=${all//\// }
+      total_errors=$((total_errors + errors))
     done
     echo "| $name | ${bucket_sizes[$name]} | ${med_rps[bucket]} | ${med_rps[local]} | $(ratio "${med_rps[bucket]}" "${med_rps[local]}") | $(pairwise_ratios "${each[bucket]}" "${each[local]}") | ${med_p99[bucket]} | ${med_p99[local]} | $total_errors |"
   done

@@ -538,12 +538,14 @@ median() {
     if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-# For object $1 and server $2: "median_rps median_p99_ms total_errors all_rps".
+# For object $1 and server $2: "median_rps median_p99_ms total_errors all_rps", from the
+# rounds in the associative array named $3 (default `result`), keyed name-server-round.
 summarise() {
   local name=$1 server=$2 round rps p99 errors
+  local -n rounds=${3:-result}
   local all_rps=() all_p99=() total_errors=0
   for ((round = 1; round <= ROUNDS; round++)); do
-    read -r rps p99 errors <<<"${result[$name-$server-$round]}"
+    read -r rps p99 errors <<<"${rounds[$name-$server-$round]}"
     all_rps+=("$rps")
     all_p99+=("$p99")
     total_errors=$((total_errors + errors))

@@ -49,7 +49,9 @@ run_usage_scenario() {
   for ((round = 1; round <= ROUNDS; round++)); do
     for server in on off; do
       log "round $round/$ROUNDS, wrk ${DURATION_SECS}s: the 100 KB archive, usage record $server"
-      usage_result[$server-$round]=$(measure "usage-$server-$round" "${url_of[$server]}$path")
+      # Read by summarise (bench/run.sh) through a nameref, which shellcheck cannot follow.
+      # shellcheck disable=SC2034
+      usage_result[archive-100k-$server-$round]=$(measure "usage-$server-$round" "${url_of[$server]}$path")
     done
   done
 
@@ -90,19 +92,13 @@ report_usage() {
   echo
   echo "| archive | bytes | A (on) req/s | B (off) req/s | A ÷ B | each round | A p99 ms | B p99 ms | errors | met |"
   echo "|---|---:|---:|---:|---:|---|---:|---:|---:|---|"
-  local server round rps p99 errors total_errors=0
+  local server errors all total_errors=0
   declare -A med_rps med_p99 each
   for server in on off; do
-    local all_rps=() all_p99=()
-    for ((round = 1; round <= ROUNDS; round++)); do
-      read -r rps p99 errors <<<"${usage_result[$server-$round]}"
-      all_rps+=("$rps")
-      all_p99+=("$p99")
-      total_errors=$((total_errors + errors))
-    done
-    med_rps[$server]=$(median "${all_rps[@]}")
-    med_p99[$server]=$(median "${all_p99[@]}")
-    each[$server]="${all_rps[*]}"
+    read -r "med_rps[$server]" "med_p99[$server]" errors all \
+      <<<"$(summarise archive-100k "$server" usage_result)"
+    each[$server]=${all//\// }
+    total_errors=$((total_errors + errors))
   done
   local r
   r=$(ratio "${med_rps[on]}" "${med_rps[off]}")

@@ -110,6 +110,8 @@ run_views_scenario() {
         log "round $round/$ROUNDS, wrk ${DURATION_SECS}s: $name via the $side"
         local before after requests
         before=$(views_cpu_ticks)
+        # Read by summarise (bench/run.sh) through a nameref, which shellcheck cannot follow.
+        # shellcheck disable=SC2034
         views_result[$name-$side-$round]=$(measure "views-$name-$side-$round" \
           "$base${views_paths[$side:$name]}" -H "Authorization: ${auth_of[$side]}")
         after=$(views_cpu_ticks)
@@ -130,23 +132,20 @@ report_views() {
   echo
   echo "| object | bytes | view req/s | merged req/s | view ÷ merged | each round | view p99 ms | merged p99 ms | p99 view ÷ merged | view CPU µs/req | merged CPU µs/req | CPU view ÷ merged | errors | target | met |"
   echo "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"
-  local name side round rps p99 errors rps_ratio p99_ratio met
+  local name side round errors all rps_ratio p99_ratio met
   for name in p2-framework archive-100k; do
     declare -A med_rps med_p99 med_cpu each
     local total_errors=0
     for side in view merged; do
-      local all_rps=() all_p99=() all_cpu=()
+      read -r "med_rps[$side]" "med_p99[$side]" errors all \
+        <<<"$(summarise "$name" "$side" views_result)"
+      each[$side]=${all//\// }
+      total_errors=$((total_errors + errors))
+      local all_cpu=()
       for ((round = 1; round <= ROUNDS; round++)); do
-        read -r rps p99 errors <<<"${views_result[$name-$side-$round]}"
-        all_rps+=("$rps")
-        all_p99+=("$p99")
         all_cpu+=("${views_cpu[$name-$side-$round]}")
-        total_errors=$((total_errors + errors))
       done
-      med_rps[$side]=$(median "${all_rps[@]}")
-      med_p99[$side]=$(median "${all_p99[@]}")
       med_cpu[$side]=$(median "${all_cpu[@]}")
-      each[$side]="${all_rps[*]}"
     done
     rps_ratio=$(ratio "${med_rps[view]}" "${med_rps[merged]}")
     p99_ratio=$(ratio "${med_p99[view]}" "${med_p99[merged]}")
