@@ -147,6 +147,8 @@ impl Metrics {
     }
 
     /// One answered request; `bytes` is what was sent, `duration` until the body ended.
+    /// One answered request; `view` when it was asked in a view (one lock for both, as this
+    /// runs for every request).
     pub fn record_request(
         &self,
         route: &'static str,
@@ -154,8 +156,15 @@ impl Metrics {
         cache: &'static str,
         bytes: u64,
         duration: Duration,
+        view: Option<&Arc<str>>,
     ) {
         self.with(|f| {
+            if let Some(view) = view {
+                *f.view_requests
+                    .entry((view.clone(), status_class(status)))
+                    .or_default() += 1;
+                *f.view_bytes.entry(view.clone()).or_default() += bytes;
+            }
             *f.requests
                 .entry((route, status_class(status), cache))
                 .or_default() += 1;
@@ -167,16 +176,6 @@ impl Metrics {
             if cache == "STALE" {
                 *f.stale.entry(route).or_default() += 1;
             }
-        });
-    }
-
-    /// One request answered in a view (besides [`Metrics::record_request`]).
-    pub fn record_view(&self, view: &Arc<str>, status: u16, bytes: u64) {
-        self.with(|f| {
-            *f.view_requests
-                .entry((view.clone(), status_class(status)))
-                .or_default() += 1;
-            *f.view_bytes.entry(view.clone()).or_default() += bytes;
         });
     }
 
@@ -565,10 +564,10 @@ mod tests {
     #[test]
     fn families_render_with_fixed_labels() {
         let m = Metrics::default();
-        m.record_request("p2", 200, "HIT", 10, Duration::from_millis(2));
-        m.record_request("p2", 204, "HIT", 5, Duration::from_millis(2));
-        m.record_request("archive", 502, "NONE", 0, Duration::from_millis(20));
-        m.record_request("root", 200, "STALE", 7, Duration::from_millis(1));
+        m.record_request("p2", 200, "HIT", 10, Duration::from_millis(2), None);
+        m.record_request("p2", 204, "HIT", 5, Duration::from_millis(2), None);
+        m.record_request("archive", 502, "NONE", 0, Duration::from_millis(20), None);
+        m.record_request("root", 200, "STALE", 7, Duration::from_millis(1), None);
         let magento: Arc<str> = Arc::from("magento");
         m.record_upstream(
             &magento,

@@ -35,12 +35,14 @@ pub(super) struct AccessRecord {
 impl AccessRecord {
     fn write(self, sent: u64, complete: bool) {
         let duration = self.started.elapsed();
-        self.state
-            .metrics
-            .record_request(self.route, self.status, self.cache, sent, duration);
-        if let Some(view) = &self.view {
-            self.state.metrics.record_view(view, self.status, sent);
-        }
+        self.state.metrics.record_request(
+            self.route,
+            self.status,
+            self.cache,
+            sent,
+            duration,
+            self.view.as_ref(),
+        );
         let notes = std::mem::take(&mut *self.upstream.lock().unwrap_or_else(|p| p.into_inner()));
         // The upstream that answered, else the one last asked; its last exchange is the one the
         // line shows (a merged request may have asked others before it), and the count says
