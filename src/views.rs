@@ -35,6 +35,8 @@ pub struct ClientView {
     /// When this definition took effect: a view's documents are never older, so a client
     /// revalidating after the view changed gets the new answer.
     pub since: SystemTime,
+    /// `since` as a `Last-Modified` value, formatted once rather than per answer.
+    pub since_header: HeaderValue,
     /// Suffix of every `ETag` in this view: validators are per view.
     pub etag_suffix: String,
     /// The view's `packages.json`, and the upstream roots it was built from (held, so a newer
@@ -79,6 +81,8 @@ impl Views {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
+        let since_header = HeaderValue::from_str(&httpdate::fmt_http_date(since))
+            .map_err(|e| format!("cannot state when the views took effect: {e}"))?;
         let mut list = Vec::with_capacity(configs.len());
         for config in configs {
             if upstreams.named(&config.name).is_some() {
@@ -109,6 +113,7 @@ impl Views {
                 url: format!("{public_url}/{}", config.name),
                 members,
                 since,
+                since_header: since_header.clone(),
                 etag_suffix: format!("{}-{stamp}", config.name),
                 config: config.clone(),
                 root: Mutex::new(None),
@@ -226,6 +231,7 @@ mod tests {
             url: String::new(),
             members: Vec::new(),
             since: SystemTime::UNIX_EPOCH,
+            since_header: HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
             etag_suffix: format!("{name}-1"),
             root: Mutex::new(None),
         };

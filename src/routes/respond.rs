@@ -121,9 +121,15 @@ pub(super) fn view_document(
             &doc.last_modified_header,
         );
     }
-    let header = HeaderValue::from_str(&httpdate::fmt_http_date(view.since))
-        .unwrap_or_else(|_| doc.last_modified_header.clone());
-    respond(headers, doc, cache, head, &etag, view.since, &header)
+    respond(
+        headers,
+        doc,
+        cache,
+        head,
+        &etag,
+        view.since,
+        &view.since_header,
+    )
 }
 
 fn respond(
