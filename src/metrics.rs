@@ -248,16 +248,12 @@ impl Metrics {
             version,
         );
 
-        header(
+        unlabelled(
             out,
             "composer_proxy_connections_open",
             "gauge",
             "Client connections being served now (at most max_connections).",
-        );
-        let _ = writeln!(
-            out,
-            "composer_proxy_connections_open {}",
-            self.connections_open.load(Ordering::Relaxed)
+            self.connections_open.load(Ordering::Relaxed),
         );
         header(
             out,
@@ -432,16 +428,12 @@ impl Metrics {
             "kind",
             [("archive", gauges.archive_single_flight_waits)],
         );
-        header(
+        unlabelled(
             out,
             "composer_proxy_usage_dropped_total",
             "counter",
             "Archives served but not in the usage record: its queue was full (the disk did not keep up).",
-        );
-        let _ = writeln!(
-            out,
-            "composer_proxy_usage_dropped_total {}",
-            self.usage_dropped.load(Ordering::Relaxed)
+            self.usage_dropped.load(Ordering::Relaxed),
         );
         self.changes.render(out);
         self.limits.render(out, gauges.response_buffer_bytes);
@@ -540,6 +532,12 @@ fn render_integrity(out: &mut String, g: &IntegrityGauges) {
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A family of one sample without labels.
+fn unlabelled(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
 }
 
 /// A family with one label: its header, then one sample per `(label value, value)`.
