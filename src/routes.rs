@@ -18,24 +18,26 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::access::{Access, BadForwardedFor};
+use crate::access::BadForwardedFor;
 use crate::cache::metadata::CacheStatus;
 use crate::error::{json_response, ProxyError};
-use crate::tokens::Verdict;
 use crate::upstreams::{Among, Upstream};
-use crate::views::{Binding, ClientView, Scope, Views};
+use crate::views::{ClientView, Scope};
 use crate::AppState;
+
+use asked::{check_token, Asked};
 
 pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
 
 mod apis;
+mod asked;
 mod handlers;
 mod notify;
 mod ops;
@@ -242,81 +244,6 @@ pub async fn handle(
     }
 }
 
-/// What a request asked of whom: its scope, the views its token is bound to, and whether it is
-/// a HEAD.
-struct Asked {
-    scope: Scope,
-    /// `None`: no token, or an organisation-wide one.
-    binding: Option<Binding>,
-    /// The valid token presented, for the usage record; `None` when none was needed.
-    token: Option<Arc<str>>,
-    head: bool,
-}
-
-impl Asked {
-    /// Puts an archive answer in the usage record when it delivered one (not for a HEAD).
-    /// `upstream`: the account that served it, by name, and itself unless it is the release
-    /// endpoint.
-    fn record_download(
-        &self,
-        state: &AppState,
-        status: StatusCode,
-        source: (&str, Option<String>),
-        upstream: (Arc<str>, Option<&Upstream>),
-    ) {
-        if self.head || !state.usage.is_on() || !crate::usage::delivered(status) {
-            return;
-        }
-        let (package, version) = source;
-        let (name, account) = upstream;
-        // Views point dists at the upstream's own URL: a bound token's download there was
-        // made in the view of the token's that admits the package.
-        let view = match (&self.scope, &self.binding, account) {
-            (Scope::View(view), _, _) => Some(view.name.clone()),
-            (Scope::Upstream(_), Some(binding), Some(account)) => binding
-                .view_admitting(account, package)
-                .map(|v| v.name.clone()),
-            _ => None,
-        };
-        state.usage.record(crate::usage::Download {
-            at: std::time::SystemTime::now(),
-            package: package.to_string(),
-            version,
-            upstream: name,
-            view,
-            token: self.token.clone(),
-        });
-    }
-
-    /// A bound token under an upstream's own URL may fetch only packages one of its views
-    /// admits (a lock file names those dist URLs); anything listing the upstream's names it may
-    /// not see.
-    fn check_package(&self, upstream: &Upstream, name: Option<&str>) -> Result<(), ProxyError> {
-        match (&self.binding, name) {
-            (None, _) => Ok(()),
-            (Some(binding), Some(name)) if binding.admits_package(upstream, name) => Ok(()),
-            (Some(binding), _) => Err(outside_views(binding)),
-        }
-    }
-
-    /// Whether `account` may serve this request when another is refused: one of the view's, or
-    /// of the bound token's views.
-    fn allows_account(&self, account: &Upstream) -> bool {
-        match (&self.scope, &self.binding) {
-            (Scope::View(view), _) => view.includes(account),
-            (_, Some(binding)) => binding.allows_account(account),
-            (_, None) => true,
-        }
-    }
-}
-
-fn outside_views(binding: &Binding) -> ProxyError {
-    ProxyError::OutsideViews {
-        token: binding.token.clone(),
-        views: binding.described(),
-    }
-}
-
 /// What one route answers, in the merged repository, one upstream's own or a view.
 async fn answer(
     state: &Arc<AppState>,
@@ -514,73 +441,6 @@ fn composer1(single: Option<Arc<Upstream>>) -> Result<Arc<Upstream>, ProxyError>
              upstream's own URL"
                 .into(),
         )
-    })
-}
-
-/// Checks the client token: when tokens are required, and always for a view, whose URL needs a
-/// token that may use it. When they are not required, a presented token still names the client
-/// in the access log, and a bad one is logged (so a rollout can be watched before
-/// `require_tokens` is turned on) but not refused. Returns the views a valid token is bound
-/// to (`None` for an organisation-wide one, or none) and its name.
-fn check_token(
-    state: &AppState,
-    access: &Access,
-    headers: &HeaderMap,
-    client: IpAddr,
-    scope: &Scope,
-    views: &Views,
-    outcome: &mut Outcome,
-) -> Result<(Option<Binding>, Option<Arc<str>>), ProxyError> {
-    let required = access.require_tokens || matches!(scope, Scope::View(_));
-    if !required && !headers.contains_key(header::AUTHORIZATION) {
-        return Ok((None, None));
-    }
-    let (verdict, bound) = state.tokens.check_bound(headers);
-    outcome.token = verdict.name().cloned();
-    let view = scope.view().map(|v| &**v);
-    // Logged at most once a minute per client, token and reason (`unlogged` says how many were
-    // not).
-    let log = |reason: &'static str| {
-        state
-            .tokens
-            .refusals
-            .admit(client, verdict.name(), reason, std::time::Instant::now())
-    };
-    let Some(reason) = verdict.refusal() else {
-        let name = verdict.name().cloned();
-        if bound.is_empty() {
-            return Ok((None, name));
-        }
-        let binding = Binding {
-            token: verdict.name().cloned().unwrap_or_else(|| "".into()),
-            views: bound.iter().filter_map(|n| views.get(n).cloned()).collect(),
-            names: bound.to_vec(),
-        };
-        if binding.may_enter(scope) {
-            return Ok((Some(binding), name));
-        }
-        if let Some(unlogged) = log("outside_views") {
-            tracing::warn!(event = "token_refused", reason = "outside_views", token = verdict.name().map(|n| &**n), view, %client, unlogged, "client token refused outside its views");
-        }
-        return Err(outside_views(&binding));
-    };
-    if !required {
-        if reason != "missing" {
-            if let Some(unlogged) = log(reason) {
-                tracing::warn!(event = "token_refused", reason, token = verdict.name().map(|n| &**n), %client, unlogged, enforced = false, "client token would be refused (require_tokens is off)");
-            }
-        }
-        return Ok((None, None));
-    }
-    if let Some(unlogged) = log(reason) {
-        tracing::warn!(event = "token_refused", reason, token = verdict.name().map(|n| &**n), view, %client, unlogged, "client token refused");
-    }
-    Err(match verdict {
-        Verdict::Disabled(name) => ProxyError::TokenDisabled(name),
-        Verdict::Deleted(name) => ProxyError::TokenDeleted(name),
-        Verdict::Unknown => ProxyError::TokenUnknown,
-        Verdict::Unavailable => ProxyError::TokenStoreUnavailable,
-        Verdict::Absent | Verdict::Valid(_) => ProxyError::TokenMissing,
     })
 }
 

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use url::Url;
 
 use super::keys::{check_key, Credentials, KeySource, Secret};
+use super::limits::answer_limits;
 use super::raw::RawConfig;
-use super::upstreams::answer_limits;
 use super::{redact_userinfo, ConfigError, UpstreamConfig, ENV_PREFIX};
 
 /// The table's name in the TOML, and the prefix of its variables.

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::keys::{read_fallback_keys, resolve_credentials, KeySettings, Secrets};
+use super::limits::answer_limits;
 use super::raw::RawConfig;
 use super::{redact_userinfo, AnswerLimits, ConfigError, UpstreamConfig, ENV_PREFIX};
 
@@ -201,33 +202,6 @@ fn common(
         negative_ttl: positive("negative_ttl_secs", raw.negative_ttl_secs, err)?,
         metadata_changes_poll: interval(raw.metadata_changes_poll_secs),
         limits: answer_limits(raw, err)?,
-    })
-}
-
-/// The least an answer limit may be: every real answer of its kind is larger than a typo.
-const MIN_ANSWER_LIMIT: u64 = 64 * 1024;
-
-pub(super) fn answer_limits(
-    raw: &RawConfig,
-    err: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<AnswerLimits, ConfigError> {
-    let limit = |setting: &str, bytes: u64| {
-        if bytes < MIN_ANSWER_LIMIT {
-            return Err(err(
-                setting,
-                format!("must be at least {MIN_ANSWER_LIMIT} (64 KiB)"),
-            ));
-        }
-        // Past the address space nothing could be read anyway.
-        Ok(usize::try_from(bytes).unwrap_or(usize::MAX))
-    };
-    Ok(AnswerLimits {
-        metadata: limit(
-            "upstream_metadata_max_bytes",
-            raw.upstream_metadata_max_bytes,
-        )?,
-        feed: limit("upstream_feed_max_bytes", raw.upstream_feed_max_bytes)?,
-        api: limit("upstream_api_max_bytes", raw.upstream_api_max_bytes)?,
     })
 }
 
