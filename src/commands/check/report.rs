@@ -28,7 +28,7 @@ pub enum Verdict {
     UpstreamError(String),
 }
 
-/// Exit statuses of `check`, also listed in its `--help` and the README.
+/// Exit statuses of `check`, also listed in its `--help` and docs/operations.md.
 pub const EXIT_KEYS_REJECTED: u8 = 3;
 pub const EXIT_UNREACHABLE: u8 = 4;
 pub const EXIT_TLS: u8 = 5;
