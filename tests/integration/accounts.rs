@@ -5,6 +5,7 @@
 //! Composer client installs through the proxy.
 
 use crate::support;
+use crate::support::blocking;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,10 +27,6 @@ pub(crate) const CLIENT_MODULE: &str = "magento/module-m003";
 pub(crate) const SHARED: &[(&str, &str)] =
     &[("magento/framework", "*"), ("magento/module-m001", "*")];
 const WAIT: Duration = Duration::from_secs(30);
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 struct Setup {
     catalogue: Arc<Catalogue>,

@@ -5,27 +5,24 @@
 //! binary, whose memory is read from /proc.
 
 use crate::support;
+use crate::support::blocking;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde_json::{json, Value};
 use support::advisories::ADVISORIES_PATH;
 use support::catalogue::Catalogue;
 use support::mock_upstream::{Canned, MockOptions, MockUpstream};
 use support::process::ProxyProcess;
-use support::proxy::{get, listen_env, request};
+use support::proxy::{get, listen_env, post_form};
 
 const FEED: &str = "/metadata/changes.json";
 const PSR_LOG_P2: &str = "/p2/psr/log.json";
 /// The bound on the proxy's memory while it is fed such answers.
 const MAX_RSS_KB: u64 = 128 * 1024;
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 /// packagist.org in miniature (feed, APIs) and the binary in front of it, with `env` on top.
 async fn packagist_and_proxy(
@@ -80,14 +77,6 @@ fn feed_answer(prefix: &str, actions: Option<usize>, bytes: usize) -> Bytes {
     Bytes::from(body)
 }
 
-/// Feed polls that carried a position.
-fn feed_polls(mock: &MockUpstream) -> usize {
-    mock.requests()
-        .iter()
-        .filter(|r| r.path == FEED && r.raw_path_and_query.contains("since="))
-        .count()
-}
-
 /// The proxy's peak resident memory (VmHWM), in kB.
 fn peak_rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
@@ -101,10 +90,10 @@ fn peak_rss_kb(pid: u32) -> u64 {
 /// Asks for the cached p2 file every 100 ms until the mock has answered `polls` more feed
 /// polls (at most 60 s): every answer must be a 200 within a second. Returns how many asked.
 async fn cached_file_stays_served(mock: &MockUpstream, url: &str, polls: usize, what: &str) {
-    let target = feed_polls(mock) + polls;
+    let target = mock.feed_polls() + polls;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut asked = 0;
-    while feed_polls(mock) < target {
+    while mock.feed_polls() < target {
         assert!(Instant::now() < deadline, "{what}: the feed was not polled");
         let reply = tokio::time::timeout(Duration::from_secs(1), get(url))
             .await
@@ -213,11 +202,6 @@ fn padded(document: Value) -> Bytes {
     Bytes::from(format!("{inner}{}}}", " ".repeat(200 * 1024)))
 }
 
-async fn post_form(url: &str, form: String) -> support::proxy::Reply {
-    let headers = [("content-type", "application/x-www-form-urlencoded")];
-    request(Method::POST, url, &headers, Bytes::from(form)).await
-}
-
 /// GETs `url` (or POSTs `form`) until the mock has answered `path` once more (at most 30 s),
 /// each answer a 200 with the same JSON as `before`.
 async fn served_unchanged_while_asked(
@@ -232,7 +216,7 @@ async fn served_unchanged_while_asked(
     while mock.count(path) == asked {
         assert!(Instant::now() < deadline, "{path} was never asked again");
         let reply = match form {
-            Some(form) => post_form(url, form.to_string()).await,
+            Some(form) => post_form(url, form).await,
             None => get(url).await,
         };
         assert_eq!(reply.status, StatusCode::OK, "{url}");
@@ -245,7 +229,7 @@ async fn served_unchanged_while_asked(
     }
     // And once the oversized answer was read and refused.
     let reply = match form {
-        Some(form) => post_form(url, form.to_string()).await,
+        Some(form) => post_form(url, form).await,
         None => get(url).await,
     };
     assert_eq!(reply.status, StatusCode::OK, "{url} after the refusal");
@@ -269,7 +253,7 @@ async fn oversized_root_p2_and_advisory_answers_leave_the_cached_copies_serving(
     let form = "packages[]=psr/log";
     let root = get(&root_url).await;
     let p2 = get(&p2_url).await;
-    let advisories = post_form(&advisories_url, form.into()).await;
+    let advisories = post_form(&advisories_url, form).await;
     for reply in [&root, &p2, &advisories] {
         assert_eq!(reply.status, StatusCode::OK);
     }
@@ -350,7 +334,7 @@ async fn an_advisory_question_of_63000_names_is_asked_in_batches_upstream_accept
         .collect::<Vec<_>>()
         .join("&");
     assert!(form.len() < 1024 * 1024, "just under 1 MiB: {}", form.len());
-    let reply = post_form(&format!("{}/api/security-advisories/", proxy.url), form).await;
+    let reply = post_form(&format!("{}/api/security-advisories/", proxy.url), &form).await;
     assert_eq!(
         reply.status,
         StatusCode::OK,

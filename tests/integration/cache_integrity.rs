@@ -10,6 +10,7 @@
 //! state nothing announces (files on disk, a metadata TTL running out).
 
 use crate::support;
+use crate::support::blocking;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -130,11 +131,6 @@ async fn wait_until_stored_whole(cache_dir: &Path, archive: &Fixture) {
         },
     )
     .await;
-}
-
-/// Blocking work (the real binary's log, Composer, kill) off the runtime's worker.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
 }
 
 /// Settings for the real binary: the mock, its keys, `cache_dir`, then `extra`.

@@ -496,14 +496,6 @@ async fn proxy_polling(
     TestProxy::start_with_file(&toml, env, cache).await
 }
 
-/// Feed polls that carried a position (the first one only asks where to start).
-fn feed_polls(mock: &MockUpstream) -> usize {
-    mock.requests()
-        .iter()
-        .filter(|r| r.path == FEED && r.raw_path_and_query.contains("since="))
-        .count()
-}
-
 /// Waits (at most 30 s) until `done` holds.
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -571,8 +563,8 @@ async fn a_version_published_upstream_is_served_after_the_next_feed_poll() {
     tokio::task::block_in_place(|| project.run_ok(&["update", "--no-install"]));
     assert_eq!(project.locked_versions()[PSR_LOG], "3.0.0");
     assert_eq!(mock.count(PSR_LOG_P2), 1);
-    let polled = feed_polls(&mock);
-    wait_until("two feed polls", || feed_polls(&mock) >= polled + 2).await;
+    let polled = mock.feed_polls();
+    wait_until("two feed polls", || mock.feed_polls() >= polled + 2).await;
 
     mock.publish_version(PSR_LOG, "3.0.2", 0);
     let url = format!("{}/p2/{PSR_LOG}.json", proxy.url);
@@ -626,8 +618,8 @@ async fn a_file_lagging_behind_the_feed_is_refetched_on_a_later_poll_and_a_resta
     let proxy = proxy_polling(&mock, 86_400, Some(cache.path())).await;
     let url = format!("{}/p2/{PSR_LOG}.json", proxy.url);
     assert_eq!(get(&url).await.status, StatusCode::OK);
-    let polled = feed_polls(&mock);
-    wait_until("two feed polls", || feed_polls(&mock) >= polled + 2).await;
+    let polled = mock.feed_polls();
+    wait_until("two feed polls", || mock.feed_polls() >= polled + 2).await;
 
     // The first fetch after the announcement still gets the old file (a CDN behind).
     mock.publish_version(PSR_LOG, "3.0.2", 1);
@@ -667,8 +659,8 @@ async fn a_file_lagging_behind_the_feed_is_refetched_on_a_later_poll_and_a_resta
     // behind: what it got is checked against the change and refetched all the same.
     let (stdlib, stdlib_p2) = ("laminas/laminas-stdlib", "/p2/laminas/laminas-stdlib.json");
     mock.publish_version(stdlib, "3.19.1", 1);
-    let polled = feed_polls(&mock);
-    wait_until("two feed polls", || feed_polls(&mock) >= polled + 2).await;
+    let polled = mock.feed_polls();
+    wait_until("two feed polls", || mock.feed_polls() >= polled + 2).await;
     let url = format!("{}/p2/{stdlib}.json", proxy.url);
     let cold = get(&url).await;
     assert!(!versions(&cold, stdlib).contains(&"3.19.1".to_string()));
@@ -703,10 +695,10 @@ async fn while_the_feed_answers_the_ttl_is_not_needed_and_when_it_fails_it_appli
         get(&format!("{}/packages.json", proxy.url)).await.status,
         StatusCode::OK
     );
-    wait_until("the feed's first poll", || feed_polls(&mock) >= 1).await;
+    wait_until("the feed's first poll", || mock.feed_polls() >= 1).await;
     assert_eq!(get(&url).await.status, StatusCode::OK);
-    let polled = feed_polls(&mock);
-    wait_until("three more feed polls", || feed_polls(&mock) >= polled + 3).await;
+    let polled = mock.feed_polls();
+    wait_until("three more feed polls", || mock.feed_polls() >= polled + 3).await;
     let reply = get(&url).await;
     assert_eq!(
         x_cache(&reply),

@@ -14,6 +14,7 @@
 //! matter. Waits are on log lines or bounded polls (≤ 30 s), never on time.
 
 use crate::support;
+use crate::support::blocking;
 
 /// `composer audit`, filter lists and the name list through the proxy.
 mod advisories;
@@ -58,11 +59,6 @@ const PROJECT: Pairs = &[
     ("laminas/laminas-stdlib", "^3.18"),
     ("magento/magento-composer-installer", "^0.4"),
 ];
-
-/// Blocking work (Composer, the real binary, its log) off the runtime's worker.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 fn composer(project: &ComposerProject, args: &[&str]) -> String {
     blocking(|| project.run_ok(args))

@@ -5,6 +5,7 @@
 //! the proxy; the mocks count requests and the Authorization each carried.
 
 use crate::support;
+use crate::support::blocking;
 
 use std::sync::Arc;
 
@@ -16,11 +17,6 @@ use support::mock_upstream::{MockOptions, MockUpstream};
 use support::proxy::{dist_url, get, listen_env, TestProxy};
 
 const TOKEN: &str = "ghp_0123456789abcdefTESTTOKEN";
-
-/// Blocking work (Composer) off the runtime's worker.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 struct GitHubSetup {
     catalogue: Arc<Catalogue>,

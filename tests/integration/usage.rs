@@ -8,6 +8,7 @@
 
 use crate::accounts::{mixed, Mixed, AGENCY, CLIENT, CLIENT_MODULE, EXTENSION, SHARED};
 use crate::support;
+use crate::support::blocking;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -27,10 +28,6 @@ use support::proxy::{dist_url, get, listen_env};
 const THEME: (&str, &str) = ("hyva-themes/magento2-default-theme", "^1.3");
 /// Bound of every wait for the record to show a download (it is written within 5 s).
 const WAIT: Duration = Duration::from_secs(30);
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 /// `composer-proxy [--config FILE] <args>` with exactly `env`: (exit status, stdout, stderr).
 fn command(config: Option<&Path>, env: &[(String, String)], args: &[&str]) -> (bool, String) {

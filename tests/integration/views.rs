@@ -7,6 +7,7 @@
 
 use crate::accounts::{command, mixed, Mixed, AGENCY, CLIENT, CLIENT_MODULE, EXTENSION, SHARED};
 use crate::support;
+use crate::support::blocking;
 
 use std::process::Command;
 
@@ -17,10 +18,6 @@ use support::process::{created_secret, ProxyProcess};
 use support::proxy::{get, get_with, listen_env};
 
 const THEME: (&str, &str) = ("hyva-themes/magento2-default-theme", "^1.3");
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 struct Setup {
     m: Mixed,

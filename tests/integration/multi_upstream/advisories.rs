@@ -9,7 +9,7 @@ use super::*;
 use bytes::Bytes;
 use http::Method;
 use support::advisories::{self, ADVISORIES_PATH};
-use support::proxy::{request, Reply};
+use support::proxy::{post_form, request, Reply};
 
 /// (package, advisoryId) of every advisory `composer audit --format=json` reports, and its
 /// exit status (the number of affected packages).
@@ -36,11 +36,6 @@ fn audited(project: &ComposerProject) -> (BTreeSet<(String, String)>, Option<i32
         }
     }
     (found, output.status.code())
-}
-
-async fn post_form(url: &str, form: &str) -> Reply {
-    let headers = [("content-type", "application/x-www-form-urlencoded")];
-    request(Method::POST, url, &headers, Bytes::from(form.to_string())).await
 }
 
 fn x_cache(reply: &Reply) -> &str {

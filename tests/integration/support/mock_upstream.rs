@@ -460,6 +460,17 @@ impl MockUpstream {
         *lock(&self.state.metadata_fault) = fault;
     }
 
+    /// Polls of the changes feed that carried a position (the first one only asks where to
+    /// start).
+    pub fn feed_polls(&self) -> usize {
+        lock(&self.state.records)
+            .iter()
+            .filter(|r| {
+                r.path == "/metadata/changes.json" && r.raw_path_and_query.contains("since=")
+            })
+            .count()
+    }
+
     /// Answers `path` with `answer` from now on; `None` goes back to the real document.
     pub fn set_canned(&self, path: &str, answer: Option<Canned>) {
         let mut canned = lock(&self.state.canned);

@@ -19,3 +19,9 @@ pub mod proxy;
 pub mod serve;
 pub mod small_disk;
 pub mod upstreams;
+
+/// Runs blocking work (the Composer client, a child process's log) on a multi-threaded test
+/// runtime without stalling the mock upstreams it talks to.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}

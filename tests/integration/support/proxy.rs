@@ -194,6 +194,12 @@ pub async fn request(method: Method, url: &str, headers: &[(&str, &str)], body: 
     }
 }
 
+/// A form POST, as Composer sends the advisory API its package names.
+pub async fn post_form(url: &str, form: &str) -> Reply {
+    let headers = [("content-type", "application/x-www-form-urlencoded")];
+    request(Method::POST, url, &headers, Bytes::from(form.to_string())).await
+}
+
 pub async fn get(url: &str) -> Reply {
     request(Method::GET, url, &[], Bytes::new()).await
 }
