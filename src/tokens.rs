@@ -433,11 +433,53 @@ impl Tokens {
         std::mem::take(&mut *self.pending_use.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    fn recorded(&self, written: HashMap<String, u64>) {
+    /// Last-use times being written out: noted as recorded first, so a reader of
+    /// [`Tokens::listing`] finds them in memory until the file has them.
+    fn recorded(&self, written: &HashMap<String, u64>) {
         self.recorded_use
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend(written);
+            .extend(written.iter().map(|(hash, at)| (hash.clone(), *at)));
+    }
+
+    /// Last-use times that could not be written, kept for the next try.
+    fn requeue(&self, failed: HashMap<String, u64>) {
+        let mut waiting = self.pending_use.lock().unwrap_or_else(|p| p.into_inner());
+        for (hash, at) in failed {
+            let entry = waiting.entry(hash).or_default();
+            *entry = (*entry).max(at);
+        }
+    }
+
+    /// Every token as stored, never a secret, with when each was last used (Unix seconds, by
+    /// hash; this process's uses not yet written out included): what `tokens list` shows.
+    pub async fn listing(
+        &self,
+    ) -> Result<(Vec<TokenRecord>, HashMap<String, u64>), TokenFileError> {
+        let (records, mut used) = match &self.source {
+            Source::File(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    read(&path).map(|records| (records, read_last_use(&path)))
+                })
+                .await
+                .map_err(|e| TokenFileError::Read {
+                    path: PathBuf::new(),
+                    source: io::Error::other(e),
+                })??
+            }
+            Source::Bucket { bucket, .. } => (
+                in_bucket::read(bucket).await?,
+                in_bucket::read_last_use(bucket).await,
+            ),
+        };
+        for noted in [&self.pending_use, &self.recorded_use] {
+            for (hash, at) in noted.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                let last = used.entry(hash.clone()).or_default();
+                *last = (*last).max(*at);
+            }
+        }
+        Ok((records, used))
     }
 
     /// Writes last-use times noted since the last call to the file beside the token file; a
@@ -450,11 +492,10 @@ impl Tokens {
         if pending.is_empty() {
             return;
         }
-        match merge_last_use(path, &pending) {
-            Ok(()) => self.recorded(pending),
-            Err(e) => {
-                tracing::warn!(path = %last_use_path(path).display(), error = %e, "cannot record when tokens were last used");
-            }
+        self.recorded(&pending);
+        if let Err(e) = merge_last_use(path, &pending) {
+            tracing::warn!(path = %last_use_path(path).display(), error = %e, "cannot record when tokens were last used");
+            self.requeue(pending);
         }
     }
 }

@@ -6,8 +6,8 @@
 //! proxy built from upstream metadata, never one a client supplied.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -45,6 +45,8 @@ pub struct UpstreamClient {
     allowed_hosts: Vec<Url>,
     /// `KeyVerdict` as a number, updated by every answer from the upstream origin.
     key_verdict: AtomicU8,
+    /// When the verdict last changed (first set, rejected, accepted again).
+    key_verdict_since: Mutex<Option<SystemTime>>,
     keys: RwLock<Arc<KeyRing>>,
     metrics: Arc<Metrics>,
     /// GitHub, where dists of packagist-style upstreams live; shared by all upstreams.
@@ -126,6 +128,7 @@ impl UpstreamClient {
             metrics,
             github,
             health: Health::default(),
+            key_verdict_since: Mutex::new(None),
             rejection_advice: MARKETPLACE_ADVICE,
             client,
             base: cfg.url.clone(),
@@ -210,6 +213,19 @@ impl UpstreamClient {
         }
     }
 
+    /// When the current key verdict was first reached: `None` before any answer.
+    pub fn key_verdict_since(&self) -> Option<SystemTime> {
+        *self
+            .key_verdict_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last failure upstream caused, in words, and when: kept after it recovers.
+    pub fn last_error(&self) -> Option<(SystemTime, String)> {
+        self.health.last_error()
+    }
+
     pub fn key_verdict(&self) -> KeyVerdict {
         match self.key_verdict.load(Ordering::Acquire) {
             x if x == KeyVerdict::Accepted as u8 => KeyVerdict::Accepted,
@@ -224,13 +240,21 @@ impl UpstreamClient {
         if previous == verdict as u8 {
             return;
         }
+        *self
+            .key_verdict_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(SystemTime::now());
         match verdict {
-            KeyVerdict::Rejected => tracing::error!(
-                event = "key_rejected",
-                upstream = %self.name,
-                "upstream rejected the key pair: {}",
-                self.rejection_advice
-            ),
+            KeyVerdict::Rejected => {
+                self.health
+                    .note_error(format!("rejected the key pair: {}", self.rejection_advice));
+                tracing::error!(
+                    event = "key_rejected",
+                    upstream = %self.name,
+                    "upstream rejected the key pair: {}",
+                    self.rejection_advice
+                )
+            }
             KeyVerdict::Accepted if previous == KeyVerdict::Rejected as u8 => tracing::info!(
                 event = "key_accepted",
                 upstream = %self.name,

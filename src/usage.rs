@@ -185,6 +185,8 @@ impl Shared {
 /// wakes the writer, which then lets more gather for [`GATHER`] and writes them with one
 /// `write(2)`, blocking only itself.
 pub struct UsageRecord {
+    /// Kept beside the writer's copy, for readers of the record (the status page).
+    settings: Option<UsageSettings>,
     shared: Option<Arc<Shared>>,
     writer: Mutex<Option<Writer>>,
     bucket: Option<Arc<Bucket>>,
@@ -206,6 +208,7 @@ impl UsageRecord {
     ) -> UsageRecord {
         let shared = settings.as_ref().map(|_| Arc::new(Shared::default()));
         let writer = settings
+            .clone()
             .zip(shared.clone())
             .map(|(settings, shared)| Writer {
                 settings,
@@ -216,6 +219,7 @@ impl UsageRecord {
                 failing: false,
             });
         UsageRecord {
+            settings,
             shared,
             writer: Mutex::new(writer),
             bucket,
@@ -227,6 +231,16 @@ impl UsageRecord {
     /// building one for nothing.
     pub fn is_on(&self) -> bool {
         self.shared.is_some()
+    }
+
+    /// Where the record is and how long it is kept; `None` when it is off.
+    pub fn settings(&self) -> Option<&UsageSettings> {
+        self.settings.as_ref()
+    }
+
+    /// The bucket replicas share the record through, if any.
+    pub fn bucket(&self) -> Option<&Bucket> {
+        self.bucket.as_deref()
     }
 
     /// Hands a download to the writer; never waits for it. A full queue drops it, counted.

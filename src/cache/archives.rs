@@ -59,7 +59,7 @@ use flight::Progress;
 pub(crate) use index::scan;
 use index::{EvictionTrigger, Index};
 pub use integrity::StoredArchive;
-pub use scrub::ScrubSettings;
+pub use scrub::{ScrubPass, ScrubSettings};
 pub use stored::{read_description, StoredReader};
 
 /// Upstream attempts per download; a transfer cut short is resumed this many times less one.
@@ -158,6 +158,8 @@ pub struct ArchiveStats {
     pub bytes: u64,
     pub max_bytes: u64,
     pub memory_bytes: u64,
+    pub memory_entries: u64,
+    pub memory_max_bytes: u64,
     pub evictions: u64,
     pub single_flight_waits: u64,
     /// Bytes of chunks read for clients and not yet sent.
@@ -193,6 +195,8 @@ struct Inner {
     damaged_by_scrub: AtomicU64,
     scrubbed_archives: AtomicU64,
     scrubbed_bytes: AtomicU64,
+    /// The last scrub pass that finished.
+    last_scrub: Mutex<Option<ScrubPass>>,
     /// Bytes all downloads hold in memory after a failed write (see `flight::Spill`).
     spilled: Arc<AtomicU64>,
     /// Memory of the chunks being sent to clients.
@@ -268,6 +272,7 @@ impl ArchiveStore {
             damaged_by_scrub: AtomicU64::new(0),
             scrubbed_archives: AtomicU64::new(0),
             scrubbed_bytes: AtomicU64::new(0),
+            last_scrub: Mutex::new(None),
             spilled: Arc::new(AtomicU64::new(0)),
             read_budget: budget::ReadBudget::default(),
             bucket,
@@ -349,6 +354,8 @@ impl ArchiveStore {
             bytes: index.total,
             max_bytes: self.inner.max_bytes,
             memory_bytes: self.inner.memory.weighted_size(),
+            memory_entries: self.inner.memory.entry_count(),
+            memory_max_bytes: self.inner.memory.policy().max_capacity().unwrap_or(0),
             evictions: self.inner.evictions.load(Ordering::Relaxed),
             single_flight_waits: self.inner.single_flight_waits.load(Ordering::Relaxed),
             response_buffer_bytes: self.inner.read_budget.in_use(),
@@ -359,6 +366,15 @@ impl ArchiveStore {
             scrubbed_archives: self.inner.scrubbed_archives.load(Ordering::Relaxed),
             scrubbed_bytes: self.inner.scrubbed_bytes.load(Ordering::Relaxed),
         }
+    }
+
+    /// The last scrub pass that finished in this process.
+    pub fn last_scrub(&self) -> Option<ScrubPass> {
+        *self
+            .inner
+            .last_scrub
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Opens a stored archive, joins the download in progress, or starts one. `key` is

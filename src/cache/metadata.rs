@@ -29,6 +29,7 @@ mod p2;
 mod root;
 mod v1;
 
+pub use changes::FeedStatus;
 use freshness::is_fresh;
 pub use p2::P2Entry;
 pub use root::View;
@@ -112,6 +113,15 @@ impl MetadataSettings {
     }
 }
 
+/// How the upstream root's refreshes went in this process.
+#[derive(Clone, Debug, Default)]
+pub struct Refreshes {
+    /// The last refresh upstream answered (changed or not).
+    pub succeeded: Option<SystemTime>,
+    /// The last refresh that failed, and why.
+    pub failed: Option<(SystemTime, String)>,
+}
+
 pub struct MetadataCache {
     upstream: Arc<UpstreamClient>,
     disk: Arc<CacheDir>,
@@ -131,6 +141,9 @@ pub struct MetadataCache {
     /// the last failure, so requests queued behind a failing refresh get its answer at once.
     refresh_lock: tokio::sync::Mutex<Option<(Instant, Arc<ProxyError>)>>,
     refreshing: AtomicBool,
+    /// When the root was last had from upstream, and the last refresh that failed, in words:
+    /// for the status page.
+    refreshes: std::sync::Mutex<Refreshes>,
     building_chain: tokio::sync::Mutex<()>,
     /// v1 per-package files by upstream sha256 (content-addressed, so never stale).
     packages: moka::future::Cache<String, Arc<ProcessedPackage>>,
@@ -189,6 +202,7 @@ impl MetadataCache {
             view: RwLock::new(None),
             refresh_lock: tokio::sync::Mutex::new(None),
             refreshing: AtomicBool::new(false),
+            refreshes: std::sync::Mutex::default(),
             building_chain: tokio::sync::Mutex::new(()),
             packages: moka::future::Cache::builder()
                 .max_capacity(max_bytes / 2)
@@ -249,6 +263,25 @@ impl MetadataCache {
 
     fn namespace(&self) -> Option<&str> {
         self.namespace.as_deref()
+    }
+
+    pub fn feed_status(&self) -> Option<FeedStatus> {
+        self.feed.status()
+    }
+
+    pub fn refreshes(&self) -> Refreshes {
+        self.refreshes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn note_refresh(&self, outcome: Result<(), String>) {
+        let mut refreshes = self.refreshes.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(()) => refreshes.succeeded = Some(SystemTime::now()),
+            Err(why) => refreshes.failed = Some((SystemTime::now(), why)),
+        }
     }
 
     /// Never builds the Composer 1 chain in this process (see `v1_chain_wanted`).

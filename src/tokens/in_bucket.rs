@@ -242,19 +242,16 @@ impl Tokens {
         if pending.is_empty() {
             return;
         }
+        self.recorded(&pending);
         let error =
             match tokio::time::timeout(REQUEST_TIMEOUT * 2, merge_last_use(bucket, &pending)).await
             {
-                Ok(Ok(())) => return self.recorded(pending),
+                Ok(Ok(())) => return,
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "no answer within 4 s".to_string(),
             };
         tracing::warn!(path = %object_location(bucket, LAST_USE_OBJECT), error, "cannot record when tokens were last used");
-        let mut waiting = self.pending_use.lock().unwrap_or_else(|p| p.into_inner());
-        for (hash, at) in pending {
-            let entry = waiting.entry(hash).or_default();
-            *entry = (*entry).max(at);
-        }
+        self.requeue(pending);
     }
 
     /// Keeps the token snapshot fresh from the bucket and writes last use to it, until the

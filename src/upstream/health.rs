@@ -4,7 +4,7 @@
 //! so it is never taken for one that is down, nor flaps between the two.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use url::Url;
 
@@ -14,6 +14,9 @@ pub(super) struct Health {
     down_since: Mutex<Option<Instant>>,
     /// Since when the bodies it sends have been unusable (not JSON, wrong shape, bad gzip).
     misbehaving_since: Mutex<Option<Instant>>,
+    /// The last failure in words and when it happened, for the status page: kept after the
+    /// upstream recovers, so ops can still see what went wrong.
+    last_error: Mutex<Option<(SystemTime, String)>>,
 }
 
 fn since(slot: &Mutex<Option<Instant>>) -> Option<Duration> {
@@ -31,7 +34,22 @@ impl Health {
         since(&self.misbehaving_since)
     }
 
+    pub(super) fn last_error(&self) -> Option<(SystemTime, String)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) fn note_error(&self, what: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((SystemTime::now(), what));
+    }
+
     pub(super) fn note_reachable(&self, name: &str, url: &Url, up: bool, detail: &str) {
+        if !up {
+            self.note_error(format!("failing: {detail}"));
+        }
         let mut since = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
         match (up, *since) {
             (false, None) => {
@@ -57,6 +75,9 @@ impl Health {
             .misbehaving_since
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        if let Err(detail) = usable {
+            self.note_error(format!("unusable answer: {detail}"));
+        }
         match (usable, *since) {
             (Err(detail), None) => {
                 *since = Some(Instant::now());
@@ -97,5 +118,8 @@ mod tests {
         assert!(health.down_for().is_none() && health.misbehaving_for().is_some());
         health.note_answer("r", &url, Ok(()));
         assert!(health.misbehaving_for().is_none());
+        // What went wrong last stays in words after the recovery.
+        let (_, last) = health.last_error().expect("an error was seen");
+        assert_eq!(last, "unusable answer: not JSON");
     }
 }

@@ -129,6 +129,30 @@ impl Upstreams {
         Ok((doc, status))
     }
 
+    /// What each of the view's upstreams brings into it by the view's rule over the last
+    /// listings seen (nothing is asked upstream): how many names, or `None` when open-ended.
+    pub fn view_counts(&self, view: &ClientView) -> Vec<(String, Option<usize>)> {
+        let roots: Vec<Option<Arc<View>>> =
+            self.list.iter().map(|u| u.metadata.last_view()).collect();
+        let members = member_names(
+            &self.repositories,
+            &roots,
+            |i| view.includes(&self.list[i]),
+            |name| view.config.admits(name),
+        );
+        self.list
+            .iter()
+            .zip(members)
+            .filter_map(|(upstream, member)| {
+                let count = match member? {
+                    MemberNames::Listed(names) => Some(names.len()),
+                    MemberNames::Unlisted | MemberNames::OwnerUnknown => None,
+                };
+                Some((upstream.name.to_string(), count))
+            })
+            .collect()
+    }
+
     /// Every name in the view, when each of its upstreams lists all its names and the owner of
     /// each can be told from the roots at hand; `None` otherwise (the view is then open-ended:
     /// Composer asks for each name, and each is decided on its own).

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{Listed, Upstream, Upstreams};
+use crate::cache::metadata::View;
 use crate::error::ProxyError;
 
 /// What one account of a repository says about a name, its rejection accounted for.
@@ -137,17 +138,39 @@ impl Upstreams {
         Ok(None)
     }
 
+    /// The other accounts of `upstream`'s repository (tables with the same URL).
+    fn accounts_beside<'a>(
+        &'a self,
+        upstream: &'a Upstream,
+    ) -> impl Iterator<Item = &'a Arc<Upstream>> {
+        self.list
+            .iter()
+            .filter(move |u| !std::ptr::eq(u.as_ref(), upstream))
+            .filter(move |u| u.client.base() == upstream.client.base())
+    }
+
+    /// The names `upstream`'s last listing has and no other account of its repository lists:
+    /// what losing its key pair costs. `None` when its listing was never seen.
+    pub fn only_listed_by(&self, upstream: &Upstream) -> Option<Vec<String>> {
+        let view = upstream.metadata.last_view()?;
+        let others: Vec<Arc<View>> = self
+            .accounts_beside(upstream)
+            .filter_map(|o| o.metadata.last_view())
+            .collect();
+        Some(
+            view.names()
+                .iter()
+                .filter(|name| !others.iter().any(|v| v.knows(name) == Some(true)))
+                .cloned()
+                .collect(),
+        )
+    }
+
     /// What losing `upstream` costs while its key pair is rejected, for `/readyz`: the
     /// packages only its last listing has, or that it was never seen.
     pub fn rejected_account_cost(&self, upstream: &Upstream) -> String {
-        let others: Vec<&Arc<Upstream>> = self
-            .list
-            .iter()
-            .filter(|u| !std::ptr::eq(u.as_ref(), upstream))
-            .filter(|u| u.client.base() == upstream.client.base())
-            .collect();
-        let Some(view) = upstream.metadata.last_view() else {
-            return if others.is_empty() {
+        let Some(only) = self.only_listed_by(upstream) else {
+            return if self.accounts_beside(upstream).next().is_none() {
                 "its listing was never seen, so its repository cannot be asked".into()
             } else {
                 "its listing was never seen (empty cache), so the packages only it would own \
@@ -156,18 +179,7 @@ impl Upstreams {
                     .into()
             };
         };
-        let only: Vec<&String> = view
-            .names()
-            .iter()
-            .filter(|name| {
-                !others.iter().any(|o| {
-                    o.metadata
-                        .last_view()
-                        .is_some_and(|v| v.knows(name) == Some(true))
-                })
-            })
-            .collect();
-        let examples: Vec<&str> = only.iter().take(5).map(|s| s.as_str()).collect();
+        let examples: Vec<&str> = only.iter().take(5).map(String::as_str).collect();
         let more = if only.len() > examples.len() {
             ", …"
         } else {

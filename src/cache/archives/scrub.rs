@@ -8,7 +8,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::integrity::{check_stored, StoredArchive};
 use super::stored::{read_description, FoundBy};
@@ -20,6 +20,16 @@ pub struct ScrubSettings {
     /// From the start of one pass to the start of the next.
     pub interval: Duration,
     pub max_bytes_per_sec: u64,
+}
+
+/// What one finished pass found, for the status page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScrubPass {
+    pub finished: SystemTime,
+    pub took: Duration,
+    pub checked: u64,
+    pub bytes: u64,
+    pub damaged: u64,
 }
 
 /// What happened to one archive.
@@ -74,6 +84,13 @@ impl Inner {
             }
         }
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        *self.last_scrub.lock().unwrap_or_else(|p| p.into_inner()) = Some(ScrubPass {
+            finished: SystemTime::now(),
+            took: started.elapsed(),
+            checked,
+            bytes,
+            damaged,
+        });
         if damaged > 0 {
             tracing::warn!(
                 event = "scrub_pass_finished",

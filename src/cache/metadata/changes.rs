@@ -69,6 +69,19 @@ struct FeedState {
     recent: HashMap<String, (u64, Instant)>,
 }
 
+/// Where a changes feed stands, for the status page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedStatus {
+    /// The `since` of the next poll, in the feed's own unit.
+    pub position: Option<u64>,
+    /// How long ago it last answered: how far behind upstream the proxy may be.
+    pub answered_ago: Option<Duration>,
+    /// Whether it answers often enough to keep cached files fresh without revalidation.
+    pub vouching: bool,
+    /// Files whose announced change upstream does not serve yet.
+    pub awaited: usize,
+}
+
 /// One upstream's feed: where it is, whether it answers, what it announced.
 pub(super) struct Feed {
     every: Option<Duration>,
@@ -95,6 +108,20 @@ impl Feed {
             (Some(every), Some(at)) => at.elapsed() < every * HEALTHY_INTERVALS,
             _ => false,
         }
+    }
+
+    /// Where the feed stands; `None` while it was never asked (no feed, or none yet).
+    pub(super) fn status(&self) -> Option<FeedStatus> {
+        let state = self.lock();
+        if state.position.is_none() && !state.down {
+            return None;
+        }
+        Some(FeedStatus {
+            position: state.position.as_ref().map(|(_, since)| *since),
+            answered_ago: state.last_success.map(|at| at.elapsed()),
+            vouching: self.healthy(&state),
+            awaited: state.pending.len(),
+        })
     }
 
     /// What the feed vouches for now, and what it announced about `file`.

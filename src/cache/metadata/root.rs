@@ -215,6 +215,7 @@ impl MetadataCache {
         match self.fetch_root(current.as_deref()).await {
             Ok(mut view) => {
                 *last_failure = None;
+                self.note_refresh(Ok(()));
                 let mut installed = None;
                 self.update(|latest| {
                     // A chain the background build installed while this fetch ran still fits
@@ -237,6 +238,7 @@ impl MetadataCache {
                 })
             }
             Err(e) => {
+                self.note_refresh(Err(e.to_string()));
                 let e = Arc::new(e);
                 *last_failure = Some((Instant::now(), e.clone()));
                 Err(ProxyError::Shared(e))
