@@ -13,6 +13,8 @@ use crate::config::Config;
 pub struct Access {
     allow: Vec<IpNet>,
     trusted_proxies: Vec<IpNet>,
+    /// Who may read the status page (besides being let in at all).
+    status_allow: Vec<IpNet>,
     pub require_tokens: bool,
 }
 
@@ -53,8 +55,15 @@ impl Access {
         Self {
             allow,
             trusted_proxies,
+            status_allow: Vec::new(),
             require_tokens,
         }
+    }
+
+    /// Lets the clients in `nets` read the status page.
+    pub fn with_status_allow(mut self, nets: Vec<IpNet>) -> Self {
+        self.status_allow = nets;
+        self
     }
 
     pub fn from_config(config: &Config) -> Self {
@@ -63,6 +72,13 @@ impl Access {
             config.trusted_proxies.clone(),
             config.require_tokens,
         )
+        .with_status_allow(config.status_allow.clone())
+    }
+
+    /// Whether `client` may read the status page: it shows who downloaded what, so it is for
+    /// the ops network only.
+    pub fn allows_status(&self, client: IpAddr) -> bool {
+        contains(&self.status_allow, client)
     }
 
     pub fn allows(&self, ip: IpAddr) -> bool {
@@ -137,6 +153,10 @@ mod tests {
         assert!(behind.admits_peer(ip("10.9.9.9")));
         assert!(behind.admits_peer(ip("::ffff:192.0.2.1")));
         assert!(!behind.admits_peer(ip("192.0.2.2")));
+        let status = Access::new(nets(&["0.0.0.0/0"]), vec![], false)
+            .with_status_allow(nets(&["127.0.0.0/8"]));
+        assert!(status.allows_status(ip("::ffff:127.0.0.1")));
+        assert!(!status.allows_status(ip("10.1.2.3")));
     }
 
     #[test]

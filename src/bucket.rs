@@ -41,6 +41,8 @@ pub enum Area {
     Metadata,
     Tokens,
     Usage,
+    /// Each replica's sign of life, for the status page.
+    Replicas,
 }
 
 impl Area {
@@ -51,6 +53,7 @@ impl Area {
             Area::Metadata => "metadata",
             Area::Tokens => "tokens",
             Area::Usage => "usage",
+            Area::Replicas => "replicas",
         }
     }
 }

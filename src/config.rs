@@ -102,6 +102,8 @@ pub struct Config {
     pub allow: Vec<IpNet>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Clients that may read the status page.
+    pub status_allow: Vec<IpNet>,
     pub require_tokens: bool,
     pub tokens_file: PathBuf,
     pub tls: Option<TlsFiles>,

@@ -30,6 +30,8 @@ pub enum ProxyError {
     MethodNotAllowed { allow: &'static str },
     #[error("client address {0} is not in the allowlist")]
     Forbidden(std::net::IpAddr),
+    #[error("client address {0} may not read the status page")]
+    StatusForbidden(std::net::IpAddr),
     #[error("a trusted proxy sent an unusable X-Forwarded-For")]
     BadForwardedFor,
     #[error("no client token")]
@@ -237,6 +239,10 @@ impl ProxyError {
             ProxyError::Forbidden(ip) => (
                 StatusCode::FORBIDDEN,
                 format!("composer-proxy does not serve {ip}: the address is not in its allowlist (setting `allow`)"),
+            ),
+            ProxyError::StatusForbidden(ip) => (
+                StatusCode::FORBIDDEN,
+                format!("The status page is not open to {ip}: it is for the networks in the setting `status_allow` (loopback only by default)"),
             ),
             ProxyError::BadForwardedFor => (
                 StatusCode::BAD_REQUEST,

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod releases;
 pub mod routes;
 pub mod server;
+pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
@@ -67,6 +68,10 @@ pub struct AppState {
     pub notifications: routes::Notifications,
     /// Who took which archive (`composer-proxy usage`).
     pub usage: usage::UsageRecord,
+    /// The last look for advisories covering served versions (status page and metric).
+    pub served_advisories: status::advisories::Scan,
+    /// This process's name among replicas (the usage record's and the bucket's).
+    pub replica: String,
 }
 
 impl AppState {
@@ -75,6 +80,11 @@ impl AppState {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Time between scrub passes; `None` when the scrub is off.
+    pub fn scrub_interval(&self) -> Option<std::time::Duration> {
+        self.maintenance.1.map(|scrub| scrub.interval)
     }
 
     pub fn views(&self) -> Arc<Views> {
@@ -246,6 +256,8 @@ impl Proxy {
             public_url,
             client_limits: server::ClientLimits::from(config),
             notifications: routes::Notifications::default(),
+            served_advisories: status::advisories::Scan::default(),
+            replica: usage::replica_name(config),
         });
         Ok(Proxy {
             server: server::Server::new(listener, state.clone(), config.shutdown_grace),
@@ -308,7 +320,31 @@ impl Proxy {
                 tokio::spawn(u.metadata.clone().follow_changes(metrics))
             })
             .collect();
+        // Replicas sharing a bucket show each other on the status page.
+        let heartbeat =
+            self.state.bucket.clone().map(|bucket| {
+                tokio::spawn(status::replicas::beat(bucket, self.state.replica.clone()))
+            });
+        // Served versions are looked up in the advisories now and then, for the metric.
+        let state = self.state.clone();
+        let advisories = tokio::spawn(async move {
+            // Not at start: a restart must not ask every upstream's advisories at once.
+            let every = status::advisories::SCAN_INTERVAL;
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                status::scan_served(&state).await;
+            }
+        });
         self.server.run(shutdown).await;
+        advisories.abort();
+        if let Some(heartbeat) = heartbeat {
+            heartbeat.abort();
+            if let Some(bucket) = &self.state.bucket {
+                status::replicas::leave(bucket, &self.state.replica).await;
+            }
+        }
         recorder.abort();
         maintenance.abort();
         for follower in followers {

@@ -9,18 +9,20 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 mod bucket;
 mod changes;
 mod histogram;
 mod limits;
+mod traffic;
 
 use histogram::Histogram;
 
 pub use bucket::{BucketMetrics, BucketOp, LeaseOutcome, UploadOutcome};
 pub use changes::{ChangesMetrics, PollOutcome};
 pub use limits::{LimitMetrics, NotifyOutcome};
+pub use traffic::{Slot, SLOT_SECS};
 
 #[derive(Default)]
 struct Families {
@@ -35,6 +37,8 @@ struct Families {
     /// By (view name, status class): names come from the configuration only.
     view_requests: BTreeMap<(Arc<str>, &'static str), u64>,
     view_bytes: BTreeMap<Arc<str>, u64>,
+    /// The last 24 hours in slots, for the status page.
+    traffic: traffic::Traffic,
 }
 
 #[derive(Default)]
@@ -73,6 +77,8 @@ pub struct Gauges {
     pub integrity: IntegrityGauges,
     /// Whether the bucket answers; `None` without `object_store_url`.
     pub bucket_up: Option<bool>,
+    /// Served versions a known advisory covers, as of the last look; `None` before one.
+    pub served_advisory_versions: Option<u64>,
 }
 
 /// The cache directory's health and the checks on stored archives.
@@ -169,6 +175,7 @@ impl Metrics {
                 .entry((route, status_class(status), cache))
                 .or_default() += 1;
             *f.served_bytes.entry(route).or_default() += bytes;
+            f.traffic.record(SystemTime::now(), cache, bytes);
             f.request_duration
                 .entry(route)
                 .or_default()
@@ -177,6 +184,12 @@ impl Metrics {
                 *f.stale.entry(route).or_default() += 1;
             }
         });
+    }
+
+    /// The last 24 hours of traffic up to `now`, oldest slot first.
+    pub fn traffic(&self, now: SystemTime) -> Vec<Slot> {
+        let families = self.families.lock().unwrap_or_else(|p| p.into_inner());
+        families.traffic.last_day(now)
     }
 
     /// One upstream exchange (until response headers).
@@ -435,6 +448,15 @@ impl Metrics {
             "Archives served but not in the usage record: its queue was full (the disk did not keep up).",
             self.usage_dropped.load(Ordering::Relaxed),
         );
+        if let Some(versions) = gauges.served_advisory_versions {
+            unlabelled(
+                out,
+                "composer_proxy_served_versions_with_advisories",
+                "gauge",
+                "Package versions served within the usage record's last 30 days that a known security advisory covers, as of the last look (every 15 minutes, and on each status page view); the status page lists them.",
+                versions,
+            );
+        }
         self.changes.render(out);
         self.limits.render(out, gauges.response_buffer_bytes);
         render_integrity(out, &gauges.integrity);

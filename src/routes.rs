@@ -48,6 +48,7 @@ mod respond;
 use handlers::{archive, search};
 use notify::notify;
 pub use notify::Notifications;
+pub(crate) use ops::{cache_probe, readiness};
 use ops::{metrics, ready};
 pub use path::{
     is_release_file_name, normalize_path, parse_route, parse_target, Route, RouteError, Target,
@@ -197,6 +198,12 @@ pub async fn handle(
         },
     };
     outcome.view = scope.view().cloned();
+    if matches!(route, Route::Status | Route::StatusJson) && !access.allows_status(client) {
+        return (
+            error_response(&ProxyError::StatusForbidden(client)),
+            outcome,
+        );
+    }
     let (binding, token) = if route.needs_token() {
         match check_token(
             &state,
@@ -382,6 +389,7 @@ async fn answer(
         )),
         Route::Ready => Ok((ready(state).await, None)),
         Route::Metrics => Ok((metrics(state).await, None)),
+        Route::Status | Route::StatusJson => Ok((status_page(state, &route, head).await, None)),
         Route::ReleaseInfo { path } => {
             outcome.upstream = Some(crate::config::RELEASES_NAME.into());
             release_info(state, &path, head).await
@@ -395,6 +403,44 @@ async fn answer(
             Ok(answer)
         }
     }
+}
+
+/// The status page or its JSON. Never cached anywhere (it is a snapshot, and shows who
+/// downloaded what); the policy forbids any script or outside resource, so even a value that
+/// escaped escaping could load or run nothing.
+async fn status_page(state: &Arc<AppState>, route: &Route, head: bool) -> Response<ResponseBody> {
+    let status = crate::status::gather(state).await;
+    let (body, content_type) = match route {
+        Route::StatusJson => (
+            serde_json::to_vec_pretty(&status).unwrap_or_default(),
+            "application/json",
+        ),
+        _ => (
+            crate::status::render(&status).into_bytes(),
+            "text/html; charset=utf-8",
+        ),
+    };
+    let length = body.len();
+    let mut response = Response::new(if head { empty() } else { full(body) });
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
 }
 
 /// Which upstreams the advisory, filter and list APIs answer for.

@@ -25,6 +25,7 @@ pub(super) struct RawConfig {
     pub(super) listen: String,
     pub(super) public_url: String,
     pub(super) allow: Vec<String>,
+    pub(super) status_allow: Vec<String>,
     pub(super) trusted_proxies: Vec<String>,
     pub(super) require_tokens: bool,
     pub(super) tokens_file: String,
@@ -230,6 +231,7 @@ pub(super) fn validate(
     };
     let allow = cidrs("allow", &raw.allow)?;
     let trusted_proxies = cidrs("trusted_proxies", &raw.trusted_proxies)?;
+    let status_allow = cidrs("status_allow", &raw.status_allow)?;
 
     if secrets == Secrets::Read {
         check_composer_auth(env)?;
@@ -348,6 +350,7 @@ pub(super) fn validate(
         public_url,
         allow,
         trusted_proxies,
+        status_allow,
         require_tokens: raw.require_tokens,
         tokens_file: optional_path(&raw.tokens_file)
             .unwrap_or_else(|| cache_dir.join("tokens.json")),

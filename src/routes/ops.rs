@@ -83,6 +83,12 @@ fn upstream_health(
 /// serve, nor a cache that takes no writes or is short of space while archives can stream
 /// through: all are reported as degraded, with their reasons.
 pub(super) async fn ready(state: &Arc<AppState>) -> Response<ResponseBody> {
+    let (status, body) = readiness(state).await;
+    json_response(status, &body).map(full)
+}
+
+/// `/readyz`'s status and body; the status page shows exactly this, so the two never disagree.
+pub(crate) async fn readiness(state: &Arc<AppState>) -> (StatusCode, serde_json::Value) {
     let mut reasons: Vec<String> = Vec::new();
     let mut degraded: Vec<String> = Vec::new();
     let probe = cache_probe(state).await;
@@ -184,10 +190,10 @@ pub(super) async fn ready(state: &Arc<AppState>) -> Response<ResponseBody> {
     if let Some(releases) = releases {
         body["releases"] = releases;
     }
-    json_response(status, &body).map(full)
+    (status, body)
 }
 
-async fn cache_probe(state: &Arc<AppState>) -> CacheProbe {
+pub(crate) async fn cache_probe(state: &Arc<AppState>) -> CacheProbe {
     let mut last = state.disk_probe.lock().await;
     if let Some((at, probe)) = &*last {
         if at.elapsed() < DISK_PROBE_TTL {
@@ -245,6 +251,7 @@ pub(super) async fn metrics(state: &Arc<AppState>) -> Response<ResponseBody> {
             .collect(),
         integrity,
         bucket_up: state.bucket.as_ref().map(|b| b.down_for().is_none()),
+        served_advisory_versions: state.served_advisories.affected_versions(),
     };
     let mut response = Response::new(full(state.metrics.render(&gauges)));
     set(

@@ -39,6 +39,10 @@ pub enum Route {
     Health,
     Ready,
     Metrics,
+    /// The status page, HTML.
+    Status,
+    /// The status page's facts, JSON.
+    StatusJson,
     /// `releases/info/<path>` of the release-download endpoint: `help`, `files`, `versions`,
     /// `json`, or `filter/…`.
     ReleaseInfo {
@@ -68,6 +72,7 @@ impl Route {
             Route::Health => "health",
             Route::Ready => "ready",
             Route::Metrics => "metrics",
+            Route::Status | Route::StatusJson => "status",
             Route::ReleaseInfo { .. } => "release_info",
             Route::ReleaseFile { .. } => "release_file",
         }
@@ -160,6 +165,8 @@ pub fn parse_target(raw: &str, prefix: &str) -> Result<Target, RouteError> {
                 Route::Health
                 | Route::Ready
                 | Route::Metrics
+                | Route::Status
+                | Route::StatusJson
                 | Route::ReleaseInfo { .. }
                 | Route::ReleaseFile { .. } => Err(RouteError::NotFound),
                 route => Ok(Target {
@@ -191,6 +198,8 @@ fn route_of(path: &str) -> Result<Route, RouteError> {
         ["healthz"] => Route::Health,
         ["readyz"] => Route::Ready,
         ["metrics"] => Route::Metrics,
+        ["status"] => Route::Status,
+        ["status.json"] => Route::StatusJson,
         ["search.json"] => Route::Search,
         ["downloads"] | ["downloads", ""] => Route::Notify,
         ["api", "security-advisories"] | ["api", "security-advisories", ""] => Route::Advisories,

@@ -252,6 +252,8 @@ fn keys_never_leave_the_proxy_except_towards_the_upstream() {
         (Method::GET, "/healthz", vec![]),
         (Method::GET, "/readyz", vec![]),
         (Method::GET, "/metrics", vec![]),
+        (Method::GET, "/status", vec![]),
+        (Method::GET, "/status.json", vec![]),
         (Method::GET, "/no/such/route", vec![]),
         (Method::GET, "/p2/%2e%2e/%2e%2e/etc/passwd.json", vec![]),
         (
@@ -339,6 +341,15 @@ fn keys_never_leave_the_proxy_except_towards_the_upstream() {
     fetch(&mut seen, Method::GET, "/readyz", &[]);
     fetch(&mut seen, Method::GET, "/packages.json", &[]);
     fetch(&mut seen, Method::GET, "/metrics", &[]);
+    // The status page names the rejected account and its last error: never its keys.
+    for path in ["/status", "/status.json"] {
+        let page = fetch(&mut seen, Method::GET, path, &[]);
+        assert_eq!(page.status, StatusCode::OK, "{path}");
+        assert!(
+            String::from_utf8_lossy(&page.body).contains("rejected"),
+            "{path}"
+        );
+    }
 
     // The `check` command, accepted and rejected, at trace level.
     for reject in [true, false] {

@@ -23,6 +23,7 @@ mod operations;
 mod packagist;
 mod protocol;
 mod replicas;
+mod status;
 mod tls;
 mod usage;
 mod views;

@@ -48,7 +48,7 @@ fn command(config: Option<&Path>, env: &[(String, String)], args: &[&str]) -> (b
 
 /// One grouped row as the identity the tests compare: package, version, view, token,
 /// upstream.
-type Key = (String, String, Option<String>, Option<String>, String);
+pub(crate) type Key = (String, String, Option<String>, Option<String>, String);
 
 fn key_of(row: &Value) -> Key {
     let text = |field: &str| row[field].as_str().map(str::to_string);
@@ -91,21 +91,21 @@ fn usage_rows(
     }
 }
 
-struct Views {
-    m: Mixed,
-    config: PathBuf,
-    env: Vec<(String, String)>,
-    tokens: Vec<(&'static str, String)>,
+pub(crate) struct Views {
+    pub(crate) m: Mixed,
+    pub(crate) config: PathBuf,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) tokens: Vec<(&'static str, String)>,
     _dir: tempfile::TempDir,
 }
 
 impl Views {
-    fn start(&self) -> ProxyProcess {
+    pub(crate) fn start(&self) -> ProxyProcess {
         let config = self.config.to_str().expect("utf-8");
         blocking(|| ProxyProcess::start_with_args(&["--config", config], &self.env))
     }
 
-    fn secret(&self, name: &str) -> &str {
+    pub(crate) fn secret(&self, name: &str) -> &str {
         &self
             .tokens
             .iter()
@@ -116,7 +116,13 @@ impl Views {
 
     /// Installs `own` (and the shared packages and the theme) through `view` with `token`;
     /// returns what the record must then hold for it.
-    fn install(&self, proxy: &ProxyProcess, view: &str, token: &str, own: &str) -> BTreeSet<Key> {
+    pub(crate) fn install(
+        &self,
+        proxy: &ProxyProcess,
+        view: &str,
+        token: &str,
+        own: &str,
+    ) -> BTreeSet<Key> {
         let host = proxy.url.trim_start_matches("http://");
         let mut require = SHARED.to_vec();
         require.extend([(own, "*"), THEME]);
@@ -156,7 +162,7 @@ impl Views {
 
 /// `mixed()` with a view per client and a token bound to each, the binary's cache in a
 /// directory of its own.
-async fn views() -> Views {
+pub(crate) async fn views() -> Views {
     let m = mixed().await;
     let toml = format!(
         "{}\n[[view]]\nname = \"acme\"\nupstreams = [\"{AGENCY}\", \"hyva\", \"packagist\"]\n\n\
