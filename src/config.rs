@@ -385,4 +385,6 @@ fn redact_userinfo(url: &str) -> String {
 }
 
 #[cfg(test)]
+mod reference;
+#[cfg(test)]
 mod tests;
