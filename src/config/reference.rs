@@ -228,6 +228,22 @@ fn check_required<T: for<'de> Deserialize<'de> + std::fmt::Debug>(rows: &[Row]) 
     }
 }
 
+/// The rows of a table's section are the fields the parser accepts (`minimal`: a table of
+/// the required ones), required where the parser requires them.
+fn table_fields<T: for<'de> Deserialize<'de> + std::fmt::Debug>(
+    rows: &[Row],
+    minimal: &str,
+    what: &str,
+) {
+    let minimal: toml::Table = minimal.parse().expect("a table");
+    same(
+        &names(rows),
+        &set(fields::<T>(minimal)),
+        &format!("{what} fields"),
+    );
+    check_required::<T>(rows);
+}
+
 /// What an `[[upstream]]` table without the field ends up with, as the top-level setting's
 /// unit (seconds).
 fn upstream_value(upstream: &UpstreamConfig, field: &str) -> u64 {
@@ -248,25 +264,13 @@ fn upstream_value(upstream: &UpstreamConfig, field: &str) -> u64 {
 fn the_reference_lists_every_upstream_and_view_field() {
     let sections = reference();
     let upstream = &sections["upstream"];
-    let minimal: toml::Table = "name = \"x\"\nurl = \"https://repo.example\""
-        .parse()
-        .expect("a table");
-    same(
-        &names(upstream),
-        &set(fields::<RawUpstream>(minimal)),
-        "[[upstream]] fields",
+    table_fields::<RawUpstream>(
+        upstream,
+        "name = \"x\"\nurl = \"https://repo.example\"",
+        "[[upstream]]",
     );
-    check_required::<RawUpstream>(upstream);
     let view = &sections["view"];
-    let minimal: toml::Table = "name = \"x\"\nupstreams = [\"x\"]"
-        .parse()
-        .expect("a table");
-    same(
-        &names(view),
-        &set(fields::<RawView>(minimal)),
-        "[[view]] fields",
-    );
-    check_required::<RawView>(view);
+    table_fields::<RawView>(view, "name = \"x\"\nupstreams = [\"x\"]", "[[view]]");
     for row in view {
         assert!(
             row.variable.is_none(),
