@@ -387,4 +387,6 @@ fn redact_userinfo(url: &str) -> String {
 }
 
 #[cfg(test)]
+mod reference;
+#[cfg(test)]
 mod tests;

@@ -454,6 +454,9 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<b
 }
 
 #[cfg(test)]
+mod troubleshooting;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -12,6 +12,7 @@ mod caching;
 mod cli;
 mod commands;
 mod deploy_manifests;
+mod docs;
 mod e2e_composer;
 mod hostile_input;
 mod key_hygiene;

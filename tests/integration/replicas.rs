@@ -24,7 +24,7 @@ const PRODUCT: &str = "magento/product-community-edition";
 const MODULES: usize = 60;
 const REPLICAS: usize = 3;
 const INSTALLS: usize = 4;
-const NGINX_MISSING: &str = "nginx is needed for the replica test: apt-get install -y nginx-light";
+const NGINX_MISSING: &str = "nginx is needed for the replica test: apt-get install -y nginx-light, or run scripts/test, which installs what the tests need";
 
 fn nginx_binary() -> PathBuf {
     ["/usr/sbin/nginx", "/usr/bin/nginx"]

@@ -43,7 +43,7 @@ pub const SECRET: &str = "bucket-secret-5f3a9c0d";
 /// The prefix the proxies are given.
 pub const PREFIX: &str = "proxy";
 pub const MOTO_MISSING: &str =
-    "moto's S3 server is needed: pip install 'moto[server]==5.2.5' (as .ci/run does)";
+    "moto's S3 server is needed: pip install 'moto[server]==5.2.5', or run scripts/test, which installs it";
 
 /// Starts the server, creates the bucket, prints the port, then serves until stdin closes.
 const SCRIPT: &str = r#"

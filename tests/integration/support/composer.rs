@@ -22,7 +22,7 @@ use super::catalogue::Catalogue;
 /// Longest a single composer run may take before it is killed.
 pub const COMPOSER_TIMEOUT: Duration = Duration::from_secs(300);
 
-const NOT_INSTALLED: &str = "composer is not installed: run `apt-get install -y composer php-cli php-zip php-curl php-mbstring unzip`";
+const NOT_INSTALLED: &str = "composer is not installed: run `apt-get install -y composer php-cli php-zip php-curl php-mbstring unzip`, or scripts/test, which installs what the tests need";
 
 pub struct ComposerProject {
     /// The project directory (composer.json, composer.lock, vendor/).
