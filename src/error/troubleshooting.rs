@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::*;
 
 /// How many different warnings `status_and_warning` writes: the numbers `warning` gives out.
-const WARNINGS: usize = 36;
+const WARNINGS: usize = 37;
 
 /// Which warning an error is sent with: the arms of `status_and_warning` once more, without a
 /// wildcard, so that a new variant does not compile until it is numbered here. A new warning
@@ -75,6 +75,7 @@ fn warning(error: &ProxyError) -> usize {
         | ProxyError::Protocol(_) => 33,
         ProxyError::ArchiveMismatch(_) => 34,
         ProxyError::Cache(_) => 35,
+        ProxyError::StatusForbidden(_) => 36,
     }
 }
 
@@ -135,6 +136,10 @@ fn examples() -> Vec<(ProxyError, Vec<(String, String)>)> {
         plain(ProxyError::MethodNotAllowed { allow: "GET, HEAD" }),
         (
             ProxyError::Forbidden([192, 0, 2, 1].into()),
+            replace(&[("192.0.2.1", "{address}")]),
+        ),
+        (
+            ProxyError::StatusForbidden([192, 0, 2, 1].into()),
             replace(&[("192.0.2.1", "{address}")]),
         ),
         plain(ProxyError::BadForwardedFor),

@@ -327,5 +327,22 @@ async fn replicas_sharing_a_bucket_each_record_and_either_lists_both() {
         })
         .collect();
     assert_eq!(folders.len(), 2, "{folders:?}");
+    // Either replica's status page sees both, and both downloads (the record is shared).
+    for replica in &replicas {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let status = get(&format!("{}/status.json", replica.url)).await.json();
+            let seen = status["storage"]["bucket"]["replicas"]
+                .as_array()
+                .map_or(0, Vec::len);
+            if seen == 2 && status["downloads"]["totals"][0] == 2 {
+                assert_eq!(status["storage"]["bucket"]["reachable"], true);
+                break;
+            }
+            assert!(Instant::now() < deadline, "{status:#}");
+            // Another process writes the bucket: poll, bounded by the deadline.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     drop(replicas);
 }
