@@ -106,8 +106,8 @@ die() {
   log "ERROR: $*"
   exit 1
 }
-[[ -z $ONLY || $ONLY =~ ^(tooling|bucket|views|usage|views,usage)$ ]] ||
-  die "BENCH_ONLY must be empty, 'tooling', 'bucket', 'views', 'usage' or 'views,usage', not '$ONLY'"
+[[ -z $ONLY || $ONLY =~ ^(hits|tooling|bucket|views|usage|views,usage)$ ]] ||
+  die "BENCH_ONLY must be empty, 'hits', 'tooling', 'bucket', 'views', 'usage' or 'views,usage', not '$ONLY'"
 
 # --- Tools -----------------------------------------------------------------------------
 
@@ -439,6 +439,16 @@ measure() {
   printf '%s %s %s\n' "$rps" "$(to_ms "$p99")" "$((${non2xx:-0} + ${socket_errors:-0}))"
 }
 
+# The latency distribution of the wrk run named $1 (see measure): "p50 p90 p99 max" in ms.
+distribution() {
+  local out=$work/wrk-$1.txt p50 p90 p99 max
+  p50=$(awk '$1 == "50%" { print $2 }' "$out")
+  p90=$(awk '$1 == "90%" { print $2 }' "$out")
+  p99=$(awk '$1 == "99%" { print $2 }' "$out")
+  max=$(awk '$1 == "Latency" { print $4; exit }' "$out")
+  printf '%s %s %s %s\n' "$(to_ms "$p50")" "$(to_ms "$p90")" "$(to_ms "$p99")" "$(to_ms "$max")"
+}
+
 # Writes a Composer project requiring the product from repository $2 into $1, with its own
 # COMPOSER_HOME and an empty cache; $3, if given, is "host:port" for HTTP Basic with the
 # mock's key pair.
@@ -596,6 +606,74 @@ pairwise_ratios() {
   echo "${joined% / }"
 }
 
+# BENCH_ONLY=hits: issue 23's figures, the one-upstream proxy against nginx serving the same
+# files. Per object the median req/s of each and their ratio, the latency distribution (median
+# over rounds of each percentile), each round's ratios, and the targets: p2 files and 100 KB
+# archives at >= 1.2x nginx's req/s, 5 MB archives at >= 1.0x its throughput with p99 within
+# 1.1x of nginx's.
+report_hits_only() {
+  local name server round prps nrps pall nall rps_ratio p99_ratio target met
+  echo "## composer-proxy against nginx: cache hits"
+  echo
+  echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), built from commit $build_commit, $(nproc) CPUs, $(nginx -v 2>&1 | sed 's/^nginx version: //')."
+  echo "wrk -c$CONNECTIONS -t$WRK_THREADS -d${DURATION_SECS}s --latency, keep-alive, identity encoding; $ROUNDS rounds, proxy"
+  echo "and nginx alternating within each; medians of the rounds. wrk shares the CPUs with the server in"
+  echo "both cases. 1-minute load average before: $load_before; after: $load_after_hits."
+  echo
+  echo "Reproduce: \`BENCH_ONLY=hits BENCH_DURATION_SECS=$DURATION_SECS BENCH_ROUNDS=$ROUNDS BENCH_CONNECTIONS=$CONNECTIONS BENCH_WRK_THREADS=$WRK_THREADS bench/run.sh\`"
+  echo
+  echo "| object | bytes | proxy req/s | nginx req/s | ratio | each round | target | met |"
+  echo "|---|---:|---:|---:|---:|---|---|---|"
+  for name in "${names[@]}"; do
+    read -r prps _ _ pall <<<"$(summarise "$name" proxy)"
+    read -r nrps _ _ nall <<<"$(summarise "$name" nginx)"
+    rps_ratio=$(ratio "$prps" "$nrps")
+    case $name in
+      p2-framework | archive-100k) target="≥ 1.2×" met=$(meets "$rps_ratio" '>=' 1.2) ;;
+      archive-5m) target="≥ 1.0×" met=$(meets "$rps_ratio" '>=' 1.0) ;;
+      *) target="-" met="-" ;;
+    esac
+    printf '| %s | %s | %.0f | %.0f | %s | %s | %s | %s |\n' "$name" "${sizes[single:$name]}" \
+      "$prps" "$nrps" "$rps_ratio" "$(round_ratios "$name" proxy nginx 1 | tr ' ' /)" "$target" "$met"
+  done
+  echo
+  echo "Latency (ms; median over the rounds of each percentile):"
+  echo
+  echo "| object | server | p50 | p90 | p99 | max | p99 each round | p99 ratio | target | met |"
+  echo "|---|---|---:|---:|---:|---:|---|---:|---|---|"
+  local -A pct
+  local i values
+  for name in "${names[@]}"; do
+    for server in proxy nginx; do
+      for i in 1 2 3 4; do
+        values=()
+        for ((round = 1; round <= ROUNDS; round++)); do
+          values+=("$(distribution "$name-$server-$round" | cut -d' ' -f"$i")")
+        done
+        pct[$server:$i]=$(median "${values[@]}")
+      done
+      values=()
+      for ((round = 1; round <= ROUNDS; round++)); do
+        values+=("$(distribution "$name-$server-$round" | cut -d' ' -f3)")
+      done
+      pct[$server:rounds]=$(IFS=/; echo "${values[*]}")
+    done
+    p99_ratio=$(ratio "${pct[proxy:3]}" "${pct[nginx:3]}")
+    if [[ $name == archive-5m ]]; then
+      target="p99 ≤ 1.1×" met=$(meets "$p99_ratio" '<=' 1.1)
+    else
+      target="-" met="-"
+    fi
+    printf '| %s | proxy | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" \
+      "${pct[proxy:1]}" "${pct[proxy:2]}" "${pct[proxy:3]}" "${pct[proxy:4]}" \
+      "${pct[proxy:rounds]}" "$p99_ratio" "$target" "$met"
+    printf '| | nginx | %s | %s | %s | %s | %s | | | |\n' \
+      "${pct[nginx:1]}" "${pct[nginx:2]}" "${pct[nginx:3]}" "${pct[nginx:4]}" "${pct[nginx:rounds]}"
+  done
+  echo
+  echo "Proxy peak RSS (VmHWM) after the runs: $((warm_rss_kib / 1024)) MiB."
+}
+
 # Scenario 4, the dev-tooling install: run_tooling_scenario, report_tooling.
 # Followed when both files are given to shellcheck, as .ci/validate-deploy does.
 # shellcheck source=bench/tooling.sh disable=SC1091
@@ -668,9 +746,16 @@ start_three_mocks fast 0 --archive-bytes "$SMALL_ARCHIVE_BYTES" --archive-bytes 
 start_proxy proxy-warm "$magento_url" "$work/cache-warm"
 warm_pid=$proxy_pid
 declare -A base_url=([single]=$proxy_url)
-start_merged_proxy proxy-merged-warm "$work/fast.toml" "$work/cache-merged-warm"
-merged_warm_pid=$proxy_pid
-base_url[merged]=$proxy_url
+# BENCH_ONLY=hits (issue 23's figures): the one-upstream proxy against nginx alone.
+sets=(single)
+servers=(proxy nginx)
+if [[ $ONLY != hits ]]; then
+  start_merged_proxy proxy-merged-warm "$work/fast.toml" "$work/cache-merged-warm"
+  merged_warm_pid=$proxy_pid
+  base_url[merged]=$proxy_url
+  sets+=(merged)
+  servers+=(merged mnginx)
+fi
 
 # Proxy-relative paths of the four objects for each set; archive URLs come from the
 # proxy's own rewritten metadata (on the merged repository: `/magento/dists/…`).
@@ -681,7 +766,6 @@ dist_path() {
   echo "${url#"$url_base"}"
 }
 names=(packages.json p2-framework archive-100k archive-5m)
-sets=(single merged)
 declare -A paths sizes
 for set in "${sets[@]}"; do
   paths[$set:packages.json]=/packages.json
@@ -695,8 +779,9 @@ done
 # proxy serves. The merged root never offers Composer 1 with several upstreams, but its
 # magento upstream builds the chain for its own URL in the same way: wait for that too, so
 # no background fetching overlaps the measurements, and for every upstream to be ready.
-curl -fsS -o /dev/null "${base_url[single]}/packages.json"
-curl -fsS -o /dev/null "${base_url[merged]}/packages.json"
+for set in "${sets[@]}"; do
+  curl -fsS -o /dev/null "${base_url[$set]}/packages.json"
+done
 composer1_ready() {
   [[ $(curl -fsS "${base_url[single]}/readyz" | jq -r .composer1) == true ]]
 }
@@ -706,7 +791,7 @@ merged_ready() {
       ([.upstreams[].status] | all(. == "ok"))') == true ]]
 }
 wait_until composer1_ready || die "the proxy's Composer 1 chain was not ready in time"
-wait_until merged_ready || die "the merged proxy was not ready in time: $(curl -sS "${base_url[merged]}/readyz")"
+[[ $ONLY == hits ]] || wait_until merged_ready || die "the merged proxy was not ready in time: $(curl -sS "${base_url[merged]}/readyz")"
 
 # Fetch every object until the proxy answers from its cache (the first archive request
 # streams from upstream and stores; the next one must be a hit), and put the same bytes
@@ -740,10 +825,13 @@ server_url[proxy]=${base_url[single]}
 server_url[merged]=${base_url[merged]}
 start_nginx nginx "$work/www-single"
 server_url[nginx]=$nginx_url
-start_nginx nginx-merged "$work/www-merged"
-server_url[mnginx]=$nginx_url
+if [[ $ONLY != hits ]]; then
+  start_nginx nginx-merged "$work/www-merged"
+  server_url[mnginx]=$nginx_url
+fi
 declare -A set_of=([proxy]=single [nginx]=single [merged]=merged [mnginx]=merged)
-for server in proxy merged; do
+for server in "${servers[@]}"; do
+  [[ $server == proxy || $server == merged ]] || continue
   for name in "${names[@]}"; do
     path=${paths[${set_of[$server]}:$name]}
     proxy_sum=$(curl -fsS "${server_url[$server]}$path" | sha256sum)
@@ -756,7 +844,7 @@ done
 declare -A result
 for ((round = 1; round <= ROUNDS; round++)); do
   for name in "${names[@]}"; do
-    for server in proxy nginx merged mnginx; do
+    for server in "${servers[@]}"; do
       path=${paths[${set_of[$server]}:$name]}
       log "round $round/$ROUNDS, wrk ${DURATION_SECS}s: $name via $server"
       result[$name-$server-$round]=$(measure "$name-$server-$round" "${server_url[$server]}$path")
@@ -765,6 +853,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 load_after_hits=$(cut -d' ' -f1 /proc/loadavg)
 warm_rss_kib=$(peak_rss_kib "$warm_pid")
+if [[ $ONLY == hits ]]; then
+  mkdir -p "$(dirname "$RESULTS")"
+  report_hits_only | tee "$RESULTS"
+  log "results written to $RESULTS"
+  exit 0
+fi
 merged_warm_rss_kib=$(peak_rss_kib "$merged_warm_pid")
 
 # 2. Cold install through a cold proxy against straight to the same slow upstream.
