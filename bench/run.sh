@@ -822,10 +822,10 @@ done
 declare -A nginx_of=([proxy]=nginx [merged]=mnginx)
 declare -A server_url
 server_url[proxy]=${base_url[single]}
-server_url[merged]=${base_url[merged]}
 start_nginx nginx "$work/www-single"
 server_url[nginx]=$nginx_url
 if [[ $ONLY != hits ]]; then
+  server_url[merged]=${base_url[merged]}
   start_nginx nginx-merged "$work/www-merged"
   server_url[mnginx]=$nginx_url
 fi
