@@ -7,8 +7,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+mod access;
 mod batch;
 
+pub use access::{access, AccessLine};
 pub use batch::FlushGuard;
 
 /// Installs the global subscriber; a second call (as in tests) is a no-op. Lines are written
@@ -17,6 +19,7 @@ pub use batch::FlushGuard;
 pub fn init(format: LogFormat, level: &str) -> FlushGuard {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = batch::stderr();
+    access::install(writer.clone(), format);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

@@ -59,27 +59,26 @@ impl AccessRecord {
         let upstream_status = note.and_then(|n| n.status);
         let upstream_ms = note.map(|n| n.took.as_millis() as u64);
         let upstream_requests = notes.len();
-        tracing::info!(
-            target: "composer_proxy::access",
-            client = %self.client.unwrap_or(self.peer.ip()),
-            peer = self.client.map(|_| tracing::field::display(self.peer.ip())),
-            token = self.token.as_deref(),
-            view = self.view.as_deref(),
-            method = %self.method,
-            path = %self.path,
-            version = ?self.version,
-            status = self.status,
-            bytes = sent,
-            duration_ms = duration.as_millis() as u64,
-            cache = self.cache,
-            route = self.route,
-            upstream = upstream.as_deref(),
+        let method = self.method.as_str();
+        crate::telemetry::access(&crate::telemetry::AccessLine {
+            client: self.client.unwrap_or(self.peer.ip()),
+            peer: self.client.map(|_| self.peer.ip()),
+            token: self.token.as_deref(),
+            view: self.view.as_deref(),
+            method,
+            path: &self.path,
+            version: self.version,
+            status: self.status,
+            bytes: sent,
+            duration_ms: duration.as_millis() as u64,
+            cache: self.cache,
+            route: self.route,
+            upstream: upstream.as_deref(),
             upstream_status,
             upstream_ms,
             upstream_requests,
             complete,
-            "request"
-        );
+        });
     }
 }
 

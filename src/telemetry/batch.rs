@@ -150,6 +150,16 @@ impl Write for LineWriter<'_> {
     }
 }
 
+impl BatchedStderr {
+    /// Appends one whole line (the access log's, formatted without the subscriber).
+    pub(super) fn append(&self, line: &[u8]) -> io::Result<()> {
+        LineWriter {
+            shared: &self.shared,
+        }
+        .write_all(line)
+    }
+}
+
 impl<'a> MakeWriter<'a> for BatchedStderr {
     type Writer = LineWriter<'a>;
 
