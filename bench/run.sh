@@ -45,7 +45,8 @@
 # (0.10: the least relative difference between merged and single-upstream ratios counted as
 # more than noise; also the band the views ratio may fall below 1), BENCH_ONLY (empty:
 # everything; `tooling`: scenario 4 alone; `bucket`: scenario 5 alone; `views`: scenario 6
-# alone; `usage`: scenario 7 alone),
+# alone; `usage`: scenario 7 alone; `hits`: issue 23's cache hits against nginx alone, on
+# BENCH_OBJECTS, default all four of packages.json p2-framework archive-100k archive-5m),
 # BENCH_RESULTS, BENCH_KEEP. Cargo honours CARGO_TARGET_DIR as usual.
 #
 # Needs: cargo, nginx, wrk, composer (with php-zip, php-curl, php-mbstring), curl, jq,
@@ -620,7 +621,7 @@ report_hits_only() {
   echo "and nginx alternating within each; medians of the rounds. wrk shares the CPUs with the server in"
   echo "both cases. 1-minute load average before: $load_before; after: $load_after_hits."
   echo
-  echo "Reproduce: \`BENCH_ONLY=hits BENCH_DURATION_SECS=$DURATION_SECS BENCH_ROUNDS=$ROUNDS BENCH_CONNECTIONS=$CONNECTIONS BENCH_WRK_THREADS=$WRK_THREADS bench/run.sh\`"
+  echo "Reproduce: \`BENCH_ONLY=hits BENCH_OBJECTS='${names[*]}' BENCH_DURATION_SECS=$DURATION_SECS BENCH_ROUNDS=$ROUNDS BENCH_CONNECTIONS=$CONNECTIONS BENCH_WRK_THREADS=$WRK_THREADS bench/run.sh\`"
   echo
   echo "| object | bytes | proxy req/s | nginx req/s | ratio | each round | target | met |"
   echo "|---|---:|---:|---:|---:|---|---|---|"
@@ -766,6 +767,10 @@ dist_path() {
   echo "${url#"$url_base"}"
 }
 names=(packages.json p2-framework archive-100k archive-5m)
+# BENCH_OBJECTS narrows the hits mode to some of them (space-separated), e.g. "archive-5m".
+if [[ $ONLY == hits && -n ${BENCH_OBJECTS:-} ]]; then
+  read -ra names <<<"$BENCH_OBJECTS"
+fi
 declare -A paths sizes
 for set in "${sets[@]}"; do
   paths[$set:packages.json]=/packages.json

@@ -270,6 +270,12 @@ impl Command {
     }
 }
 
+/// jemalloc with background purging returns the memory of a burst to the system within
+/// seconds, where glibc's arenas kept it (see the `jemalloc` feature in Cargo.toml).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
