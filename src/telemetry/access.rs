@@ -125,9 +125,15 @@ fn format_line(out: &mut Vec<u8>, format: LogFormat, at: SystemTime, line: &Acce
         ("cache", Some(Value::Str(line.cache))),
         ("route", Some(Value::Str(line.route))),
         ("upstream", line.upstream.map(Value::Str)),
-        ("upstream_status", line.upstream_status.map(|s| Value::Number(s.into()))),
+        (
+            "upstream_status",
+            line.upstream_status.map(|s| Value::Number(s.into())),
+        ),
         ("upstream_ms", line.upstream_ms.map(Value::Number)),
-        ("upstream_requests", Some(Value::Number(line.upstream_requests as u64))),
+        (
+            "upstream_requests",
+            Some(Value::Number(line.upstream_requests as u64)),
+        ),
         ("complete", Some(Value::Bool(line.complete))),
     ];
     let timestamp = humantime::format_rfc3339_micros(at);
@@ -203,7 +209,10 @@ mod tests {
         struct Captured(Arc<Mutex<Vec<u8>>>);
         impl Write for Captured {
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(buf);
                 Ok(buf.len())
             }
             fn flush(&mut self) -> std::io::Result<()> {
