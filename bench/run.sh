@@ -47,7 +47,8 @@
 # everything; `tooling`: scenario 4 alone; `bucket`: scenario 5 alone; `views`: scenario 6
 # alone; `usage`: scenario 7 alone; `hits`: issue 23's cache hits against nginx alone, on
 # BENCH_OBJECTS, default all four of packages.json p2-framework archive-100k archive-5m),
-# BENCH_RESULTS, BENCH_KEEP. Cargo honours CARGO_TARGET_DIR as usual.
+# BENCH_PROXY_SETTINGS (extra VAR=value settings for every proxy started, space-separated, for
+# experiments), BENCH_RESULTS, BENCH_KEEP. Cargo honours CARGO_TARGET_DIR as usual.
 #
 # Needs: cargo, nginx, wrk, composer (with php-zip, php-curl, php-mbstring), curl, jq,
 # ss, python3 with moto[server] (scenario 5). Missing Debian packages are installed with
@@ -285,6 +286,9 @@ launch_proxy() {
   local name=$1 cache=$2
   shift 2
   local settings=() args=()
+  # BENCH_PROXY_SETTINGS: more VAR=value settings for every proxy, space-separated, for
+  # experiments (e.g. COMPOSER_PROXY_LOG_LEVEL=warn); named in the report's reproduce line.
+  read -ra settings <<<"${BENCH_PROXY_SETTINGS:-}"
   while (($# > 0)) && [[ $1 != -- ]]; do
     settings+=("$1")
     shift
@@ -621,7 +625,7 @@ report_hits_only() {
   echo "and nginx alternating within each; medians of the rounds. wrk shares the CPUs with the server in"
   echo "both cases. 1-minute load average before: $load_before; after: $load_after_hits."
   echo
-  echo "Reproduce: \`BENCH_ONLY=hits BENCH_OBJECTS='${names[*]}' BENCH_DURATION_SECS=$DURATION_SECS BENCH_ROUNDS=$ROUNDS BENCH_CONNECTIONS=$CONNECTIONS BENCH_WRK_THREADS=$WRK_THREADS bench/run.sh\`"
+  echo "Reproduce: \`BENCH_ONLY=hits BENCH_OBJECTS='${names[*]}' BENCH_PROXY_SETTINGS='${BENCH_PROXY_SETTINGS:-}' BENCH_DURATION_SECS=$DURATION_SECS BENCH_ROUNDS=$ROUNDS BENCH_CONNECTIONS=$CONNECTIONS BENCH_WRK_THREADS=$WRK_THREADS bench/run.sh\`"
   echo
   echo "| object | bytes | proxy req/s | nginx req/s | ratio | each round | target | met |"
   echo "|---|---:|---:|---:|---:|---|---|---|"
