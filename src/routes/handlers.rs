@@ -62,15 +62,31 @@ const MEMORY_FRAME: usize = 256 * 1024;
 /// for the next slice only once the last is on its way, and that is the progress the
 /// send-stall watchdog counts: one frame of a whole large archive would end the body at once,
 /// and a client that then stopped reading would never be found out.
+///
+/// Between slices the response yields to the runtime. Slices in memory are always ready, so
+/// without it one connection whose client reads fast was written to for as long as its socket
+/// took bytes, while others waited: with 64 concurrent 5 MB downloads a few responses took 3
+/// to 5 times as long as nginx's slowest (whose sendfile sends at most 2 MB per turn). Files
+/// read from disk yield by themselves, at every read.
 fn memory_body(bytes: Bytes) -> ResponseBody {
     if bytes.len() <= MEMORY_FRAME {
         return full(bytes);
     }
     let len = bytes.len();
-    let frames = (0..len).step_by(MEMORY_FRAME).map(move |at| {
-        Ok::<_, std::io::Error>(Frame::data(bytes.slice(at..(at + MEMORY_FRAME).min(len))))
+    let frames = futures_util::stream::unfold(0, move |at| {
+        let bytes = bytes.clone();
+        async move {
+            if at >= len {
+                return None;
+            }
+            if at > 0 {
+                tokio::task::yield_now().await;
+            }
+            let end = (at + MEMORY_FRAME).min(len);
+            Some((Ok::<_, std::io::Error>(Frame::data(bytes.slice(at..end))), end))
+        }
     });
-    StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    StreamBody::new(frames).boxed_unsync()
 }
 
 /// An archive from the store (fetched with `client` if it must be), with its ETag, 304 and

@@ -217,7 +217,7 @@ async fn the_page_shows_accounts_views_downloads_and_advisories_in_a_browser() {
         chromium(
             &[
                 &format!("--screenshot={}", shot.display()),
-                "--window-size=1280,2400",
+                "--window-size=1280,3700",
                 "--hide-scrollbars",
             ],
             &url,
