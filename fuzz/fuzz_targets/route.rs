@@ -139,6 +139,8 @@ fn check_route(route: &Route) {
         | Route::List
         | Route::Health
         | Route::Ready
-        | Route::Metrics => {}
+        | Route::Metrics
+        | Route::Status
+        | Route::StatusJson => {}
     }
 }

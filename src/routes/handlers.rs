@@ -83,7 +83,10 @@ fn memory_body(bytes: Bytes) -> ResponseBody {
                 tokio::task::yield_now().await;
             }
             let end = (at + MEMORY_FRAME).min(len);
-            Some((Ok::<_, std::io::Error>(Frame::data(bytes.slice(at..end))), end))
+            Some((
+                Ok::<_, std::io::Error>(Frame::data(bytes.slice(at..end))),
+                end,
+            ))
         }
     });
     StreamBody::new(frames).boxed_unsync()
