@@ -68,8 +68,9 @@ pub struct AppState {
     pub notifications: routes::Notifications,
     /// Who took which archive (`composer-proxy usage`).
     pub usage: usage::UsageRecord,
-    /// The last look for advisories covering served versions (status page and metric).
-    pub served_advisories: status::advisories::Scan,
+    /// The status page's costly facts, reused: the usage record condensed, and the last look
+    /// for advisories covering served versions (also behind a metric).
+    pub status: status::Cache,
     /// This process's name among replicas (the usage record's and the bucket's).
     pub replica: String,
 }
@@ -256,7 +257,7 @@ impl Proxy {
             public_url,
             client_limits: server::ClientLimits::from(config),
             notifications: routes::Notifications::default(),
-            served_advisories: status::advisories::Scan::default(),
+            status: status::Cache::default(),
             replica: usage::replica_name(config),
         });
         Ok(Proxy {

@@ -9,7 +9,7 @@
 //! information, and errors in the words the log uses, which never carry keys.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Serialize, Serializer};
 use serde_json::Value;
@@ -252,10 +252,52 @@ async fn usage_lines(state: &AppState) -> (Vec<Line>, usize, Option<String>) {
     }
 }
 
+/// What the page reads of the usage record, condensed: the lines themselves (30 days can be
+/// millions) are held only while they are counted.
+#[derive(Debug)]
+pub struct UsageFacts {
+    pub summary: downloads::Summary,
+    pub served: advisories::ServedVersions,
+    pub replicas: usize,
+    pub error: Option<String>,
+}
+
+/// How long the condensed usage record is reused: a page reloaded by several people reads the
+/// record once, and a download shows within this long.
+const USAGE_REUSE: Duration = Duration::from_secs(5);
+
+/// The costly parts of the page, gathered one at a time and reused: the usage record and the
+/// advisory lookups of what it says was served.
+#[derive(Default)]
+pub struct Cache {
+    usage: tokio::sync::Mutex<Option<(Instant, Arc<UsageFacts>)>>,
+    pub advisories: advisories::Scan,
+}
+
+impl Cache {
+    async fn usage(&self, state: &AppState) -> Arc<UsageFacts> {
+        let mut last = self.usage.lock().await;
+        if let Some((at, facts)) = &*last {
+            if at.elapsed() < USAGE_REUSE {
+                return facts.clone();
+            }
+        }
+        let (lines, replicas, error) = usage_lines(state).await;
+        let facts = Arc::new(UsageFacts {
+            summary: downloads::summarise(&lines, SystemTime::now()),
+            served: advisories::served(&lines),
+            replicas,
+            error,
+        });
+        *last = Some((Instant::now(), facts.clone()));
+        facts
+    }
+}
+
 /// The advisories of served versions, for the background pass that keeps the metric current.
 pub async fn scan_served(state: &AppState) {
-    let (lines, _, _) = usage_lines(state).await;
-    state.served_advisories.run(state, &lines).await;
+    let usage = state.status.usage(state).await;
+    state.status.advisories.run(state, &usage.served).await;
 }
 
 fn upstream_status(state: &AppState, readiness: &Value, now: SystemTime) -> Vec<UpstreamStatus> {
@@ -408,8 +450,8 @@ pub async fn gather(state: &Arc<AppState>) -> Status {
     let now = SystemTime::now();
     let (ready_status, readiness) = crate::routes::readiness(state).await;
     let tokens = tokens(state).await;
-    let (lines, replicas, usage_error) = usage_lines(state).await;
-    let advisories = state.served_advisories.run(state, &lines).await;
+    let usage = state.status.usage(state).await;
+    let advisories = state.status.advisories.run(state, &usage.served).await;
     Status {
         generated: Time(now),
         version: env!("CARGO_PKG_VERSION"),
@@ -424,9 +466,9 @@ pub async fn gather(state: &Arc<AppState>) -> Status {
                 .usage
                 .settings()
                 .map(|s| s.retention.as_secs() / 86_400),
-            replicas,
-            error: usage_error,
-            summary: downloads::summarise(&lines, now),
+            replicas: usage.replicas,
+            error: usage.error.clone(),
+            summary: usage.summary.clone(),
         },
         advisories,
         storage: storage(state, now).await,

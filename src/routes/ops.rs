@@ -251,7 +251,7 @@ pub(super) async fn metrics(state: &Arc<AppState>) -> Response<ResponseBody> {
             .collect(),
         integrity,
         bucket_up: state.bucket.as_ref().map(|b| b.down_for().is_none()),
-        served_advisory_versions: state.served_advisories.affected_versions(),
+        served_advisory_versions: state.status.advisories.affected_versions(),
     };
     let mut response = Response::new(full(state.metrics.render(&gauges)));
     set(

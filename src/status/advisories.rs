@@ -2,8 +2,9 @@
 //! version in the usage record's window, asked of the upstreams' advisory APIs (the same
 //! requests Composer's audit makes through the proxy, answers remembered for
 //! `advisories_ttl`), matched with Composer's constraint semantics
-//! ([`crate::composer::advisories_match`]). The result is kept for a minute, so reloading the
-//! page asks nothing again; a background pass every [`SCAN_INTERVAL`] keeps the metric current.
+//! ([`crate::composer::advisories_match`]). The result is kept for a minute while the served
+//! versions stay the same, so reloading the page asks nothing again; a background pass every
+//! [`SCAN_INTERVAL`] keeps the metric current.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::upstreams::Among;
 use crate::usage::Line;
 use crate::AppState;
 
-/// How long one scan's result is reused.
+/// How long one scan's result is reused for the same served versions.
 const REUSE: Duration = Duration::from_secs(60);
 /// How often the proxy scans on its own, for the metric.
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(900);
@@ -35,8 +36,8 @@ pub struct Served {
 
 /// The versions in `lines`, by (package, version). Release files and downloads without a
 /// version have nothing an advisory could name.
-pub fn served(lines: &[Line]) -> BTreeMap<(String, String), Served> {
-    let mut served: BTreeMap<(String, String), Served> = BTreeMap::new();
+pub fn served(lines: &[Line]) -> ServedVersions {
+    let mut served = ServedVersions::new();
     for line in lines {
         let Some(version) = &line.version else {
             continue;
@@ -84,10 +85,7 @@ pub struct Unreadable {
 
 /// The advisories in `answer` (`{"advisories": {name: [...]}}`) covering each served version.
 /// Pure.
-pub fn matched(
-    served: &BTreeMap<(String, String), Served>,
-    answer: &Value,
-) -> (Vec<Affected>, Vec<Unreadable>) {
+pub fn matched(served: &ServedVersions, answer: &Value) -> (Vec<Affected>, Vec<Unreadable>) {
     let mut affected = Vec::new();
     let mut unreadable = Vec::new();
     for ((package, version), by) in served {
@@ -135,10 +133,16 @@ pub struct Found {
     pub error: Option<String>,
 }
 
-/// The last scan, reused for [`REUSE`].
+/// Served versions by (package, version).
+pub type ServedVersions = BTreeMap<(String, String), Served>;
+
+/// When a scan ran, the versions it looked up, and what it found.
+type LastScan = (Instant, Vec<(String, String)>, Arc<Found>);
+
+/// The last scan, reused for [`REUSE`] while the served versions are the same.
 #[derive(Default)]
 pub struct Scan {
-    last: tokio::sync::Mutex<Option<(Instant, Arc<Found>)>>,
+    last: tokio::sync::Mutex<Option<LastScan>>,
     /// Versions with an advisory in the last scan, for `/metrics`; `None` before one.
     affected_versions: std::sync::Mutex<Option<u64>>,
 }
@@ -152,15 +156,17 @@ impl Scan {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The advisories covering what `lines` say was served: the last scan's if it is recent.
-    pub async fn run(&self, state: &AppState, lines: &[Line]) -> Arc<Found> {
+    /// The advisories covering the `served` versions: the last scan's if it is recent and
+    /// looked up the same versions.
+    pub async fn run(&self, state: &AppState, served: &ServedVersions) -> Arc<Found> {
+        let looking_up: Vec<(String, String)> = served.keys().cloned().collect();
         let mut last = self.last.lock().await;
-        if let Some((at, found)) = &*last {
-            if at.elapsed() < REUSE {
+        if let Some((at, looked_up, found)) = &*last {
+            if at.elapsed() < REUSE && *looked_up == looking_up {
                 return found.clone();
             }
         }
-        let found = Arc::new(scan(state, lines).await);
+        let found = Arc::new(scan(state, served).await);
         let versions: BTreeSet<(&str, &str)> = found
             .affected
             .iter()
@@ -172,13 +178,12 @@ impl Scan {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(versions.len() as u64);
         }
-        *last = Some((Instant::now(), found.clone()));
+        *last = Some((Instant::now(), looking_up, found.clone()));
         found
     }
 }
 
-async fn scan(state: &AppState, lines: &[Line]) -> Found {
-    let served = served(lines);
+async fn scan(state: &AppState, served: &ServedVersions) -> Found {
     let sources: Vec<String> = state
         .upstreams
         .iter()
@@ -208,7 +213,7 @@ async fn scan(state: &AppState, lines: &[Line]) -> Found {
         .collect();
     match state.upstreams.advisories(Among::All, &names).await {
         Ok((answer, _, _)) => {
-            (found.affected, found.unreadable) = matched(&served, &answer);
+            (found.affected, found.unreadable) = matched(served, &answer);
         }
         Err(e) => found.error = Some(e.to_string()),
     }
