@@ -55,7 +55,7 @@ pub use path::{
     MAX_PATH_BYTES,
 };
 use releases::{release_file, release_info};
-use respond::{document, view_document};
+use respond::{document, set, set_length, view_document};
 
 /// Outcome details the access log and metrics record.
 pub struct Outcome {
@@ -420,26 +420,19 @@ async fn status_page(state: &Arc<AppState>, route: &Route, head: bool) -> Respon
             "text/html; charset=utf-8",
         ),
     };
-    let length = body.len();
+    let length = body.len() as u64;
     let mut response = Response::new(if head { empty() } else { full(body) });
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
+    set(headers, header::CONTENT_TYPE, content_type);
+    set_length(headers, length);
+    set(headers, header::CACHE_CONTROL, "no-store");
+    set(
+        headers,
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
-        ),
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
     );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(headers, header::REFERRER_POLICY, "no-referrer");
     response
 }
 

@@ -403,10 +403,7 @@ fn views(state: &AppState, tokens: &Tokens) -> Vec<ViewStatus> {
 async fn storage(state: &Arc<AppState>, now: SystemTime) -> Storage {
     let probe = crate::routes::cache_probe(state).await;
     let archives = state.archives.stats();
-    let mut metadata = crate::cache::metadata::MetadataStats::default();
-    for upstream in state.upstreams.iter() {
-        metadata.add(upstream.metadata.stats().await);
-    }
+    let metadata = state.upstreams.metadata_stats().await;
     let bucket = match &state.bucket {
         Some(bucket) => Some(BucketStatus {
             url: bucket.describe().to_string(),

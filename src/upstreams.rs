@@ -128,6 +128,15 @@ impl Upstreams {
     }
 
     /// The upstream of that name, served at its own prefix.
+    /// Every upstream's metadata cache figures, added up (`/metrics`, the status page).
+    pub async fn metadata_stats(&self) -> crate::cache::metadata::MetadataStats {
+        let mut stats = crate::cache::metadata::MetadataStats::default();
+        for upstream in &self.list {
+            stats.add(upstream.metadata.stats().await);
+        }
+        stats
+    }
+
     pub fn named(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.list.iter().find(|u| u.named && &*u.name == name)
     }

@@ -9,7 +9,6 @@ use serde_json::json;
 
 use super::respond::set;
 use super::{full, ResponseBody};
-use crate::cache::metadata::MetadataStats;
 use crate::cache::{cache_verdict, CacheProbe, WriteKind};
 use crate::error::json_response;
 use crate::metrics::{Gauges, IntegrityGauges};
@@ -206,10 +205,7 @@ pub(crate) async fn cache_probe(state: &Arc<AppState>) -> CacheProbe {
 }
 
 pub(super) async fn metrics(state: &Arc<AppState>) -> Response<ResponseBody> {
-    let mut metadata = MetadataStats::default();
-    for upstream in state.upstreams.iter() {
-        metadata.add(upstream.metadata.stats().await);
-    }
+    let metadata = state.upstreams.metadata_stats().await;
     let archives = state.archives.stats();
     let probe = cache_probe(state).await;
     let health = state.archives.disk().health();
