@@ -15,6 +15,7 @@ mod bucket;
 mod changes;
 mod histogram;
 mod limits;
+mod requests;
 mod traffic;
 
 use histogram::Histogram;
@@ -26,23 +27,17 @@ pub use traffic::{Slot, SLOT_SECS};
 
 #[derive(Default)]
 struct Families {
-    requests: BTreeMap<(&'static str, &'static str, &'static str), u64>,
-    served_bytes: BTreeMap<&'static str, u64>,
-    request_duration: BTreeMap<&'static str, Histogram>,
-    stale: BTreeMap<&'static str, u64>,
     /// By (upstream name, request kind, outcome): names come from the configuration only.
     upstream: BTreeMap<(Arc<str>, &'static str, &'static str), u64>,
     upstream_duration: BTreeMap<(Arc<str>, &'static str), Histogram>,
     key_rejections: BTreeMap<(Arc<str>, usize), u64>,
-    /// By (view name, status class): names come from the configuration only.
-    view_requests: BTreeMap<(Arc<str>, &'static str), u64>,
-    view_bytes: BTreeMap<Arc<str>, u64>,
-    /// The last 24 hours in slots, for the status page.
-    traffic: traffic::Traffic,
 }
 
 #[derive(Default)]
 pub struct Metrics {
+    /// What every request updates, in shards by thread.
+    requests: requests::Sharded,
+    /// Upstream exchanges, far rarer than requests.
     families: Mutex<Families>,
     /// Atomics rather than `families`: they change on every accepted connection, and a
     /// connection flood must not contend on the lock requests use.
@@ -164,32 +159,19 @@ impl Metrics {
         duration: Duration,
         view: Option<&Arc<str>>,
     ) {
-        self.with(|f| {
-            if let Some(view) = view {
-                *f.view_requests
-                    .entry((view.clone(), status_class(status)))
-                    .or_default() += 1;
-                *f.view_bytes.entry(view.clone()).or_default() += bytes;
-            }
-            *f.requests
-                .entry((route, status_class(status), cache))
-                .or_default() += 1;
-            *f.served_bytes.entry(route).or_default() += bytes;
-            f.traffic.record(SystemTime::now(), cache, bytes);
-            f.request_duration
-                .entry(route)
-                .or_default()
-                .observe(duration);
-            if cache == "STALE" {
-                *f.stale.entry(route).or_default() += 1;
-            }
+        self.requests.record(&requests::Answered {
+            route,
+            status,
+            cache,
+            bytes,
+            duration,
+            view,
         });
     }
 
     /// The last 24 hours of traffic up to `now`, oldest slot first.
     pub fn traffic(&self, now: SystemTime) -> Vec<Slot> {
-        let families = self.families.lock().unwrap_or_else(|p| p.into_inner());
-        families.traffic.last_day(now)
+        self.requests.traffic(now)
     }
 
     /// One upstream exchange (until response headers).
@@ -248,6 +230,7 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
+        let requests = self.requests.total();
         let families = self.families.lock().unwrap_or_else(|p| p.into_inner());
         let out = &mut out;
 
@@ -291,7 +274,7 @@ impl Metrics {
             "counter",
             "Requests answered, by route kind, status class and cache status.",
         );
-        for ((route, class, cache), n) in &families.requests {
+        for ((route, class, cache), n) in &requests.requests {
             let _ = writeln!(
                 out,
                 "composer_proxy_requests_total{{route=\"{route}\",status=\"{class}\",cache=\"{cache}\"}} {n}"
@@ -303,7 +286,7 @@ impl Metrics {
             "counter",
             "Response body bytes sent to clients, by route kind.",
             "route",
-            &families.served_bytes,
+            &requests.served_bytes,
         );
         header(
             out,
@@ -311,7 +294,7 @@ impl Metrics {
             "histogram",
             "Time from request to the end of the response body, by route kind.",
         );
-        for (route, h) in &families.request_duration {
+        for (route, h) in &requests.request_duration {
             h.render(
                 out,
                 "composer_proxy_request_duration_seconds",
@@ -324,7 +307,7 @@ impl Metrics {
             "counter",
             "Requests answered in a view (a [[view]] table), by view and status class.",
         );
-        for ((view, class), n) in &families.view_requests {
+        for ((view, class), n) in &requests.view_requests {
             let _ = writeln!(
                 out,
                 "composer_proxy_view_requests_total{{view=\"{view}\",status=\"{class}\"}} {n}"
@@ -336,7 +319,7 @@ impl Metrics {
             "counter",
             "Response body bytes sent in a view, by view.",
         );
-        for (view, n) in &families.view_bytes {
+        for (view, n) in &requests.view_bytes {
             let _ = writeln!(
                 out,
                 "composer_proxy_view_served_bytes_total{{view=\"{view}\"}} {n}"
@@ -348,7 +331,7 @@ impl Metrics {
             "counter",
             "Responses served from cache marked stale (revalidating, or upstream failing).",
             "route",
-            &families.stale,
+            &requests.stale,
         );
 
         header(

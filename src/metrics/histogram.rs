@@ -27,6 +27,20 @@ impl Histogram {
         self.sum += secs;
     }
 
+    /// Adds `other`'s observations to these.
+    pub(super) fn add(&mut self, other: &Histogram) {
+        for (count, more) in self.counts.iter_mut().zip(other.counts) {
+            *count += more;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+    }
+
+    #[cfg(test)]
+    pub(super) fn count(&self) -> u64 {
+        self.count
+    }
+
     /// `labels` is the rendered label set, e.g. `route="p2"`.
     pub(super) fn render(&self, out: &mut String, name: &str, labels: &str) {
         for (bound, count) in BUCKETS.iter().zip(self.counts.iter()) {
