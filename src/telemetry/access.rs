@@ -11,7 +11,6 @@
 //! in-process proxies of the tests, which set no global subscriber).
 
 use std::cell::RefCell;
-use std::fmt::Debug;
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::OnceLock;
@@ -55,7 +54,9 @@ pub struct AccessLine<'a> {
 /// in text, numbers and booleans bare in JSON.
 enum Value<'a> {
     /// Text: as is. JSON: a string.
-    Shown(&'a dyn std::fmt::Display),
+    Plain(&'a str),
+    /// An address, as `Plain`; its text never needs escaping.
+    Ip(IpAddr),
     /// Text: quoted like Rust's `Debug`. JSON: a string.
     Str(&'a str),
     /// As is in both.
@@ -110,15 +111,14 @@ fn via_tracing(line: &AccessLine<'_>) {
 
 /// The line as the subscriber would write it at `at`, newline included.
 fn format_line(out: &mut Vec<u8>, format: LogFormat, at: SystemTime, line: &AccessLine<'_>) {
-    let version = VersionText(line.version);
     let fields: [(&str, Option<Value<'_>>); 17] = [
-        ("client", Some(Value::Shown(&line.client))),
-        ("peer", line.peer.as_ref().map(|p| Value::Shown(p))),
+        ("client", Some(Value::Ip(line.client))),
+        ("peer", line.peer.map(Value::Ip)),
         ("token", line.token.map(Value::Str)),
         ("view", line.view.map(Value::Str)),
-        ("method", Some(Value::Shown(&line.method))),
-        ("path", Some(Value::Shown(&line.path))),
-        ("version", Some(Value::Shown(&version))),
+        ("method", Some(Value::Plain(line.method))),
+        ("path", Some(Value::Plain(line.path))),
+        ("version", Some(Value::Plain(version_text(line.version)))),
         ("status", Some(Value::Number(line.status.into()))),
         ("bytes", Some(Value::Number(line.bytes))),
         ("duration_ms", Some(Value::Number(line.duration_ms))),
@@ -143,21 +143,23 @@ fn format_line(out: &mut Vec<u8>, format: LogFormat, at: SystemTime, line: &Acce
                 out,
                 r#"{{"timestamp":"{timestamp}","level":"INFO","message":"request""#
             );
+            // Constant parts are copied and numbers written with itoa, not through
+            // `fmt::write`: this runs once per request.
             for (name, value) in fields {
                 let Some(value) = value else { continue };
-                let _ = write!(out, r#","{name}":"#);
+                out.extend_from_slice(b",\"");
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"\":");
                 match value {
-                    Value::Shown(shown) => json_string(out, &shown.to_string()),
-                    Value::Str(text) => json_string(out, text),
-                    Value::Number(n) => {
-                        let _ = write!(out, "{n}");
+                    Value::Plain(text) | Value::Str(text) => json_string(out, text),
+                    Value::Ip(ip) => {
+                        let _ = write!(out, "\"{ip}\"");
                     }
-                    Value::Bool(b) => {
-                        let _ = write!(out, "{b}");
-                    }
+                    Value::Number(n) => number(out, n),
+                    Value::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
                 }
             }
-            let _ = writeln!(out, r#","target":"composer_proxy::access"}}"#);
+            out.extend_from_slice(b",\"target\":\"composer_proxy::access\"}\n");
         }
         LogFormat::Text => {
             // tracing-subscriber's default: dimmed time, green level, dimmed target, italic
@@ -168,13 +170,20 @@ fn format_line(out: &mut Vec<u8>, format: LogFormat, at: SystemTime, line: &Acce
             );
             for (name, value) in fields {
                 let Some(value) = value else { continue };
-                let _ = write!(out, " \x1b[3m{name}\x1b[0m\x1b[2m=\x1b[0m");
-                let _ = match value {
-                    Value::Shown(shown) => write!(out, "{shown}"),
-                    Value::Str(text) => write!(out, "{text:?}"),
-                    Value::Number(n) => write!(out, "{n}"),
-                    Value::Bool(b) => write!(out, "{b}"),
-                };
+                out.extend_from_slice(b" \x1b[3m");
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"\x1b[0m\x1b[2m=\x1b[0m");
+                match value {
+                    Value::Plain(text) => out.extend_from_slice(text.as_bytes()),
+                    Value::Ip(ip) => {
+                        let _ = write!(out, "{ip}");
+                    }
+                    Value::Str(text) => {
+                        let _ = write!(out, "{text:?}");
+                    }
+                    Value::Number(n) => number(out, n),
+                    Value::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
+                }
             }
             out.push(b'\n');
         }
@@ -182,12 +191,19 @@ fn format_line(out: &mut Vec<u8>, format: LogFormat, at: SystemTime, line: &Acce
 }
 
 /// `HTTP/1.1`, `HTTP/2.0`: the version as `?version` shows it.
-struct VersionText(http::Version);
-
-impl std::fmt::Display for VersionText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        Debug::fmt(&self.0, f)
+fn version_text(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
     }
+}
+
+fn number(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 fn json_string(out: &mut Vec<u8>, text: &str) {
