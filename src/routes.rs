@@ -132,7 +132,7 @@ fn screen<B>(request: &Request<B>) -> Result<(), ProxyError> {
 
 /// Answers one request. Never fails: errors become JSON responses here.
 pub async fn handle(
-    state: Arc<AppState>,
+    state: &Arc<AppState>,
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> (Response<ResponseBody>, Outcome) {
@@ -206,7 +206,7 @@ pub async fn handle(
     }
     let (binding, token) = if route.needs_token() {
         match check_token(
-            &state,
+            state,
             &access,
             request.headers(),
             client,
@@ -220,7 +220,9 @@ pub async fn handle(
     } else {
         (None, None)
     };
+    // Snapshots are held only while deciding, never across an upstream fetch.
     drop(views);
+    drop(access);
     let method = request.method().clone();
     let (allowed, allow) = match route {
         Route::Notify | Route::Advisories | Route::FilterEntries => {
@@ -241,7 +243,7 @@ pub async fn handle(
         token,
         head,
     };
-    let result = answer(&state, asked, route, request, &mut outcome).await;
+    let result = answer(state, asked, route, request, &mut outcome).await;
     match result {
         Ok((response, cache)) => {
             outcome.cache = cache;

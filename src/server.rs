@@ -22,7 +22,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceBuilder;
 use tower_http::sensitive_headers::{SetSensitiveRequestHeaders, SetSensitiveRequestHeadersLayer};
 
@@ -34,6 +34,7 @@ use crate::{routes, AppState};
 mod access_log;
 pub mod open_files;
 mod stall;
+mod workers;
 
 use access_log::{AccessBody, AccessRecord};
 use stall::{SendProgress, StallExecutor};
@@ -93,92 +94,25 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then waits up to the grace period for in-flight
     /// requests.
+    ///
+    /// Connections are served by one thread per CPU ([`workers`]), each with a runtime of its
+    /// own accepting from the same listener; this task only starts and stops them.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let limits = self.state.client_limits;
-        let graceful = GracefulShutdown::new();
-        let mut builder = auto::Builder::new(StallExecutor {
-            limit: limits.send_timeout,
-            metrics: self.state.metrics.clone(),
-        });
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .max_buf_size(MAX_HEADER_BYTES);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(MAX_HEADER_BYTES as u32)
-            .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
-        let builder = Arc::new(builder);
-        let permits = Arc::new(Semaphore::new(limits.max_connections));
-        let refusal = refusal_response();
-        let mut refusals = RefusalLog::default();
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Usually EMFILE: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            // The acceptor is read per connection, so a reloaded certificate serves new
-            // connections while established ones keep theirs.
-            let acceptor = self.state.tls_acceptor();
-            // A peer that could never be served is turned away before it costs a permit, a TLS
-            // handshake or hyper's parser: outsiders cannot use up `max_connections`. (A
-            // trusted proxy is let through; its clients are checked per request.)
-            if !self.state.access().admits_peer(peer.ip()) {
-                self.state.metrics.record_connection_outside_allowlist();
-                tracing::debug!(client = %peer.ip(), "connection from outside the allowlist refused");
-                if acceptor.is_none() {
-                    tokio::spawn(refuse(stream, forbidden_response(peer.ip())));
-                }
-                continue;
+        let accepting = Arc::new(Accepting::new(&self.state));
+        let listener = match self.listener.into_std() {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(
+                    event = "serving_thread_failed",
+                    error = %e,
+                    "cannot hand the listener to the serving threads"
+                );
+                return;
             }
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                self.state.metrics.record_connection_refused();
-                refusals.note(limits.max_connections);
-                // A TLS client cannot read a plain-text answer; closing is all it can be told.
-                if acceptor.is_none() {
-                    tokio::spawn(refuse(stream, refusal.clone()));
-                }
-                continue;
-            };
-            let open = OpenConnection::new(permit, self.state.metrics.clone());
-            let _ = stream.set_nodelay(true);
-            let activity = Activity::new();
-            let service = service(self.state.clone(), peer, activity.clone());
-            let builder = builder.clone();
-            let watcher = graceful.watcher();
-            let conn = Connection {
-                activity,
-                peer,
-                limits,
-                metrics: self.state.metrics.clone(),
-            };
-            tokio::spawn(async move {
-                let _open = open;
-                let Some(acceptor) = acceptor else {
-                    serve(&builder, TokioIo::new(stream), service, watcher, conn).await;
-                    return;
-                };
-                match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => serve(&builder, TokioIo::new(tls), service, watcher, conn).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
-                    }
-                    Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
-                }
-            });
-        }
-        drop(self.listener);
+        };
+        let mut workers = workers::start(listener, accepting.clone());
+        shutdown.await;
+        let graceful = workers.stop_accepting(&accepting).await;
         tracing::info!(
             grace_secs = self.grace.as_secs(),
             "shutting down: draining in-flight requests"
@@ -189,6 +123,112 @@ impl Server {
         {
             tracing::warn!("grace period over; closing remaining connections");
         }
+        workers.finish().await;
+    }
+}
+
+/// What the accept loops share.
+struct Accepting {
+    state: Arc<AppState>,
+    builder: auto::Builder<StallExecutor>,
+    permits: Arc<Semaphore>,
+    limits: ClientLimits,
+    refusal: Bytes,
+    refusals: Mutex<RefusalLog>,
+    /// Watches every connection for the drain; taken once no loop accepts any more.
+    graceful: Mutex<Option<GracefulShutdown>>,
+}
+
+impl Accepting {
+    fn new(state: &Arc<AppState>) -> Self {
+        let limits = state.client_limits;
+        let mut builder = auto::Builder::new(StallExecutor {
+            limit: limits.send_timeout,
+            metrics: state.metrics.clone(),
+        });
+        // No `header_read_timeout`: [`Activity`] bounds the wait for every request head.
+        builder
+            .http1()
+            .header_read_timeout(None)
+            .max_buf_size(MAX_HEADER_BYTES);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        Self {
+            state: state.clone(),
+            builder,
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
+            refusal: refusal_response(),
+            refusals: Mutex::new(RefusalLog::default()),
+            graceful: Mutex::new(Some(GracefulShutdown::new())),
+        }
+    }
+
+    /// Serves one accepted connection in a task of the calling thread's runtime, or turns it
+    /// away.
+    fn serve(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let state = &self.state;
+        let limits = self.limits;
+        // The acceptor is read per connection, so a reloaded certificate serves new
+        // connections while established ones keep theirs.
+        let acceptor = state.tls_acceptor();
+        // A peer that could never be served is turned away before it costs a permit, a TLS
+        // handshake or hyper's parser: outsiders cannot use up `max_connections`. (A trusted
+        // proxy is let through; its clients are checked per request.)
+        if !state.access().admits_peer(peer.ip()) {
+            state.metrics.record_connection_outside_allowlist();
+            tracing::debug!(client = %peer.ip(), "connection from outside the allowlist refused");
+            if acceptor.is_none() {
+                tokio::spawn(refuse(stream, forbidden_response(peer.ip())));
+            }
+            return;
+        }
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            state.metrics.record_connection_refused();
+            self.refusals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .note(limits.max_connections);
+            // A TLS client cannot read a plain-text answer; closing is all it can be told.
+            if acceptor.is_none() {
+                tokio::spawn(refuse(stream, self.refusal.clone()));
+            }
+            return;
+        };
+        let watcher = match &*self.graceful.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(graceful) => graceful.watcher(),
+            // Draining: accepted just before the loops stopped; closing it is all that is left.
+            None => return,
+        };
+        let open = OpenConnection::new(permit, state.metrics.clone());
+        let _ = stream.set_nodelay(true);
+        let activity = Activity::new();
+        let service = service(state.clone(), peer, activity.clone());
+        let conn = Connection {
+            activity,
+            peer,
+            limits,
+            metrics: state.metrics.clone(),
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _open = open;
+            let builder = &this.builder;
+            let Some(acceptor) = acceptor else {
+                serve(builder, TokioIo::new(stream), service, watcher, conn).await;
+                return;
+            };
+            match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve(builder, TokioIo::new(tls), service, watcher, conn).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
+                }
+                Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+            }
+        });
     }
 }
 
@@ -235,54 +275,76 @@ async fn serve<I>(
 /// Requests in flight on one connection; a connection with none is idle, and one idle for
 /// `client_header_timeout_secs` is closed.
 ///
-/// hyper's `header_read_timeout` alone does not do this. It runs while hyper reads an HTTP/1
-/// request head, which in hyper 1.x includes waiting for the next request on a keep-alive
-/// connection, so idle HTTP/1 keep-alive connections are closed by it. But nothing bounds the
+/// This is the only timeout on waiting for a request head. It covers what hyper's own
+/// `header_read_timeout` does (a head that trickles in, or none after a keep-alive answer: the
+/// connection is idle from the end of its last response), and what that timeout cannot: the
 /// bytes before hyper-util's `auto` builder has told HTTP/1 from HTTP/2 (a client that connects
-/// and sends nothing, or trickles the HTTP/2 preface, waits there forever), nor an HTTP/2
+/// and sends nothing, or trickles the HTTP/2 preface, would wait there forever), and an HTTP/2
 /// connection with no stream open. Each would hold a `max_connections` permit for good: a
 /// slowloris needs only as many sockets as the limit. A request counts as in flight from its
 /// complete head until its response body ends, so long downloads and slow upstreams are never
-/// cut; hyper's own timeout still bounds a head that trickles in.
+/// cut.
+///
+/// Nothing here wakes the watchdog (see [`Activity::idle_for`]): hyper's timeout armed and
+/// disarmed a timer for every request, and a watch channel here woke the connection's task
+/// twice per request, for a limit that is checked once a minute.
 #[derive(Clone)]
-struct Activity(Arc<watch::Sender<usize>>);
+struct Activity(Arc<Mutex<Busy>>);
+
+/// Requests in flight, and since when there have been none.
+struct Busy {
+    in_flight: usize,
+    idle_since: Instant,
+}
 
 impl Activity {
     fn new() -> Self {
-        Self(Arc::new(watch::Sender::new(0)))
+        Self(Arc::new(Mutex::new(Busy {
+            in_flight: 0,
+            idle_since: Instant::now(),
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Busy> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Marks a request in flight until the returned guard is dropped.
     fn begin(&self) -> InFlight {
-        self.0.send_modify(|n| *n += 1);
-        InFlight(self.0.clone())
+        self.lock().in_flight += 1;
+        InFlight(self.clone())
     }
 
-    /// Resolves once no request has been in flight for `limit`.
+    /// Resolves once no request has been in flight for `limit`. It sleeps until the earliest
+    /// moment that could be so and then looks: a request that began and ended meanwhile moved
+    /// `idle_since` on, so it sleeps again until the new deadline.
     async fn idle_for(&self, limit: Duration) {
-        let mut in_flight = self.0.subscribe();
         loop {
-            let idle = *in_flight.borrow_and_update() == 0;
-            let changed = in_flight.changed();
-            if idle {
-                if tokio::time::timeout(limit, changed).await.is_err() {
+            let wake = {
+                let busy = self.lock();
+                if busy.in_flight > 0 {
+                    Instant::now() + limit
+                } else if busy.idle_since.elapsed() >= limit {
                     return;
+                } else {
+                    busy.idle_since + limit
                 }
-            } else if changed.await.is_err() {
-                // Cannot happen while `self` holds the sender; if it did, nothing could
-                // ever mark the connection busy again.
-                return;
-            }
+            };
+            tokio::time::sleep_until(wake.into()).await;
         }
     }
 }
 
 /// One request in flight; see [`Activity`].
-struct InFlight(Arc<watch::Sender<usize>>);
+struct InFlight(Activity);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
+        let mut busy = self.0.lock();
+        busy.in_flight -= 1;
+        if busy.in_flight == 0 {
+            busy.idle_since = Instant::now();
+        }
     }
 }
 
@@ -407,13 +469,19 @@ type ResponseFuture = std::pin::Pin<
     Box<dyn Future<Output = Result<http::Response<routes::ResponseBody>, Infallible>> + Send>,
 >;
 
-/// The router as a tower service, bound to one connection's peer address.
-#[derive(Clone)]
-struct ProxyService {
-    state: Arc<AppState>,
-    peer: SocketAddr,
+/// What every request on one connection shares.
+pub(super) struct ConnectionContext {
+    pub(super) state: Arc<AppState>,
+    pub(super) peer: SocketAddr,
     activity: Activity,
 }
+
+/// The router as a tower service, bound to one connection. hyper-util clones the service for
+/// every request (tower's `call` takes `&mut self`), so all of it is behind one `Arc` that only
+/// this connection's task touches: cloning `AppState`'s own, which every connection shares,
+/// moved its counter between the worker threads' caches several times per request.
+#[derive(Clone)]
+struct ProxyService(Arc<ConnectionContext>);
 
 impl tower::Service<Request<Incoming>> for ProxyService {
     type Response = http::Response<routes::ResponseBody>;
@@ -428,26 +496,30 @@ impl tower::Service<Request<Incoming>> for ProxyService {
     }
 
     fn call(&mut self, request: Request<Incoming>) -> ResponseFuture {
-        let (state, peer) = (self.state.clone(), self.peer);
-        let in_flight = self.activity.begin();
+        let conn = self.0.clone();
+        let in_flight = conn.activity.begin();
         Box::pin(async move {
             // Read here, not in `call`: for HTTP/2 this future runs in the stream's own task.
             let progress = SendProgress::current();
             let started = Instant::now();
             let method = request.method().clone();
-            let path = request.uri().path().to_string();
+            let path: Arc<str> = request.uri().path().into();
             let version = request.version();
             let upstream: Exchanges = Arc::new(Mutex::new(Vec::new()));
             let (response, outcome) = EXCHANGE
                 .scope(
                     upstream.clone(),
-                    routes::handle(state.clone(), request, peer),
+                    routes::handle(&conn.state, request, conn.peer),
                 )
                 .await;
+            // The line is written when the body ends, so it has the bytes really sent and the
+            // whole duration (an archive download, not just its headers).
+            if let Some(progress) = &progress {
+                progress.begin(conn.peer, path.clone());
+            }
             let record = AccessRecord {
-                state,
+                conn,
                 started,
-                peer,
                 method,
                 path,
                 version,
@@ -465,11 +537,6 @@ impl tower::Service<Request<Incoming>> for ProxyService {
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            // The line is written when the body ends, so it has the bytes really sent and the
-            // whole duration (an archive download, not just its headers).
-            if let Some(progress) = &progress {
-                progress.begin(peer, record.path.clone());
-            }
             Ok(response.map(|inner| {
                 AccessBody {
                     inner,
@@ -496,10 +563,10 @@ fn service(state: Arc<AppState>, peer: SocketAddr, activity: Activity) -> Servic
             header::PROXY_AUTHORIZATION,
             header::COOKIE,
         ]))
-        .service(ProxyService {
+        .service(ProxyService(Arc::new(ConnectionContext {
             state,
             peer,
             activity,
-        });
+        })));
     TowerToHyperService::new(svc)
 }

@@ -1,24 +1,23 @@
 //! The access log: one line per request, written when its response body has ended (or broke
 //! off, or the client went away), so it has what was really sent; and the request metrics.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use super::stall::SendProgress;
-use super::InFlight;
+use super::{ConnectionContext, InFlight};
+use crate::routes;
 use crate::upstream::Exchanges;
-use crate::{routes, AppState};
 
 /// What the access-log line says about one request, known once the response is chosen.
 pub(super) struct AccessRecord {
-    pub(super) state: Arc<AppState>,
+    /// The connection's, not `AppState` itself: see [`super::ProxyService`].
+    pub(super) conn: Arc<ConnectionContext>,
     pub(super) started: Instant,
-    pub(super) peer: SocketAddr,
     pub(super) method: http::Method,
-    pub(super) path: String,
+    pub(super) path: Arc<str>,
     pub(super) version: http::Version,
     pub(super) status: u16,
     pub(super) cache: &'static str,
@@ -35,7 +34,7 @@ pub(super) struct AccessRecord {
 impl AccessRecord {
     fn write(self, sent: u64, complete: bool) {
         let duration = self.started.elapsed();
-        self.state.metrics.record_request(
+        self.conn.state.metrics.record_request(
             self.route,
             self.status,
             self.cache,
@@ -61,8 +60,8 @@ impl AccessRecord {
         let upstream_requests = notes.len();
         let method = self.method.as_str();
         crate::telemetry::access(&crate::telemetry::AccessLine {
-            client: self.client.unwrap_or(self.peer.ip()),
-            peer: self.client.map(|_| self.peer.ip()),
+            client: self.client.unwrap_or(self.conn.peer.ip()),
+            peer: self.client.map(|_| self.conn.peer.ip()),
             token: self.token.as_deref(),
             view: self.view.as_deref(),
             method,

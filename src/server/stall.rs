@@ -28,7 +28,7 @@ tokio::task_local! {
 struct Sending {
     last: Instant,
     peer: SocketAddr,
-    path: String,
+    path: Arc<str>,
 }
 
 /// The progress of the response (at most one at a time) that one task is sending.
@@ -59,7 +59,7 @@ impl SendProgress {
     }
 
     /// A response body is handed to hyper: from now on it must make progress.
-    pub(super) fn begin(&self, peer: SocketAddr, path: String) {
+    pub(super) fn begin(&self, peer: SocketAddr, path: Arc<str>) {
         *self.lock() = Some(Sending {
             last: Instant::now(),
             peer,
@@ -83,7 +83,7 @@ impl SendProgress {
     /// while no response is being sent. A response that begins while this sleeps makes its
     /// first progress after the sleep began, so waking `limit` after that still finds it
     /// within its allowance and sleeps again until its own deadline.
-    async fn stalled(&self, limit: Duration) -> (SocketAddr, String) {
+    async fn stalled(&self, limit: Duration) -> (SocketAddr, Arc<str>) {
         loop {
             let wake = match &*self.lock() {
                 Some(s) if s.last.elapsed() >= limit => return (s.peer, s.path.clone()),
