@@ -6,6 +6,7 @@
 //! URL only, never from a request, so no client can poison what others are served.
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -93,9 +94,13 @@ fn gzip(bytes: &[u8]) -> Bytes {
 }
 
 /// A JSON document as the proxy serves it: the bytes, their gzip form and their sha256, all
-/// computed once when the document is built.
+/// computed once when the document is built. Cloned for every answer, so its parts are behind
+/// one `Arc`: a clone is one counter, not five shared buffers' counters and a string copy.
 #[derive(Clone, Debug)]
-pub struct Document {
+pub struct Document(Arc<DocumentParts>);
+
+#[derive(Debug)]
+pub struct DocumentParts {
     pub identity: Bytes,
     pub gzip: Bytes,
     pub sha256: String,
@@ -105,6 +110,14 @@ pub struct Document {
     pub last_modified_header: http::HeaderValue,
 }
 
+impl std::ops::Deref for Document {
+    type Target = DocumentParts;
+
+    fn deref(&self) -> &DocumentParts {
+        &self.0
+    }
+}
+
 impl Document {
     pub fn new(identity: Bytes, last_modified: SystemTime) -> Self {
         let sha256 = sha256_hex(&identity);
@@ -112,14 +125,14 @@ impl Document {
         let header = |text: String| {
             http::HeaderValue::from_str(&text).unwrap_or(http::HeaderValue::from_static(""))
         };
-        Self {
+        Self(Arc::new(DocumentParts {
             gzip: gzip(&identity),
             etag: header(format!("\"{}\"", &sha256[..32])),
             last_modified_header: header(httpdate::fmt_http_date(last_modified)),
             sha256,
             identity,
             last_modified,
-        }
+        }))
     }
 
     pub fn from_json(value: &Value, last_modified: SystemTime) -> Self {

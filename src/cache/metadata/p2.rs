@@ -37,24 +37,17 @@ impl MetadataCache {
         }
         match &view.upstream {
             UpstreamRoot::V1 { .. } => {
-                let cached = view
-                    .packages
-                    .get(name)
-                    .is_some_and(|hash| self.packages.contains_key(hash));
-                let package = self.v1_package(&view, name).await?;
+                // One cache lookup for the common case, a hit.
+                let (package, cache) = match self.cached_v1_package(&view, name).await {
+                    Some(package) => (package, CacheStatus::Hit),
+                    None => (self.v1_package(&view, name).await?, CacheStatus::Miss),
+                };
                 let doc = if file.ends_with("~dev") {
                     &package.p2_dev
                 } else {
                     &package.p2
                 };
-                Ok((
-                    doc.clone(),
-                    if cached {
-                        CacheStatus::Hit
-                    } else {
-                        CacheStatus::Miss
-                    },
-                ))
+                Ok((doc.clone(), cache))
             }
             UpstreamRoot::P2 { metadata_url, .. } => {
                 let entry = self.p2_native(metadata_url.as_str(), file).await?;

@@ -72,6 +72,15 @@ impl MetadataCache {
         }
     }
 
+    /// A v1 package's processed file if it is in memory.
+    pub(super) async fn cached_v1_package(
+        &self,
+        view: &View,
+        name: &str,
+    ) -> Option<Arc<ProcessedPackage>> {
+        self.packages.get(view.packages.get(name)?).await
+    }
+
     /// A v1 package, processed; single flight per upstream hash.
     pub async fn v1_package(
         &self,
@@ -81,13 +90,13 @@ impl MetadataCache {
         let UpstreamRoot::V1 { providers_url, .. } = &view.upstream else {
             return Err(ProxyError::NotFound(format!("package {name}")));
         };
+        // The common case, a hit, builds no URL and takes no single-flight slot.
+        if let Some(package) = self.cached_v1_package(view, name).await {
+            return Ok(package);
+        }
         let hash = view.packages.get(name).ok_or_else(|| {
             ProxyError::NotFound(format!("package {name} is not in the upstream repository"))
         })?;
-        // The common case, a hit, builds no URL and takes no single-flight slot.
-        if let Some(package) = self.packages.get(hash).await {
-            return Ok(package);
-        }
         let url = providers_url
             .as_str()
             .replace("%package%", name)
