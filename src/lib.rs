@@ -21,6 +21,7 @@ pub mod upstreams;
 pub mod usage;
 pub mod views;
 
+use arc_swap::{ArcSwap, Guard};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,9 +50,9 @@ pub struct AppState {
     pub bucket: Option<Arc<bucket::Bucket>>,
     /// Legacy release downloads, when `[downloads]` is configured.
     pub releases: Option<Arc<Releases>>,
-    access: RwLock<Arc<Access>>,
+    access: ArcSwap<Access>,
     /// The `[[view]]`s; replaced whole on a reload.
-    views: RwLock<Arc<Views>>,
+    views: ArcSwap<Views>,
     pub tokens: Arc<Tokens>,
     /// `None` without TLS; replaced when certificates are reloaded.
     tls: Option<RwLock<tokio_rustls::TlsAcceptor>>,
@@ -76,11 +77,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn access(&self) -> Arc<Access> {
-        self.access
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The allowlist and token rules as of now; a reload replaces them for later requests.
+    /// Hold it only briefly: a guard is not a reference count (that is what makes it cheap).
+    pub fn access(&self) -> Guard<Arc<Access>> {
+        self.access.load()
     }
 
     /// Time between scrub passes; `None` when the scrub is off.
@@ -88,8 +88,9 @@ impl AppState {
         self.maintenance.1.map(|scrub| scrub.interval)
     }
 
-    pub fn views(&self) -> Arc<Views> {
-        self.views.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The views as of now; held as briefly as [`AppState::access`].
+    pub fn views(&self) -> Guard<Arc<Views>> {
+        self.views.load()
     }
 
     pub fn tls_acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
@@ -111,8 +112,7 @@ impl AppState {
             }
         }
         let key_pairs: usize = config.upstreams.iter().map(|u| u.key_pairs().len()).sum();
-        *self.access.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(Access::from_config(config));
+        self.access.store(Arc::new(Access::from_config(config)));
         let current: Vec<_> = self.views().iter().map(|v| v.config.clone()).collect();
         if current != config.views {
             match Views::new(&config.views, &self.upstreams, &self.public_url) {
@@ -122,7 +122,7 @@ impl AppState {
                         views = config.views.len(),
                         "views reloaded"
                     );
-                    *self.views.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(views);
+                    self.views.store(Arc::new(views));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "views not reloaded; the running ones stay in effect")
@@ -240,8 +240,8 @@ impl Proxy {
             bucket,
             upstreams,
             releases,
-            access: RwLock::new(Arc::new(Access::from_config(config))),
-            views: RwLock::new(Arc::new(views)),
+            access: ArcSwap::from_pointee(Access::from_config(config)),
+            views: ArcSwap::from_pointee(views),
             tokens,
             tls: tls.map(RwLock::new),
             disk_probe: tokio::sync::Mutex::new(None),

@@ -11,7 +11,9 @@
 //! is complete `packages.json` offers only the Composer 2 protocol.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -136,7 +138,10 @@ pub struct MetadataCache {
     prefetch_concurrency: usize,
     stale_on_key_rejection: bool,
     retry_after_failure: Duration,
-    view: RwLock<Option<Arc<View>>>,
+    /// Read on every request without a lock: see [`MetadataCache::update`] for writers.
+    view: ArcSwapOption<View>,
+    /// Taken by writers of `view`, so one derives its view from the last one written.
+    updating: Mutex<()>,
     /// Serializes root refreshes (concurrent misses make one upstream request) and remembers
     /// the last failure, so requests queued behind a failing refresh get its answer at once.
     refresh_lock: tokio::sync::Mutex<Option<(Instant, Arc<ProxyError>)>>,
@@ -199,7 +204,8 @@ impl MetadataCache {
             prefetch_concurrency,
             stale_on_key_rejection,
             retry_after_failure,
-            view: RwLock::new(None),
+            view: ArcSwapOption::empty(),
+            updating: Mutex::new(()),
             refresh_lock: tokio::sync::Mutex::new(None),
             refreshing: AtomicBool::new(false),
             refreshes: std::sync::Mutex::default(),
@@ -301,7 +307,7 @@ impl MetadataCache {
     }
 
     fn current(&self) -> Option<Arc<View>> {
-        self.view.read().ok().and_then(|v| v.clone())
+        self.view.load_full()
     }
 
     fn install(&self, view: Arc<View>) {
@@ -311,10 +317,9 @@ impl MetadataCache {
     /// Replaces the view with what `next` derives from the latest one, atomically, so a
     /// refresh and a background chain build cannot overwrite each other's result.
     fn update(&self, next: impl FnOnce(Option<&Arc<View>>) -> Option<Arc<View>>) {
-        if let Ok(mut slot) = self.view.write() {
-            if let Some(view) = next(slot.as_ref()) {
-                *slot = Some(view);
-            }
+        let _writing = self.updating.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(view) = next(self.view.load().as_ref()) {
+            self.view.store(Some(view));
         }
     }
 
