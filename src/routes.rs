@@ -293,7 +293,7 @@ async fn answer(
         Route::Root => {
             let (doc, cache) = match (&view, &single) {
                 (Some(view), _) => {
-                    let (doc, cache) = state.upstreams.view_root(view).await?;
+                    let (doc, cache) = Box::pin(state.upstreams.view_root(view)).await?;
                     return Ok((view_document(headers, &doc, cache, head, view), Some(cache)));
                 }
                 (None, Some(upstream)) => {
@@ -301,7 +301,7 @@ async fn answer(
                     let (view, cache) = upstream.metadata.view().await?;
                     (view.root.clone(), cache)
                 }
-                (None, None) => state.upstreams.merged_root().await?,
+                (None, None) => Box::pin(state.upstreams.merged_root()).await?,
             };
             Ok((document(headers, &doc, cache, head), Some(cache)))
         }
@@ -312,15 +312,13 @@ async fn answer(
                 (upstream.metadata.p2_file(&file).await?, upstream)
             } else {
                 let file = &file;
-                state
-                    .upstreams
-                    .with_accounts(
-                        upstream,
-                        name,
-                        |u| asked.allows_account(u),
-                        |u| async move { u.metadata.p2_file(file).await },
-                    )
-                    .await?
+                Box::pin(state.upstreams.with_accounts(
+                    upstream,
+                    name,
+                    |u| asked.allows_account(u),
+                    |u| async move { u.metadata.p2_file(file).await },
+                ))
+                .await?
             };
             served_by(&upstream, outcome);
             let response = match &view {
@@ -339,7 +337,7 @@ async fn answer(
         Route::V1Package { name, hash } => {
             let upstream = composer1(single)?;
             served_by(&upstream, outcome);
-            let doc = upstream.metadata.v1_package_file(&name, &hash).await?;
+            let doc = Box::pin(upstream.metadata.v1_package_file(&name, &hash)).await?;
             let hit = CacheStatus::Hit;
             Ok((document(headers, &doc, hit, head), Some(hit)))
         }
@@ -348,58 +346,83 @@ async fn answer(
             // account of the same repository serves the same archive when this one is refused.
             let upstream = owner(state, single, view.as_deref(), &package).await?;
             let (package, key) = (&package, &key);
-            let ((answer, version), upstream) = state
-                .upstreams
-                .with_accounts(
-                    upstream,
-                    package,
-                    |u| asked.allows_account(u),
-                    |u| async move { archive(state, &u, headers, package, key, head).await },
-                )
-                .await?;
+            let ((answer, version), upstream) = Box::pin(state.upstreams.with_accounts(
+                upstream,
+                package,
+                |u| asked.allows_account(u),
+                |u| async move { archive(state, &u, headers, package, key, head).await },
+            ))
+            .await?;
             served_by(&upstream, outcome);
             let status = answer.0.status();
             let account = (upstream.name.clone(), Some(&*upstream));
             asked.record_download(state, status, (package, version), account);
             Ok(answer)
         }
-        Route::Notify => notify(state, single, request)
+        Route::Notify => Box::pin(notify(state, single, request))
             .await
             .map(|response| (response, None)),
         Route::Search => {
             let query = request.uri().query().unwrap_or_default();
-            search(state, single, view.as_deref(), query).await
+            Box::pin(search(state, single, view.as_deref(), query)).await
         }
         Route::Advisories => {
             let (parts, body) = request.into_parts();
-            apis::advisories(state, among(single, &view), &parts.headers, body).await
+            Box::pin(apis::advisories(
+                state,
+                among(single, &view),
+                &parts.headers,
+                body,
+            ))
+            .await
         }
         Route::FilterEntries => {
             let (parts, body) = request.into_parts();
-            apis::filter_entries(state, among(single, &view), &parts.headers, body).await
+            Box::pin(apis::filter_entries(
+                state,
+                among(single, &view),
+                &parts.headers,
+                body,
+            ))
+            .await
         }
         Route::FilterSummary => {
-            apis::filter_summary(state, among(single, &view), headers, head).await
+            Box::pin(apis::filter_summary(
+                state,
+                among(single, &view),
+                headers,
+                head,
+            ))
+            .await
         }
         Route::List => {
             let query = request.uri().query().unwrap_or_default();
-            apis::list(state, among(single, &view), headers, query, head).await
+            Box::pin(apis::list(
+                state,
+                among(single, &view),
+                headers,
+                query,
+                head,
+            ))
+            .await
         }
         Route::Health => Ok((
             json_response(StatusCode::OK, &json!({"status": "ok"})).map(full),
             None,
         )),
-        Route::Ready => Ok((ready(state).await, None)),
-        Route::Metrics => Ok((metrics(state).await, None)),
-        Route::Status | Route::StatusJson => Ok((status_page(state, &route, head).await, None)),
+        Route::Ready => Ok((Box::pin(ready(state)).await, None)),
+        Route::Metrics => Ok((Box::pin(metrics(state)).await, None)),
+        Route::Status | Route::StatusJson => {
+            Ok((Box::pin(status_page(state, &route, head)).await, None))
+        }
         Route::ReleaseInfo { path } => {
             outcome.upstream = Some(crate::config::RELEASES_NAME.into());
-            release_info(state, &path, head).await
+            Box::pin(release_info(state, &path, head)).await
         }
         Route::ReleaseFile { name } => {
             let releases: Arc<str> = crate::config::RELEASES_NAME.into();
             outcome.upstream = Some(releases.clone());
-            let answer = release_file(state, headers, &name, head).await?;
+            let answer = Box::pin(release_file(state, headers, &name, head)).await?;
             let package = format!("{}/{name}", crate::config::RELEASES_NAME);
             asked.record_download(state, answer.0.status(), (&package, None), (releases, None));
             Ok(answer)
@@ -459,17 +482,13 @@ async fn owner(
         return Ok(upstream);
     }
     if let Some(view) = view {
-        return state
-            .upstreams
-            .account_in_view(view, name)
+        return Box::pin(state.upstreams.account_in_view(view, name))
             .await?
             .ok_or_else(|| {
                 ProxyError::NotFound(format!("{name} is not in the view {:?}", &*view.name))
             });
     }
-    state
-        .upstreams
-        .owner(name)
+    Box::pin(state.upstreams.owner(name))
         .await?
         .ok_or_else(|| ProxyError::NotFound(format!("no configured repository has {name}")))
 }

@@ -40,7 +40,11 @@ impl MetadataCache {
                 // One cache lookup for the common case, a hit.
                 let (package, cache) = match self.cached_v1_package(&view, name).await {
                     Some(package) => (package, CacheStatus::Hit),
-                    None => (self.v1_package(&view, name).await?, CacheStatus::Miss),
+                    // Boxed: the fetch is large, and a hit's future should not carry its room.
+                    None => (
+                        Box::pin(self.v1_package(&view, name)).await?,
+                        CacheStatus::Miss,
+                    ),
                 };
                 let doc = if file.ends_with("~dev") {
                     &package.p2_dev
@@ -50,7 +54,7 @@ impl MetadataCache {
                 Ok((doc.clone(), cache))
             }
             UpstreamRoot::P2 { metadata_url, .. } => {
-                let entry = self.p2_native(metadata_url.as_str(), file).await?;
+                let entry = Box::pin(self.p2_native(metadata_url.as_str(), file)).await?;
                 Ok((entry.0.doc.clone(), entry.1))
             }
         }

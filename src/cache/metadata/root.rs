@@ -143,7 +143,7 @@ impl MetadataCache {
         if !self.stale_on_key_rejection && self.upstream.key_verdict() == KeyVerdict::Rejected {
             // A revoked or unpaid licence must show at once, not after the cache expires: ask
             // again (at most once per back-off window) and serve nothing until it is accepted.
-            let view = self.refresh_after_rejection().await?;
+            let view = Box::pin(self.refresh_after_rejection()).await?;
             return Ok((view, CacheStatus::Revalidated));
         }
         match self.current() {
@@ -152,8 +152,9 @@ impl MetadataCache {
                 self.clone().spawn_refresh();
                 Ok((view, CacheStatus::Stale))
             }
+            // Boxed, as above: a hit's future should not carry the refresh's room.
             None => {
-                let view = self.refresh().await?;
+                let view = Box::pin(self.refresh()).await?;
                 Ok((view, CacheStatus::Miss))
             }
         }
