@@ -16,21 +16,20 @@ use sha2::{Digest, Sha256};
 pub mod advisories_match;
 pub mod apis;
 pub mod constraint;
+mod dist;
 pub mod github;
 pub mod minify;
 mod parse;
 mod rewrite;
 
+pub use dist::{Checksum, DistSource, Dists};
 pub use parse::{
     canonicalize_url, parse_listing, parse_root, repository_base, root_url, ProviderInclude,
     UpstreamRoot,
 };
 #[cfg(test)]
 pub(crate) use rewrite::test_rewriter;
-pub use rewrite::{
-    dist_key, listing_document, Checksum, DistSource, Dists, ProcessedPackage, ProxiedDist,
-    ProxyRoot, Rewriter,
-};
+pub use rewrite::{dist_key, listing_document, ProcessedPackage, ProxiedDist, ProxyRoot, Rewriter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {

@@ -177,13 +177,13 @@ impl Releases {
             .base
             .join(&format!("file/{name}"))
             .map_err(|e| ProxyError::BadRequest(format!("not a release file name: {e}")))?;
-        Ok(DistSource {
-            package: format!("{RELEASES_NAME}/{name}"),
-            version: None,
-            url: url.to_string(),
-            checksum: md5.map(Checksum::Md5),
-            is_zip: name.ends_with(".zip"),
-        })
+        Ok(DistSource::new(
+            format!("{RELEASES_NAME}/{name}"),
+            None,
+            url.to_string(),
+            md5.map(Checksum::Md5),
+            name.ends_with(".zip"),
+        ))
     }
 
     async fn fetch_info(&self, path: &str) -> Result<Arc<InfoAnswer>, ProxyError> {

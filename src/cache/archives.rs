@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use crate::bucket::Bucket;
 use crate::cache::metadata::CacheStatus;
 use crate::cache::{CacheDir, DiskSpace};
-use crate::composer::{sha256_hex, Checksum, DistSource};
+use crate::composer::DistSource;
 use crate::error::ProxyError;
 use crate::upstream::{Exchanges, UpstreamClient, UpstreamNote, EXCHANGE};
 
@@ -322,17 +322,6 @@ impl ArchiveStore {
         tokio::join!(sweeper, scrubber);
     }
 
-    /// The store key: the upstream URL plus the promised checksum. A sha1 (or none) is written
-    /// bare, as before md5s existed, so archives stored by earlier versions keep their keys.
-    pub fn store_key(source: &DistSource) -> String {
-        let promised = match &source.checksum {
-            None => String::new(),
-            Some(Checksum::Sha1(sha1)) => sha1.clone(),
-            Some(Checksum::Md5(md5)) => format!("md5:{md5}"),
-        };
-        sha256_hex(format!("{}\n{promised}", source.url).as_bytes())
-    }
-
     /// The free-space floor in force (see [`effective_floor`]).
     pub fn min_free_bytes(&self) -> u64 {
         self.inner.min_free_bytes
@@ -378,7 +367,7 @@ impl ArchiveStore {
     }
 
     /// Opens a stored archive, joins the download in progress, or starts one. `key` is
-    /// [`ArchiveStore::store_key`] of `source`, which the caller already needed for the ETag.
+    /// [`DistSource::store_key`] of `source`, which the caller already needed for the ETag.
     /// A download fetches with `upstream`'s client: its key pair goes to its origin only.
     pub async fn get(
         &self,
@@ -539,30 +528,6 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn store_keys_of_sha1_promises_are_unchanged_and_md5_promises_differ() {
-        let source = |checksum| DistSource {
-            package: "a/b".into(),
-            version: None,
-            url: "https://repo.example/a.zip".into(),
-            checksum,
-            is_zip: true,
-        };
-        let sha1 = "0123456789abcdef0123456789abcdef01234567";
-        // The key earlier versions computed: `url\nshasum`, or `url\n` without one.
-        assert_eq!(
-            ArchiveStore::store_key(&source(Some(Checksum::Sha1(sha1.into())))),
-            sha256_hex(format!("https://repo.example/a.zip\n{sha1}").as_bytes())
-        );
-        assert_eq!(
-            ArchiveStore::store_key(&source(None)),
-            sha256_hex(b"https://repo.example/a.zip\n")
-        );
-        let md5 = ArchiveStore::store_key(&source(Some(Checksum::Md5(sha1[..32].into()))));
-        let bare = ArchiveStore::store_key(&source(Some(Checksum::Sha1(sha1[..32].into()))));
-        assert_ne!(md5, bare);
-    }
 
     #[test]
     fn the_free_space_floor_is_at_most_a_quarter_of_the_volume() {

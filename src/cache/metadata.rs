@@ -332,7 +332,7 @@ impl MetadataCache {
         self: &Arc<Self>,
         package: &str,
         key: &str,
-    ) -> Result<composer::DistSource, ProxyError> {
+    ) -> Result<Arc<composer::DistSource>, ProxyError> {
         let (view, _) = self.view().await?;
         let unknown =
             || ProxyError::NotFound(format!("archive {key} of {package} is not in the metadata"));

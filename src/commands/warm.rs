@@ -220,7 +220,7 @@ async fn warm_one(
         Err(e) => return Outcome::Failed(format!("{}: {e}", upstream.name)),
     };
     match archives
-        .get(&upstream.client, &source, &ArchiveStore::store_key(&source))
+        .get(&upstream.client, &source, source.store_key())
         .await
     {
         Err(e) => Outcome::Failed(failure_reason(&e)),

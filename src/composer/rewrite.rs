@@ -2,7 +2,8 @@
 //! lives recorded), v1 per-package files re-hashed and translated into p2 files, the proxy's
 //! own root and listings.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::{Map, Value};
@@ -12,49 +13,8 @@ use super::apis::{advertise_apis, RootApis};
 use super::minify::{Expansion, MINIFIED, UNSET};
 use super::{
     canonicalize_url, is_dev_version, is_package_name, parse_json, same_origin, sha256_hex,
-    Document, ProtocolError,
+    Checksum, DistSource, Dists, Document, ProtocolError,
 };
-
-/// Where an archive the proxy serves really comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DistSource {
-    /// What it is, for logs and the stored description: a package name, or `releases/<file>`.
-    pub package: String,
-    /// The version whose dist this is (the metadata's `version`), for the usage record; `None`
-    /// for a release file, or a version entry without one.
-    pub version: Option<String>,
-    pub url: String,
-    /// The digest its publisher promises, when it promises one.
-    pub checksum: Option<Checksum>,
-    /// The dist type is `zip` (Composer's default), so its structure can be checked.
-    pub is_zip: bool,
-}
-
-/// A published digest of an archive, lower-case hex: Composer metadata's `shasum` (sha1), or
-/// the md5 the legacy release-download endpoint lists in `info/json`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Checksum {
-    Sha1(String),
-    Md5(String),
-}
-
-impl Checksum {
-    /// The published sha1, if that is what this is.
-    pub fn sha1(&self) -> Option<&str> {
-        match self {
-            Checksum::Sha1(sha1) => Some(sha1),
-            Checksum::Md5(_) => None,
-        }
-    }
-
-    /// The published md5, if that is what this is.
-    pub fn md5(&self) -> Option<&str> {
-        match self {
-            Checksum::Md5(md5) => Some(md5),
-            Checksum::Sha1(_) => None,
-        }
-    }
-}
 
 /// The proxy's key for an upstream archive URL: stable for a given URL, so URLs in lock files
 /// made through the proxy stay valid, and opaque, so a client cannot name an arbitrary path.
@@ -75,11 +35,6 @@ fn dist_extension(dist_type: &str) -> &str {
         "bin"
     }
 }
-
-/// The archives one document names, by package and [`dist_key`]. The package is part of the
-/// key because one upstream archive can be named by several packages of one document, and each
-/// must find it under its own URL.
-pub type Dists = HashMap<(String, String), DistSource>;
 
 /// An upstream archive as the proxy serves it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,13 +138,13 @@ impl Rewriter {
             .map(str::to_ascii_lowercase);
         dists.insert(
             (package.to_string(), proxied.key),
-            DistSource {
-                package: package.to_string(),
-                version: version_name,
-                url: proxied.upstream_url,
-                checksum: shasum.map(Checksum::Sha1),
-                is_zip: dist_type == "zip",
-            },
+            Arc::new(DistSource::new(
+                package.to_string(),
+                version_name,
+                proxied.upstream_url,
+                shasum.map(Checksum::Sha1),
+                dist_type == "zip",
+            )),
         );
         dist.insert("url".into(), Value::String(proxied.url));
         // Mirrors would send clients around the proxy.

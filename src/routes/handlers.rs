@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::respond::{etag_matches, set, set_cache_status, set_length};
 use super::{empty, full, ResponseBody};
-use crate::cache::archives::{Archive, ArchiveStore};
+use crate::cache::archives::Archive;
 use crate::cache::metadata::CacheStatus;
 use crate::composer::DistSource;
 use crate::error::{json_response, ProxyError};
@@ -52,7 +52,7 @@ pub(super) async fn archive(
         content_type,
     )
     .await?;
-    Ok((answer, source.version))
+    Ok((answer, source.version.clone()))
 }
 
 /// Slices of an archive held in memory handed to hyper at a time.
@@ -102,7 +102,7 @@ pub(super) async fn serve_archive(
     head: bool,
     content_type: &'static str,
 ) -> Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError> {
-    let key = ArchiveStore::store_key(source);
+    let key = source.store_key();
     let etag = format!("\"{}\"", &key[..32]);
     let mut response = Response::new(empty());
     let h = response.headers_mut();
@@ -113,7 +113,7 @@ pub(super) async fn serve_archive(
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok((response, Some(CacheStatus::Hit)));
     }
-    let (archive, cache) = state.archives.get(client, source, &key).await?;
+    let (archive, cache) = state.archives.get(client, source, key).await?;
     let h = response.headers_mut();
     set(h, header::CONTENT_TYPE, content_type);
     set_cache_status(h, cache);
