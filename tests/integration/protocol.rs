@@ -571,3 +571,36 @@ async fn a_failing_upstream_is_not_asked_again_by_every_waiting_request() {
         "one upstream attempt serves every request in the back-off window"
     );
 }
+
+/// Connections are served by a thread per CPU, each accepting from the listener: a stopped
+/// proxy, and one whose run future was dropped (a test's runtime ending), must end them all and
+/// close its port, not leave threads serving with nobody to stop them.
+#[tokio::test]
+async fn a_stopped_or_dropped_proxy_closes_its_port() {
+    let (_catalogue, mock, proxy) = v1_setup(2).await;
+    let addr = proxy.addr;
+    let reply = get(&format!("{}/packages.json", proxy.url)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    proxy.abandon().await;
+    // The threads notice the dropped future on their own runtimes: bounded polling.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "{addr} still accepts 10 s after the run future was dropped"
+    );
+
+    let proxy = TestProxy::start(&mock.url()).await;
+    let addr = proxy.addr;
+    let reply = get(&format!("{}/packages.json", proxy.url)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    proxy.stop().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "{addr} still accepts after the proxy stopped"
+    );
+}

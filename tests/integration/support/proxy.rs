@@ -148,6 +148,14 @@ impl TestProxy {
             let _ = task.await;
         }
     }
+
+    /// Drops the proxy's run future without a shutdown, as a test's runtime ending does.
+    pub async fn abandon(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
 }
 
 pub struct Reply {
