@@ -95,23 +95,29 @@ impl Server {
     /// Serves until `shutdown` resolves, then waits up to the grace period for in-flight
     /// requests.
     ///
-    /// Connections are served by one thread per CPU ([`workers`]), each with a runtime of its
-    /// own accepting from the same listener; this task only starts and stops them.
+    /// This task accepts; each connection is served by one of the serving threads, one per
+    /// CPU with a runtime of its own ([`workers`]).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let accepting = Arc::new(Accepting::new(&self.state));
-        let listener = match self.listener.into_std() {
-            Ok(listener) => listener,
-            Err(e) => {
-                tracing::error!(
-                    event = "serving_thread_failed",
-                    error = %e,
-                    "cannot hand the listener to the serving threads"
-                );
-                return;
-            }
-        };
-        let mut workers = workers::start(listener, accepting.clone());
-        shutdown.await;
+        let listener = self.listener;
+        let mut workers = workers::start(accepting.clone());
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            workers.dispatch(stream, peer);
+        }
+        drop(listener);
         let graceful = workers.stop_accepting(&accepting).await;
         tracing::info!(
             grace_secs = self.grace.as_secs(),
@@ -169,7 +175,8 @@ impl Accepting {
 
     /// Serves one accepted connection in a task of the calling thread's runtime, or turns it
     /// away.
-    fn serve(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    /// `load` is the serving thread's count of connections, held until this one ends.
+    fn serve(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, load: workers::Load) {
         let state = &self.state;
         let limits = self.limits;
         // The acceptor is read per connection, so a reloaded certificate serves new
@@ -215,7 +222,7 @@ impl Accepting {
         };
         let this = self.clone();
         tokio::spawn(async move {
-            let _open = open;
+            let _open = (open, load);
             let builder = &this.builder;
             let Some(acceptor) = acceptor else {
                 serve(builder, TokioIo::new(stream), service, watcher, conn).await;

@@ -1,25 +1,31 @@
-//! The serving threads: one per CPU, each running a single-threaded runtime that accepts from
-//! the shared listener and serves its connections to the end.
+//! The serving threads: one per CPU, each running a single-threaded runtime that serves the
+//! connections handed to it, from their first byte to their end.
 //!
 //! On the work-stealing runtime a connection's task ran on whichever worker the I/O driver
 //! woke, so its state (hyper's buffers, the per-connection context, the cache lines of its
 //! counters) moved between cores from one request to the next. Measured on 2 CPUs with wrk
 //! sharing them, a cached p2 file cost 6.7 µs of user time per request that way and 4.7 µs on a
-//! single worker (bench/run.sh, `BENCH_ONLY=hits`). A thread per CPU keeps each connection,
-//! like each nginx worker does, on one core; the kernel hands a new connection to whichever
-//! thread's accept is ready first.
+//! single worker (bench/run.sh, `BENCH_ONLY=hits`). A thread per CPU keeps each connection, as
+//! each nginx worker does, on one core.
+//!
+//! One accept loop (on the caller's runtime) hands each connection to the thread serving the
+//! fewest. Threads accepting from a shared listener themselves were uneven: when wrk opened its
+//! 64 connections at once, the thread awake at that moment sometimes took all of them, and the
+//! proxy served from one core (about 100,000 p2 answers a second instead of 160,000).
 //!
 //! What a request spawns (a background refresh, an HTTP/2 stream) runs on its own thread's
 //! runtime. Work shared by all threads (upstream connections, caches, the usage record) goes
 //! through the same `Send` types as before; the background tasks of [`crate::Proxy::run`] stay
 //! on the runtime that called it.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use super::Accepting;
@@ -28,40 +34,50 @@ use super::Accepting;
 /// once the drain is over.
 const BLOCKING_GRACE: Duration = Duration::from_secs(1);
 
+/// A connection handed to a serving thread: the socket leaves the accepting runtime's reactor
+/// and joins the thread's.
+type Handed = (std::net::TcpStream, SocketAddr);
+
+/// One serving thread as the accept loop sees it.
+struct Worker {
+    connections: mpsc::UnboundedSender<Handed>,
+    /// Connections it serves now (handed and not yet ended).
+    load: Arc<AtomicUsize>,
+}
+
+/// One connection counted in its serving thread's load until dropped.
+pub(super) struct Load(Arc<AtomicUsize>);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The serving threads, and the signals that stop them.
 pub(super) struct Workers {
+    workers: Vec<Worker>,
     threads: Vec<JoinHandle<()>>,
-    /// Dropped to stop the accept loops.
-    stop: Option<watch::Sender<()>>,
-    /// Closed when every accept loop has stopped (each holds a sender).
+    /// Closed when every thread has taken its last connection (each holds a sender).
     stopped: mpsc::Receiver<()>,
     /// Dropped once the drain is over: the threads then drop their runtimes, closing what is
     /// left.
     done: Option<watch::Sender<()>>,
 }
 
-/// Starts one serving thread per CPU on clones of `listener`. Dropping what this returns (the
+/// Starts one serving thread per CPU the process may use. Dropping what this returns (the
 /// proxy's run future was dropped, as tests do) stops them too.
-pub(super) fn start(listener: std::net::TcpListener, accepting: Arc<Accepting>) -> Workers {
+pub(super) fn start(accepting: Arc<Accepting>) -> Workers {
     let count = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let (stop, stop_rx) = watch::channel(());
     let (done, done_rx) = watch::channel(());
     let (stopped_tx, stopped) = mpsc::channel(1);
+    let mut workers = Vec::with_capacity(count);
     let mut threads = Vec::with_capacity(count);
     for index in 0..count {
-        let listener = match listener.try_clone() {
-            Ok(listener) => listener,
-            Err(e) => {
-                tracing::error!(
-                    event = "serving_thread_failed",
-                    error = %e,
-                    "cannot share the listener with a serving thread"
-                );
-                break;
-            }
-        };
+        let (connections, mut handed) = mpsc::unbounded_channel::<Handed>();
+        let load = Arc::new(AtomicUsize::new(0));
         let accepting = accepting.clone();
-        let (stop, mut done, stopped) = (stop_rx.clone(), done_rx.clone(), stopped_tx.clone());
+        let (mut done, stopped, thread_load) = (done_rx.clone(), stopped_tx.clone(), load.clone());
         let started = std::thread::Builder::new()
             .name(format!("serve-{index}"))
             .spawn(move || {
@@ -80,13 +96,14 @@ pub(super) fn start(listener: std::net::TcpListener, accepting: Arc<Accepting>) 
                     }
                 };
                 runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => accept(listener, &accepting, stop).await,
-                        Err(e) => tracing::error!(
-                            event = "serving_thread_failed",
-                            error = %e,
-                            "cannot listen on a serving thread"
-                        ),
+                    while let Some((stream, peer)) = handed.recv().await {
+                        let load = Load(thread_load.clone());
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => accepting.serve(stream, peer, load),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "accept failed");
+                            }
+                        }
                     }
                     drop(stopped);
                     // Its connections are served on here until the drain is over.
@@ -95,7 +112,10 @@ pub(super) fn start(listener: std::net::TcpListener, accepting: Arc<Accepting>) 
                 runtime.shutdown_timeout(BLOCKING_GRACE);
             });
         match started {
-            Ok(thread) => threads.push(thread),
+            Ok(thread) => {
+                threads.push(thread);
+                workers.push(Worker { connections, load });
+            }
             Err(e) => tracing::error!(
                 event = "serving_thread_failed",
                 error = %e,
@@ -103,44 +123,48 @@ pub(super) fn start(listener: std::net::TcpListener, accepting: Arc<Accepting>) 
             ),
         }
     }
-    if threads.is_empty() {
+    if workers.is_empty() {
         tracing::error!(
             event = "serving_thread_failed",
             "no serving thread started: nothing is served"
         );
     }
     Workers {
+        workers,
         threads,
-        stop: Some(stop),
         stopped,
         done: Some(done),
     }
 }
 
-/// Accepts until `stop`'s sender is dropped.
-async fn accept(listener: TcpListener, accepting: &Arc<Accepting>, mut stop: watch::Receiver<()>) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        accepting.serve(stream, peer);
-    }
-}
-
 impl Workers {
-    /// Stops every accept loop and waits until none accepts any more; returns what watches the
-    /// connections still open, for the drain.
+    /// Hands an accepted connection to the thread serving the fewest (the first of equals).
+    pub(super) fn dispatch(&self, stream: TcpStream, peer: SocketAddr) {
+        let Some(worker) = self
+            .workers
+            .iter()
+            .min_by_key(|w| w.load.load(Ordering::Relaxed))
+        else {
+            return;
+        };
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                return;
+            }
+        };
+        worker.load.fetch_add(1, Ordering::Relaxed);
+        if worker.connections.send((stream, peer)).is_err() {
+            // The thread is gone (its runtime failed to start): the connection closes.
+            worker.load.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops handing out connections and waits until every thread has taken the ones handed;
+    /// returns what watches the connections still open, for the drain.
     pub(super) async fn stop_accepting(&mut self, accepting: &Accepting) -> GracefulShutdown {
-        drop(self.stop.take());
+        self.workers.clear();
         while self.stopped.recv().await.is_some() {}
         accepting
             .graceful

@@ -572,26 +572,44 @@ async fn a_failing_upstream_is_not_asked_again_by_every_waiting_request() {
     );
 }
 
-/// Connections are served by a thread per CPU, each accepting from the listener: a stopped
-/// proxy, and one whose run future was dropped (a test's runtime ending), must end them all and
-/// close its port, not leave threads serving with nobody to stop them.
+/// Connections are served by a thread per CPU, each on a runtime of its own: a stopped proxy,
+/// and one whose run future was dropped (a test's runtime ending), must end them all, closing
+/// their connections and the port, not leave threads serving with nobody to stop them.
 #[tokio::test]
-async fn a_stopped_or_dropped_proxy_closes_its_port() {
+async fn a_stopped_or_dropped_proxy_closes_its_connections_and_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (_catalogue, mock, proxy) = v1_setup(2).await;
     let addr = proxy.addr;
     let reply = get(&format!("{}/packages.json", proxy.url)).await;
     assert_eq!(reply.status, StatusCode::OK);
-    proxy.abandon().await;
-    // The threads notice the dropped future on their own runtimes: bounded polling.
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        while tokio::net::TcpStream::connect(addr).await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    // Served once, then idle on keep-alive: only the end of its serving thread closes it
+    // before the idle limit.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        .await
+        .expect("send");
+    let mut seen = Vec::new();
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 1024];
+        while !String::from_utf8_lossy(&seen).contains(r#"{"status":"ok"}"#) {
+            match idle.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            }
         }
     })
     .await;
+    assert!(answered.is_ok(), "{}", String::from_utf8_lossy(&seen));
+    proxy.abandon().await;
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(10), idle.read(&mut byte)).await;
     assert!(
-        closed.is_ok(),
-        "{addr} still accepts 10 s after the run future was dropped"
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "a connection stayed open 10 s after the run future was dropped: {closed:?}"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "{addr} still accepts after the run future was dropped"
     );
 
     let proxy = TestProxy::start(&mock.url()).await;
