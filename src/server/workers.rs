@@ -34,6 +34,10 @@ use super::Accepting;
 /// once the drain is over.
 const BLOCKING_GRACE: Duration = Duration::from_secs(1);
 
+/// Blocking tasks (file opens and writes) all serving threads may run at once: tokio's default
+/// for one runtime, shared out, so more CPUs do not mean more threads.
+const BLOCKING_THREADS: usize = 512;
+
 /// A connection handed to a serving thread: the socket leaves the accepting runtime's reactor
 /// and joins the thread's.
 type Handed = (std::net::TcpStream, SocketAddr);
@@ -83,6 +87,7 @@ pub(super) fn start(accepting: Arc<Accepting>) -> Workers {
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
+                    .max_blocking_threads((BLOCKING_THREADS / count).max(8))
                     .build()
                 {
                     Ok(runtime) => runtime,
