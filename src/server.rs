@@ -98,9 +98,9 @@ impl Server {
     /// This task accepts; each connection is served by one of the serving threads, one per
     /// CPU with a runtime of its own ([`workers`]).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let accepting = Arc::new(Accepting::new(&self.state));
         let listener = self.listener;
-        let mut workers = workers::start(accepting.clone());
+        let graceful = GracefulShutdown::new();
+        let mut workers = workers::start(Arc::new(Accepting::new(&self.state)));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -115,10 +115,12 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
-            workers.dispatch(stream, peer);
+            // Watched from here, so the drain below waits for it even before its thread has
+            // taken it.
+            workers.dispatch(stream, peer, graceful.watcher());
         }
         drop(listener);
-        let graceful = workers.stop_accepting(&accepting).await;
+        workers.stop_accepting();
         tracing::info!(
             grace_secs = self.grace.as_secs(),
             "shutting down: draining in-flight requests"
@@ -133,7 +135,7 @@ impl Server {
     }
 }
 
-/// What the accept loops share.
+/// What the serving threads share to serve the connections handed to them.
 struct Accepting {
     state: Arc<AppState>,
     builder: auto::Builder<StallExecutor>,
@@ -141,8 +143,6 @@ struct Accepting {
     limits: ClientLimits,
     refusal: Bytes,
     refusals: Mutex<RefusalLog>,
-    /// Watches every connection for the drain; taken once no loop accepts any more.
-    graceful: Mutex<Option<GracefulShutdown>>,
 }
 
 impl Accepting {
@@ -169,14 +169,18 @@ impl Accepting {
             limits,
             refusal: refusal_response(),
             refusals: Mutex::new(RefusalLog::default()),
-            graceful: Mutex::new(Some(GracefulShutdown::new())),
         }
     }
 
     /// Serves one accepted connection in a task of the calling thread's runtime, or turns it
-    /// away.
-    /// `load` is the serving thread's count of connections, held until this one ends.
-    fn serve(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, load: workers::Load) {
+    /// away. `watcher` holds the drain until it ends; `load` counts it in its thread's load.
+    fn serve(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        watcher: Watcher,
+        load: workers::Load,
+    ) {
         let state = &self.state;
         let limits = self.limits;
         // The acceptor is read per connection, so a reloaded certificate serves new
@@ -204,11 +208,6 @@ impl Accepting {
                 tokio::spawn(refuse(stream, self.refusal.clone()));
             }
             return;
-        };
-        let watcher = match &*self.graceful.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(graceful) => graceful.watcher(),
-            // Draining: accepted just before the loops stopped; closing it is all that is left.
-            None => return,
         };
         let open = OpenConnection::new(permit, state.metrics.clone());
         let _ = stream.set_nodelay(true);

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::Watcher;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
@@ -39,8 +39,8 @@ const BLOCKING_GRACE: Duration = Duration::from_secs(1);
 const BLOCKING_THREADS: usize = 512;
 
 /// A connection handed to a serving thread: the socket leaves the accepting runtime's reactor
-/// and joins the thread's.
-type Handed = (std::net::TcpStream, SocketAddr);
+/// and joins the thread's; the drain's watch goes with it.
+type Handed = (std::net::TcpStream, SocketAddr, Watcher);
 
 /// One serving thread as the accept loop sees it.
 struct Worker {
@@ -62,8 +62,6 @@ impl Drop for Load {
 pub(super) struct Workers {
     workers: Vec<Worker>,
     threads: Vec<JoinHandle<()>>,
-    /// Closed when every thread has taken its last connection (each holds a sender).
-    stopped: mpsc::Receiver<()>,
     /// Dropped once the drain is over: the threads then drop their runtimes, closing what is
     /// left.
     done: Option<watch::Sender<()>>,
@@ -74,14 +72,13 @@ pub(super) struct Workers {
 pub(super) fn start(accepting: Arc<Accepting>) -> Workers {
     let count = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let (done, done_rx) = watch::channel(());
-    let (stopped_tx, stopped) = mpsc::channel(1);
     let mut workers = Vec::with_capacity(count);
     let mut threads = Vec::with_capacity(count);
     for index in 0..count {
         let (connections, mut handed) = mpsc::unbounded_channel::<Handed>();
         let load = Arc::new(AtomicUsize::new(0));
         let accepting = accepting.clone();
-        let (mut done, stopped, thread_load) = (done_rx.clone(), stopped_tx.clone(), load.clone());
+        let (mut done, thread_load) = (done_rx.clone(), load.clone());
         let started = std::thread::Builder::new()
             .name(format!("serve-{index}"))
             .spawn(move || {
@@ -101,16 +98,15 @@ pub(super) fn start(accepting: Arc<Accepting>) -> Workers {
                     }
                 };
                 runtime.block_on(async move {
-                    while let Some((stream, peer)) = handed.recv().await {
+                    while let Some((stream, peer, watcher)) = handed.recv().await {
                         let load = Load(thread_load.clone());
                         match TcpStream::from_std(stream) {
-                            Ok(stream) => accepting.serve(stream, peer, load),
+                            Ok(stream) => accepting.serve(stream, peer, watcher, load),
                             Err(e) => {
                                 tracing::warn!(error = %e, "accept failed");
                             }
                         }
                     }
-                    drop(stopped);
                     // Its connections are served on here until the drain is over.
                     let _ = done.changed().await;
                 });
@@ -137,14 +133,13 @@ pub(super) fn start(accepting: Arc<Accepting>) -> Workers {
     Workers {
         workers,
         threads,
-        stopped,
         done: Some(done),
     }
 }
 
 impl Workers {
     /// Hands an accepted connection to the thread serving the fewest (the first of equals).
-    pub(super) fn dispatch(&self, stream: TcpStream, peer: SocketAddr) {
+    pub(super) fn dispatch(&self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
         let Some(worker) = self
             .workers
             .iter()
@@ -160,24 +155,16 @@ impl Workers {
             }
         };
         worker.load.fetch_add(1, Ordering::Relaxed);
-        if worker.connections.send((stream, peer)).is_err() {
+        if worker.connections.send((stream, peer, watcher)).is_err() {
             // The thread is gone (its runtime failed to start): the connection closes.
             worker.load.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
-    /// Stops handing out connections and waits until every thread has taken the ones handed;
-    /// returns what watches the connections still open, for the drain.
-    pub(super) async fn stop_accepting(&mut self, accepting: &Accepting) -> GracefulShutdown {
+    /// Stops handing out connections: each thread serves what it was handed, then waits for
+    /// [`Workers::finish`].
+    pub(super) fn stop_accepting(&mut self) {
         self.workers.clear();
-        while self.stopped.recv().await.is_some() {}
-        accepting
-            .graceful
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            // Taken only here, and this runs once.
-            .unwrap_or_default()
     }
 
     /// Ends the serving threads (closing any connection still open) and waits for them.
