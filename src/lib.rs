@@ -21,7 +21,6 @@ pub mod upstreams;
 pub mod usage;
 pub mod views;
 
-use arc_swap::{ArcSwap, Guard};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +28,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use arc_swap::{ArcSwap, Guard};
 use tokio::net::TcpListener;
 
 use crate::access::Access;

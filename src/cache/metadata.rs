@@ -12,10 +12,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-
-use arc_swap::ArcSwapOption;
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwapOption;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheDir;
