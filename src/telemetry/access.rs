@@ -67,6 +67,59 @@ enum Value<'a> {
 thread_local! {
     /// Kept per thread, so a line costs no allocation once warm.
     static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The last second this thread wrote, as text: a busy proxy writes thousands of lines in
+    /// each, and formatting the date for every one was the largest part of a line's cost.
+    static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+}
+
+/// `at` as the subscriber writes it: RFC 3339, UTC, to the microsecond.
+fn timestamp(out: &mut Vec<u8>, at: SystemTime) {
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with_borrow_mut(|(second, text)| {
+        if *second != secs {
+            let whole = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            let formatted = humantime::format_rfc3339_seconds(whole).to_string();
+            // `YYYY-MM-DDTHH:MM:SSZ` for every year this clock can show; anything else (a
+            // clock past year 9999) is written whole each time instead of cached.
+            match formatted.as_bytes().get(..19) {
+                Some(head) if formatted.len() == 20 => {
+                    text.copy_from_slice(head);
+                    *second = secs;
+                }
+                _ => {
+                    let _ = write!(out, "{}", humantime::format_rfc3339_micros(at));
+                    return;
+                }
+            }
+        }
+        out.extend_from_slice(text);
+        out.push(b'.');
+        let micros = since.subsec_micros();
+        let digits = itoa::Buffer::new().format(micros).len();
+        out.extend_from_slice(&b"000000"[digits..]);
+        number(out, micros.into());
+        out.push(b'Z');
+    });
+}
+
+/// An address as `Display` writes it; IPv4 (the usual client) without going through `fmt`.
+fn address(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                number(out, octet.into());
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// Logs one access line, when `composer_proxy::access` is enabled at INFO.
@@ -136,13 +189,11 @@ fn format_line(out: &mut Vec<u8>, format: LogFormat, at: SystemTime, line: &Acce
         ),
         ("complete", Some(Value::Bool(line.complete))),
     ];
-    let timestamp = humantime::format_rfc3339_micros(at);
     match format {
         LogFormat::Json => {
-            let _ = write!(
-                out,
-                r#"{{"timestamp":"{timestamp}","level":"INFO","message":"request""#
-            );
+            out.extend_from_slice(br#"{"timestamp":""#);
+            timestamp(out, at);
+            out.extend_from_slice(br#"","level":"INFO","message":"request""#);
             // Constant parts are copied and numbers written with itoa, not through
             // `fmt::write`: this runs once per request.
             for (name, value) in fields {
@@ -153,7 +204,9 @@ fn format_line(out: &mut Vec<u8>, format: LogFormat, at: SystemTime, line: &Acce
                 match value {
                     Value::Plain(text) | Value::Str(text) => json_string(out, text),
                     Value::Ip(ip) => {
-                        let _ = write!(out, "\"{ip}\"");
+                        out.push(b'"');
+                        address(out, ip);
+                        out.push(b'"');
                     }
                     Value::Number(n) => number(out, n),
                     Value::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
@@ -164,9 +217,10 @@ fn format_line(out: &mut Vec<u8>, format: LogFormat, at: SystemTime, line: &Acce
         LogFormat::Text => {
             // tracing-subscriber's default: dimmed time, green level, dimmed target, italic
             // field names.
-            let _ = write!(
-                out,
-                "\x1b[2m{timestamp}\x1b[0m \x1b[32m INFO\x1b[0m \x1b[2mcomposer_proxy::access\x1b[0m\x1b[2m:\x1b[0m request"
+            out.extend_from_slice(b"\x1b[2m");
+            timestamp(out, at);
+            out.extend_from_slice(
+                b"\x1b[0m \x1b[32m INFO\x1b[0m \x1b[2mcomposer_proxy::access\x1b[0m\x1b[2m:\x1b[0m request",
             );
             for (name, value) in fields {
                 let Some(value) = value else { continue };
@@ -175,9 +229,7 @@ fn format_line(out: &mut Vec<u8>, format: LogFormat, at: SystemTime, line: &Acce
                 out.extend_from_slice(b"\x1b[0m\x1b[2m=\x1b[0m");
                 match value {
                     Value::Plain(text) => out.extend_from_slice(text.as_bytes()),
-                    Value::Ip(ip) => {
-                        let _ = write!(out, "{ip}");
-                    }
+                    Value::Ip(ip) => address(out, ip),
                     Value::Str(text) => {
                         let _ = write!(out, "{text:?}");
                     }
@@ -207,6 +259,13 @@ fn number(out: &mut Vec<u8>, n: u64) {
 }
 
 fn json_string(out: &mut Vec<u8>, text: &str) {
+    // Most values (methods, paths, routes) need no escaping, and are copied as they are.
+    if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // serde_json's escaping: quotes, backslashes and control characters, as the subscriber's.
     let _ = serde_json::to_writer(&mut *out, text);
 }
@@ -301,8 +360,13 @@ mod tests {
             version: http::Version::HTTP_11,
             ..full
         };
+        let v6 = AccessLine {
+            client: "2001:db8::1".parse().expect("ip"),
+            peer: Some("::1".parse().expect("ip")),
+            ..bare
+        };
         for format in [LogFormat::Json, LogFormat::Text] {
-            for line in [&full, &bare] {
+            for line in [&full, &bare, &v6] {
                 let mut ours = Vec::new();
                 format_line(&mut ours, format, SystemTime::now(), line);
                 let ours = String::from_utf8(ours).expect("utf-8");
@@ -336,12 +400,48 @@ mod tests {
             upstream_requests: 0,
             complete: true,
         };
-        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_800_000_000_123_456);
-        let mut out = Vec::new();
-        format_line(&mut out, LogFormat::Json, at, &line);
-        let json: serde_json::Value = serde_json::from_slice(&out).expect("one JSON line");
-        assert_eq!(json["timestamp"], "2027-01-15T08:00:00.123456Z");
-        assert_eq!(json["status"], 200);
-        assert_eq!(json["complete"], true);
+        // The second's text is kept per thread: within one second, into the next, and back
+        // to an earlier one (a clock stepped back), each line has its own time.
+        for (micros, expected) in [
+            (1_800_000_000_123_456, "2027-01-15T08:00:00.123456Z"),
+            (1_800_000_000_000_042, "2027-01-15T08:00:00.000042Z"),
+            (1_800_000_001_999_999, "2027-01-15T08:00:01.999999Z"),
+            (1_800_000_000_500_000, "2027-01-15T08:00:00.500000Z"),
+            (0, "1970-01-01T00:00:00.000000Z"),
+        ] {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_micros(micros);
+            for format in [LogFormat::Json, LogFormat::Text] {
+                let mut out = Vec::new();
+                format_line(&mut out, format, at, &line);
+                let text = String::from_utf8(out).expect("utf-8");
+                if format == LogFormat::Json {
+                    let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+                    assert_eq!(json["timestamp"], expected);
+                    assert_eq!(json["status"], 200);
+                    assert_eq!(json["complete"], true);
+                } else {
+                    assert!(
+                        text.starts_with(&format!("\x1b[2m{expected}\x1b[0m ")),
+                        "{text}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.20.3",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            let mut out = Vec::new();
+            address(&mut out, ip);
+            assert_eq!(String::from_utf8(out).expect("utf-8"), ip.to_string());
+        }
     }
 }
