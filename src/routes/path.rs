@@ -97,7 +97,14 @@ pub fn normalize_path(raw: &str) -> Result<String, RouteError> {
     }
     let bytes = raw.as_bytes();
     let mut out = String::with_capacity(raw.len());
-    let mut i = 0;
+    // Only the bytes from the first escape on are looked at one by one: most paths have
+    // none, and are copied whole.
+    let plain = bytes
+        .iter()
+        .position(|&b| !matches!(b, 0x21..=0x7e) || b == b'%' || b == b'\\')
+        .unwrap_or(bytes.len());
+    out.push_str(&raw[..plain]);
+    let mut i = plain;
     while i < bytes.len() {
         let b = bytes[i];
         match b {
@@ -187,6 +194,15 @@ fn below_prefix(path: String, prefix: &str) -> String {
     }
 }
 
+/// `vendor/project`, without going through `fmt` (this runs for every p2 file and archive).
+fn package_name(vendor: &str, project: &str) -> String {
+    let mut name = String::with_capacity(vendor.len() + 1 + project.len());
+    name.push_str(vendor);
+    name.push('/');
+    name.push_str(project);
+    name
+}
+
 /// The route of a normalised path below the prefix.
 fn route_of(path: &str) -> Result<Route, RouteError> {
     let segments: Vec<&str> = path[1..].split('/').collect();
@@ -212,7 +228,7 @@ fn route_of(path: &str) -> Result<Route, RouteError> {
                 Some(p) => (p, true),
                 None => (stem, false),
             };
-            let name = format!("{vendor}/{project}");
+            let name = package_name(vendor, project);
             if !composer::is_package_name(&name) {
                 return Err(RouteError::NotFound);
             }
@@ -223,7 +239,7 @@ fn route_of(path: &str) -> Result<Route, RouteError> {
         ["p", vendor, file] if file.contains('$') => {
             let stem = file.strip_suffix(".json").ok_or(RouteError::NotFound)?;
             let (project, hash) = stem.rsplit_once('$').ok_or(RouteError::NotFound)?;
-            let name = format!("{vendor}/{project}");
+            let name = package_name(vendor, project);
             if composer::is_package_name(&name) && composer::is_hex_digest(hash, 64) {
                 Route::V1Package {
                     name,
@@ -238,7 +254,7 @@ fn route_of(path: &str) -> Result<Route, RouteError> {
         },
         ["dists", vendor, project, file] => {
             let (key, ext) = file.split_once('.').ok_or(RouteError::NotFound)?;
-            let name = format!("{vendor}/{project}");
+            let name = package_name(vendor, project);
             let ext_ok = !ext.is_empty()
                 && ext.len() <= 8
                 && ext
