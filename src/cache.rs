@@ -151,10 +151,14 @@ impl CacheDir {
     /// Path of an archive, from its store key (a hex digest).
     pub fn archive_path(&self, key: &str) -> Option<PathBuf> {
         is_hex_digest(key, 64).then(|| {
-            self.root
-                .join("archives")
-                .join(&key[..2])
-                .join(format!("{key}.bin"))
+            // Built in one buffer: this runs for every archive served.
+            let mut path = PathBuf::with_capacity(self.root.as_os_str().len() + 80);
+            path.push(&self.root);
+            path.push("archives");
+            path.push(&key[..2]);
+            path.push(key);
+            path.as_mut_os_string().push(".bin");
+            path
         })
     }
 
@@ -374,6 +378,22 @@ mod tests {
         assert!(dir.archive_path("..").is_none());
         let p = dir.metadata_path(&"ab".repeat(32)).expect("path");
         assert!(p.starts_with(tmp.path()));
+        // The layout archives are stored in: a change would lose every stored archive.
+        let key = "ef".repeat(32);
+        assert_eq!(
+            dir.archive_path(&key).expect("path"),
+            tmp.path()
+                .join("archives")
+                .join("ef")
+                .join(format!("{key}.bin"))
+        );
+        assert_eq!(
+            dir.archive_meta_path(&key).expect("path"),
+            tmp.path()
+                .join("archives")
+                .join("ef")
+                .join(format!("{key}.json"))
+        );
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited, StreamBody};
@@ -103,13 +103,10 @@ pub(super) async fn serve_archive(
     content_type: &'static str,
 ) -> Result<(Response<ResponseBody>, Option<CacheStatus>), ProxyError> {
     let key = source.store_key();
-    let etag = format!("\"{}\"", &key[..32]);
+    let etag = source.etag();
     let mut response = Response::new(empty());
-    let h = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&etag) {
-        h.insert(header::ETAG, value);
-    }
-    if etag_matches(headers, &etag) {
+    response.headers_mut().insert(header::ETAG, etag.clone());
+    if etag_matches(headers, etag.to_str().unwrap_or_default()) {
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok((response, Some(CacheStatus::Hit)));
     }
