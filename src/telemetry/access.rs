@@ -97,10 +97,10 @@ fn timestamp(out: &mut Vec<u8>, at: SystemTime) {
         }
         out.extend_from_slice(text);
         out.push(b'.');
-        let micros = since.subsec_micros();
-        let digits = itoa::Buffer::new().format(micros).len();
-        out.extend_from_slice(&b"000000"[digits..]);
-        number(out, micros.into());
+        let mut micros = itoa::Buffer::new();
+        let micros = micros.format(since.subsec_micros());
+        out.extend_from_slice(&b"000000"[micros.len()..]);
+        out.extend_from_slice(micros.as_bytes());
         out.push(b'Z');
     });
 }
