@@ -69,40 +69,71 @@ thread_local! {
     static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The last second this thread wrote, as text: a busy proxy writes thousands of lines in
     /// each, and formatting the date for every one was the largest part of a line's cost.
-    static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+    static SECOND: RefCell<(Option<u64>, Vec<u8>)> = const { RefCell::new((None, Vec::new())) };
 }
 
-/// `at` as the subscriber writes it: RFC 3339, UTC, to the microsecond.
+/// `at` as the subscriber writes it: RFC 3339, UTC, to the microsecond. A clock before 1970
+/// shows as 1970.
 fn timestamp(out: &mut Vec<u8>, at: SystemTime) {
     let since = at
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     let secs = since.as_secs();
     SECOND.with_borrow_mut(|(second, text)| {
-        if *second != secs {
-            let whole = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-            let formatted = humantime::format_rfc3339_seconds(whole).to_string();
-            // `YYYY-MM-DDTHH:MM:SSZ` for every year this clock can show; anything else (a
-            // clock past year 9999) is written whole each time instead of cached.
-            match formatted.as_bytes().get(..19) {
-                Some(head) if formatted.len() == 20 => {
-                    text.copy_from_slice(head);
-                    *second = secs;
-                }
-                _ => {
-                    let _ = write!(out, "{}", humantime::format_rfc3339_micros(at));
-                    return;
-                }
-            }
+        if *second != Some(secs) {
+            text.clear();
+            second_text(text, secs);
+            *second = Some(secs);
         }
         out.extend_from_slice(text);
-        out.push(b'.');
-        let mut micros = itoa::Buffer::new();
-        let micros = micros.format(since.subsec_micros());
-        out.extend_from_slice(&b"000000"[micros.len()..]);
-        out.extend_from_slice(micros.as_bytes());
-        out.push(b'Z');
     });
+    out.push(b'.');
+    padded(out, since.subsec_micros().into(), 6);
+    out.push(b'Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` for `secs` since 1970 in UTC, in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`). Whole numbers only, so no year makes it fail; humantime,
+/// which it replaces here, gives up after 9999.
+fn second_text(out: &mut Vec<u8>, secs: u64) {
+    let (days, of_day) = (secs / 86_400, secs % 86_400);
+    // Days since 0000-03-01, so that a leap day is the last day of its year.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    padded(out, year, 4);
+    for (separator, n) in [
+        (b'-', month),
+        (b'-', day),
+        (b'T', of_day / 3_600),
+        (b':', of_day / 60 % 60),
+        (b':', of_day % 60),
+    ] {
+        out.push(separator);
+        padded(out, n, 2);
+    }
+}
+
+/// `n` in decimal, with zeros in front up to `width` digits.
+fn padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(n);
+    out.extend(std::iter::repeat_n(
+        b'0',
+        width.saturating_sub(digits.len()),
+    ));
+    out.extend_from_slice(digits.as_bytes());
 }
 
 /// An address as `Display` writes it; IPv4 (the usual client) without going through `fmt`.
@@ -365,8 +396,14 @@ mod tests {
             peer: Some("::1".parse().expect("ip")),
             ..bare
         };
+        // Each character that needs escaping on its own, and two that do not.
+        let escapes = ["a\"b", "a\\b", "a\tb", "\u{1f}", "\u{7f}\u{e9}"].map(|text| AccessLine {
+            token: Some(text),
+            view: Some(text),
+            ..bare
+        });
         for format in [LogFormat::Json, LogFormat::Text] {
-            for line in [&full, &bare, &v6] {
+            for line in [&full, &bare, &v6].into_iter().chain(&escapes) {
                 let mut ours = Vec::new();
                 format_line(&mut ours, format, SystemTime::now(), line);
                 let ours = String::from_utf8(ours).expect("utf-8");
@@ -427,6 +464,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn dates_match_the_calendar() {
+        // Against humantime, which formats the same thing another way: every day of some
+        // years around leap rules (1972, 2000, 2100) and seconds across the range it covers.
+        let mut seconds: Vec<u64> = Vec::new();
+        for year_start in [63_072_000u64, 946_684_800, 4_102_444_800] {
+            seconds.extend((0..366 * 2).map(|d| year_start + d * 86_400 + d * 3_599 % 86_400));
+        }
+        seconds.extend((0..2_000u64).map(|i| i * 126_701_153 + i % 86_400));
+        seconds.extend([0, 59, 60, 3_599, 3_600, 86_399, 86_400, 253_402_300_799]);
+        for secs in seconds {
+            let mut ours = Vec::new();
+            second_text(&mut ours, secs);
+            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            let theirs = humantime::format_rfc3339_seconds(at).to_string();
+            assert_eq!(
+                format!("{}Z", String::from_utf8(ours).expect("ascii")),
+                theirs,
+                "{secs}"
+            );
+        }
+        // Past 9999, where humantime stops, the year just has more digits; nothing fails.
+        let mut ours = Vec::new();
+        second_text(&mut ours, 253_402_300_800);
+        assert_eq!(ours, b"10000-01-01T00:00:00");
+        ours.clear();
+        second_text(&mut ours, u64::MAX);
+        assert!(ours.len() > 19);
     }
 
     #[test]
