@@ -3,8 +3,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::HeaderValue;
-
 use super::sha256_hex;
 
 /// Where an archive the proxy serves really comes from.
@@ -22,8 +20,6 @@ pub struct DistSource {
     pub is_zip: bool,
     /// See [`DistSource::store_key`].
     store_key: String,
-    /// See [`DistSource::etag`].
-    etag: HeaderValue,
 }
 
 impl DistSource {
@@ -40,9 +36,6 @@ impl DistSource {
             Some(Checksum::Md5(md5)) => format!("md5:{md5}"),
         };
         let store_key = sha256_hex(format!("{url}\n{promised}").as_bytes());
-        // Quoted hex: always a valid header value.
-        let etag = HeaderValue::from_str(&format!("\"{}\"", &store_key[..32]))
-            .unwrap_or_else(|_| HeaderValue::from_static("\"\""));
         Self {
             package,
             version,
@@ -50,7 +43,6 @@ impl DistSource {
             checksum,
             is_zip,
             store_key,
-            etag,
         }
     }
 
@@ -59,12 +51,6 @@ impl DistSource {
     /// versions keep their keys. Computed once, as the metadata is read, not per download.
     pub fn store_key(&self) -> &str {
         &self.store_key
-    }
-
-    /// The archive's `ETag`: the first half of its store key, quoted. It names the bytes
-    /// (the upstream's URL and checksum), so it is the same on every replica and restart.
-    pub fn etag(&self) -> &HeaderValue {
-        &self.etag
     }
 }
 
