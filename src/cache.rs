@@ -151,8 +151,9 @@ impl CacheDir {
     /// Path of an archive, from its store key (a hex digest).
     pub fn archive_path(&self, key: &str) -> Option<PathBuf> {
         is_hex_digest(key, 64).then(|| {
-            // Built in one buffer: this runs for every archive served.
-            let mut path = PathBuf::with_capacity(self.root.as_os_str().len() + 80);
+            // Built in one buffer (`/archives/ab/` + 64 digits + `.bin` is 81 bytes past the
+            // root): this runs for every archive served.
+            let mut path = PathBuf::with_capacity(self.root.as_os_str().len() + 96);
             path.push(&self.root);
             path.push("archives");
             path.push(&key[..2]);

@@ -97,8 +97,8 @@ pub fn normalize_path(raw: &str) -> Result<String, RouteError> {
     }
     let bytes = raw.as_bytes();
     let mut out = String::with_capacity(raw.len());
-    // Only the bytes from the first escape on are looked at one by one: most paths have
-    // none, and are copied whole.
+    // Only the bytes from the first one that needs a look (an escape, a backslash, anything
+    // but printable ASCII) are taken one by one: most paths have none, and are copied whole.
     let plain = bytes
         .iter()
         .position(|&b| !matches!(b, 0x21..=0x7e) || b == b'%' || b == b'\\')
@@ -402,6 +402,9 @@ mod tests {
             "/p2/a/\u{e9}.json",
             "/p2/a b.json",
             "/p2/a/b.json%",
+            "/p2/a/b\u{7f}.json",
+            "/p2/a/b\t.json",
+            "/p2/a/b.json\u{1f}",
         ] {
             assert!(
                 matches!(parse_route(path, ""), Err(RouteError::BadPath(_))),
