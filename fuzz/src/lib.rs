@@ -107,16 +107,16 @@ pub fn check_dists(rewriter: &Rewriter, upstream: &Value, rewritten: &Value, dis
             .get(&(package, key.clone()))
             .unwrap_or_else(|| panic!("no recorded source for {url}"));
         assert_eq!(source.package, name);
-        assert_eq!(source.url, upstream_url.as_str());
+        assert_eq!(source.url(), upstream_url.as_str());
         assert_eq!(
             key,
-            composer::dist_key(&source.url),
+            composer::dist_key(source.url()),
             "key of {}",
-            source.url
+            source.url()
         );
     }
     for source in dists.values() {
-        if let Some(shasum) = source.checksum.as_ref().and_then(|c| c.sha1()) {
+        if let Some(shasum) = source.checksum().and_then(|c| c.sha1()) {
             assert!(!shasum.is_empty() && *shasum == shasum.to_ascii_lowercase());
         }
     }

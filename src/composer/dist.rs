@@ -13,9 +13,9 @@ pub struct DistSource {
     /// The version whose dist this is (the metadata's `version`), for the usage record; `None`
     /// for a release file, or a version entry without one.
     pub version: Option<String>,
-    pub url: String,
-    /// The digest its publisher promises, when it promises one.
-    pub checksum: Option<Checksum>,
+    /// Private, as `checksum` is: the store key is derived from both.
+    url: String,
+    checksum: Option<Checksum>,
     /// The dist type is `zip` (Composer's default), so its structure can be checked.
     pub is_zip: bool,
     /// See [`DistSource::store_key`].
@@ -51,6 +51,16 @@ impl DistSource {
     /// versions keep their keys. Computed once, as the metadata is read, not per download.
     pub fn store_key(&self) -> &str {
         &self.store_key
+    }
+
+    /// The upstream URL it is downloaded from.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The digest its publisher promises, when it promises one.
+    pub fn checksum(&self) -> Option<&Checksum> {
+        self.checksum.as_ref()
     }
 }
 

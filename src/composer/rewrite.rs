@@ -435,7 +435,7 @@ mod tests {
             None
         );
         let source = &p.dists[&("magento/framework".to_string(), key)];
-        assert_eq!(source.checksum, Some(Checksum::Sha1("abcdef".into())));
+        assert_eq!(source.checksum(), Some(&Checksum::Sha1("abcdef".into())));
         assert_eq!(p.dists.len(), 1);
     }
 
@@ -468,7 +468,7 @@ mod tests {
         for package in ["acme/lib", "acme/lib-alias"] {
             let source = &dists[&(package.to_string(), key.clone())];
             assert_eq!(source.package, package);
-            assert_eq!(source.url, "https://repo.magento.com/dl/shared.zip");
+            assert_eq!(source.url(), "https://repo.magento.com/dl/shared.zip");
         }
     }
 

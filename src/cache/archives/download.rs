@@ -122,7 +122,7 @@ impl Download {
         let mut received = Received {
             file: None,
             temp: self.inner.disk.temp_path(),
-            digests: Digests::for_checksum(self.source.checksum.as_ref()),
+            digests: Digests::for_checksum(self.source.checksum()),
             written: 0,
             spill: None,
             len: None,
@@ -192,7 +192,7 @@ impl Download {
         let resume_from = received.written;
         let resume = framing::resume_headers(
             resume_from,
-            self.source.checksum.is_some(),
+            self.source.checksum().is_some(),
             received.validator.as_ref(),
         );
         let resumed = resume.is_some();
@@ -200,7 +200,7 @@ impl Download {
             .send(
                 RequestKind::Archive,
                 Method::GET,
-                &self.source.url,
+                self.source.url(),
                 resume.unwrap_or_default(),
                 Bytes::new(),
             )
@@ -244,7 +244,7 @@ impl Download {
                 if framing::content_range_start(&response.headers) != Some(resume_from) {
                     return Err(mismatch("upstream resumed at the wrong offset"));
                 }
-                if self.source.checksum.is_none()
+                if self.source.checksum().is_none()
                     && framing::strong_validator(&response.headers) != received.validator
                 {
                     return Err(mismatch(
@@ -266,7 +266,7 @@ impl Download {
         }
         // Without a checksum, nothing else tells a cut from the end; any attempt counts.
         let close = framing::framing(response.version, &response.headers) == Framing::Close;
-        if close && self.source.checksum.is_none() {
+        if close && self.source.checksum().is_none() {
             received.unstorable =
                 Some("upstream sent it with no length (a close-delimited body)".into());
         }
@@ -433,7 +433,7 @@ impl Download {
     /// Checks what arrived: the published checksum, or (for a zip without one) its structure.
     pub(super) async fn verify(&self, received: &Received) -> Result<(), ProxyError> {
         let package = &self.source.package;
-        if let Some(expected) = &self.source.checksum {
+        if let Some(expected) = self.source.checksum() {
             return received
                 .digests
                 .check(expected)
@@ -460,10 +460,10 @@ impl Download {
     /// store, then keeps the store in bounds.
     async fn commit(&self, received: &Received, path: &Path) -> io::Result<()> {
         let (sha1, sha256, crc32) = received.digests.finish();
-        let checksum = self.source.checksum.as_ref();
+        let checksum = self.source.checksum();
         let meta = StoredArchive {
             package: self.source.package.clone(),
-            url: self.source.url.clone(),
+            url: self.source.url().to_string(),
             shasum: checksum.and_then(Checksum::sha1).map(str::to_string),
             md5: checksum.and_then(Checksum::md5).map(str::to_string),
             len: received.written,

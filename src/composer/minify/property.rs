@@ -59,7 +59,7 @@ fn proxied(version: &Value, package: &str, dists: &Dists) -> Value {
     };
     let key = dist_key(&source);
     let recorded = dists.get(&(package.to_string(), key.clone()));
-    assert_eq!(recorded.map(|d| d.url.as_str()), Some(source.as_str()));
+    assert_eq!(recorded.map(|d| d.url()), Some(source.as_str()));
     let ext = if dist["type"] == "tar" { "tar" } else { "zip" };
     dist.insert(
         "url".into(),
