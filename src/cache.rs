@@ -381,20 +381,13 @@ mod tests {
         assert!(p.starts_with(tmp.path()));
         // The layout archives are stored in: a change would lose every stored archive.
         let key = "ef".repeat(32);
-        assert_eq!(
-            dir.archive_path(&key).expect("path"),
-            tmp.path()
-                .join("archives")
-                .join("ef")
-                .join(format!("{key}.bin"))
-        );
-        assert_eq!(
-            dir.archive_meta_path(&key).expect("path"),
-            tmp.path()
-                .join("archives")
-                .join("ef")
-                .join(format!("{key}.json"))
-        );
+        for (path, extension) in [
+            (dir.archive_path(&key), "bin"),
+            (dir.archive_meta_path(&key), "json"),
+        ] {
+            let expected = tmp.path().join("archives").join("ef");
+            assert_eq!(path, Some(expected.join(format!("{key}.{extension}"))));
+        }
     }
 
     #[tokio::test]
