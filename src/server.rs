@@ -33,6 +33,7 @@ use crate::{routes, AppState};
 
 mod access_log;
 pub mod open_files;
+mod socket;
 mod stall;
 mod workers;
 
@@ -210,7 +211,7 @@ impl Accepting {
             return;
         };
         let open = OpenConnection::new(permit, state.metrics.clone());
-        let _ = stream.set_nodelay(true);
+        socket::tune(&stream);
         let activity = Activity::new();
         let service = service(state.clone(), peer, activity.clone());
         let conn = Connection {
