@@ -18,7 +18,8 @@ use tokio::net::TcpStream;
 
 /// The most bytes a connection may have written and not yet sent. It was measured together
 /// with the 256 KB slices archives in memory are handed to hyper in (`MEMORY_FRAME` in
-/// `routes::handlers`): one slice fits, so each turn a connection gets takes a whole one.
+/// `routes::handlers`): one slice fits within it, so a connection's turn gives the kernel
+/// about one slice, not the many a grown send buffer took.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 const UNSENT_LIMIT: u32 = 256 * 1024;
 
