@@ -37,6 +37,22 @@ pub(super) fn tune(stream: &TcpStream) {
     }
 }
 
+/// The CPU that took the connection's last packets in (`SO_INCOMING_CPU`, Linux), where
+/// known: with a multi-queue network card, the CPU its queue interrupts; on loopback, the
+/// CPU the client's thread ran on.
+#[cfg(target_os = "linux")]
+pub(super) fn incoming_cpu(stream: &TcpStream) -> Option<usize> {
+    let cpu = socket2::SockRef::from(stream).cpu_affinity().ok()?;
+    // The kernel's -1 (not known yet) comes back wrapped to the largest usize.
+    isize::try_from(cpu).is_ok().then_some(cpu)
+}
+
+/// Elsewhere no such option: connections go to the least busy thread.
+#[cfg(not(target_os = "linux"))]
+pub(super) fn incoming_cpu(_stream: &TcpStream) -> Option<usize> {
+    None
+}
+
 #[cfg(all(test, any(target_os = "linux", target_os = "android")))]
 mod tests {
     use super::*;
@@ -58,5 +74,25 @@ mod tests {
 
         assert!(stream.nodelay().unwrap());
         assert_eq!(socket.tcp_notsent_lowat().unwrap(), UNSENT_LIMIT);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_cpu_that_took_a_connection_in_is_known() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, client) = tokio::join!(listener.accept(), client);
+        let (stream, _) = accepted.unwrap();
+        let _client = client.unwrap();
+
+        let cpu = incoming_cpu(&stream).expect("the handshake came in on some CPU");
+
+        // One of the machine's online CPUs (each has its line in /proc/stat), not the
+        // kernel's -1 wrapped.
+        let stat = std::fs::read_to_string("/proc/stat").unwrap();
+        assert!(
+            stat.lines().any(|l| l.starts_with(&format!("cpu{cpu} "))),
+            "{cpu}"
+        );
     }
 }
