@@ -13,16 +13,18 @@
 //! at once, the thread awake at that moment sometimes took all of them, and the proxy served
 //! from one core (about 100,000 p2 answers a second instead of 160,000).
 //!
-//! Connections whose packets come in on the same CPU go to the same thread, while it serves
-//! no more than a few more than the least busy one ([`pick`]). Each thread is then woken from
-//! one CPU, the kernel keeps it there, and its sockets' state stays in that CPU's cache; handed
-//! to whichever thread served fewest, every thread served connections from every CPU and each
-//! answer's wake-up crossed CPUs. That CPU is the network queue's with a multi-queue card, and
-//! the client's with a client on the same machine (nginx in front, a CI runner, wrk). With
-//! wrk's two threads connecting from the two CPUs, cached p2 answers went from about 125,000 a
-//! second (4.9 to 5.2 µs of kernel time each) to 145,000 to 168,000 (3.2 to 4.2 µs); where all
-//! connections come in on one CPU (a card with one queue, or wrk's threads both on one CPU
-//! when they connected), the allowance shares them out as before (docs/performance.md).
+//! Connections whose packets come in on the same CPU go to the same thread, while it serves not
+//! many more than the least busy one ([`pick`]). The threads are not pinned: the kernel tends
+//! to move a thread to the CPU that wakes it, and with its connections coming in on one CPU
+//! that is one CPU, where their sockets' state is in the cache. Handed to whichever thread
+//! served fewest, every thread served connections from every CPU and each answer's wake-up
+//! crossed CPUs. That CPU is the network queue's with a multi-queue card, and the client's for
+//! a client on the same machine. Measured with wrk on loopback (cached p2 file, 8 s runs, 6
+//! each): where wrk's two threads connected from different CPUs, 145,000 to 168,000 answers a
+//! second (3 runs of 6); where they connected from one, 119,000 to 127,000 (before: 123,000 to
+//! 131,000, one run at 151,000). With every connection coming in on one CPU (a card with one
+//! queue) the allowance shares them out nearly evenly: 64 split 35 / 29 over two threads
+//! (docs/performance.md).
 //!
 //! What a request spawns (a background refresh, an HTTP/2 stream) runs on its own thread's
 //! runtime. Work shared by all threads (upstream connections, caches, the usage record) goes
@@ -50,9 +52,11 @@ const BLOCKING_GRACE: Duration = Duration::from_secs(1);
 const BLOCKING_THREADS: usize = 512;
 
 /// How many more connections than the least busy thread a thread may serve and still be
-/// given those that came in on its CPU: a few, and an eighth more once threads serve many, so
-/// that connections arriving on one CPU only are still shared out nearly evenly.
-const EXTRA_FOR_LOCALITY: usize = 2;
+/// given those that came in on its CPU: [`EXTRA_CONNECTIONS`], and one [`EXTRA_SHARE`]th of
+/// the least busy one's count once threads serve many. So connections arriving on one CPU only
+/// are still shared out nearly evenly, and a thread's locality never costs much balance.
+const EXTRA_CONNECTIONS: usize = 2;
+const EXTRA_SHARE: usize = 8;
 
 /// A connection handed to a serving thread: the socket leaves the accepting runtime's reactor
 /// and joins the thread's; the drain's watch goes with it.
@@ -77,6 +81,8 @@ impl Drop for Load {
 /// The serving threads, and the signals that stop them.
 pub(super) struct Workers {
     workers: Vec<Worker>,
+    /// Each CPU's thread, by CPU number ([`homes`]).
+    homes: Vec<Option<usize>>,
     threads: Vec<JoinHandle<()>>,
     /// Dropped once the drain is over: the threads then drop their runtimes, closing what is
     /// left.
@@ -147,23 +153,61 @@ pub(super) fn start(accepting: Arc<Accepting>) -> Workers {
         );
     }
     Workers {
+        homes: homes(&allowed_cpus(), workers.len()),
         workers,
         threads,
         done: Some(done),
     }
 }
 
-/// The thread for a connection that came in on `cpu`, given how many each serves: the one
-/// for that CPU while it serves at most [`EXTRA_FOR_LOCALITY`] (and an eighth) more than the
-/// least busy, else the least busy (the first of equals). CPUs beyond the threads' number
-/// share threads in turn.
-fn pick(loads: &[usize], cpu: Option<usize>) -> Option<usize> {
+/// The thread for a connection whose CPU's thread is `home`, given how many each serves: `home`
+/// while it serves at most [`EXTRA_CONNECTIONS`] and one [`EXTRA_SHARE`]th of the least busy
+/// one's count more than the least busy, else the least busy (the first of equals).
+fn pick(loads: &[usize], home: Option<usize>) -> Option<usize> {
     let (least_busy, &least) = loads.iter().enumerate().min_by_key(|(_, load)| **load)?;
-    let home = cpu.map(|cpu| cpu % loads.len());
+    let allowed = least + EXTRA_CONNECTIONS + least / EXTRA_SHARE;
     match home {
-        Some(home) if loads[home] <= least + EXTRA_FOR_LOCALITY + least / 8 => Some(home),
+        Some(home) if loads.get(home).is_some_and(|&load| load <= allowed) => Some(home),
         _ => Some(least_busy),
     }
+}
+
+/// Each CPU's thread, indexed by CPU number: the CPU's place among those the process may run
+/// on, modulo the number of threads. Places, not numbers, so that a CPU set such as {1, 33} or
+/// 4-7 spreads over the threads as 0-1 would. CPUs the process may not run on have none: no
+/// thread could run where their connections come in.
+fn homes(allowed: &[usize], threads: usize) -> Vec<Option<usize>> {
+    let Some(&highest) = allowed.iter().max() else {
+        return Vec::new();
+    };
+    let mut homes = vec![None; highest + 1];
+    if threads > 0 {
+        for (place, &cpu) in allowed.iter().enumerate() {
+            if let Some(home) = homes.get_mut(cpu) {
+                *home = Some(place % threads);
+            }
+        }
+    }
+    homes
+}
+
+/// The CPUs this process may run on (its affinity mask, which a container's cpuset narrows).
+#[cfg(target_os = "linux")]
+fn allowed_cpus() -> Vec<usize> {
+    rustix::thread::sched_getaffinity(None).map_or_else(
+        |_| Vec::new(),
+        |set| {
+            (0..rustix::thread::CpuSet::MAX_CPU)
+                .filter(|&cpu| set.is_set(cpu))
+                .collect()
+        },
+    )
+}
+
+/// Elsewhere no CPU is known for a connection ([`super::socket::incoming_cpu`]) either.
+#[cfg(not(target_os = "linux"))]
+fn allowed_cpus() -> Vec<usize> {
+    Vec::new()
 }
 
 impl Workers {
@@ -175,9 +219,12 @@ impl Workers {
             .iter()
             .map(|w| w.load.load(Ordering::Relaxed))
             .collect();
-        let Some(worker) = pick(&loads, super::socket::incoming_cpu(&stream))
-            .and_then(|index| self.workers.get(index))
-        else {
+        // One thread has nothing to choose from: no system call for it.
+        let home = (self.workers.len() > 1)
+            .then(|| super::socket::incoming_cpu(&stream))
+            .flatten()
+            .and_then(|cpu| self.homes.get(cpu).copied().flatten());
+        let Some(worker) = pick(&loads, home).and_then(|index| self.workers.get(index)) else {
             return;
         };
         let stream = match stream.into_std() {
@@ -225,14 +272,34 @@ mod tests {
         assert_eq!(pick(&[0, 0], Some(1)), Some(1));
         // Past it, the least busy.
         assert_eq!(pick(&[4, 1], Some(0)), Some(1));
-        // The allowance grows by an eighth of the least busy's count.
-        assert_eq!(pick(&[90, 80], Some(0)), Some(0));
+        // The allowance grows by an eighth of the least busy one's count: 80 + 2 + 10.
+        assert_eq!(pick(&[92, 80], Some(0)), Some(0));
         assert_eq!(pick(&[93, 80], Some(0)), Some(1));
-        // CPUs numbered beyond the threads share them in turn.
-        assert_eq!(pick(&[5, 5, 5], Some(7)), Some(1));
-        // Not known: the least busy, the first of equals.
+        // No thread for the CPU: the least busy, the first of equals.
         assert_eq!(pick(&[2, 1, 1], None), Some(1));
+        assert_eq!(pick(&[2, 1, 1], Some(3)), Some(1));
         assert_eq!(pick(&[], Some(0)), None);
+    }
+
+    #[test]
+    fn cpus_map_to_threads_by_their_place_among_those_allowed() {
+        // Two CPUs far apart (hyperthread siblings a CPU manager gave) are two threads, not one.
+        let siblings = homes(&[1, 33], 2);
+        assert_eq!((siblings[1], siblings[33]), (Some(0), Some(1)));
+        assert_eq!(siblings[0], None, "a CPU the process may not run on");
+        assert_eq!(siblings.len(), 34);
+        // A cpuset of 4-7 with four threads, and with three (a CPU quota): each thread has one,
+        // the fourth CPU shares the first's.
+        assert_eq!(
+            homes(&[4, 5, 6, 7], 4)[4..],
+            [Some(0), Some(1), Some(2), Some(3)]
+        );
+        assert_eq!(
+            homes(&[4, 5, 6, 7], 3)[4..],
+            [Some(0), Some(1), Some(2), Some(0)]
+        );
+        assert!(homes(&[], 2).is_empty());
+        assert_eq!(homes(&[0, 1], 0), [None, None]);
     }
 
     #[test]
