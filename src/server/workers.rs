@@ -21,9 +21,9 @@
 //! crossed CPUs. That CPU is the network queue's with a multi-queue card, and the client's for
 //! a client on the same machine. Measured with wrk on loopback (cached p2 file, 8 s runs, 6
 //! each): where wrk's two threads connected from different CPUs, 145,000 to 168,000 answers a
-//! second (3 runs of 6); where they connected from one, 119,000 to 127,000 (before: 123,000 to
-//! 131,000, one run at 151,000). With every connection coming in on one CPU (a card with one
-//! queue) the allowance shares them out nearly evenly: 64 split 35 / 29 over two threads
+//! second (3 runs of 6); in the others 119,000 to 127,000 (before: 123,000 to 131,000, one run
+//! at 151,000). With every connection coming in on one CPU (a card with one queue) the
+//! allowance shares them out nearly evenly: 64 split 35 / 29 over two threads
 //! (docs/performance.md).
 //!
 //! What a request spawns (a background refresh, an HTTP/2 stream) runs on its own thread's
@@ -57,6 +57,10 @@ const BLOCKING_THREADS: usize = 512;
 /// are still shared out nearly evenly, and a thread's locality never costs much balance.
 const EXTRA_CONNECTIONS: usize = 2;
 const EXTRA_SHARE: usize = 8;
+
+/// The load of a thread that cannot take connections: more than any thread serves, and with
+/// [`pick`]'s allowance added still far from overflowing.
+const GONE: usize = usize::MAX / 4;
 
 /// A connection handed to a serving thread: the socket leaves the accepting runtime's reactor
 /// and joins the thread's; the drain's watch goes with it.
@@ -214,19 +218,11 @@ impl Workers {
     /// Hands an accepted connection to the thread for the CPU it came in on, or to the one
     /// serving the fewest ([`pick`]).
     pub(super) fn dispatch(&self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
-        let loads: Vec<usize> = self
-            .workers
-            .iter()
-            .map(|w| w.load.load(Ordering::Relaxed))
-            .collect();
         // One thread has nothing to choose from: no system call for it.
         let home = (self.workers.len() > 1)
             .then(|| super::socket::incoming_cpu(&stream))
             .flatten()
             .and_then(|cpu| self.homes.get(cpu).copied().flatten());
-        let Some(worker) = pick(&loads, home).and_then(|index| self.workers.get(index)) else {
-            return;
-        };
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(e) => {
@@ -234,11 +230,29 @@ impl Workers {
                 return;
             }
         };
-        worker.load.fetch_add(1, Ordering::Relaxed);
-        if worker.connections.send((stream, peer, watcher)).is_err() {
-            // The thread is gone (its runtime failed to start): the connection closes.
-            worker.load.fetch_sub(1, Ordering::Relaxed);
+        let mut handed = (stream, peer, watcher);
+        // A thread whose runtime failed to start takes nothing. Left at its load of 0 it would
+        // stay the least busy and every connection handed to it would close; marked, it is
+        // never chosen again and the connection goes to the next.
+        for _ in 0..self.workers.len() {
+            let loads: Vec<usize> = self
+                .workers
+                .iter()
+                .map(|w| w.load.load(Ordering::Relaxed))
+                .collect();
+            let Some(worker) = pick(&loads, home).and_then(|index| self.workers.get(index)) else {
+                return;
+            };
+            worker.load.fetch_add(1, Ordering::Relaxed);
+            match worker.connections.send(handed) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(back)) => {
+                    worker.load.store(GONE, Ordering::Relaxed);
+                    handed = back;
+                }
+            }
         }
+        // No thread left to serve it: the connection closes.
     }
 
     /// Stops handing out connections: each thread serves what it was handed, then waits for
@@ -283,7 +297,7 @@ mod tests {
 
     #[test]
     fn cpus_map_to_threads_by_their_place_among_those_allowed() {
-        // Two CPUs far apart (hyperthread siblings a CPU manager gave) are two threads, not one.
+        // Two CPUs far apart (hyperthread siblings from a CPU manager) are two threads, not one.
         let siblings = homes(&[1, 33], 2);
         assert_eq!((siblings[1], siblings[33]), (Some(0), Some(1)));
         assert_eq!(siblings[0], None, "a CPU the process may not run on");
@@ -300,6 +314,48 @@ mod tests {
         );
         assert!(homes(&[], 2).is_empty());
         assert_eq!(homes(&[0, 1], 0), [None, None]);
+    }
+
+    #[tokio::test]
+    async fn a_thread_that_failed_to_start_is_passed_over_for_good() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, client) = tokio::join!(listener.accept(), client);
+        let (stream, peer) = accepted.unwrap();
+        let client = client.unwrap();
+        // The first thread's runtime is gone (its receiver dropped); the second serves.
+        let (gone, _) = mpsc::unbounded_channel::<Handed>();
+        let (serving, mut taken) = mpsc::unbounded_channel::<Handed>();
+        let workers = Workers {
+            workers: vec![
+                Worker {
+                    connections: gone,
+                    load: Arc::default(),
+                },
+                Worker {
+                    connections: serving,
+                    load: Arc::default(),
+                },
+            ],
+            homes: vec![Some(0), Some(0)],
+            threads: Vec::new(),
+            done: None,
+        };
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+
+        workers.dispatch(stream, peer, graceful.watcher());
+
+        let (handed, from, _) = taken.try_recv().expect("handed to the thread that serves");
+        assert_eq!(from, peer);
+        assert_eq!(handed.peer_addr().unwrap(), client.local_addr().unwrap());
+        let loads: Vec<usize> = workers
+            .workers
+            .iter()
+            .map(|w| w.load.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(loads, [GONE, 1]);
+        // Not chosen again, even as the least busy or its CPU's thread.
+        assert_eq!(pick(&loads, Some(0)), Some(1));
     }
 
     #[test]
