@@ -53,17 +53,24 @@ pub(super) fn incoming_cpu(_stream: &TcpStream) -> Option<usize> {
     None
 }
 
+/// A loopback connection as the accept loop gets it: the accepted socket, its peer's address,
+/// and the client's end (kept, so the connection stays open).
+#[cfg(test)]
+pub(super) async fn accepted_loopback() -> (TcpStream, std::net::SocketAddr, TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap());
+    let (accepted, client) = tokio::join!(listener.accept(), client);
+    let (stream, peer) = accepted.unwrap();
+    (stream, peer, client.unwrap())
+}
+
 #[cfg(all(test, any(target_os = "linux", target_os = "android")))]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn accepted_sockets_send_at_once_and_bound_what_waits_unsent() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap());
-        let (accepted, client) = tokio::join!(listener.accept(), client);
-        let (stream, _) = accepted.unwrap();
-        let _client = client.unwrap();
+        let (stream, _, _client) = accepted_loopback().await;
         let socket = socket2::SockRef::from(&stream);
         // Other values than `tune` sets, whatever the machine's defaults, so the test shows
         // that it changed them.
@@ -79,11 +86,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn the_cpu_that_took_a_connection_in_is_known() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap());
-        let (accepted, client) = tokio::join!(listener.accept(), client);
-        let (stream, _) = accepted.unwrap();
-        let _client = client.unwrap();
+        let (stream, _, _client) = accepted_loopback().await;
 
         let cpu = incoming_cpu(&stream).expect("the handshake came in on some CPU");
 

@@ -318,11 +318,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_thread_that_failed_to_start_is_passed_over_for_good() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap());
-        let (accepted, client) = tokio::join!(listener.accept(), client);
-        let (stream, peer) = accepted.unwrap();
-        let client = client.unwrap();
+        let (stream, peer, client) = super::super::socket::accepted_loopback().await;
         // The first thread's runtime is gone (its receiver dropped); the second serves.
         let (gone, _) = mpsc::unbounded_channel::<Handed>();
         let (serving, mut taken) = mpsc::unbounded_channel::<Handed>();
