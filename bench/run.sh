@@ -4,7 +4,8 @@
 # 1. cache hits (packages.json, a p2 file, 100 KB and 5 MB archives): the proxy against
 #    nginx serving the same bytes from disk, both for one upstream (flat configuration) and
 #    for the merged repository of three [[upstream]] tables, so the merged ratios can be
-#    read against today's single-upstream ones;
+#    read against today's single-upstream ones; BENCH_ONLY=hits also gives each server's CPU
+#    time per answer;
 # 2. a cold `composer install` of the Magento product through a cold proxy against Composer
 #    going straight to the same slow upstream (BENCH_DELAY_MS per request);
 # 3. a cold and a warm `composer install` of the three-upstream project (Magento product,
@@ -425,23 +426,44 @@ to_ms() {
   }'
 }
 
+# CPU time (user and system, in clock ticks) used so far by process $1 and its children
+# (nginx's workers), threads included.
+cpu_ticks() {
+  local p total=0 u s
+  for p in "$1" $(pgrep -P "$1"); do
+    # Fields after the command name, which ends with ")": utime and stime are 12th and 13th.
+    read -r u s < <(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12, $13 }') ||
+      continue
+    total=$((total + ${u:-0} + ${s:-0}))
+  done
+  echo "$total"
+}
+
 # Runs wrk against $2 and prints "rps p99_ms errors"; $1 names the output file; further
-# arguments go to wrk (e.g. -H "Authorization: …").
+# arguments go to wrk (e.g. -H "Authorization: …"). With MEASURE_PID set, a fourth field: the
+# CPU time that process (and its children) used per answer during the recorded run, in µs.
 measure() {
   local name=$1 url=$2
   shift 2
   local out=$work/wrk-$name.txt
   # A short unrecorded run first: connections, page cache and allocator warm for both.
   wrk -c"$CONNECTIONS" -t"$WRK_THREADS" -d1s "$@" "$url" >/dev/null
+  local ticks_before=0 ticks_after=0
+  [[ -z ${MEASURE_PID:-} ]] || ticks_before=$(cpu_ticks "$MEASURE_PID")
   wrk -c"$CONNECTIONS" -t"$WRK_THREADS" -d"${DURATION_SECS}s" --timeout 10s --latency "$@" "$url" >"$out"
-  local rps p99 non2xx socket_errors
+  [[ -z ${MEASURE_PID:-} ]] || ticks_after=$(cpu_ticks "$MEASURE_PID")
+  local rps p99 non2xx socket_errors cpu=""
+  if [[ -n ${MEASURE_PID:-} ]]; then
+    cpu=$(awk -v t=$((ticks_after - ticks_before)) -v hz="$(getconf CLK_TCK)" '
+      / requests in / { n = $1 } END { if (n > 0) printf " %.2f", t / hz * 1e6 / n }' "$out")
+  fi
   rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
   p99=$(awk '$1 == "99%" { print $2 }' "$out")
   non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")
   socket_errors=$(awk -F'[ ,]+' '/Socket errors:/ {
     for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+$/) s += $i; print s }' "$out")
   [[ -n $rps && -n $p99 ]] || die "could not parse wrk output $out"
-  printf '%s %s %s\n' "$rps" "$(to_ms "$p99")" "$((${non2xx:-0} + ${socket_errors:-0}))"
+  printf '%s %s %s%s\n' "$rps" "$(to_ms "$p99")" "$((${non2xx:-0} + ${socket_errors:-0}))" "$cpu"
 }
 
 # The latency distribution of the wrk run named $1 (see measure): "p50 p90 p99 max" in ms.
@@ -560,7 +582,7 @@ summarise() {
   local -n rounds=${3:-result}
   local all_rps=() all_p99=() total_errors=0
   for ((round = 1; round <= ROUNDS; round++)); do
-    read -r rps p99 errors <<<"${rounds[$name-$server-$round]}"
+    read -r rps p99 errors _ <<<"${rounds[$name-$server-$round]}"
     all_rps+=("$rps")
     all_p99+=("$p99")
     total_errors=$((total_errors + errors))
@@ -611,6 +633,16 @@ pairwise_ratios() {
   echo "${joined% / }"
 }
 
+# The median over the rounds of the CPU µs per answer (measure's fourth field) of server $2
+# on object $1.
+cpu_median() {
+  local round values=()
+  for ((round = 1; round <= ROUNDS; round++)); do
+    values+=("$(cut -d' ' -f4 <<<"${result[$1-$2-$round]}")")
+  done
+  median "${values[@]}"
+}
+
 # BENCH_ONLY=hits: issue 23's figures, the one-upstream proxy against nginx serving the same
 # files. Per object the median req/s of each and their ratio, the latency distribution (median
 # over rounds of each percentile), each round's ratios, and the targets: p2 files and 100 KB
@@ -627,20 +659,30 @@ report_hits_only() {
   echo
   echo "Reproduce: \`BENCH_ONLY=hits BENCH_OBJECTS='${names[*]}' BENCH_PROXY_SETTINGS='${BENCH_PROXY_SETTINGS:-}' BENCH_DURATION_SECS=$DURATION_SECS BENCH_ROUNDS=$ROUNDS BENCH_CONNECTIONS=$CONNECTIONS BENCH_WRK_THREADS=$WRK_THREADS bench/run.sh\`"
   echo
-  echo "| object | bytes | proxy req/s | nginx req/s | ratio | each round | target | met |"
-  echo "|---|---:|---:|---:|---:|---|---|---|"
+  echo "| object | bytes | proxy req/s | nginx req/s | ratio | each round | target | met | CPU µs per answer, proxy / nginx |"
+  echo "|---|---:|---:|---:|---:|---|---|---|---|"
+  local pcpu ncpu
   for name in "${names[@]}"; do
     read -r prps _ _ pall <<<"$(summarise "$name" proxy)"
     read -r nrps _ _ nall <<<"$(summarise "$name" nginx)"
+    pcpu=$(cpu_median "$name" proxy)
+    ncpu=$(cpu_median "$name" nginx)
     rps_ratio=$(ratio "$prps" "$nrps")
     case $name in
       p2-framework | archive-100k) target="≥ 1.2×" met=$(meets "$rps_ratio" '>=' 1.2) ;;
       archive-5m) target="≥ 1.0×" met=$(meets "$rps_ratio" '>=' 1.0) ;;
       *) target="-" met="-" ;;
     esac
-    printf '| %s | %s | %.0f | %.0f | %s | %s | %s | %s |\n' "$name" "${sizes[single:$name]}" \
-      "$prps" "$nrps" "$rps_ratio" "$(round_ratios "$name" proxy nginx 1 | tr ' ' /)" "$target" "$met"
+    printf '| %s | %s | %.0f | %.0f | %s | %s | %s | %s | %s / %s (%s×) |\n' "$name" \
+      "${sizes[single:$name]}" "$prps" "$nrps" "$rps_ratio" \
+      "$(round_ratios "$name" proxy nginx 1 | tr ' ' /)" "$target" "$met" "$pcpu" "$ncpu" \
+      "$(ratio "$ncpu" "$pcpu")"
   done
+  echo
+  echo "CPU per answer: the server's user and system time (nginx's master and workers) during"
+  echo "each recorded run over the answers wrk counted, median of the rounds; in brackets nginx's"
+  echo "over the proxy's. Unlike req/s it leaves out wrk's own share of the two CPUs; it still moves"
+  echo "with where wrk's threads ran, as the kernel's cost of waking them does."
   echo
   echo "Latency (ms; median over the rounds of each percentile):"
   echo
@@ -829,14 +871,18 @@ done
 # The servers each round measures, proxy and its nginx taking turns: result keys are
 # <object>-<server>-<round>.
 declare -A nginx_of=([proxy]=nginx [merged]=mnginx)
-declare -A server_url
+declare -A server_url server_pid
 server_url[proxy]=${base_url[single]}
+server_pid[proxy]=$warm_pid
 start_nginx nginx "$work/www-single"
 server_url[nginx]=$nginx_url
+server_pid[nginx]=$nginx_pid
 if [[ $ONLY != hits ]]; then
   server_url[merged]=${base_url[merged]}
+  server_pid[merged]=$merged_warm_pid
   start_nginx nginx-merged "$work/www-merged"
   server_url[mnginx]=$nginx_url
+  server_pid[mnginx]=$nginx_pid
 fi
 declare -A set_of=([proxy]=single [nginx]=single [merged]=merged [mnginx]=merged)
 for server in "${servers[@]}"; do
@@ -856,7 +902,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for server in "${servers[@]}"; do
       path=${paths[${set_of[$server]}:$name]}
       log "round $round/$ROUNDS, wrk ${DURATION_SECS}s: $name via $server"
-      result[$name-$server-$round]=$(measure "$name-$server-$round" "${server_url[$server]}$path")
+      result[$name-$server-$round]=$(MEASURE_PID=${server_pid[$server]} \
+        measure "$name-$server-$round" "${server_url[$server]}$path")
     done
   done
 done
