@@ -448,15 +448,14 @@ measure() {
   local out=$work/wrk-$name.txt
   # A short unrecorded run first: connections, page cache and allocator warm for both.
   wrk -c"$CONNECTIONS" -t"$WRK_THREADS" -d1s "$@" "$url" >/dev/null
-  local ticks_before=0 ticks_after=0
-  [[ -z ${MEASURE_PID:-} ]] || ticks_before=$(cpu_ticks "$MEASURE_PID")
+  local ticks="" cpu=""
+  [[ -z ${MEASURE_PID:-} ]] || ticks=$(cpu_ticks "$MEASURE_PID")
   wrk -c"$CONNECTIONS" -t"$WRK_THREADS" -d"${DURATION_SECS}s" --timeout 10s --latency "$@" "$url" >"$out"
-  [[ -z ${MEASURE_PID:-} ]] || ticks_after=$(cpu_ticks "$MEASURE_PID")
-  local rps p99 non2xx socket_errors cpu=""
-  if [[ -n ${MEASURE_PID:-} ]]; then
-    cpu=$(awk -v t=$((ticks_after - ticks_before)) -v hz="$(getconf CLK_TCK)" '
+  if [[ -n $ticks ]]; then
+    cpu=$(awk -v t=$(($(cpu_ticks "$MEASURE_PID") - ticks)) -v hz="$(getconf CLK_TCK)" '
       / requests in / { n = $1 } END { if (n > 0) printf " %.2f", t / hz * 1e6 / n }' "$out")
   fi
+  local rps p99 non2xx socket_errors
   rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
   p99=$(awk '$1 == "99%" { print $2 }' "$out")
   non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")

@@ -235,12 +235,8 @@ impl Workers {
         // stay the least busy and every connection handed to it would close; marked, it is
         // never chosen again and the connection goes to the next.
         for _ in 0..self.workers.len() {
-            let loads: Vec<usize> = self
-                .workers
-                .iter()
-                .map(|w| w.load.load(Ordering::Relaxed))
-                .collect();
-            let Some(worker) = pick(&loads, home).and_then(|index| self.workers.get(index)) else {
+            let Some(worker) = pick(&self.loads(), home).and_then(|index| self.workers.get(index))
+            else {
                 return;
             };
             worker.load.fetch_add(1, Ordering::Relaxed);
@@ -253,6 +249,14 @@ impl Workers {
             }
         }
         // No thread left to serve it: the connection closes.
+    }
+
+    /// How many connections each thread serves now.
+    fn loads(&self) -> Vec<usize> {
+        self.workers
+            .iter()
+            .map(|w| w.load.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Stops handing out connections: each thread serves what it was handed, then waits for
@@ -344,11 +348,7 @@ mod tests {
         let (handed, from, _) = taken.try_recv().expect("handed to the thread that serves");
         assert_eq!(from, peer);
         assert_eq!(handed.peer_addr().unwrap(), client.local_addr().unwrap());
-        let loads: Vec<usize> = workers
-            .workers
-            .iter()
-            .map(|w| w.load.load(Ordering::Relaxed))
-            .collect();
+        let loads = workers.loads();
         assert_eq!(loads, [GONE, 1]);
         // Not chosen again, even as the least busy or its CPU's thread.
         assert_eq!(pick(&loads, Some(0)), Some(1));
